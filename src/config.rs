@@ -1,0 +1,316 @@
+//! Where our files live and what `rotation.yaml` says, resolved once per run.
+//!
+//! The qwen home is found as the real qwen finds it: `QWEN_HOME` when set (qwen 0.15+), else
+//! `$HOME/.qwen`. Every default is compiled in; `rotation.yaml` only overrides. A broken
+//! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every path the shim reads or writes under the qwen home.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub home: PathBuf,
+    pub accounts: PathBuf,
+    pub live_creds: PathBuf,
+    pub qwen_lock: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    pub lock: PathBuf,
+    pub settings: PathBuf,
+}
+
+impl Paths {
+    /// The home from the environment (`QWEN_HOME`, else `$HOME/.qwen`).
+    pub fn from_env() -> Paths {
+        Paths::at(qwen_home())
+    }
+
+    pub fn at(home: impl Into<PathBuf>) -> Paths {
+        let home = home.into();
+        Paths {
+            accounts: home.join("accounts"),
+            live_creds: home.join("oauth_creds.json"),
+            qwen_lock: home.join("oauth_creds.lock"),
+            state: home.join("state.yaml"),
+            log: home.join("rotation.log"),
+            config: home.join("rotation.yaml"),
+            lock: home.join("rotation.lock"),
+            settings: home.join("settings.json"),
+            home,
+        }
+    }
+
+    /// OAuth slot N (1-based), the seeds' layout.
+    pub fn oauth_slot(&self, n: usize) -> PathBuf {
+        self.accounts.join(format!("oauth_creds_{n}.json"))
+    }
+
+    /// API-key slot N (1-based): the environment for that key.
+    pub fn api_key_slot(&self, n: usize) -> PathBuf {
+        self.accounts.join(format!("api_key_{n}.json"))
+    }
+}
+
+/// `QWEN_HOME` when set and non-empty, else `$HOME/.qwen`.
+pub fn qwen_home() -> PathBuf {
+    match std::env::var_os("QWEN_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => std::env::home_dir().unwrap_or_else(|| PathBuf::from("/")).join(".qwen"),
+    }
+}
+
+/// How the next slot is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The seeds' default: after a hit, move to the next slot in order.
+    RoundRobin,
+    /// Stay on the first healthy slot until it is spent.
+    FillFirst,
+}
+
+/// What to do when every account is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnExhausted {
+    /// Exit 75 at once, naming the earliest reset.
+    Fail,
+    /// Wait (bounded by `max_wait`) for the earliest account to return.
+    Wait,
+}
+
+/// How user patterns combine with the built-in ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatternMode {
+    #[default]
+    Extend,
+    Replace,
+}
+
+/// The `patterns:` section: extra (or replacement) phrases per class, as regular expressions.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatternConfig {
+    pub mode: PatternMode,
+    pub quota: Vec<String>,
+    pub throttle: Vec<String>,
+    pub auth: Vec<String>,
+}
+
+/// Everything `rotation.yaml` can set. Field names are the YAML keys.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub strategy: Strategy,
+    /// Attempts per run; 0 means "one per eligible slot".
+    pub max_attempts: usize,
+    /// Cooldown after a quota hit whose message names no reset time.
+    #[serde(with = "duration_text")]
+    pub quota_cooldown: Duration,
+    /// Cooldown after a throttle (rate limit) hit.
+    #[serde(with = "duration_text")]
+    pub throttle_cooldown: Duration,
+    pub on_exhausted: OnExhausted,
+    /// Upper bound on waiting when `on_exhausted: wait`.
+    #[serde(with = "duration_text")]
+    pub max_wait: Duration,
+    /// Stdin kept for replay on a retry; larger input disables the retry.
+    pub stdin_limit: u64,
+    /// How long to wait for `rotation.lock`.
+    #[serde(with = "duration_text")]
+    pub lock_timeout: Duration,
+    /// Grace between TERM and KILL when an attempt is stopped.
+    #[serde(with = "duration_text")]
+    pub stop_grace: Duration,
+    /// Interactive sessions: press Ctrl+Y for the person once the new credentials are live.
+    pub auto_retry: bool,
+    /// API-key slots: sit in the request path (loopback relay) instead of scanning output.
+    pub relay: bool,
+    pub patterns: PatternConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            strategy: Strategy::RoundRobin,
+            max_attempts: 0,
+            quota_cooldown: Duration::from_secs(5 * 3600),
+            throttle_cooldown: Duration::from_secs(5 * 60),
+            on_exhausted: OnExhausted::Fail,
+            max_wait: Duration::from_secs(30 * 60),
+            stdin_limit: 64 << 20,
+            lock_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(2),
+            auto_retry: true,
+            relay: true,
+            patterns: PatternConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `rotation.yaml`. Missing file: defaults, no warning. Broken file: defaults and a
+    /// one-line warning that names the file, the line and the fix.
+    pub fn load(path: &Path) -> (Config, Option<String>) {
+        match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), None),
+            Err(e) => (
+                Config::default(),
+                Some(format!("cannot read {}: {e}; using the defaults", path.display())),
+            ),
+            Ok(text) => match Config::parse(&text) {
+                Ok(c) => (c, None),
+                Err(problem) => (
+                    Config::default(),
+                    Some(format!("{}: {problem}; using the defaults until it is fixed", path.display())),
+                ),
+            },
+        }
+    }
+
+    /// Parses YAML text; an empty document is the defaults.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        yaml_serde::from_str::<Config>(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses "90s", "5m", "1h30m", "2d", or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"))?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or("duration too large")?;
+        digits.clear();
+    }
+    if !digits.is_empty() || t.is_empty() {
+        return Err(format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// "3s", "2m", "1h 5m", "2d 3h": short and readable.
+pub fn human_duration(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 if s % 3600 / 60 == 0 => format!("{}h", s / 3600),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ if s % 86400 / 3600 == 0 => format!("{}d", s / 86400),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", d.as_secs()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("42").unwrap(), Duration::from_secs(42));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.strategy, Strategy::RoundRobin);
+        assert_eq!(c.stdin_limit, 64 << 20);
+    }
+
+    #[test]
+    fn config_reads_every_kind_of_value() {
+        let c = Config::parse(
+            "strategy: fill-first\nthrottle_cooldown: 2m\nmax_attempts: 3\npatterns:\n  mode: replace\n  quota: ['out of juice']\n",
+        )
+        .unwrap();
+        assert_eq!(c.strategy, Strategy::FillFirst);
+        assert_eq!(c.throttle_cooldown, Duration::from_secs(120));
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.patterns.mode, PatternMode::Replace);
+        assert_eq!(c.patterns.quota, vec!["out of juice".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_line() {
+        let err = Config::parse("strategy: round-robin\nstratgy: fill-first\n").unwrap_err();
+        assert!(err.contains("stratgy") && err.contains("line 2"), "{err}");
+        let err = Config::parse("throttle_cooldown: soon\n").unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn broken_file_falls_back_to_defaults_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rotation.yaml");
+        std::fs::write(&p, "strategy: [").unwrap();
+        let (c, warning) = Config::load(&p);
+        assert_eq!(c.strategy, Strategy::RoundRobin);
+        assert!(warning.unwrap().contains("rotation.yaml"));
+        let (_, none) = Config::load(&dir.path().join("absent.yaml"));
+        assert!(none.is_none());
+    }
+
+    #[test]
+    fn human_durations_read_well() {
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5s");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(125)), "2m");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(3600)), "1h");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(3900)), "1h 5m");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(90000)), "1d 1h");
+    }
+}

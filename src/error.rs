@@ -1,0 +1,120 @@
+//! Failures of the shim itself, with the message a user sees and the exit code that goes with it.
+//!
+//! The real qwen exiting non-zero is *not* an error: that is an `Outcome` (see `pipes`). `Error`
+//! is only for the rotation layer breaking. Messages never carry a secret: variants hold paths,
+//! slot numbers and reasons, never file contents.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Exit codes of the shim itself (README, "Exit codes").
+pub mod exit {
+    /// Generic management failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad `--rotation-*` usage.
+    pub const USAGE: i32 = 2;
+    /// Every account is exhausted (EX_TEMPFAIL).
+    pub const EXHAUSTED: i32 = 75;
+    /// The real qwen was found but could not be executed.
+    pub const NOT_EXECUTABLE: i32 = 126;
+    /// No real qwen was found.
+    pub const NOT_FOUND: i32 = 127;
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad `--rotation-*` usage; the message names the problem and the fix.
+    Usage(String),
+    /// No real qwen on PATH (or at `QWEN_ROTATION_REAL`).
+    RealNotFound { searched: Vec<PathBuf>, override_path: Option<PathBuf> },
+    /// The real qwen exists but exec failed.
+    RealNotExecutable { path: PathBuf, source: io::Error },
+    /// Reading or writing a file of ours failed.
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    /// A file of ours exists but cannot be understood.
+    Invalid { path: PathBuf, problem: String },
+    /// `rotation.lock` could not be taken in time.
+    LockTimeout { path: PathBuf, seconds: u64 },
+    /// A slot number or label that does not exist.
+    NoSuchSlot(String),
+    /// Every account is cooling down, disabled or needs login.
+    Exhausted { earliest: Option<chrono::DateTime<chrono::Utc>> },
+    /// Anything else, already phrased for the user.
+    Other(String),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { action, path: path.into(), source }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::RealNotFound { .. } => exit::NOT_FOUND,
+            Error::RealNotExecutable { .. } => exit::NOT_EXECUTABLE,
+            Error::Exhausted { .. } => exit::EXHAUSTED,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) => write!(f, "{msg}"),
+            Error::RealNotFound { searched, override_path: Some(p) } => {
+                let _ = searched;
+                write!(
+                    f,
+                    "QWEN_ROTATION_REAL={} is not a file; point it at the real qwen or unset it",
+                    p.display()
+                )
+            }
+            Error::RealNotFound { searched, override_path: None } => {
+                let dirs: Vec<String> = searched.iter().map(|d| d.display().to_string()).collect();
+                write!(
+                    f,
+                    "the real qwen was not found on PATH (searched: {}); install it with \
+                     `npm install -g @qwen-code/qwen-code` or set QWEN_ROTATION_REAL=/path/to/qwen",
+                    if dirs.is_empty() { "PATH is empty".to_string() } else { dirs.join(":") }
+                )
+            }
+            Error::RealNotExecutable { path, source } => write!(
+                f,
+                "cannot run the real qwen at {}: {source}; fix its permissions (chmod +x) or set QWEN_ROTATION_REAL",
+                path.display()
+            ),
+            Error::Io { action, path, source } => {
+                write!(f, "cannot {action} {}: {source}", path.display())
+            }
+            Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Error::LockTimeout { path, seconds } => write!(
+                f,
+                "{} is held by another process for more than {seconds}s; see `qwen --rotation-doctor`",
+                path.display()
+            ),
+            Error::NoSuchSlot(which) => write!(
+                f,
+                "no account {which}; list them with `qwen --rotation-status`"
+            ),
+            Error::Exhausted { earliest: Some(t) } => write!(
+                f,
+                "all accounts exhausted; the first one returns at {} (in {}); `qwen --rotation-status` shows each",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                crate::config::human_duration(*t - chrono::Utc::now())
+            ),
+            Error::Exhausted { earliest: None } => write!(
+                f,
+                "all accounts exhausted or disabled; `qwen --rotation-status` shows each, \
+                 `qwen --rotation-reset all` clears cooldowns"
+            ),
+            Error::Other(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,30 @@
+//! `qwen`: the real Qwen Code CLI, with account rotation in front of it.
+
+use std::ffi::OsString;
+
+use qwen_rotation::cli::{self, Invocation};
+use qwen_rotation::config::Paths;
+use qwen_rotation::{admin, run};
+
+fn main() {
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    match cli::parse(&argv) {
+        Ok(Invocation::Run { args, modifiers }) => run::main(args, modifiers),
+        Ok(Invocation::Admin(args)) => {
+            // Management output goes to people and pipes: `| head` ends us quietly, as it
+            // would any Unix tool (the run path keeps EPIPE instead; see pipes.rs).
+            // SAFETY: SIG_DFL installs no Rust handler.
+            unsafe {
+                let _ = nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGPIPE,
+                    nix::sys::signal::SigHandler::SigDfl,
+                );
+            }
+            std::process::exit(admin::run(&args, &Paths::from_env()))
+        }
+        Err(usage) => {
+            eprintln!("qwen-rotation: {usage}");
+            std::process::exit(qwen_rotation::error::exit::USAGE)
+        }
+    }
+}

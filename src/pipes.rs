@@ -1,0 +1,538 @@
+//! Headless attempts: spawn the real qwen on pipes, relay its output as it arrives, and watch it.
+//!
+//! Invariant: nothing the caller must not see leaves this module before the attempt's fate is
+//! known, and nothing else is held back.
+//! - stderr passes through line by line as it arrives; a partial line is released after 20 ms of
+//!   silence. Every chunk goes through the detector *before* it is released, so qwen's error
+//!   block (which is what a retry replaces) is held back from the matching line on.
+//! - stdout, `text` format: relayed live. The first byte commits the attempt: a retry would
+//!   repeat what the caller already has, so a committed attempt is never retried (qwen prints
+//!   its quota errors before any answer, so this costs nothing in practice).
+//! - stdout, `json`: qwen prints one document at the end, so holding it until exit delays
+//!   nothing; a quota error in json mode exits 0 with the error as the result (QWEN_FACTS §2),
+//!   so the held document is what is classified.
+//! - stdout, `stream-json`: lines pass live once the first line arrives that is neither the
+//!   `system` init line nor an error report; until then they are held (the wait is one model
+//!   round trip). A failed attempt therefore never leaves a second init line in the stream.
+//! - stdout a terminal: inherited. The child writes to it directly (colours, widths exactly as
+//!   without the shim); a failed json-mode attempt stays visible there.
+//!
+//! Stdin that is a pipe is pumped through a bounded copy (`StdinPump`) so a retry can replay
+//! it; a regular file is rewound instead; a terminal is inherited.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::Pid;
+
+use crate::detect::{Anchor, Detector, Hit, Patterns, classify_json_output};
+use crate::signals::{self, Outcome};
+
+/// How qwen's stdout is to be treated, from `--output-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutMode {
+    /// Our stdout is a terminal: the child gets it directly.
+    Inherit,
+    Text,
+    Json,
+    StreamJson,
+}
+
+impl StdoutMode {
+    /// Reads `--output-format X`, `--output-format=X`, `-o X` from the child's argv (before `--`).
+    pub fn from_args(args: &[OsString]) -> StdoutMode {
+        let mut format = None;
+        let mut it = args.iter().take_while(|a| *a != "--");
+        while let Some(a) = it.next() {
+            let a = a.to_string_lossy();
+            if a == "--output-format" || a == "-o" {
+                format = it.next().map(|v| v.to_string_lossy().into_owned());
+            } else if let Some(v) = a.strip_prefix("--output-format=") {
+                format = Some(v.to_string());
+            }
+        }
+        match format.as_deref() {
+            Some("json") => StdoutMode::Json,
+            Some("stream-json") => StdoutMode::StreamJson,
+            _ => StdoutMode::Text,
+        }
+    }
+}
+
+/// Where the child's stdin comes from.
+pub enum StdinSource {
+    /// A terminal or nothing worth replaying: the child inherits our stdin.
+    Inherit,
+    /// A regular file: rewound to `offset` before every attempt after the first.
+    Seekable { offset: u64 },
+    /// A pipe or socket: pumped through a bounded copy.
+    Pumped(Arc<StdinPump>),
+}
+
+impl StdinSource {
+    /// Chooses by what fd 0 is.
+    pub fn detect(limit: u64) -> StdinSource {
+        use nix::sys::stat::{SFlag, fstat};
+        let stdin = io::stdin();
+        if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
+            return StdinSource::Inherit;
+        }
+        match fstat(stdin.as_fd()) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {
+                match nix::unistd::lseek(stdin.as_fd(), 0, nix::unistd::Whence::SeekCur) {
+                    Ok(offset) if offset >= 0 => StdinSource::Seekable { offset: offset as u64 },
+                    _ => StdinSource::Inherit,
+                }
+            }
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR => {
+                // /dev/null and other devices: nothing to replay, and reading them is harmless.
+                StdinSource::Inherit
+            }
+            Ok(_) => StdinSource::Pumped(StdinPump::start(limit)),
+            Err(_) => StdinSource::Inherit,
+        }
+    }
+
+    /// Can the input be given again to another attempt?
+    pub fn replayable(&self) -> bool {
+        match self {
+            StdinSource::Pumped(p) => !p.overflowed(),
+            _ => true,
+        }
+    }
+}
+
+/// Our stdin, read once and kept (up to `limit` bytes) so every attempt can be given all of it.
+pub struct StdinPump {
+    state: Mutex<PumpState>,
+    changed: Condvar,
+    limit: usize,
+}
+
+struct PumpState {
+    data: Vec<u8>,
+    /// Absolute offset of `data[0]`: non-zero once the limit was passed and old bytes dropped.
+    start: usize,
+    /// Furthest absolute offset a writer has reached.
+    consumed: usize,
+    eof: bool,
+    overflowed: bool,
+}
+
+impl StdinPump {
+    fn start(limit: u64) -> Arc<StdinPump> {
+        let pump = Arc::new(StdinPump {
+            state: Mutex::new(PumpState {
+                data: Vec::new(),
+                start: 0,
+                consumed: 0,
+                eof: false,
+                overflowed: false,
+            }),
+            changed: Condvar::new(),
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        });
+        let p = Arc::clone(&pump);
+        thread::spawn(move || p.fill());
+        pump
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PumpState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fill(&self) {
+        let mut stdin = io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            let mut st = self.lock();
+            if n == 0 {
+                st.eof = true;
+                self.changed.notify_all();
+                return;
+            }
+            if st.data.len() + n > self.limit {
+                // Past the limit the input cannot be replayed: keep only what the running
+                // attempt has not read yet, so memory stays bounded by the limit.
+                st.overflowed = true;
+                while st.consumed < st.start + st.data.len() {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                st.start += st.data.len();
+                st.data.clear();
+            }
+            st.data.extend_from_slice(&buf[..n]);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Feeds everything (from the start) into one attempt's stdin, then closes it.
+    fn feed(&self, mut sink: impl Write) {
+        let mut pos = 0usize;
+        loop {
+            let chunk = {
+                let mut st = self.lock();
+                while pos == st.start + st.data.len() && !st.eof {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if pos < st.start {
+                    return; // dropped after an overflow: this attempt cannot be fed in full
+                }
+                let from = pos - st.start;
+                if from == st.data.len() {
+                    return; // EOF: dropping `sink` closes the child's stdin
+                }
+                let to = st.data.len().min(from + 64 * 1024);
+                st.data[from..to].to_vec()
+            };
+            if sink.write_all(&chunk).is_err() {
+                return; // the child closed its stdin or died
+            }
+            pos += chunk.len();
+            let mut st = self.lock();
+            st.consumed = st.consumed.max(pos);
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// One attempt's inputs.
+pub struct Attempt<'a> {
+    pub program: &'a Path,
+    pub args: &'a [OsString],
+    /// Variables added to (or replacing) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub stdin: &'a StdinSource,
+    pub stdout: StdoutMode,
+    pub patterns: Arc<Patterns>,
+    /// Stop the attempt as soon as a hit is seen on stderr (a retry will follow).
+    pub stop_on_hit: bool,
+    pub stop_grace: Duration,
+    /// Set by the signal thread when the user asked us to stop: no early stop, no retry.
+    pub interrupted: &'a AtomicBool,
+}
+
+/// What an attempt left behind.
+pub struct Finished {
+    pub outcome: Outcome,
+    pub hit: Option<Hit>,
+    /// Some stdout already reached the caller.
+    pub committed: bool,
+    /// stdout not yet released (json, stream-json): the caller gets it unless a retry follows.
+    pub held_stdout: Vec<u8>,
+    /// stderr held back from the matching line on: released unless a retry replaces it.
+    pub held_stderr: Vec<u8>,
+    /// The caller closed our stdout (e.g. `| head -1`).
+    pub stdout_closed: bool,
+}
+
+enum Event {
+    Hit,
+    Exited(Outcome),
+    StdoutDone(StdoutResult),
+    StderrDone(StderrResult),
+}
+
+struct StdoutResult {
+    held: Vec<u8>,
+    committed: bool,
+    closed: bool,
+}
+
+struct StderrResult {
+    held: Vec<u8>,
+    hit: Option<Hit>,
+}
+
+/// How long a partial stderr line waits for the rest of its line before it is released.
+const PARTIAL_LINE_WAIT_MS: u16 = 20;
+/// Held json output beyond this is released (and the attempt committed): memory stays bounded.
+const HOLD_LIMIT: usize = 64 << 20;
+/// Error text kept for a possible release; beyond it the block is dropped (a retry replaces it).
+const HELD_STDERR_LIMIT: usize = 1 << 20;
+
+/// Runs one attempt to its end. Err only when the child could not be started.
+pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
+    let mut cmd = Command::new(a.program);
+    cmd.args(a.args);
+    for (k, v) in &a.env {
+        cmd.env(k, v);
+    }
+    cmd.stderr(Stdio::piped());
+    cmd.stdout(if a.stdout == StdoutMode::Inherit { Stdio::inherit() } else { Stdio::piped() });
+    match a.stdin {
+        StdinSource::Inherit => {
+            cmd.stdin(Stdio::inherit());
+        }
+        StdinSource::Seekable { offset } => {
+            let stdin = io::stdin();
+            nix::unistd::lseek(stdin.as_fd(), *offset as i64, nix::unistd::Whence::SeekSet)
+                .map_err(io::Error::from)?;
+            cmd.stdin(Stdio::inherit());
+        }
+        StdinSource::Pumped(_) => {
+            cmd.stdin(Stdio::piped());
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel::<Event>();
+
+    if let (StdinSource::Pumped(pump), Some(sink)) = (a.stdin, child.stdin.take()) {
+        let pump = Arc::clone(pump);
+        thread::spawn(move || pump.feed(sink));
+    }
+    let mut pending = 1;
+    if let Some(out) = child.stdout.take() {
+        pending += 1;
+        let (tx, mode, patterns) = (tx.clone(), a.stdout, Arc::clone(&a.patterns));
+        thread::spawn(move || {
+            let r = relay_stdout(out, mode, &patterns);
+            let _ = tx.send(Event::StdoutDone(r));
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let (tx, patterns) = (tx.clone(), Arc::clone(&a.patterns));
+        thread::spawn(move || {
+            let r = relay_stderr(err, patterns, &tx);
+            let _ = tx.send(Event::StderrDone(r));
+        });
+    }
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let _ = tx.send(Event::Exited(wait_for(pid)));
+        });
+    }
+    drop(tx);
+    // `child` is not waited through std: `wait_for` reaps it by pid.
+    drop(child);
+
+    collect(rx, pending, &a)
+}
+
+fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Result<Finished> {
+    let mut outcome = None;
+    let mut out = StdoutResult { held: Vec::new(), committed: false, closed: false };
+    let mut err = StderrResult { held: Vec::new(), hit: None };
+    let mut stopping = false;
+    // The streams end with the child; a descendant that keeps a pipe open past the child's exit
+    // (a daemon started by a tool) must not keep us waiting: give the pipes a bounded drain.
+    let drain = Duration::from_secs(2);
+    while pending > 0 || outcome.is_none() {
+        let event = if outcome.is_some() {
+            match rx.recv_timeout(drain) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(e) => e,
+                Err(_) => break,
+            }
+        };
+        match event {
+            Event::Hit => {
+                if a.stop_on_hit && !stopping && !a.interrupted.load(Ordering::SeqCst) {
+                    stopping = true;
+                    signals::stop_tree(a.stop_grace);
+                }
+            }
+            Event::Exited(o) => outcome = Some(o),
+            Event::StdoutDone(r) => {
+                out = r;
+                pending -= 1;
+            }
+            Event::StderrDone(r) => {
+                err = r;
+                pending -= 1;
+            }
+        }
+    }
+    let outcome = outcome.unwrap_or(Outcome::Exited(1));
+    let mut hit = err.hit;
+    if hit.is_none() && matches!(a.stdout, StdoutMode::Json | StdoutMode::StreamJson) {
+        hit = classify_json_output(&out.held, &a.patterns);
+    }
+    Ok(Finished {
+        outcome,
+        hit,
+        committed: out.committed,
+        held_stdout: out.held,
+        held_stderr: err.held,
+        stdout_closed: out.closed,
+    })
+}
+
+/// Blocks until `pid` terminates (stops and continues are not terminations).
+fn wait_for(pid: Pid) -> Outcome {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Outcome::Exited(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Outcome::Signaled(sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Outcome::Exited(1),
+        }
+    }
+}
+
+/// Writes to our stdout; false once the reader on the other side has gone.
+fn write_stdout(bytes: &[u8]) -> bool {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes).and_then(|_| out.flush()).is_ok()
+}
+
+fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> StdoutResult {
+    let mut r = StdoutResult { held: Vec::new(), committed: false, closed: false };
+    let mut buf = vec![0u8; 64 * 1024];
+    // stream-json: lines held until the gate opens.
+    let mut gate_open = mode == StdoutMode::Text;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buf[..n];
+        if r.closed {
+            continue;
+        }
+        if !gate_open {
+            r.held.extend_from_slice(chunk);
+            gate_open = match mode {
+                StdoutMode::Json => r.held.len() > HOLD_LIMIT,
+                StdoutMode::StreamJson => {
+                    stream_gate_opens(&r.held, patterns) || r.held.len() > HOLD_LIMIT
+                }
+                _ => true,
+            };
+            if !gate_open {
+                continue;
+            }
+            let held = std::mem::take(&mut r.held);
+            r.committed = true;
+            if !write_stdout(&held) {
+                // Closing our end gives the child the same EPIPE/SIGPIPE it would get without us.
+                r.closed = true;
+                return r;
+            }
+            continue;
+        }
+        r.committed = true;
+        if !write_stdout(chunk) {
+            r.closed = true;
+            return r;
+        }
+    }
+    r
+}
+
+/// stream-json: the gate opens at the first complete line that is neither the `system` init
+/// line nor an error report.
+fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
+    held.split(|&b| b == b'\n').rev().skip(1).any(|line| {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        match kind {
+            "system" | "result" => false,
+            _ => patterns.classify(&String::from_utf8_lossy(line)).is_none(),
+        }
+    })
+}
+
+fn relay_stderr(mut src: impl Read + AsFd, patterns: Arc<Patterns>, tx: &Sender<Event>) -> StderrResult {
+    let mut detector = Detector::new(patterns, Anchor::Plain);
+    let mut r = StderrResult { held: Vec::new(), hit: None };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out_ok = true;
+    loop {
+        if !pending.is_empty() && !readable_within(src.as_fd(), PARTIAL_LINE_WAIT_MS) {
+            // A partial line followed by a pause: show it now.
+            out_ok = out_ok && write_stderr(&pending);
+            pending.clear();
+        }
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buf[..n];
+        if r.hit.is_some() {
+            hold(&mut r.held, chunk);
+            continue;
+        }
+        if let Some(hit) = detector.feed(chunk) {
+            r.hit = Some(hit);
+            hold(&mut r.held, &pending);
+            hold(&mut r.held, chunk);
+            pending.clear();
+            let _ = tx.send(Event::Hit);
+            continue;
+        }
+        pending.extend_from_slice(chunk);
+        if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+            out_ok = out_ok && write_stderr(&pending[..=end]);
+            pending.drain(..=end);
+        }
+    }
+    if !pending.is_empty() && r.hit.is_none() {
+        let _ = out_ok && write_stderr(&pending);
+    }
+    r
+}
+
+fn hold(held: &mut Vec<u8>, bytes: &[u8]) {
+    let room = HELD_STDERR_LIMIT.saturating_sub(held.len());
+    held.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+fn write_stderr(bytes: &[u8]) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_all(bytes).and_then(|_| err.flush()).is_ok()
+}
+
+/// True when `fd` has data (or EOF) within `ms` milliseconds.
+fn readable_within(fd: BorrowedFd<'_>, ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(n) => n > 0,
+        Err(_) => true,
+    }
+}
+
+/// Releases what an attempt held back (when no retry replaces it).
+pub fn release(f: &Finished) {
+    if !f.held_stdout.is_empty() && !f.stdout_closed {
+        let _ = write_stdout(&f.held_stdout);
+    }
+    if !f.held_stderr.is_empty() {
+        let _ = write_stderr(&f.held_stderr);
+    }
+}
+
+/// Is `fd` a terminal?
+pub fn is_terminal(fd: BorrowedFd<'_>) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}

@@ -1,0 +1,279 @@
+//! The run path: find the real qwen, pick the account, run, detect, rotate, run again.
+//!
+//! Invariant: the shim never stands in the user's way. With no accounts, with
+//! `QWEN_ROTATION=off`, or when its own machinery fails (a warning says so, once), the real
+//! qwen is exec'd in place of the shim: same argv, env, cwd, stdin and status, nothing between.
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::cli::Modifiers;
+use crate::config::{Config, OnExhausted, Paths, human_duration};
+use crate::detect::{Class, Hit, Patterns};
+use crate::error::Error;
+use crate::pipes::{self, Attempt, StdinSource, StdoutMode};
+use crate::signals;
+use crate::vault::{Launch, Rotation, Vault};
+use crate::{locate, warn};
+
+/// Runs the real qwen with `args`; never returns.
+pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
+    let real = match locate::real_qwen() {
+        Ok(found) => found.path,
+        Err(e) => fail(&e),
+    };
+    if std::env::var_os("QWEN_ROTATION").is_some_and(|v| v == "off" || v == "0") {
+        exec(&real, &args, &[]);
+    }
+    let paths = Paths::from_env();
+    if !Vault::has_accounts(&paths) {
+        if modifiers.account.is_some() {
+            warn("--rotation-account ignored: no accounts are configured (add one with qwen --rotation-add)");
+        }
+        exec(&real, &args, &[]);
+    }
+
+    let (config, problem) = Config::load(&paths.config);
+    if let Some(problem) = problem {
+        warn(problem);
+    }
+    let patterns = Patterns::from_config(&config.patterns).unwrap_or_else(|problem| {
+        warn(format!("{}: {problem}; using the built-in patterns", paths.config.display()));
+        Patterns::defaults()
+    });
+    let vault = Vault::open(paths, config);
+    let launch = match prepare(&vault, modifiers.account.as_deref()) {
+        Some(launch) => launch,
+        None => exec(&real, &args, &[]),
+    };
+
+    let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
+    if interactive {
+        // A terminal session keeps the terminal: qwen gets it directly, on the chosen account.
+        exec(&real, &args, &child_env(&launch));
+    }
+    headless(&vault, &real, &args, &modifiers, patterns, launch)
+}
+
+/// The attempt loop for runs whose stdin or stdout is not a terminal.
+fn headless(
+    vault: &Vault,
+    real: &Path,
+    args: &[OsString],
+    modifiers: &Modifiers,
+    patterns: Arc<Patterns>,
+    mut launch: Launch,
+) -> ! {
+    signals::become_subreaper();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    forward_signals(Arc::clone(&interrupted));
+
+    let config = &vault.config;
+    let stdin = StdinSource::detect(config.stdin_limit);
+    let stdout = if io::stdout().is_terminal() { StdoutMode::Inherit } else { StdoutMode::from_args(args) };
+    let max_attempts = match config.max_attempts {
+        0 => vault.eligible_count().max(1),
+        n => n,
+    };
+    let mut auth_retried = false;
+    let mut waited = false;
+    let mut attempt = 1;
+    loop {
+        let may_retry = !modifiers.no_retry
+            && modifiers.account.is_none()
+            && attempt < max_attempts
+            && stdin.replayable()
+            && !interrupted.load(Ordering::SeqCst);
+        let finished = pipes::run(Attempt {
+            program: real,
+            args,
+            env: child_env(&launch),
+            stdin: &stdin,
+            stdout,
+            patterns: Arc::clone(&patterns),
+            stop_on_hit: may_retry,
+            stop_grace: config.stop_grace,
+            interrupted: &interrupted,
+        });
+        let finished = match finished {
+            Ok(f) => f,
+            Err(e) => fail(&spawn_error(real, e)),
+        };
+        let Some(hit) = finished.hit.clone() else {
+            pipes::release(&finished);
+            if finished.outcome.success()
+                && let Err(e) = vault.record_success(launch.slot)
+            {
+                warn(e);
+            }
+            signals::exit_with(finished.outcome);
+        };
+
+        let rotation = match vault.report(launch.slot, &hit) {
+            Ok(r) => r,
+            Err(e) => {
+                warn(e);
+                pipes::release(&finished);
+                signals::exit_with(finished.outcome);
+            }
+        };
+        let retry = may_retry
+            && !finished.committed
+            && !interrupted.load(Ordering::SeqCst)
+            && !(hit.class == Class::Auth && auth_retried)
+            && stdin.replayable();
+        match rotation {
+            Rotation::Exhausted { earliest } => {
+                let wait = retry && !waited && config.on_exhausted == OnExhausted::Wait;
+                match earliest.filter(|_| wait).and_then(|t| within(t, config.max_wait)) {
+                    Some(pause) => {
+                        notice(&format!("{}; waiting {} for the first account to return", what(&launch, &hit), human_duration(chrono::TimeDelta::from_std(pause).unwrap_or_default())));
+                        std::thread::sleep(pause);
+                        waited = true;
+                    }
+                    None => {
+                        notice(&what(&launch, &hit));
+                        fail(&Error::Exhausted { earliest });
+                    }
+                }
+            }
+            Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } if retry => {
+                notice(&format!("{}; switched to account {to}", what(&launch, &hit)));
+            }
+            Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } => {
+                pipes::release(&finished);
+                notice(&format!("{}; the next run uses account {to}", what(&launch, &hit)));
+                signals::exit_with(finished.outcome);
+            }
+        }
+        auth_retried |= hit.class == Class::Auth;
+        launch = match vault.prepare(None) {
+            Ok(l) => l,
+            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e) => {
+                warn(e);
+                pipes::release(&finished);
+                signals::exit_with(finished.outcome);
+            }
+        };
+        attempt += 1;
+    }
+}
+
+/// "account 1 (work) quota exhausted"
+fn what(launch: &Launch, hit: &Hit) -> String {
+    let who = match &launch.label {
+        Some(label) => format!("account {} ({label})", launch.slot),
+        None => format!("account {}", launch.slot),
+    };
+    let why = match hit.class {
+        Class::Quota => "quota exhausted",
+        Class::Throttle => "rate limited",
+        Class::Auth => "was refused (needs login)",
+    };
+    format!("{who} {why}")
+}
+
+fn notice(line: &str) {
+    eprintln!("qwen-rotation: {line}");
+}
+
+/// Time until `t`, when that is within `max`.
+fn within(t: chrono::DateTime<chrono::Utc>, max: Duration) -> Option<Duration> {
+    let pause = (t - chrono::Utc::now()).to_std().unwrap_or_default();
+    (pause <= max).then_some(pause)
+}
+
+/// Picks the account for the first attempt. `None` means "run qwen untouched" (after a warning);
+/// every account being spent ends the run with exit 75 unless `rotation.yaml` says to wait.
+fn prepare(vault: &Vault, pinned: Option<&str>) -> Option<Launch> {
+    match vault.prepare(pinned) {
+        Ok(launch) => Some(launch),
+        Err(Error::Exhausted { earliest }) => {
+            let wait = earliest
+                .filter(|_| vault.config.on_exhausted == OnExhausted::Wait)
+                .and_then(|t| within(t, vault.config.max_wait));
+            match wait {
+                Some(pause) => {
+                    notice(&format!(
+                        "all accounts exhausted; waiting {} for the first one to return",
+                        human_duration(chrono::TimeDelta::from_std(pause).unwrap_or_default())
+                    ));
+                    std::thread::sleep(pause);
+                    prepare(vault, pinned)
+                }
+                None => fail(&Error::Exhausted { earliest }),
+            }
+        }
+        Err(e @ Error::NoSuchSlot(_)) => fail(&Error::Usage(e.to_string())),
+        Err(e) => {
+            warn(format!("{e}; running qwen without rotation"));
+            None
+        }
+    }
+}
+
+/// The variables an attempt adds to the inherited environment (API-key slots).
+fn child_env(launch: &Launch) -> Vec<(OsString, OsString)> {
+    launch.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v.expose()))).collect()
+}
+
+/// Replaces this process with the real qwen.
+fn exec(real: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> ! {
+    let mut cmd = Command::new(real);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let e = cmd.exec();
+    fail(&spawn_error(real, e))
+}
+
+fn spawn_error(real: &Path, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::RealNotFound { searched: Vec::new(), override_path: Some(real.to_path_buf()) },
+        _ => Error::RealNotExecutable { path: real.to_path_buf(), source: e },
+    }
+}
+
+/// Reports a failure of the shim itself and exits with its code.
+pub fn fail(e: &Error) -> ! {
+    eprintln!("qwen-rotation: {e}");
+    std::process::exit(e.exit_code())
+}
+
+/// Forwards signals aimed at the shim to the whole child tree.
+///
+/// A signal the terminal generated (SIGINT from Ctrl-C, SIGQUIT, SIGHUP on hang-up) already
+/// reached every process in the foreground group, qwen included: forwarding it again would
+/// deliver it twice, and qwen exits on a second Ctrl-C. So only signals *sent* to us (kill(2))
+/// are forwarded. Either way the run is marked interrupted: no retry follows a user's stop.
+fn forward_signals(interrupted: Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    use signal_hook::iterator::SignalsInfo;
+    use signal_hook::iterator::exfiltrator::WithOrigin;
+    use signal_hook::low_level::siginfo::Cause;
+    let Ok(mut signals) = SignalsInfo::<WithOrigin>::new([SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]) else {
+        warn("cannot watch signals; a kill aimed at the shim will not reach qwen");
+        return;
+    };
+    std::thread::spawn(move || {
+        for origin in signals.forever() {
+            if matches!(origin.signal, SIGTERM | SIGHUP | SIGINT | SIGQUIT) {
+                interrupted.store(true, Ordering::SeqCst);
+            }
+            if origin.cause == Cause::Kernel {
+                continue;
+            }
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(origin.signal) {
+                signals::signal_tree(sig);
+            }
+        }
+    });
+}
