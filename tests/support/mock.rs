@@ -23,7 +23,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -76,7 +76,8 @@ impl Behaviour {
 }
 
 pub const QUOTA_MESSAGE: &str = "Free allocated quota exceeded.";
-pub const CODING_PLAN_MESSAGE: &str = "Your token-plan 1-week quota has been exhausted. The quota will reset at 11-30 09:25:00 UTC.";
+pub const CODING_PLAN_MESSAGE: &str =
+    "Your token-plan 1-week quota has been exhausted. The quota will reset at 11-30 09:25:00 UTC.";
 pub const THROTTLE_MESSAGE: &str = "Requests rate limit exceeded, please try again later.";
 
 /// The answer text for a successful request with this token.
@@ -208,7 +209,12 @@ impl Mock {
             if now >= deadline {
                 return false;
             }
-            log = self.inner.changed.wait_timeout(log, deadline - now).unwrap().0;
+            log = self
+                .inner
+                .changed
+                .wait_timeout(log, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -392,7 +398,8 @@ fn record(inner: &Inner, req: &Incoming, token: String, body: Option<&serde_json
         match req.target.find("://") {
             Some(i) => {
                 let rest = &req.target[i + 3..];
-                rest.find('/').map_or("/".to_string(), |j| rest[j..].to_string())
+                rest.find('/')
+                    .map_or("/".to_string(), |j| rest[j..].to_string())
             }
             None => req.target.clone(),
         }
@@ -441,7 +448,10 @@ fn last_user_text(body: &serde_json::Value) -> Option<String> {
 fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
     let token = req
         .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .unwrap_or_default()
         .trim()
         .to_string();
@@ -449,7 +459,12 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
     record(inner, req, token.clone(), body.as_ref());
     let path = req.target.split('?').next().unwrap_or_default();
     if req.method != "POST" || !path.ends_with("/v1/chat/completions") {
-        return send(w, 404, &[], br#"{"error":{"message":"not found","type":"invalid_request_error"}}"#);
+        return send(
+            w,
+            404,
+            &[],
+            br#"{"error":{"message":"not found","type":"invalid_request_error"}}"#,
+        );
     }
     let stream = body
         .as_ref()
@@ -493,7 +508,11 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
             w,
             429,
             retry_headers,
-            &error(CODING_PLAN_MESSAGE, "insufficient_quota", "insufficient_quota"),
+            &error(
+                CODING_PLAN_MESSAGE,
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
         ),
         Behaviour::Throttle => send(
             w,
@@ -505,7 +524,8 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
             w,
             401,
             &[],
-            &error("Incorrect API key provided. ",
+            &error(
+                "Incorrect API key provided. ",
                 "invalid_request_error",
                 "invalid_api_key",
             ),
@@ -514,7 +534,8 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
             w,
             403,
             &[],
-            &error("Access denied, please make sure your account is in good standing.",
+            &error(
+                "Access denied, please make sure your account is in good standing.",
                 "Arrearage",
                 "Arrearage",
             ),
@@ -523,14 +544,14 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
             w,
             500,
             retry_headers,
-            &error("The server had an error while processing your request.",
+            &error(
+                "The server had an error while processing your request.",
                 "server_error",
                 "internal_error",
             ),
         ),
         Behaviour::StreamQuota => {
-            let event =
-                error(QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota");
+            let event = error(QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota");
             send_sse(w, &[event])
         }
         Behaviour::Slow => {
@@ -548,7 +569,8 @@ fn answer(w: &mut TcpStream, token: &str, model: &str, stream: bool) -> io::Resu
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let id = format!("chatcmpl-mock-{created}");
-    let usage = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
+    let usage =
+        serde_json::json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15});
     if !stream {
         let body = serde_json::json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -567,8 +589,14 @@ fn answer(w: &mut TcpStream, token: &str, model: &str, stream: bool) -> io::Resu
     let mut last = chunk(serde_json::json!({}), "stop".into());
     last["usage"] = usage;
     let events = [
-        chunk(serde_json::json!({"role": "assistant", "content": ""}), serde_json::Value::Null),
-        chunk(serde_json::json!({"content": text}), serde_json::Value::Null),
+        chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            serde_json::json!({"content": text}),
+            serde_json::Value::Null,
+        ),
         last,
     ];
     let events: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();

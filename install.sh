@@ -1,0 +1,153 @@
+#!/bin/sh
+# Installs the qwen-rotation shim into a directory of its own that goes first on PATH, in front
+# of the real qwen. It never writes into npm's bin directory and never replaces npm's `qwen`.
+#
+#   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile] [--uninstall]
+#
+# Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+marker="qwen-rotation-shim-marker"
+profile_tag="# qwen-rotation: the shim goes first on PATH"
+
+if [ "$(id -u)" = 0 ]; then
+    prefix=/opt/qwen-rotation
+else
+    prefix="${XDG_DATA_HOME:-$HOME/.local/share}/qwen-rotation"
+fi
+binary=""
+with_qwen=""
+write_profile=0
+uninstall=0
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; prefix=$2; shift ;;
+        --prefix=*) prefix=${1#--prefix=} ;;
+        --binary) [ $# -ge 2 ] || die "--binary needs a file"; binary=$2; shift ;;
+        --binary=*) binary=${1#--binary=} ;;
+        --with-qwen) with_qwen=latest ;;
+        --with-qwen=*) with_qwen=${1#--with-qwen=} ;;
+        --write-profile) write_profile=1 ;;
+        --uninstall) uninstall=1 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1; see ./install.sh --help" ;;
+    esac
+    shift
+done
+
+bindir="$prefix/bin"
+target="$bindir/qwen"
+path_line="export PATH=\"$bindir:\$PATH\"  $profile_tag"
+
+profiles() {
+    if [ "$(id -u)" = 0 ] && [ -d /etc/profile.d ]; then
+        echo /etc/profile.d/qwen-rotation.sh
+    else
+        echo "$HOME/.profile"
+        [ -f "$HOME/.bashrc" ] && echo "$HOME/.bashrc"
+        [ -f "$HOME/.zshrc" ] && echo "$HOME/.zshrc"
+    fi
+    return 0
+}
+
+is_shim() { [ -f "$1" ] && grep -q "$marker" "$1" 2>/dev/null; }
+
+if [ "$uninstall" = 1 ]; then
+    if [ -e "$target" ]; then
+        is_shim "$target" || die "$target is not the qwen-rotation shim; leaving it alone"
+        rm -f "$target"
+        rmdir "$bindir" "$prefix" 2>/dev/null || true
+        say "removed $target"
+    fi
+    for f in $(profiles); do
+        [ -f "$f" ] || continue
+        if grep -qF "$profile_tag" "$f"; then
+            grep -vF "$profile_tag" "$f" > "$f.qwen-rotation.tmp" && cat "$f.qwen-rotation.tmp" > "$f" && rm -f "$f.qwen-rotation.tmp"
+            say "removed the PATH line from $f"
+        fi
+    done
+    say "accounts and state under ~/.qwen are kept"
+    exit 0
+fi
+
+# npm's global bin directory holds the real qwen: the shim must live somewhere else.
+if command -v npm >/dev/null 2>&1; then
+    npm_bin="$(npm prefix -g 2>/dev/null)/bin"
+    case "$(cd "$bindir" 2>/dev/null && pwd || echo "$bindir")" in
+        "$npm_bin"|/usr/bin|/usr/local/bin|/bin)
+            die "$bindir is a shared bin directory (npm's qwen may live there); choose a dedicated --prefix" ;;
+    esac
+fi
+if [ -e "$target" ] && ! is_shim "$target"; then
+    die "$target exists and is not the qwen-rotation shim; choose another --prefix"
+fi
+
+if [ -z "$binary" ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) or pass --binary FILE"
+    say "building the shim with cargo (release)"
+    (cd "$here" && cargo build --release --locked --quiet)
+    binary="$here/target/release/qwen"
+fi
+[ -f "$binary" ] || die "$binary does not exist"
+is_shim "$binary" || die "$binary is not a qwen-rotation shim build"
+
+mkdir -p "$bindir"
+chmod 755 "$bindir"
+tmp="$bindir/.qwen.$$"
+cp "$binary" "$tmp"
+chmod 755 "$tmp"
+mv -f "$tmp" "$target"
+say "installed $target"
+
+# The real qwen: first `qwen` on PATH that is not in our directory.
+real_qwen() {
+    old_ifs=$IFS
+    IFS=:
+    for d in $PATH; do
+        [ "$d" = "$bindir" ] && continue
+        if [ -x "$d/qwen" ] && ! is_shim "$d/qwen"; then
+            IFS=$old_ifs
+            echo "$d/qwen"
+            return 0
+        fi
+    done
+    IFS=$old_ifs
+    return 1
+}
+
+if [ -n "$with_qwen" ] && ! real_qwen >/dev/null; then
+    command -v npm >/dev/null 2>&1 || die "--with-qwen needs npm (install Node.js 20 or later)"
+    spec="@qwen-code/qwen-code"
+    [ "$with_qwen" = latest ] || spec="$spec@$with_qwen"
+    say "installing the real qwen: npm install -g $spec"
+    npm install -g --no-audit --no-fund "$spec" >/dev/null
+fi
+if real=$(real_qwen); then
+    say "the real qwen: $real"
+else
+    say "no real qwen on PATH yet: npm install -g @qwen-code/qwen-code (or rerun with --with-qwen)"
+fi
+
+if [ "$write_profile" = 1 ]; then
+    for f in $(profiles); do
+        if [ -f "$f" ] && grep -qF "$profile_tag" "$f"; then
+            say "$f already puts the shim first"
+        else
+            printf '%s\n' "$path_line" >> "$f"
+            say "added the PATH line to $f"
+        fi
+    done
+fi
+
+case ":$PATH:" in
+    *":$bindir:"*) first=$(command -v qwen || true)
+        [ "$first" = "$target" ] && say "ready: qwen on PATH is the shim" \
+            || say "warning: $first comes before the shim on PATH; put $bindir first" ;;
+    *) say "to use it in this shell:  export PATH=\"$bindir:\$PATH\""
+       [ "$write_profile" = 1 ] || say "to make it permanent, rerun with --write-profile (or add that line to your profile)" ;;
+esac

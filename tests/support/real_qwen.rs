@@ -1,0 +1,465 @@
+//! A sandbox for running the REAL qwen (installed by `.ci/install-qwen`) offline, with or without
+//! the shim in front of it.
+//!
+//! Invariant: nothing of the developer's machine leaks in or out. Each sandbox has its own HOME
+//! (and QWEN_HOME) in a tempdir, an empty working directory, and a clean environment (`env -i`
+//! plus PATH, HOME, QWEN_HOME and what the test adds). PATH holds a directory whose only entry is a
+//! symlink `qwen` → the shim under test, then the directory of the pinned real qwen, then the
+//! system directories (node 20 for 0.12.0 is found there by absolute path in the launcher anyway).
+//! Every child runs in its own process group, which is killed on timeout and after exit, so no
+//! node process outlives a test.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A pinned real qwen release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// 0.12.0: the last release that runs headless OAuth; ignores QWEN_HOME.
+    V0_12,
+    /// 0.24.4: the latest; refuses headless OAuth; API keys only.
+    V0_24,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V0_12 => "0.12.0",
+            Version::V0_24 => "0.24.4",
+        }
+    }
+}
+
+/// Where `.ci/install-qwen` put the releases: `$QWEN_E2E_DIR`, else `<crate>/.cache/qwen`.
+pub fn e2e_dir() -> PathBuf {
+    match std::env::var_os("QWEN_E2E_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/qwen"),
+    }
+}
+
+/// The launcher of `version` (`<dir>/<version>/bin/qwen`) if it is installed.
+///
+/// Missing: under CI (`CI` set) this panics — the suite must not pass by skipping; elsewhere it
+/// prints one SKIP line and returns None, so `cargo test` works before the install.
+pub fn installed(version: Version) -> Option<PathBuf> {
+    let path = e2e_dir().join(version.as_str()).join("bin/qwen");
+    if is_executable(&path) {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!(
+            "real qwen {} not found at {}: run .ci/install-qwen first",
+            version.as_str(),
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIP: real qwen {} not installed at {} (run .ci/install-qwen)",
+        version.as_str(),
+        path.display()
+    );
+    None
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What a finished run left behind.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl Output {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// The exit code; panics (with the output) on a signal death or timeout.
+    pub fn code(&self) -> i32 {
+        assert!(
+            !self.timed_out,
+            "run timed out after {:?}\n{}",
+            self.elapsed,
+            self.dump()
+        );
+        match self.status.code() {
+            Some(c) => c,
+            None => panic!(
+                "killed by signal {:?}\n{}",
+                self.status.signal(),
+                self.dump()
+            ),
+        }
+    }
+    /// Everything, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "status: {:?} (timed out: {}, {:.1?})\n--- stdout ---\n{}\n--- stderr ---\n{}\n---",
+            self.status,
+            self.timed_out,
+            self.elapsed,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// One test's private world: HOME, qwen home, an empty cwd, PATH with the shim first.
+pub struct Sandbox {
+    _tmp: tempfile::TempDir,
+    pub version: Version,
+    pub root: PathBuf,
+    pub home: PathBuf,
+    /// The qwen home: `$HOME/.qwen` (0.12.0 ignores QWEN_HOME; for 0.24.4 QWEN_HOME points here).
+    pub qwen_home: PathBuf,
+    /// The child's working directory, empty.
+    pub work: PathBuf,
+    /// Holds only `qwen` → the shim.
+    pub shim_dir: PathBuf,
+    /// Holds only the real qwen launcher.
+    pub real_dir: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    pub timeout: Duration,
+}
+
+impl Sandbox {
+    /// A sandbox for `version`, or None (after a SKIP line) when it is not installed.
+    pub fn new(version: Version) -> Option<Sandbox> {
+        let real = installed(version)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("qwen-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let home = root.join("home");
+        let qwen_home = home.join(".qwen");
+        let work = root.join("work");
+        let shim_dir = root.join("shim");
+        for d in [&home, &work, &shim_dir] {
+            fs::create_dir_all(d).unwrap();
+        }
+        mkdir_private(&qwen_home);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_qwen"), shim_dir.join("qwen")).unwrap();
+        let real_dir = real.parent().unwrap().to_path_buf();
+        let mut sandbox = Sandbox {
+            _tmp: tmp,
+            version,
+            root,
+            home,
+            qwen_home,
+            work,
+            shim_dir,
+            real_dir,
+            env: Vec::new(),
+            timeout: Duration::from_secs(60),
+        };
+        if version == Version::V0_24 {
+            let qh = sandbox.qwen_home.clone();
+            sandbox.env("QWEN_HOME", qh);
+        }
+        Some(sandbox)
+    }
+
+    /// Adds (or replaces) a variable in every child's environment.
+    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    pub fn remove_env(&mut self, key: &str) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// `settings.json` in the qwen home: the given auth type, telemetry, usage statistics and
+    /// auto-update off (QWEN_FACTS.md §1), plus `extra` merged on top (objects merge by key).
+    pub fn write_settings(&self, selected_type: Option<&str>, extra: serde_json::Value) {
+        let mut settings = serde_json::json!({
+            "$version": 3,
+            "privacy": {"usageStatisticsEnabled": false},
+            "telemetry": {"enabled": false},
+            "general": {
+                "enableAutoUpdate": false,
+                "disableAutoUpdate": true,
+                "disableUpdateNag": true
+            },
+        });
+        if let Some(t) = selected_type {
+            settings["security"] = serde_json::json!({"auth": {"selectedType": t}});
+        }
+        merge(&mut settings, extra);
+        write_private(
+            &self.qwen_home.join("settings.json"),
+            serde_json::to_string_pretty(&settings).unwrap().as_bytes(),
+        );
+    }
+
+    pub fn settings(&self) -> serde_json::Value {
+        read_json(&self.qwen_home.join("settings.json")).expect("settings.json")
+    }
+
+    /// An OAuth credentials document pointing qwen at `resource_url` (never expires).
+    pub fn oauth_creds(token: &str, resource_url: &str) -> serde_json::Value {
+        serde_json::json!({
+            "access_token": token,
+            "refresh_token": format!("refresh-{token}"),
+            "token_type": "Bearer",
+            "resource_url": resource_url,
+            "expiry_date": 4_102_444_800_000u64,
+        })
+    }
+
+    /// `accounts/oauth_creds_N.json` (0600, directory 0700), the seeds' layout.
+    pub fn add_oauth_slot(&self, n: usize, token: &str, resource_url: &str) {
+        mkdir_private(&self.accounts());
+        write_private(
+            &self.oauth_slot(n),
+            Self::oauth_creds(token, resource_url)
+                .to_string()
+                .as_bytes(),
+        );
+    }
+
+    /// The live `oauth_creds.json` as qwen reads it.
+    pub fn set_live_oauth(&self, token: &str, resource_url: &str) {
+        write_private(
+            &self.live_creds(),
+            Self::oauth_creds(token, resource_url)
+                .to_string()
+                .as_bytes(),
+        );
+    }
+
+    /// OAuth slots 1..=n with these tokens, the live file = slot 1 (what `--rotation-add` leaves).
+    pub fn oauth_pool(&self, tokens: &[&str], resource_url: &str) {
+        for (i, t) in tokens.iter().enumerate() {
+            self.add_oauth_slot(i + 1, t, resource_url);
+        }
+        if let Some(first) = tokens.first() {
+            self.set_live_oauth(first, resource_url);
+        }
+    }
+
+    /// `accounts/api_key_N.json`: `{"api_key","base_url","model","env_key"}` (src/vault.rs).
+    pub fn add_api_key_slot(&self, n: usize, key: &str, base_url: &str, model: &str) {
+        mkdir_private(&self.accounts());
+        let doc = serde_json::json!({
+            "api_key": key,
+            "base_url": base_url,
+            "model": model,
+            "env_key": "OPENAI_API_KEY",
+        });
+        write_private(
+            &self.accounts().join(format!("api_key_{n}.json")),
+            doc.to_string().as_bytes(),
+        );
+    }
+
+    pub fn accounts(&self) -> PathBuf {
+        self.qwen_home.join("accounts")
+    }
+    pub fn oauth_slot(&self, n: usize) -> PathBuf {
+        self.accounts().join(format!("oauth_creds_{n}.json"))
+    }
+    pub fn live_creds(&self) -> PathBuf {
+        self.qwen_home.join("oauth_creds.json")
+    }
+    /// `access_token` of the live file, None if it is missing or invalid.
+    pub fn live_token(&self) -> Option<String> {
+        token_of(&self.live_creds())
+    }
+    /// `access_token` of OAuth slot N.
+    pub fn slot_token(&self, n: usize) -> Option<String> {
+        token_of(&self.oauth_slot(n))
+    }
+    pub fn state_yaml(&self) -> String {
+        fs::read_to_string(self.qwen_home.join("state.yaml")).unwrap_or_default()
+    }
+    /// rotation.log parsed as JSON Lines (invalid lines are a test failure).
+    pub fn rotation_log(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.qwen_home.join("rotation.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("rotation.log line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// PATH for the children: shim first (unless `direct`), then the real qwen, then the system.
+    pub fn path_var(&self, direct: bool) -> OsString {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if !direct {
+            dirs.push(self.shim_dir.clone());
+        }
+        dirs.push(self.real_dir.clone());
+        for d in ["/usr/local/bin", "/usr/bin", "/bin"] {
+            dirs.push(PathBuf::from(d));
+        }
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    /// Runs `qwen ARGS` through the shim (found first on PATH, as a user's shell would).
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.spawn("qwen", args, stdin, false)
+    }
+
+    /// Runs the real qwen alone (the shim is not on PATH).
+    pub fn run_direct(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.spawn("qwen", args, stdin, true)
+    }
+
+    fn spawn(&self, program: &str, args: &[&str], stdin: Option<&[u8]>, direct: bool) -> Output {
+        let path = self.path_var(direct);
+        // Resolve via the child's PATH, as execvp would in the caller's shell.
+        let exe = std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .find(|p| is_executable(p))
+            .expect("qwen on the sandbox PATH");
+        let mut cmd = Command::new(&exe);
+        cmd.args(args)
+            .current_dir(&self.work)
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", &self.home)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(cmd, stdin.map(<[u8]>::to_vec), self.timeout)
+    }
+}
+
+/// Spawns `cmd` (already in its own process group), feeds stdin, collects both streams, and kills
+/// the whole group on timeout and after exit (qwen's node parent starts a node child).
+pub fn run_with_timeout(mut cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn qwen");
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        thread::spawn(move || {
+            // EPIPE when qwen exits before reading everything is fine.
+            let _ = w.write_all(&input);
+        });
+    }
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out_rx = reader(Box::new(child.stdout.take().unwrap()));
+    let err_rx = reader(Box::new(child.stderr.take().unwrap()));
+    let (status_tx, status_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = status_tx.send(child.wait());
+    });
+    let (status, timed_out) = match status_rx.recv_timeout(timeout) {
+        Ok(s) => (s.expect("wait"), false),
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            (status_rx.recv().unwrap().expect("wait"), true)
+        }
+    };
+    let elapsed = start.elapsed();
+    // Reap anything the run left in its group (a node grandchild keeps our pipes open).
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let grace = Duration::from_secs(10);
+    let stdout = out_rx.recv_timeout(grace).unwrap_or_default();
+    let stderr = err_rx.recv_timeout(grace).unwrap_or_default();
+    Output {
+        stdout,
+        stderr,
+        status,
+        elapsed,
+        timed_out,
+    }
+}
+
+/// Deep-merges `extra` into `base` (objects by key; anything else replaces).
+pub fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+pub fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+fn token_of(path: &Path) -> Option<String> {
+    Some(read_json(path)?.get("access_token")?.as_str()?.to_string())
+}
+
+pub fn mkdir_private(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Writes a 0600 file atomically (temp + rename) with a fresh mtime.
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-e2e");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Strings in `text` that look like real credentials (long key-ish tokens), for leak checks.
+/// Fixture tokens in these tests are short words; a `sk-…` or a long base64/hex run is not.
+pub fn real_looking_secrets(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|w| {
+            (w.starts_with("sk-") && w.len() >= 20)
+                || (w.len() >= 32
+                    && w.chars().any(|c| c.is_ascii_digit())
+                    && w.chars().any(|c| c.is_ascii_uppercase())
+                    && w.chars().any(|c| c.is_ascii_lowercase()))
+        })
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,170 @@
+//! A sandbox for running the built shim: a tempdir with `bin/qwen` (a symlink to the shim),
+//! `real/qwen` (a small fake steered by the test's script), and HOME / QWEN_HOME inside it.
+//! Use from a test file with `#[path = "support/sandbox.rs"] mod sandbox;`.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox whose real qwen runs `script` (a POSIX sh body).
+    pub fn new(script: &str) -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sb = Sandbox { dir };
+        fs::create_dir_all(sb.path("bin")).unwrap();
+        fs::create_dir_all(sb.path("real")).unwrap();
+        fs::create_dir_all(sb.home()).unwrap();
+        fs::create_dir_all(sb.path("work")).unwrap();
+        std::os::unix::fs::symlink(SHIM, sb.path("bin/qwen")).unwrap();
+        sb.write_fake(&sb.path("real/qwen"), script);
+        sb
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.path("home")
+    }
+
+    pub fn qwen_home(&self) -> PathBuf {
+        self.path("home/.qwen")
+    }
+
+    pub fn write_fake(&self, at: &Path, script: &str) {
+        fs::write(at, format!("#!/bin/sh\n{script}\n")).unwrap();
+        fs::set_permissions(at, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Adds OAuth slot `n` with `token` as its access token (this turns the relay path on).
+    pub fn add_oauth_slot(&self, n: usize, token: &str) {
+        let accounts = self.qwen_home().join("accounts");
+        fs::create_dir_all(&accounts).unwrap();
+        fs::set_permissions(self.qwen_home(), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(&accounts, fs::Permissions::from_mode(0o700)).unwrap();
+        let p = accounts.join(format!("oauth_creds_{n}.json"));
+        fs::write(&p, creds(token)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The live credentials file, if any.
+    pub fn live_creds(&self) -> Option<String> {
+        fs::read_to_string(self.qwen_home().join("oauth_creds.json")).ok()
+    }
+
+    /// PATH: the shim's dir first, then the fake's, then the system.
+    pub fn path_var(&self) -> String {
+        format!("{}:{}:/usr/bin:/bin", self.path("bin").display(), self.path("real").display())
+    }
+
+    /// A command for the shim (via PATH, as a caller would run it) in a clean environment.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = Command::new(self.path("bin/qwen"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", self.path_var())
+            .env("HOME", self.home())
+            .env("QWEN_HOME", self.qwen_home())
+            .env("SANDBOX", self.dir.path())
+            .current_dir(self.path("work"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs to completion with a deadline (a hung shim fails the test instead of hanging it).
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        output_within(self.cmd(args), Duration::from_secs(60))
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+}
+
+/// A credentials file in qwen's format.
+pub fn creds(token: &str) -> String {
+    format!(
+        r#"{{"access_token":"{token}","refresh_token":"refresh-{token}","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}}"#
+    )
+}
+
+/// Spawns `cmd` with piped output and waits, failing the test after `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn shim");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("the shim did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Reads from `r` until `needle` has been seen, or fails after `limit`. Returns what was read.
+pub fn read_until(r: impl Read + Send + 'static, needle: &'static str, limit: Duration) -> String {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = r;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&seen).contains(needle) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(s) if s.contains(needle) => s,
+        Ok(s) => panic!("stream ended before {needle:?}; got {s:?}"),
+        Err(_) => panic!("{needle:?} did not arrive within {limit:?}"),
+    }
+}
+
+/// Waits until `path` exists (the fake's way of saying "I am ready"), failing after `limit`.
+/// Polls the file system: a fake shell script has no other channel back to the test.
+pub fn await_file(path: &Path, limit: Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
