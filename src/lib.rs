@@ -11,6 +11,7 @@ pub mod error;
 pub mod fault;
 pub mod locate;
 pub mod pipes;
+pub mod pty;
 pub mod run;
 pub mod signals;
 pub mod state;

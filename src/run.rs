@@ -55,10 +55,74 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
 
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     if interactive {
-        // A terminal session keeps the terminal: qwen gets it directly, on the chosen account.
-        exec(&real, &args, &child_env(&launch));
+        interactive_session(&vault, &real, &args, patterns, launch);
     }
     headless(&vault, &real, &args, &modifiers, patterns, launch)
+}
+
+/// A person at a terminal: qwen runs on a pseudo-terminal relayed to ours, and a quota error on
+/// screen swaps the credentials under the running session (DESIGN.md, "Running the real qwen").
+fn interactive_session(vault: &Vault, real: &Path, args: &[OsString], patterns: Arc<Patterns>, launch: Launch) -> ! {
+    use crate::detect::{Anchor, Detector};
+    use crate::pty;
+
+    signals::become_subreaper();
+    let mut cmd = Command::new(real);
+    cmd.args(args);
+    for (k, v) in child_env(&launch) {
+        cmd.env(k, v);
+    }
+    let (controller, controls) = pty::controls();
+    let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
+    let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+    let auto_retry = vault.config.auto_retry;
+    let paths = vault.paths.clone();
+    let config = vault.config.clone();
+    let mut on_output = |bytes: &[u8]| {
+        let Some(hit) = detector.feed(bytes) else { return };
+        // Re-armed for the next error block; Ink's redraws of this one do not count again.
+        detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+        let (controller, slot, paths, config) = (controller.clone(), Arc::clone(&slot), paths.clone(), config.clone());
+        std::thread::spawn(move || hot_swap(Vault::open(paths, config), &slot, &hit, &controller, auto_retry));
+    };
+    match pty::run(cmd, &mut on_output, controls) {
+        Ok(outcome) => signals::exit_with(outcome),
+        Err(e) => {
+            warn(format!("cannot set up the terminal relay ({e}); running qwen without live rotation"));
+            exec(real, args, &child_env(&launch))
+        }
+    }
+}
+
+/// Rotates away from the slot that failed on screen and tells the person; with `auto_retry`,
+/// presses Ctrl+Y for them once qwen will have re-read the credentials.
+fn hot_swap(vault: Vault, slot: &std::sync::atomic::AtomicUsize, hit: &Hit, controller: &crate::pty::Controller, auto_retry: bool) {
+    use crate::pty::Control;
+    let failed = slot.load(Ordering::SeqCst);
+    let launch = Launch { slot: failed, label: None, kind: crate::vault::Kind::OAuth, env: Vec::new(), api: None };
+    let line = match vault.report(failed, hit) {
+        Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
+            slot.store(to, Ordering::SeqCst);
+            format!("{}; switched to account {to}", what(&launch, hit))
+        }
+        Ok(Rotation::Exhausted { earliest }) => {
+            controller.send(Control::Notice(format!("qwen-rotation: {}", Error::Exhausted { earliest })));
+            return;
+        }
+        Err(e) => {
+            controller.send(Control::Notice(format!("qwen-rotation: {e}")));
+            return;
+        }
+    };
+    if !auto_retry {
+        controller.send(Control::Notice(format!("qwen-rotation: {line}; press Ctrl+Y to retry")));
+        return;
+    }
+    controller.send(Control::Notice(format!("qwen-rotation: {line}; retrying")));
+    // qwen re-reads oauth_creds.json at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS):
+    // a retry sooner would go out with the old token.
+    std::thread::sleep(Duration::from_millis(5_200));
+    controller.send(Control::Input(vec![0x19]));
 }
 
 /// The attempt loop for runs whose stdin or stdout is not a terminal.

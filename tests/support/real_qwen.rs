@@ -194,8 +194,14 @@ impl Sandbox {
     /// `settings.json` in the qwen home: the given auth type, telemetry, usage statistics and
     /// auto-update off (QWEN_FACTS.md §1), plus `extra` merged on top (objects merge by key).
     pub fn write_settings(&self, selected_type: Option<&str>, extra: serde_json::Value) {
+        // The settings version each release writes itself: an older one makes qwen migrate (and
+        // rewrite) the file on start, and 0.24.4 was seen to empty a file it migrated.
+        let settings_version = match self.version {
+            Version::V0_12 => 3,
+            Version::V0_24 => 4,
+        };
         let mut settings = serde_json::json!({
-            "$version": 3,
+            "$version": settings_version,
             "privacy": {"usageStatisticsEnabled": false},
             "telemetry": {"enabled": false},
             "general": {

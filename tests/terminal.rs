@@ -1,0 +1,166 @@
+//! Job control through a real pseudo-terminal: an interactive bash runs the shim as a job, the
+//! test types Ctrl-C, Ctrl-Z and `fg` into the terminal, and the fake qwen records what it got.
+
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandbox::{Sandbox, await_file};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The fake: reports its pid, counts INTs, runs until `stop` exists.
+const FAKE: &str = r#"trap 'echo INT >> "$SANDBOX/signals"' INT
+echo $$ > "$SANDBOX/ready"
+while [ ! -e "$SANDBOX/stop" ]; do sleep 0.02; done
+exit 0"#;
+
+struct Terminal {
+    master: File,
+    shell: Child,
+    screen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    /// An interactive bash on a new pty, in its own session with the pty as controlling tty.
+    fn bash(sb: &Sandbox) -> Terminal {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave: OwnedFd = pty.slave;
+        let master = File::from(pty.master);
+        let mut cmd = Command::new("bash");
+        cmd.args(["--norc", "--noprofile", "-i"])
+            .env_clear()
+            .env("PATH", sb.path_var())
+            .env("HOME", sb.home())
+            .env("QWEN_HOME", sb.qwen_home())
+            .env("SANDBOX", sb.dir.path())
+            .env("TERM", "dumb")
+            .env("PS1", "$ ")
+            .current_dir(sb.path("work"))
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let shell = cmd.spawn().expect("bash");
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { master, shell, screen }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+/// Process state letter from /proc (R, S, T, Z, …).
+fn state(pid: &str) -> char {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim_start().chars().next()))
+        .unwrap_or('?')
+}
+
+fn await_state(pid: &str, want: impl Fn(char) -> bool, what: &str) {
+    let start = Instant::now();
+    while !want(state(pid)) {
+        assert!(start.elapsed() < LIMIT, "{pid} never became {what} (state {})", state(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn sandboxes() -> Vec<(&'static str, Sandbox)> {
+    let fast = Sandbox::new(FAKE);
+    let relay = Sandbox::new(FAKE);
+    relay.add_oauth_slot(1, "tok_one");
+    vec![("fast path", fast), ("relay path", relay)]
+}
+
+/// Both the terminal session case (`qwen x`) and the headless-in-a-terminal case (`qwen x | cat`).
+const JOBS: [&str; 2] = ["qwen x", "qwen x | cat"];
+
+#[test]
+fn ctrl_c_reaches_qwen_exactly_once() {
+    for (path, sb) in sandboxes() {
+        for job in JOBS {
+            let _ = fs::remove_file(sb.path("signals"));
+            let _ = fs::remove_file(sb.path("ready"));
+            let _ = fs::remove_file(sb.path("stop"));
+            let _ = fs::remove_file(sb.path("rc"));
+            let mut t = Terminal::bash(&sb);
+            t.type_text(&format!("set -o pipefail; {job}; echo \"rc=$?\" > \"$SANDBOX/rc\"\n"));
+            await_file(&sb.path("ready"), LIMIT);
+            t.type_text("\x03");
+            await_file(&sb.path("signals"), LIMIT);
+            fs::write(sb.path("stop"), "").unwrap();
+            let rc = await_file(&sb.path("rc"), LIMIT);
+            assert_eq!(sb.read("signals"), "INT\n", "{path}, `{job}`: one Ctrl-C, one SIGINT");
+            assert_eq!(rc, "rc=0\n", "{path}, `{job}`: {}", t.screen());
+        }
+    }
+}
+
+#[test]
+fn ctrl_z_stops_the_job_and_fg_resumes_it() {
+    for (path, sb) in sandboxes() {
+        for job in JOBS {
+            for f in ["ready", "stop", "rc", "signals"] {
+                let _ = fs::remove_file(sb.path(f));
+            }
+            let mut t = Terminal::bash(&sb);
+            t.type_text(&format!("set -o pipefail; {job}; echo \"rc=$?\" > \"$SANDBOX/rc\"\n"));
+            let pid = await_file(&sb.path("ready"), LIMIT).trim().to_string();
+            t.type_text("\x1a");
+            await_state(&pid, |s| s == 'T', "stopped");
+            let start = Instant::now();
+            while !t.screen().contains("Stopped") {
+                assert!(start.elapsed() < LIMIT, "{path}: bash never reported the job stopped: {}", t.screen());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            t.type_text("fg\n");
+            await_state(&pid, |s| s != 'T', "running again");
+            fs::write(sb.path("stop"), "").unwrap();
+            let rc = await_file(&sb.path("rc"), LIMIT);
+            assert_eq!(rc, "rc=0\n", "{path}, `{job}`: {}", t.screen());
+            assert_eq!(sb.read("signals"), "", "no stray SIGINT");
+            let _ = t.master.as_raw_fd();
+        }
+    }
+}
