@@ -12,6 +12,7 @@ pub mod fault;
 pub mod locate;
 pub mod pipes;
 pub mod pty;
+pub mod relay;
 pub mod run;
 pub mod signals;
 pub mod state;
