@@ -264,6 +264,8 @@ struct StderrResult {
 
 /// How long a partial stderr line waits for the rest of its line before it is released.
 const PARTIAL_LINE_WAIT_MS: u16 = 20;
+/// A partial stderr line longer than this is released without waiting for its end.
+const PARTIAL_LINE_LIMIT: usize = 8 * 1024;
 /// Held json output beyond this is released (and the attempt committed): memory stays bounded.
 const HOLD_LIMIT: usize = 64 << 20;
 /// Error text kept for a possible release; beyond it the block is dropped (a retry replaces it).
@@ -492,9 +494,16 @@ fn relay_stderr(mut src: impl Read + AsFd, patterns: Arc<Patterns>, tx: &Sender<
             continue;
         }
         pending.extend_from_slice(chunk);
-        if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
-            out_ok = out_ok && write_stderr(&pending[..=end]);
-            pending.drain(..=end);
+        // Release complete lines; a partial line waits for its end, but never beyond
+        // PARTIAL_LINE_LIMIT (a stream with no newlines must not grow without bound).
+        let end = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(end) => Some(end + 1),
+            None if pending.len() > PARTIAL_LINE_LIMIT => Some(pending.len()),
+            None => None,
+        };
+        if let Some(end) = end {
+            out_ok = out_ok && write_stderr(&pending[..end]);
+            pending.drain(..end);
         }
     }
     if !pending.is_empty() && r.hit.is_none() {

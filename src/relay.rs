@@ -1,13 +1,59 @@
 //! The loopback relay for API-key slots: qwen talks to us on 127.0.0.1, we talk to the provider.
-//! (Interface stub: the implementation fills these in; signatures are the contract.)
+//!
+//! Invariant: a request that carries the run's token is sent to exactly one slot at a time, the
+//! slot the relay holds as current when the request starts, with that slot's real key; a quota,
+//! throttle or auth answer is never shown to qwen while another API-key slot can take the same
+//! request (each move goes through [`Vault::report`], the one rotation step with its lock, its
+//! log line and its counters), and every other answer reaches qwen unchanged and unbuffered. The
+//! real keys never leave this process except in the `Authorization` header sent upstream; the
+//! per-run token never leaves it except in qwen's environment.
+//!
+//! Why it exists (DESIGN.md, "Request-level rotation"): qwen 0.24 retries a plain 429 for about
+//! an hour and never re-reads its key, so output scanning alone is slow and needs a restart. In
+//! the request path a quota answer is seen in milliseconds and the same request is re-sent on
+//! the next key; qwen, headless or interactive, only sees the answer that worked.
+//!
+//! Shape: plain std threads, one per connection (undici keeps a few connections alive and
+//! reuses them), HTTP/1.1 with keep-alive; upstream through one `ureq` agent per proxy route
+//! (connection pool, system trust store, `HTTPS_PROXY`/`NO_PROXY`). Answers are streamed back
+//! chunk by chunk and flushed per chunk, so server-sent events reach qwen as they arrive.
 
-use std::io;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::detect::Patterns;
-use crate::vault::{Launch, Secret, Vault};
+use crate::config::Paths;
+use crate::detect::{self, Class, Hit, Patterns};
+use crate::error::Error;
+use crate::vault::{ApiTarget, Kind, Launch, Rotation, Secret, Vault};
+
+/// Connecting to the provider (DNS, TCP, proxy tunnel and TLS handshake together). Only the
+/// connection is bounded: a model may think for minutes before its first byte, and a stream may
+/// pause, so nothing else is (qwen has its own request timeout and closes the connection).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle keep-alive connection from qwen is closed after this long. Announced in a
+/// `Keep-Alive: timeout=` header so undici closes its side first and never reuses a connection
+/// we are about to drop (undici subtracts a second from the hint).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Request line plus headers.
+const MAX_HEAD: u64 = 64 * 1024;
+const MAX_HEADERS: usize = 256;
+/// A request body is kept in memory so it can be re-sent on the next key. Chat requests carry
+/// the whole conversation (a few MB with images); past this the client gets a 413.
+const MAX_BODY: usize = 256 << 20;
+/// Error answers are read whole to classify them. Provider error bodies are a few hundred
+/// bytes; a larger one is passed through unclassified.
+const MAX_ERROR_BODY: usize = 256 * 1024;
+/// Read size for relaying bodies.
+const CHUNK: usize = 64 * 1024;
 
 /// What the relay needs to run.
 pub struct Setup {
@@ -26,21 +72,1613 @@ pub struct Relay {
     pub base_url: String,
     /// The per-run token qwen gets as its key; requests without it are refused.
     pub token: Secret,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
 }
 
 impl Relay {
+    /// Binds 127.0.0.1 on a free port and serves in background threads until dropped.
+    /// Err when the launch is not an API-key slot with a base URL, or the socket cannot be had.
     pub fn start(setup: Setup) -> io::Result<Relay> {
-        let _ = setup;
-        Err(io::Error::other("the relay is not built yet"))
+        let Setup {
+            vault,
+            patterns,
+            launch,
+            notify,
+        } = setup;
+        let active = Active::from_launch(&launch).ok_or_else(|| {
+            io::Error::other(format!(
+                "account {} is not an API-key account with a base URL, which the relay needs",
+                launch.slot
+            ))
+        })?;
+        let token = Secret::new(random_hex(32)?);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let addr = listener.local_addr()?;
+        // Tries per request: one per slot on disk (the vault's report marks each spent slot,
+        // so the loop ends anyway; this bound only guards against a slot coming back at once).
+        let slots = crate::vault::scan(&vault.paths.accounts)
+            .map(|s| s.len())
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            max_tries: slots.max(vault.eligible_count()).max(1),
+            start_model: active.target.model.clone(),
+            vault,
+            patterns,
+            notify,
+            token: token.clone(),
+            routes: Routes::from_env(),
+            state: Mutex::new(State {
+                active,
+                blocked: None,
+                exhausted: None,
+            }),
+            warned_upstream: AtomicBool::new(false),
+            warned_vault: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let accept = thread::Builder::new()
+            .name("qwen-relay-accept".into())
+            .spawn(move || accept_loop(&accept_shared, &listener))?;
+        Ok(Relay {
+            base_url: format!("http://{addr}/v1"),
+            token,
+            shared,
+            addr,
+            accept: Some(accept),
+        })
     }
 
-    /// `Some(earliest)` once the relay has answered "every key is spent" to qwen.
+    /// `Some(earliest)` once the relay has answered "every key is spent" to qwen (and no
+    /// request has succeeded since).
     pub fn exhausted(&self) -> Option<Option<DateTime<Utc>>> {
-        None
+        self.shared.state().exhausted
     }
 
     /// The slot the relay is using now.
     pub fn current_slot(&self) -> usize {
-        0
+        self.shared.state().active.slot
+    }
+
+    /// Makes the relay send the next requests with `launch` (run.rs calls this after it rotated
+    /// on its own, e.g. on a quota error inside a stream that only output scanning sees).
+    /// Returns false, changing nothing, when `launch` is not a slot the relay can serve.
+    pub fn switch_to(&self, launch: &Launch) -> bool {
+        let Some(active) = Active::from_launch(launch) else {
+            return false;
+        };
+        let mut st = self.shared.state();
+        if st.active.slot != active.slot {
+            st.active = active;
+        }
+        st.blocked = None;
+        true
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // accept(2) does not notice a flag: a connection of our own wakes it.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        // Connection threads blocked reading from qwen end now; one streaming an answer ends at
+        // its next write. Not joined: a thread waiting on a slow provider must not hold us up.
+        let conns =
+            std::mem::take(&mut *self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, conn) in conns {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Err(reason) when the relay cannot be put in qwen's request path (qwen's settings fix the
+/// provider's base URL): run.rs then falls back to output scanning.
+pub fn relay_possible(paths: &Paths) -> Result<(), String> {
+    relay_possible_for(paths, None)
+}
+
+/// [`relay_possible`] knowing the model the slot injects as `OPENAI_MODEL`.
+///
+/// qwen picks a `modelProviders` entry by the model it resolved (`--model`, then settings
+/// `model.name`, then `OPENAI_MODEL`/`QWEN_MODEL`; QWEN_FACTS_APIKEY.md §1), and such an entry's
+/// `baseUrl` beats `OPENAI_BASE_URL`: requests for that model would go straight to the provider
+/// with the relay's token as the key. Every settings file qwen merges is looked at (system,
+/// workspace `.qwen/settings.json`, user); any one entry that matches is enough to say no.
+pub fn relay_possible_for(paths: &Paths, model: Option<&str>) -> Result<(), String> {
+    let cwd = std::env::current_dir().ok();
+    let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let doc = serde_json::from_str(&strip_json_comments(&text)).ok()?;
+            Some((p, doc))
+        })
+        .collect();
+    let from_settings = docs.iter().find_map(|(_, d)| {
+        d.pointer("/model/name")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    });
+    let from_env = || {
+        ["OPENAI_MODEL", "QWEN_MODEL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    };
+    let Some(selected) = from_settings
+        .or_else(|| model.map(str::to_string))
+        .or_else(from_env)
+    else {
+        return Ok(());
+    };
+    for (path, doc) in &docs {
+        let Some(providers) = doc.get("modelProviders").and_then(|v| v.as_object()) else {
+            continue;
+        };
+        for (provider, entries) in providers {
+            let Some(entries) = entries.as_array() else {
+                continue;
+            };
+            let fixed = entries.iter().any(|e| {
+                e.get("id").and_then(|v| v.as_str()) == Some(selected.as_str())
+                    && e.get("baseUrl")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|u| !u.trim().is_empty())
+            });
+            if fixed {
+                return Err(format!(
+                    "{} fixes the base URL of model `{selected}` (modelProviders.{provider}), so qwen \
+                     would send its requests past the relay",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The settings files qwen merges, highest precedence first: system (QWEN_CODE_SYSTEM_SETTINGS_PATH
+/// or /etc/qwen-code/settings.json), workspace (`<cwd>/.qwen/settings.json`), user.
+fn settings_files(paths: &Paths, cwd: Option<&Path>) -> Vec<PathBuf> {
+    let system = std::env::var_os("QWEN_CODE_SYSTEM_SETTINGS_PATH")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || PathBuf::from("/etc/qwen-code/settings.json"),
+            PathBuf::from,
+        );
+    let mut files = vec![system];
+    if let Some(cwd) = cwd {
+        let workspace = cwd.join(".qwen/settings.json");
+        if workspace != paths.settings {
+            files.push(workspace);
+        }
+    }
+    files.push(paths.settings.clone());
+    files
+}
+
+/// qwen reads its settings with strip-json-comments: `//` and `/* */` outside strings.
+fn strip_json_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_string = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+// ---------------------------------------------------------------------------------------------
+
+struct Shared {
+    vault: Vault,
+    patterns: Arc<Patterns>,
+    notify: Box<dyn Fn(String) + Send + Sync>,
+    token: Secret,
+    routes: Routes,
+    state: Mutex<State>,
+    max_tries: usize,
+    /// The model qwen was started with (`OPENAI_MODEL`): rewritten to the slot's own model when
+    /// a later slot names another one (a key for another provider).
+    start_model: Option<String>,
+    /// One warning per outage, not one per request qwen retries (it retries 5xx ~28 times).
+    warned_upstream: AtomicBool,
+    warned_vault: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+}
+
+/// What the relay holds between requests. Locked only to read or swap, never across I/O.
+struct State {
+    active: Active,
+    /// The vault's current slot is one the relay cannot serve, or none is left.
+    blocked: Option<Blocked>,
+    exhausted: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Clone)]
+struct Active {
+    slot: usize,
+    label: Option<String>,
+    target: ApiTarget,
+    /// `record_success` was called for this slot (once per slot change, not per request).
+    recorded: bool,
+}
+
+impl Active {
+    fn from_launch(launch: &Launch) -> Option<Active> {
+        let target = launch.api.clone().filter(|_| launch.kind == Kind::ApiKey)?;
+        Some(Active {
+            slot: launch.slot,
+            label: launch.label.clone(),
+            target,
+            recorded: false,
+        })
+    }
+
+    /// "account 1 (work)": the wording of run.rs's notices.
+    fn who(&self) -> String {
+        who(self.slot, self.label.as_deref())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Blocked {
+    /// The vault moved to an OAuth slot (or an API-key slot without a base URL): qwen must be
+    /// restarted on it, which run.rs does when qwen reports the quota error we answer.
+    Unservable {
+        slot: usize,
+    },
+    Exhausted {
+        earliest: Option<DateTime<Utc>>,
+    },
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn warn_upstream(&self, line: String) {
+        if !self.warned_upstream.swap(true, Ordering::SeqCst) {
+            (self.notify)(line);
+        }
+    }
+
+    fn warn_vault(&self, line: String) {
+        if !self.warned_vault.swap(true, Ordering::SeqCst) {
+            (self.notify)(line);
+        }
+    }
+
+    /// The slot a new request starts on, or the answer to give when none can take it. A blocked
+    /// relay asks the vault again (cooldowns expire, another process may have rotated back to an
+    /// API-key slot); that costs a file read, and only while blocked.
+    fn start_slot(&self) -> Result<Active, Answer> {
+        let blocked = {
+            let st = self.state();
+            match st.blocked {
+                None => return Ok(st.active.clone()),
+                Some(b) => b,
+            }
+        };
+        match self.vault.prepare(None) {
+            Ok(launch) => match Active::from_launch(&launch) {
+                Some(active) => {
+                    let mut st = self.state();
+                    if st.active.slot != active.slot {
+                        st.active = active;
+                    }
+                    st.blocked = None;
+                    Ok(st.active.clone())
+                }
+                None => Err(unservable_answer(launch.slot)),
+            },
+            Err(Error::Exhausted { earliest }) => {
+                self.state().exhausted = Some(earliest);
+                Err(exhausted_answer(earliest))
+            }
+            Err(_) => Err(match blocked {
+                Blocked::Exhausted { earliest } => exhausted_answer(earliest),
+                Blocked::Unservable { slot } => unservable_answer(slot),
+            }),
+        }
+    }
+
+    /// The rotation step for a request whose answer on `failed` classified as `hit`.
+    fn rotate(&self, failed: &Active, hit: &Hit) -> Next {
+        let what = what(failed, hit);
+        let next = match self.vault.report(failed.slot, hit) {
+            Err(e) => {
+                self.warn_vault(format!("{what}; cannot rotate: {e}"));
+                return Next::PassThrough;
+            }
+            Ok(Rotation::Exhausted { earliest }) => Err(earliest),
+            Ok(Rotation::Switched { .. } | Rotation::AlreadyRotated { .. }) => {
+                match self.vault.prepare(None) {
+                    Ok(launch) => Ok(launch),
+                    Err(Error::Exhausted { earliest }) => Err(earliest),
+                    Err(e) => {
+                        self.warn_vault(format!("{what}; cannot switch: {e}"));
+                        return Next::PassThrough;
+                    }
+                }
+            }
+        };
+        match next {
+            Err(earliest) => {
+                {
+                    let mut st = self.state();
+                    st.blocked = Some(Blocked::Exhausted { earliest });
+                    st.exhausted = Some(earliest);
+                }
+                (self.notify)(format!("{what}; no other account is left"));
+                Next::Answer(exhausted_answer(earliest))
+            }
+            Ok(launch) => match Active::from_launch(&launch) {
+                Some(active) => {
+                    let moved_here = {
+                        let mut st = self.state();
+                        // Compare-and-swap in memory too: a sibling request that saw the same
+                        // failure may have moved the relay already (and said so).
+                        let ours = st.active.slot == failed.slot && active.slot != failed.slot;
+                        if st.active.slot != active.slot {
+                            st.active = active.clone();
+                        }
+                        st.blocked = None;
+                        ours
+                    };
+                    if moved_here {
+                        (self.notify)(format!("{what}; switched to {}", active.who()));
+                    }
+                    Next::Slot(active)
+                }
+                None => {
+                    // run.rs reruns qwen on that slot once qwen reports our quota answer, and
+                    // says so itself: no notice here, or the person reads it twice.
+                    self.state().blocked = Some(Blocked::Unservable { slot: launch.slot });
+                    Next::Answer(unservable_answer(launch.slot))
+                }
+            },
+        }
+    }
+
+    /// A 2xx on `slot`: clears the exhausted mark; records the success once per slot change.
+    fn succeeded(&self, slot: usize) {
+        self.warned_upstream.store(false, Ordering::SeqCst);
+        let record = {
+            let mut st = self.state();
+            st.exhausted = None;
+            let first = st.active.slot == slot && !st.active.recorded;
+            if first {
+                st.active.recorded = true;
+            }
+            first
+        };
+        if record && let Err(e) = self.vault.record_success(slot) {
+            self.warn_vault(format!("cannot record the success of account {slot}: {e}"));
+        }
+    }
+}
+
+enum Next {
+    /// Re-send the request on this slot.
+    Slot(Active),
+    /// Give qwen this answer instead of the provider's.
+    Answer(Answer),
+    /// Give qwen the provider's answer as it was.
+    PassThrough,
+}
+
+/// "account 1 (work) quota exhausted": the same wording as run.rs's notices.
+fn what(active: &Active, hit: &Hit) -> String {
+    let why = match hit.class {
+        Class::Quota => "quota exhausted",
+        Class::Throttle => "rate limited",
+        Class::Auth => "was refused (needs login)",
+    };
+    format!("{} {why}", active.who())
+}
+
+fn who(slot: usize, label: Option<&str>) -> String {
+    match label {
+        Some(label) => format!("account {slot} ({label})"),
+        None => format!("account {slot}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers the relay makes itself (OpenAI-shaped, so qwen shows them like a provider's)
+// ---------------------------------------------------------------------------------------------
+
+struct Answer {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+fn openai_error(status: u16, message: &str, kind: &str, code: &str) -> Answer {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+    Answer {
+        status,
+        headers: vec![("content-type", "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Every key spent. Worded so qwen gives up at once instead of retrying for an hour: 0.24
+/// fails fast on a message with "quota", "exhausted" and "will reset"/"reset at"
+/// (`isQuotaExhaustedError`), and `x-should-retry: false` turns off the OpenAI SDK's own three
+/// retries. `insufficient_quota` in the text lets output scanning classify it whatever qwen
+/// prints around it (0.12 shows only the message).
+fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
+    let when = match earliest {
+        Some(t) => format!(
+            "the first one will reset at {} (in {})",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            crate::config::human_duration(t - Utc::now())
+        ),
+        None => "no reset time is known (see `qwen --rotation-status`); the quota will reset at the provider's next reset".into(),
+    };
+    let message = format!(
+        "qwen-rotation: all accounts exhausted (insufficient_quota): every account's quota has been exhausted; {when}"
+    );
+    let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
+    answer.headers.push(("x-should-retry", "false".into()));
+    answer
+}
+
+/// The next slot is one qwen must be restarted for: a quota answer qwen gives up on at once
+/// (same wording rules as [`exhausted_answer`]); run.rs's output scanning then reruns qwen.
+fn unservable_answer(slot: usize) -> Answer {
+    let message = format!(
+        "qwen-rotation: quota exhausted (insufficient_quota) on this key; account {slot} is next and \
+         qwen must be restarted to use it; the spent key's quota will reset at the provider's next reset"
+    );
+    let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
+    answer.headers.push(("x-should-retry", "false".into()));
+    answer
+}
+
+/// The request did not carry the run's token. Worded without the auth phrases output scanning
+/// rotates on: this is a wiring fault, not a spent account.
+fn refused_answer() -> Answer {
+    let mut answer = openai_error(
+        401,
+        "qwen-rotation relay: this request does not carry the key of this run; refused",
+        "invalid_request_error",
+        "relay_token_mismatch",
+    );
+    answer.headers.push(("x-should-retry", "false".into()));
+    answer
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server side: qwen → relay
+// ---------------------------------------------------------------------------------------------
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on a full table.
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            }
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = conn.try_clone() {
+            shared
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, clone);
+        }
+        let shared = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name("qwen-relay-conn".into())
+            .spawn(move || {
+                let _ = serve_connection(&shared, conn);
+                shared
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
+        if spawned.is_err() {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One request as qwen sent it.
+struct Incoming {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    /// The client wants the connection closed after this answer (or speaks HTTP/1.0).
+    close: bool,
+}
+
+impl Incoming {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
+    // Each SSE chunk is one write; without TCP_NODELAY Nagle would hold small ones back.
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::with_capacity(CHUNK, conn);
+    loop {
+        let mut req = match read_head(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let answer = openai_error(
+                    400,
+                    "qwen-rotation relay: malformed request",
+                    "invalid_request_error",
+                    "bad_request",
+                );
+                return write_answer(&mut out, &answer, "GET", true);
+            }
+            Err(e) => return Err(e),
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let authorized = authorized(&req, &shared.token);
+        if authorized
+            && req
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+        {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        match read_body(&mut reader, &req) {
+            Ok(body) => req.body = body,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let answer = openai_error(
+                    413,
+                    "qwen-rotation relay: request body too large or malformed",
+                    "invalid_request_error",
+                    "bad_request",
+                );
+                return write_answer(&mut out, &answer, &req.method, true);
+            }
+            Err(e) => return Err(e),
+        }
+        if !authorized {
+            // Read the body first so closing does not reset the connection under our answer.
+            return write_answer(&mut out, &refused_answer(), &req.method, true);
+        }
+        let keep = relay_request(shared, &req, &mut out)?;
+        if !keep || req.close {
+            return Ok(());
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time (the token is the only thing that
+/// stands between another local user and the keys).
+fn authorized(req: &Incoming, token: &Secret) -> bool {
+    let Some(value) = req.header("authorization") else {
+        return false;
+    };
+    let given = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => return false,
+    };
+    constant_time_eq(given, token.expose().as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is not secret (every token is 64 hex digits); the content is.
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// One line, at most `limit` bytes, CRLF or LF stripped.
+fn read_line(reader: &mut impl BufRead, limit: &mut u64) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let n = reader.by_ref().take(*limit).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    *limit = limit.saturating_sub(n as u64);
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "line too long or cut short",
+        ));
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(Some(line))
+}
+
+/// The request line and headers; `Ok(None)` on a clean close between requests.
+fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Incoming>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut budget = MAX_HEAD;
+    // Stray empty lines between requests are allowed (RFC 9112 §2.2).
+    let line = loop {
+        match read_line(reader, &mut budget) {
+            Ok(None) => return Ok(None),
+            Ok(Some(l)) if l.is_empty() => continue,
+            Ok(Some(l)) => break l,
+            // An idle keep-alive connection timing out is a normal end.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let line = String::from_utf8(line).map_err(|_| bad("request line is not UTF-8"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("malformed request line"));
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+        return Err(bad("unsupported request"));
+    }
+    let mut headers = Vec::new();
+    loop {
+        let Some(h) = read_line(reader, &mut budget)? else {
+            return Err(bad("headers cut short"));
+        };
+        if h.is_empty() {
+            break;
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(bad("too many headers"));
+        }
+        let colon = h
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| bad("header without a colon"))?;
+        let name = std::str::from_utf8(&h[..colon])
+            .map_err(|_| bad("header name"))?
+            .trim()
+            .to_string();
+        if name.is_empty() {
+            return Err(bad("empty header name"));
+        }
+        headers.push((name, h[colon + 1..].trim_ascii().to_vec()));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    let mut req = Incoming {
+        method: method.to_string(),
+        path,
+        query,
+        headers,
+        body: Vec::new(),
+        close: false,
+    };
+    let connection = req
+        .header("connection")
+        .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase());
+    req.close = match connection {
+        Some(c) if c.contains("close") => true,
+        Some(c) if c.contains("keep-alive") => false,
+        _ => version == "HTTP/1.0",
+    };
+    Ok(Some(req))
+}
+
+/// The body by `Transfer-Encoding: chunked` or `Content-Length`; InvalidData when malformed or
+/// larger than [`MAX_BODY`].
+fn read_body(reader: &mut impl BufRead, req: &Incoming) -> io::Result<Vec<u8>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().windows(7).any(|w| w == b"chunked"));
+    if chunked {
+        let mut body = Vec::new();
+        loop {
+            let mut budget = 1024;
+            let line = read_line(reader, &mut budget)?.ok_or_else(|| bad("chunk cut short"))?;
+            let size = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.split(';').next())
+                .map(str::trim);
+            let size = size
+                .and_then(|s| usize::from_str_radix(s, 16).ok())
+                .ok_or_else(|| bad("chunk size"))?;
+            if size == 0 {
+                // Trailers, then the empty line.
+                let mut budget = MAX_HEAD;
+                while let Some(t) = read_line(reader, &mut budget)? {
+                    if t.is_empty() {
+                        break;
+                    }
+                }
+                return Ok(body);
+            }
+            if body.len() + size > MAX_BODY {
+                return Err(bad("body too large"));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf)?;
+        }
+    }
+    let Some(len) = req.header("content-length") else {
+        return Ok(Vec::new());
+    };
+    let len: usize = std::str::from_utf8(len)
+        .ok()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| bad("content-length"))?;
+    if len > MAX_BODY {
+        return Err(bad("body too large"));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side: relay → provider
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `req` upstream, rotating as needed, and writes the answer to qwen. Ok(false) when the
+/// connection to qwen must be closed (an answer whose end cannot be told otherwise).
+fn relay_request(shared: &Shared, req: &Incoming, out: &mut TcpStream) -> io::Result<bool> {
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        let answer = openai_error(
+            405,
+            "qwen-rotation relay: CONNECT is not supported",
+            "invalid_request_error",
+            "bad_request",
+        );
+        return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
+    }
+    let mut active = match shared.start_slot() {
+        Ok(a) => a,
+        Err(answer) => {
+            return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
+        }
+    };
+    let mut tries = 0;
+    let mut auth_moved = false;
+    loop {
+        tries += 1;
+        let url = upstream_url(&active.target.base_url, &req.path, req.query.as_deref());
+        let response = match send(shared, req, &active, &url) {
+            Ok(r) => r,
+            Err(e) => {
+                let (status, message) = describe_failure(&e, &url);
+                shared.warn_upstream(format!("{}: {message}", active.who()));
+                let code = if status == 504 {
+                    "relay_upstream_timeout"
+                } else {
+                    "relay_upstream_unreachable"
+                };
+                let answer = openai_error(
+                    status,
+                    &format!("qwen-rotation relay: {message}"),
+                    "relay_error",
+                    code,
+                );
+                return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
+            }
+        };
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let mut reader = body.into_reader();
+        if status < 400 {
+            let keep = stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &[],
+                &mut reader,
+                req.close,
+            )?;
+            if (200..300).contains(&status) {
+                shared.succeeded(active.slot);
+            }
+            return Ok(keep);
+        }
+        // An error answer: small, so read it whole and see whether another key can do better.
+        let (prefix, complete) = read_prefix(&mut reader, MAX_ERROR_BODY);
+        if complete {
+            let text = String::from_utf8_lossy(&prefix);
+            let hit = detect::classify_http(status, &text, &shared.patterns);
+            // A second auth failure in one request is shown to qwen as it came: moving again
+            // could walk every key on one request (never loop). It is reported by output
+            // scanning or by the next request.
+            if let Some(hit) = hit
+                && !(hit.class == Class::Auth && auth_moved)
+            {
+                match shared.rotate(&active, &hit) {
+                    // The spent slot is marked either way; a new send only within the bound.
+                    Next::Slot(next) if tries < shared.max_tries => {
+                        auth_moved |= hit.class == Class::Auth;
+                        active = next;
+                        continue;
+                    }
+                    Next::Slot(_) => {}
+                    Next::Answer(answer) => {
+                        return write_answer(out, &answer, &req.method, req.close)
+                            .map(|()| !req.close);
+                    }
+                    Next::PassThrough => {}
+                }
+            }
+        }
+        let rest: Option<&mut dyn Read> = if complete { None } else { Some(&mut reader) };
+        return match rest {
+            None => stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &prefix,
+                &mut io::empty(),
+                req.close,
+            ),
+            Some(r) => stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &prefix,
+                r,
+                req.close,
+            ),
+        };
+    }
+}
+
+/// `base` + the request path without the relay's `/v1`: what qwen would have requested had it
+/// been given `base` as `OPENAI_BASE_URL` (the OpenAI SDK appends the path to the base as is).
+fn upstream_url(base: &str, path: &str, query: Option<&str>) -> String {
+    let rest = match path.strip_prefix("/v1") {
+        Some(r) if r.is_empty() || r.starts_with('/') => r,
+        _ => path,
+    };
+    let mut url = format!("{}{rest}", base.trim_end_matches('/'));
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) or that the relay sets itself.
+fn hop_by_hop(name: &str) -> bool {
+    const DROP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "authorization",
+        "expect",
+        // Asked for identity so error bodies can be read and classified; ureq (built without
+        // its gzip feature) would not decode a compressed one.
+        "accept-encoding",
+    ];
+    DROP.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// The names listed in a `Connection` header are hop-by-hop too.
+fn connection_listed(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn send(
+    shared: &Shared,
+    req: &Incoming,
+    active: &Active,
+    url: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    use ureq::http::{HeaderName, HeaderValue};
+    let listed = connection_listed(&req.headers);
+    let token = shared.token.expose().as_bytes();
+    let mut builder = ureq::http::Request::builder()
+        .method(req.method.as_str())
+        .uri(url);
+    for (name, value) in &req.headers {
+        // Also drop any header that carries the run's token under another name (`api-key`, …):
+        // the provider never sees it.
+        if hop_by_hop(name)
+            || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+            || value.windows(token.len()).any(|w| w == token)
+        {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        builder = builder.header(n, v);
+    }
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", active.target.key.expose()))
+        .map_err(|_| {
+            ureq::Error::BadUri("the key contains characters a header cannot carry".into())
+        })?;
+    auth.set_sensitive(true);
+    builder = builder.header(ureq::http::header::AUTHORIZATION, auth);
+    let agent = shared.routes.agent_for(url);
+    let rewritten = rewrite_model(
+        &req.body,
+        shared.start_model.as_deref(),
+        active.target.model.as_deref(),
+    );
+    let body: &[u8] = rewritten.as_deref().unwrap_or(&req.body);
+    if body.is_empty()
+        && req.header("content-length").is_none()
+        && req.header("transfer-encoding").is_none()
+    {
+        agent.run(builder.body(())?)
+    } else {
+        agent.run(builder.body(body)?)
+    }
+}
+
+/// The request body with `"model": from` replaced by `to`, when the slot in use names another
+/// model than the one qwen was started with; None when nothing needs changing.
+fn rewrite_model(body: &[u8], from: Option<&str>, to: Option<&str>) -> Option<Vec<u8>> {
+    let (from, to) = (from?, to?);
+    if from == to || body.is_empty() {
+        return None;
+    }
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let model = doc.get_mut("model")?;
+    if model.as_str() != Some(from) {
+        return None;
+    }
+    *model = serde_json::Value::String(to.to_string());
+    serde_json::to_vec(&doc).ok()
+}
+
+/// Reads up to `limit` bytes; `complete` when the body ended within them. A read error counts
+/// as the end (what was read is still passed on).
+fn read_prefix(reader: &mut impl Read, limit: usize) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut buf) {
+        Ok(_) if buf.len() <= limit => (buf, true),
+        Ok(_) => (buf, false),
+        Err(_) => (buf, true),
+    }
+}
+
+/// Status and message for a request that got no answer. Only the URL's scheme, host, port and
+/// path are named: userinfo and query can hold secrets.
+fn describe_failure(e: &ureq::Error, url: &str) -> (u16, String) {
+    let shown = shown_url(url);
+    let https = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    match e {
+        ureq::Error::Timeout(t) => (504, format!("{shown} did not answer in time ({t})")),
+        ureq::Error::HostNotFound => (502, format!("cannot reach {shown} (host not found)")),
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => {
+                (502, format!("cannot reach {shown} (connection refused)"))
+            }
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                (504, format!("{shown} did not answer in time"))
+            }
+            // rustls reports handshake failures (a plain-HTTP port, a bad certificate) as
+            // InvalidData on the socket.
+            io::ErrorKind::InvalidData if https => {
+                (502, format!("TLS failure talking to {shown} ({io})"))
+            }
+            _ => (502, format!("cannot reach {shown} ({io})")),
+        },
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            (502, format!("TLS failure talking to {shown} ({e})"))
+        }
+        ureq::Error::ConnectProxyFailed(why) => (
+            502,
+            format!("the proxy refused the tunnel to {shown} ({why})"),
+        ),
+        ureq::Error::Protocol(p) => (502, format!("{shown} did not answer in HTTP/1.1 ({p})")),
+        other => (502, format!("cannot reach {shown} ({other})")),
+    }
+}
+
+/// `scheme://host[:port]/path` of `url`.
+fn shown_url(url: &str) -> String {
+    match url.parse::<ureq::http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or("?");
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{host}{port}{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.path()
+            )
+        }
+        Err(_) => "the provider".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing answers to qwen
+// ---------------------------------------------------------------------------------------------
+
+fn reason(status: u16) -> &'static str {
+    ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+fn head_common(head: &mut String, close: bool) {
+    if close {
+        head.push_str("connection: close\r\n");
+    } else {
+        let _ = write!(
+            head,
+            "connection: keep-alive\r\nkeep-alive: timeout={}\r\n",
+            IDLE_TIMEOUT.as_secs()
+        );
+    }
+}
+
+fn write_answer(out: &mut TcpStream, answer: &Answer, method: &str, close: bool) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", answer.status, reason(answer.status));
+    for (k, v) in &answer.headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    let _ = write!(head, "content-length: {}\r\n", answer.body.len());
+    head_common(&mut head, close);
+    head.push_str("\r\n");
+    let mut frame = head.into_bytes();
+    if !method.eq_ignore_ascii_case("HEAD") {
+        frame.extend_from_slice(&answer.body);
+    }
+    out.write_all(&frame)?;
+    out.flush()
+}
+
+/// Writes the provider's status and headers, then `prefix` and the rest of `body`, each read
+/// passed on at once (chunked encoding when the provider gave no length). Ok(false) when the
+/// connection must close: qwen asked so, or the provider's body broke off.
+fn stream_answer(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &ureq::http::HeaderMap,
+    method: &str,
+    prefix: &[u8],
+    body: &mut dyn Read,
+    close: bool,
+) -> io::Result<bool> {
+    let bodyless =
+        method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 || status < 200;
+    let length = headers
+        .get(ureq::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let listed: Vec<String> = headers
+        .get_all(ureq::http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        let name = name.as_str();
+        if hop_by_hop(name) || listed.iter().any(|l| l == name) {
+            continue;
+        }
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        head.push_str("\r\n");
+    }
+    let chunked = !bodyless && length.is_none();
+    match (bodyless, length) {
+        // A HEAD answer keeps the length it announces.
+        (true, Some(n)) if method.eq_ignore_ascii_case("HEAD") => {
+            let _ = write!(head, "content-length: {n}\r\n");
+        }
+        (true, _) => {}
+        (false, Some(n)) => {
+            let _ = write!(head, "content-length: {n}\r\n");
+        }
+        (false, None) => head.push_str("transfer-encoding: chunked\r\n"),
+    }
+    head_common(&mut head, close);
+    head.push_str("\r\n");
+    let mut frame = head.into_bytes();
+    if bodyless {
+        out.write_all(&frame)?;
+        out.flush()?;
+        return Ok(!close);
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent: u64 = 0;
+    let mut pending: &[u8] = prefix;
+    let mut ended_cleanly = true;
+    loop {
+        let n = if pending.is_empty() {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    ended_cleanly = false;
+                    break;
+                }
+            }
+        } else {
+            let n = pending.len().min(buf.len());
+            buf[..n].copy_from_slice(&pending[..n]);
+            pending = &pending[n..];
+            n
+        };
+        if chunked {
+            let _ = write!(ChunkHeader(&mut frame), "{n:x}\r\n");
+            frame.extend_from_slice(&buf[..n]);
+            frame.extend_from_slice(b"\r\n");
+        } else {
+            frame.extend_from_slice(&buf[..n]);
+        }
+        sent += n as u64;
+        // One write per chunk: SSE events reach qwen the moment the provider sends them.
+        out.write_all(&frame)?;
+        frame.clear();
+    }
+    if let Some(n) = length
+        && sent != n
+    {
+        ended_cleanly = false;
+    }
+    if chunked && ended_cleanly {
+        frame.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !frame.is_empty() {
+        out.write_all(&frame)?;
+    }
+    out.flush()?;
+    // A body that broke off can only be told to qwen by closing the connection without the
+    // terminating chunk (or short of the announced length).
+    Ok(ended_cleanly && !close)
+}
+
+/// `write!` into a Vec<u8> without going through io::Write's error plumbing.
+struct ChunkHeader<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ChunkHeader<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, as curl reads them
+// ---------------------------------------------------------------------------------------------
+
+/// One agent (and connection pool) per way out. ureq's own `Proxy::try_from_env` takes the
+/// first of ALL_PROXY, HTTPS_PROXY, HTTP_PROXY for every scheme; curl, node and qwen choose by
+/// the target's scheme, so the relay does too.
+struct Routes {
+    direct: ureq::Agent,
+    https: Option<ureq::Agent>,
+    http: Option<ureq::Agent>,
+    no_proxy: Vec<String>,
+}
+
+impl Routes {
+    fn from_env() -> Routes {
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+        };
+        let proxy = |names: &[&str]| var(names).and_then(|v| ureq::Proxy::new(v.trim()).ok());
+        let https = proxy(&["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]);
+        let http = proxy(&["http_proxy", "HTTP_PROXY", "ALL_PROXY", "all_proxy"]);
+        let no_proxy = var(&["NO_PROXY", "no_proxy"])
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Routes {
+            direct: agent(None),
+            https: https.map(|p| agent(Some(p))),
+            http: http.map(|p| agent(Some(p))),
+            no_proxy,
+        }
+    }
+
+    fn agent_for(&self, url: &str) -> &ureq::Agent {
+        let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+            return &self.direct;
+        };
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if no_proxy_matches(&self.no_proxy, &host) {
+            return &self.direct;
+        }
+        let via = if uri.scheme_str() == Some("https") {
+            &self.https
+        } else {
+            &self.http
+        };
+        via.as_ref().unwrap_or(&self.direct)
+    }
+}
+
+/// curl's rules: `*` matches everything; `example.com` and `.example.com` match the host and
+/// its subdomains; a `:port` suffix is ignored.
+fn no_proxy_matches(entries: &[String], host: &str) -> bool {
+    entries.iter().any(|e| {
+        if e == "*" {
+            return true;
+        }
+        let e = e.trim_start_matches("*.").trim_start_matches('.');
+        let e = match e.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => e,
+        };
+        let e = e.trim_start_matches('[').trim_end_matches(']');
+        !e.is_empty() && (host == e || host.strip_suffix(e).is_some_and(|rest| rest.ends_with('.')))
+    })
+}
+
+fn agent(proxy: Option<ureq::Proxy>) -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    let config = ureq::Agent::config_builder()
+        // Error statuses are answers to relay (and to classify), not failures.
+        .http_status_as_error(false)
+        // Redirects go back to qwen as they came.
+        .max_redirects(0)
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .proxy(proxy)
+        // The system's trust store, so a corporate CA installed on the machine works.
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::PlatformVerifier)
+                .build(),
+        )
+        // ureq's own defaults (`accept: */*`, its user agent) are not added when qwen set none.
+        .accept("")
+        .max_idle_connections_per_host(8)
+        .max_idle_age(Duration::from_secs(60))
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+/// `n` random bytes from the kernel, as hex.
+fn random_hex(n: usize) -> io::Result<String> {
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().fold(String::with_capacity(2 * n), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_url_replaces_the_relay_prefix_by_the_base() {
+        let cases = [
+            (
+                "https://x.test/v1",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/v1/chat/completions",
+            ),
+            (
+                "https://x.test/v1/",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/v1/chat/completions",
+            ),
+            (
+                "https://x.test/compatible-mode/v1",
+                "/v1/models",
+                Some("a=1"),
+                "https://x.test/compatible-mode/v1/models?a=1",
+            ),
+            (
+                "https://x.test",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/chat/completions",
+            ),
+            (
+                "https://x.test/api/v1",
+                "/chat/completions",
+                None,
+                "https://x.test/api/v1/chat/completions",
+            ),
+            ("https://x.test/v1", "/v1", None, "https://x.test/v1"),
+            (
+                "https://x.test/v1",
+                "/v1beta/x",
+                None,
+                "https://x.test/v1/v1beta/x",
+            ),
+        ];
+        for (base, path, query, want) in cases {
+            assert_eq!(upstream_url(base, path, query), want, "{base} + {path}");
+        }
+    }
+
+    #[test]
+    fn token_comparison_needs_the_whole_token() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+    }
+
+    #[test]
+    fn random_tokens_are_64_hex_digits_and_differ() {
+        let a = random_hex(32).unwrap();
+        let b = random_hex(32).unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn model_is_rewritten_only_when_the_slot_names_another() {
+        let body = br#"{"model":"m1","stream":true}"#;
+        let out = rewrite_model(body, Some("m1"), Some("m2")).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["model"], "m2");
+        assert_eq!(doc["stream"], true);
+        assert!(rewrite_model(body, Some("m1"), Some("m1")).is_none());
+        assert!(rewrite_model(body, None, Some("m2")).is_none());
+        assert!(rewrite_model(body, Some("other"), Some("m2")).is_none());
+        assert!(rewrite_model(b"not json", Some("m1"), Some("m2")).is_none());
+    }
+
+    #[test]
+    fn no_proxy_follows_curl() {
+        let entries: Vec<String> = [
+            "localhost",
+            ".internal.test",
+            "10.0.0.1:8080",
+            "*.corp.test",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(no_proxy_matches(&entries, "localhost"));
+        assert!(no_proxy_matches(&entries, "a.internal.test"));
+        assert!(no_proxy_matches(&entries, "internal.test"));
+        assert!(no_proxy_matches(&entries, "10.0.0.1"));
+        assert!(no_proxy_matches(&entries, "x.corp.test"));
+        assert!(!no_proxy_matches(&entries, "notinternal.test"));
+        assert!(!no_proxy_matches(&entries, "api.example.com"));
+        assert!(no_proxy_matches(&["*".to_string()], "anything"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_not_forwarded() {
+        for h in [
+            "Connection",
+            "keep-alive",
+            "Transfer-Encoding",
+            "Host",
+            "Authorization",
+            "Content-Length",
+            "Accept-Encoding",
+        ] {
+            assert!(hop_by_hop(h), "{h}");
+        }
+        for h in [
+            "content-type",
+            "user-agent",
+            "x-stainless-os",
+            "openai-organization",
+        ] {
+            assert!(!hop_by_hop(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn failures_name_the_problem_and_never_the_query() {
+        let refused = ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let (status, msg) = describe_failure(
+            &refused,
+            "http://127.0.0.1:9/v1/chat/completions?key=SECRET",
+        );
+        assert_eq!(status, 502);
+        assert!(
+            msg.contains("connection refused")
+                && msg.contains("http://127.0.0.1:9/v1/chat/completions"),
+            "{msg}"
+        );
+        assert!(!msg.contains("SECRET"));
+        let tls = ureq::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received corrupt message",
+        ));
+        let (_, msg) = describe_failure(&tls, "https://user:pw@x.test/v1");
+        assert!(msg.contains("TLS") && !msg.contains("pw"), "{msg}");
+    }
+
+    #[test]
+    fn answers_make_qwen_give_up_at_once() {
+        // qwen 0.24's isQuotaExhaustedError: "quota" && ("exhausted"|"exceeded") && ("will reset"|"reset at").
+        let fail_fast = |a: &Answer| {
+            let doc: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            let m = doc["error"]["message"].as_str().unwrap().to_lowercase();
+            m.contains("quota")
+                && (m.contains("exhausted") || m.contains("exceeded"))
+                && (m.contains("will reset") || m.contains("reset at"))
+        };
+        let t = "2026-11-30T09:25:00Z".parse::<DateTime<Utc>>().unwrap();
+        for a in [
+            exhausted_answer(Some(t)),
+            exhausted_answer(None),
+            unservable_answer(3),
+        ] {
+            assert_eq!(a.status, 429);
+            assert!(fail_fast(&a));
+            assert!(
+                a.headers
+                    .iter()
+                    .any(|(k, v)| *k == "x-should-retry" && v == "false")
+            );
+        }
+        assert!(
+            String::from_utf8_lossy(&exhausted_answer(Some(t)).body)
+                .contains("2026-11-30T09:25:00Z")
+        );
+    }
+
+    #[test]
+    fn settings_comments_are_stripped_outside_strings() {
+        let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
+        let doc: serde_json::Value = serde_json::from_str(&strip_json_comments(text)).unwrap();
+        assert_eq!(doc["a"], "x//y");
+        assert_eq!(doc["b"], "/*z*/");
+    }
+
+    #[test]
+    fn a_model_provider_with_a_base_url_rules_the_relay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        assert!(relay_possible_for(&paths, Some("m1")).is_ok());
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://coding.dashscope.aliyuncs.com/v1","envKey":"K"}]}}"#,
+        )
+        .unwrap();
+        let err = relay_possible_for(&paths, Some("m1")).unwrap_err();
+        assert!(err.contains("settings.json") && err.contains("m1"), "{err}");
+        assert!(relay_possible_for(&paths, Some("m2")).is_ok());
+        // settings' model.name selects the provider entry whatever the slot says.
+        std::fs::write(
+            &paths.settings,
+            r#"{"model":{"name":"m1"},"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://x.test/v1"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m2")).is_err());
+        // An entry without a base URL only names the key variable: the relay still works.
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","envKey":"K"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m1")).is_ok());
     }
 }

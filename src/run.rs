@@ -19,7 +19,8 @@ use crate::detect::{Class, Hit, Patterns};
 use crate::error::Error;
 use crate::pipes::{self, Attempt, StdinSource, StdoutMode};
 use crate::signals;
-use crate::vault::{Launch, Rotation, Vault};
+use crate::relay::{self, Relay};
+use crate::vault::{Kind, Launch, Rotation, Vault};
 use crate::{locate, warn};
 
 /// Runs the real qwen with `args`; never returns.
@@ -57,7 +58,38 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if interactive {
         interactive_session(&vault, &real, &args, patterns, launch);
     }
-    headless(&vault, &real, &args, &modifiers, patterns, launch)
+    let relay = start_relay(&vault, &patterns, &launch, Box::new(|line| notice(&line)));
+    headless(&vault, &real, &args, &modifiers, patterns, launch, relay.as_ref())
+}
+
+/// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
+/// nothing forbids it; otherwise output scanning alone watches the run (and says why, once).
+fn start_relay(
+    vault: &Vault,
+    patterns: &Arc<Patterns>,
+    launch: &Launch,
+    notify: Box<dyn Fn(String) + Send + Sync>,
+) -> Option<Relay> {
+    if launch.kind != Kind::ApiKey || !vault.config.relay {
+        return None;
+    }
+    if let Err(why) = relay::relay_possible(&vault.paths) {
+        warn(format!("{why}; watching qwen's output instead of relaying its requests"));
+        return None;
+    }
+    let setup = relay::Setup {
+        vault: Vault::open(vault.paths.clone(), vault.config.clone()),
+        patterns: Arc::clone(patterns),
+        launch: launch.clone(),
+        notify,
+    };
+    match Relay::start(setup) {
+        Ok(relay) => Some(relay),
+        Err(e) => {
+            warn(format!("the request relay did not start ({e}); watching qwen's output instead"));
+            None
+        }
+    }
 }
 
 /// A person at a terminal: qwen runs on a pseudo-terminal relayed to ours, and a quota error on
@@ -67,12 +99,16 @@ fn interactive_session(vault: &Vault, real: &Path, args: &[OsString], patterns: 
     use crate::pty;
 
     signals::become_subreaper();
+    let (controller, controls) = pty::controls();
+    let relay_notices = controller.clone();
+    let notify = Box::new(move |line: String| relay_notices.send(pty::Control::Notice(format!("qwen-rotation: {line}"))));
+    // Kept alive for the whole session: an API-key session moves to the next key inside the relay.
+    let relay = start_relay(vault, &patterns, &launch, notify);
     let mut cmd = Command::new(real);
     cmd.args(args);
-    for (k, v) in child_env(&launch) {
+    for (k, v) in attempt_env(&launch, relay.as_ref()) {
         cmd.env(k, v);
     }
-    let (controller, controls) = pty::controls();
     let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
     let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
     let auto_retry = vault.config.auto_retry;
@@ -133,6 +169,7 @@ fn headless(
     modifiers: &Modifiers,
     patterns: Arc<Patterns>,
     mut launch: Launch,
+    relay: Option<&Relay>,
 ) -> ! {
     signals::become_subreaper();
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -157,7 +194,7 @@ fn headless(
         let finished = pipes::run(Attempt {
             program: real,
             args,
-            env: child_env(&launch),
+            env: attempt_env(&launch, relay),
             stdin: &stdin,
             stdout,
             patterns: Arc::clone(&patterns),
@@ -169,6 +206,10 @@ fn headless(
             Ok(f) => f,
             Err(e) => fail(&spawn_error(real, e)),
         };
+        if let Some(earliest) = relay.and_then(Relay::exhausted) {
+            // The relay already rotated through every key and told qwen so.
+            fail(&Error::Exhausted { earliest });
+        }
         let Some(hit) = finished.hit.clone() else {
             pipes::release(&finished);
             if finished.outcome.success()
@@ -286,6 +327,24 @@ fn prepare(vault: &Vault, pinned: Option<&str>) -> Option<Launch> {
 /// The variables an attempt adds to the inherited environment (API-key slots).
 fn child_env(launch: &Launch) -> Vec<(OsString, OsString)> {
     launch.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v.expose()))).collect()
+}
+
+/// With the relay in the path, qwen gets the relay's address and the run's own token in place
+/// of the provider's URL and the real key: the real key never enters qwen's environment.
+fn attempt_env(launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
+    match (relay, &launch.api) {
+        (Some(relay), Some(api)) => {
+            let mut env = vec![
+                (OsString::from(&api.env_key), OsString::from(relay.token.expose())),
+                (OsString::from("OPENAI_BASE_URL"), OsString::from(&relay.base_url)),
+            ];
+            if let Some(model) = &api.model {
+                env.push((OsString::from("OPENAI_MODEL"), OsString::from(model)));
+            }
+            env
+        }
+        _ => child_env(launch),
+    }
 }
 
 /// Replaces this process with the real qwen.

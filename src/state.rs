@@ -56,7 +56,12 @@ impl Status {
     }
 
     pub fn parse(text: &str) -> Option<Status> {
-        match text.trim().to_ascii_lowercase().replace(['-', ' '], "_").as_str() {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', ' '], "_")
+            .as_str()
+        {
             "healthy" | "ok" | "active" => Some(Status::Healthy),
             "cooling_down" | "cooldown" | "cooling" => Some(Status::CoolingDown),
             "needs_login" | "login" => Some(Status::NeedsLogin),
@@ -152,7 +157,10 @@ impl Default for Account {
 
 impl Account {
     pub fn new(kind: Kind) -> Account {
-        Account { kind: Some(kind), ..Account::default() }
+        Account {
+            kind: Some(kind),
+            ..Account::default()
+        }
     }
 
     /// The status as of `now`: a cooldown that has passed reads as healthy.
@@ -212,6 +220,9 @@ pub enum Loaded {
 const HEADER: &str = "# qwen-rotation state (written by `qwen`; see `qwen --rotation-status`).\n\
                       # Hand edits are allowed; unknown fields are ignored.\n";
 
+/// Two cooldowns this close are the same hit seen by two processes.
+const SAME_HIT: TimeDelta = TimeDelta::minutes(1);
+
 /// Caps a provider's reset time: a garbled year must not bench an account for a decade.
 const MAX_COOLDOWN: TimeDelta = TimeDelta::days(31);
 
@@ -230,7 +241,8 @@ impl State {
 
     pub fn to_yaml(&self) -> String {
         match yaml_serde::to_string(self) {
-            Ok(body) => format!("{HEADER}{body}"),
+            Ok(body) if body.ends_with('\n') => format!("{HEADER}{body}"),
+            Ok(body) => format!("{HEADER}{body}\n"),
             // Serialising plain data cannot fail; keep a loadable file regardless.
             Err(_) => format!("{HEADER}current_index: {}\n", self.current_index),
         }
@@ -270,7 +282,11 @@ impl State {
         }
         self.accounts
             .iter()
-            .find(|(_, a)| a.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(spec)))
+            .find(|(_, a)| {
+                a.label
+                    .as_deref()
+                    .is_some_and(|l| l.eq_ignore_ascii_case(spec))
+            })
             .map(|(n, _)| *n)
     }
 
@@ -287,7 +303,10 @@ impl State {
         match strategy {
             Strategy::FillFirst => self.slots().find(ok),
             Strategy::RoundRobin => {
-                let later = self.accounts.range(after.saturating_add(1)..).map(|(n, _)| *n);
+                let later = self
+                    .accounts
+                    .range(after.saturating_add(1)..)
+                    .map(|(n, _)| *n);
                 let earlier = self.accounts.range(..=after).map(|(n, _)| *n);
                 later.chain(earlier).find(ok)
             }
@@ -298,7 +317,9 @@ impl State {
     /// eligible; fill-first always goes back to the lowest eligible slot.
     pub fn desired(&self, strategy: Strategy, now: DateTime<Utc>) -> Option<usize> {
         match strategy {
-            Strategy::RoundRobin if self.eligible(self.current_index, now) => Some(self.current_index),
+            Strategy::RoundRobin if self.eligible(self.current_index, now) => {
+                Some(self.current_index)
+            }
             _ => self.select(strategy, self.current_index, None, now),
         }
     }
@@ -328,7 +349,9 @@ impl State {
         quota_cooldown: Duration,
         throttle_cooldown: Duration,
     ) -> bool {
-        let Some(a) = self.accounts.get_mut(&n) else { return false };
+        let Some(a) = self.accounts.get_mut(&n) else {
+            return false;
+        };
         let current = a.status_at(now);
         if matches!(current, Status::NeedsLogin | Status::Invalid) {
             return false;
@@ -350,7 +373,12 @@ impl State {
                 a.hits.auth += 1;
             }
             Some(until) => {
-                if current == Status::CoolingDown && a.cooldown_until.is_some_and(|t| t >= until) {
+                // Already cooling down: only a clearly longer cooldown (a throttled slot that
+                // then reports its quota spent) replaces it. Reports of the same hit from
+                // other processes, seconds apart, change nothing.
+                if current == Status::CoolingDown
+                    && a.cooldown_until.is_some_and(|t| t + SAME_HIT >= until)
+                {
                     return false;
                 }
                 // A zero cooldown would leave the slot eligible: nothing to mark.
@@ -396,7 +424,9 @@ impl State {
 }
 
 fn delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(MAX_COOLDOWN).min(MAX_COOLDOWN)
+    TimeDelta::from_std(d)
+        .unwrap_or(MAX_COOLDOWN)
+        .min(MAX_COOLDOWN)
 }
 
 /// RFC 3339, whole seconds, `Z`.
@@ -410,7 +440,6 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 enum Loose {
     Bool(bool),
     Int(u64),
-    Neg(i64),
     Float(f64),
     Text(String),
     Other(serde::de::IgnoredAny),
@@ -437,7 +466,10 @@ fn loose_bool_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(match Loose::deserialize(d)? {
         Loose::Bool(b) => b,
         Loose::Int(n) => n != 0,
-        Loose::Text(t) => !matches!(t.trim().to_ascii_lowercase().as_str(), "false" | "no" | "off" | "0"),
+        Loose::Text(t) => !matches!(
+            t.trim().to_ascii_lowercase().as_str(),
+            "false" | "no" | "off" | "0"
+        ),
         _ => true,
     })
 }
@@ -470,8 +502,12 @@ mod ts {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
         Ok(match Loose::deserialize(d)? {
-            Loose::Text(t) => DateTime::parse_from_rfc3339(t.trim()).ok().map(|t| t.with_timezone(&Utc)),
-            Loose::Int(secs) => i64::try_from(secs).ok().and_then(|s| DateTime::from_timestamp(s, 0)),
+            Loose::Text(t) => DateTime::parse_from_rfc3339(t.trim())
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            Loose::Int(secs) => i64::try_from(secs)
+                .ok()
+                .and_then(|s| DateTime::from_timestamp(s, 0)),
             _ => None,
         })
     }
@@ -498,7 +534,9 @@ mod account_map {
         Other(serde::de::IgnoredAny),
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<usize, Account>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<usize, Account>, D::Error> {
         let raw: Option<BTreeMap<String, Entry>> = Option::deserialize(d)?;
         let mut out = BTreeMap::new();
         for (key, entry) in raw.unwrap_or_default() {
@@ -583,11 +621,22 @@ accounts:                     # Per-account stats
         a.installed_digest = Some("00ff00ff00ff00ff".into());
         st.accounts.get_mut(&3).unwrap().kind = Some(Kind::ApiKey);
         let text = st.to_yaml();
-        for key in ["current_index:", "total_accounts:", "last_switch:", "switches_total:", "account1:", "switches_count:", "last_used:"] {
+        for key in [
+            "current_index:",
+            "total_accounts:",
+            "last_switch:",
+            "switches_total:",
+            "account1:",
+            "switches_count:",
+            "last_used:",
+        ] {
             assert!(text.contains(key), "{key} missing in\n{text}");
         }
         assert!(text.contains("2026-11-25T12:00:00Z"), "{text}");
-        assert!(text.contains("cooling_down") && text.contains("api_key") && text.contains("oauth"), "{text}");
+        assert!(
+            text.contains("cooling_down") && text.contains("api_key") && text.contains("oauth"),
+            "{text}"
+        );
         assert_eq!(State::parse(&text).unwrap(), st);
     }
 
@@ -643,7 +692,10 @@ accounts:                     # Per-account stats
         st.mark(1, Class::Quota, None, "quota", now(), HOUR, MIN);
         assert_eq!(st.desired(Strategy::FillFirst, now()), Some(2));
         // Once the cooldown passes, fill-first returns to slot 1.
-        assert_eq!(st.desired(Strategy::FillFirst, now() + TimeDelta::hours(2)), Some(1));
+        assert_eq!(
+            st.desired(Strategy::FillFirst, now() + TimeDelta::hours(2)),
+            Some(1)
+        );
     }
 
     #[test]
@@ -655,7 +707,10 @@ accounts:                     # Per-account stats
         assert!(st.eligible(1, later));
         assert_eq!(st.clear_expired(later), vec![1]);
         assert_eq!(st.accounts[&1].status, Status::Healthy);
-        assert_eq!(st.accounts[&1].last_reset, Some(now() + TimeDelta::minutes(1)));
+        assert_eq!(
+            st.accounts[&1].last_reset,
+            Some(now() + TimeDelta::minutes(1))
+        );
     }
 
     #[test]
@@ -679,18 +734,53 @@ accounts:                     # Per-account stats
         st.mark(1, Class::Quota, Some(reset), "q", now(), HOUR, MIN);
         assert_eq!(st.accounts[&1].cooldown_until, Some(reset));
         let mut st = pool(1);
-        st.mark(1, Class::Quota, Some(now() - TimeDelta::hours(3)), "q", now(), HOUR, MIN);
-        assert_eq!(st.accounts[&1].cooldown_until, Some(now() + TimeDelta::hours(1)));
+        st.mark(
+            1,
+            Class::Quota,
+            Some(now() - TimeDelta::hours(3)),
+            "q",
+            now(),
+            HOUR,
+            MIN,
+        );
+        assert_eq!(
+            st.accounts[&1].cooldown_until,
+            Some(now() + TimeDelta::hours(1))
+        );
         let mut st = pool(1);
-        st.mark(1, Class::Quota, Some(now() + TimeDelta::days(4000)), "q", now(), HOUR, MIN);
+        st.mark(
+            1,
+            Class::Quota,
+            Some(now() + TimeDelta::days(4000)),
+            "q",
+            now(),
+            HOUR,
+            MIN,
+        );
         assert_eq!(st.accounts[&1].cooldown_until, Some(now() + MAX_COOLDOWN));
     }
 
     #[test]
     fn earliest_return_ignores_needs_login_and_disabled() {
         let mut st = pool(3);
-        st.mark(1, Class::Quota, Some(now() + TimeDelta::hours(5)), "q", now(), HOUR, MIN);
-        st.mark(2, Class::Quota, Some(now() + TimeDelta::hours(2)), "q", now(), HOUR, MIN);
+        st.mark(
+            1,
+            Class::Quota,
+            Some(now() + TimeDelta::hours(5)),
+            "q",
+            now(),
+            HOUR,
+            MIN,
+        );
+        st.mark(
+            2,
+            Class::Quota,
+            Some(now() + TimeDelta::hours(2)),
+            "q",
+            now(),
+            HOUR,
+            MIN,
+        );
         st.mark(3, Class::Auth, None, "a", now(), HOUR, MIN);
         assert_eq!(st.earliest_return(now()), Some(now() + TimeDelta::hours(2)));
         st.accounts.get_mut(&2).unwrap().enabled = false;

@@ -65,10 +65,10 @@ fn rotation_flags_are_removed_and_double_dash_ends_interception() {
 #[test]
 fn unknown_rotation_flag_exits_2_with_a_suggestion() {
     let sb = Sandbox::new("echo should-not-run");
-    let out = sb.run(["--rotation-stauts"]);
+    let out = sb.run(["--rotation-doctr"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("did you mean --rotation-status?"), "{err}");
+    assert!(err.contains("did you mean --rotation-doctor?"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(out.stdout.is_empty());
 }
@@ -255,7 +255,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_closed_stdout_reaches_qwen_as_it_would_without_the_shim() {
     // `yes` dies of SIGPIPE when its reader goes away; through the shim it must too.
-    for sb in both("yes") {
+    for sb in both("exec yes") {
         let out = output_within(
             {
                 let mut c = std::process::Command::new("sh");
@@ -273,7 +273,7 @@ fn a_closed_stdout_reaches_qwen_as_it_would_without_the_shim() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("y"));
     }
     // And the exit status the shell sees is the child's signal death.
-    for sb in both("yes") {
+    for sb in both("exec yes") {
         let mut c = sb.cmd(["x"]);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();

@@ -7,8 +7,6 @@ mod mock;
 #[path = "support/real_qwen.rs"]
 mod real_qwen;
 
-use std::time::Duration;
-
 use mock::Mock;
 use real_qwen::{Sandbox, Version};
 
@@ -148,8 +146,8 @@ fn v024_coding_plan_quota_fails_fast() {
         "{}",
         out.dump()
     );
+    // Fail-fast: one qwen attempt (the SDK's 4 requests), not qwen's 7 attempts (28 requests).
     assert_eq!(mock.tokens(), ["keyA_quota_cp"; 4]);
-    assert!(out.elapsed < Duration::from_secs(20), "{:?}", out.elapsed);
     eprintln!("v024 quota_cp: {:.1?}", out.elapsed);
 }
 
@@ -196,6 +194,42 @@ fn system_override(sb: &Sandbox, auth_type: &str) -> std::path::PathBuf {
 
 fn user_settings_bytes(sb: &Sandbox) -> Vec<u8> {
     std::fs::read(sb.qwen_home.join("settings.json")).unwrap()
+}
+
+#[test]
+fn system_settings_path_also_moves_the_system_defaults_file() {
+    // getSystemDefaultsPath() = QWEN_CODE_SYSTEM_DEFAULTS_PATH, else system-defaults.json NEXT TO
+    // the system settings file: an override must also pin QWEN_CODE_SYSTEM_DEFAULTS_PATH to the
+    // file qwen would otherwise read, or the operator's defaults silently disappear.
+    for version in [Version::V0_12, Version::V0_24] {
+        let mock = Mock::start();
+        let Some(mut sb) = apikey_user(version, &mock) else {
+            return;
+        };
+        let over = system_override(&sb, "openai");
+        let defaults = over.with_file_name("system-defaults.json");
+        std::fs::write(&defaults, r#"{"model": {"name": "defaults-model"}}"#).unwrap();
+        sb.env("QWEN_CODE_SYSTEM_SETTINGS_PATH", &over);
+        let out = sb.run_direct(&["-p", "hello"], None);
+        assert_eq!(out.code(), 0, "{version:?}: {}", out.dump());
+        let models: Vec<_> = mock.chat_requests().into_iter().map(|r| r.model).collect();
+        assert!(
+            !models.is_empty()
+                && models
+                    .iter()
+                    .all(|m| m.as_deref() == Some("defaults-model")),
+            "{version:?}: {models:?}"
+        );
+    }
+}
+
+/// An API-key user with key and base URL in the environment, no model anywhere but defaults.
+fn apikey_user(version: Version, mock: &Mock) -> Option<Sandbox> {
+    let mut sb = Sandbox::new(version)?;
+    sb.write_settings(Some("openai"), serde_json::json!({}));
+    sb.env("OPENAI_API_KEY", "keyA_ok")
+        .env("OPENAI_BASE_URL", mock.base_url());
+    Some(sb)
 }
 
 #[test]
@@ -295,9 +329,10 @@ fn v024_system_settings_override_switches_oauth_user_to_api_key() {
 }
 
 #[test]
-fn v024_env_alone_with_oauth_in_user_settings() {
-    // QWEN_FACTS_APIKEY.md: 0.24.4 uses openai here but rewrites settings.json. Recorded, not
-    // relied on: the override file above is the way that leaves the user's file alone.
+fn v024_env_alone_cannot_leave_oauth_selected_in_user_settings() {
+    // Differs from QWEN_FACTS_APIKEY.md ("openai used, rc 0, selectedType removed"): headless
+    // 0.24.4 keeps qwen-oauth from the user's settings, refuses before any request, and leaves
+    // the file alone. Either way the environment alone cannot switch a qwen-oauth user.
     let mock = Mock::start();
     let Some(mut sb) = Sandbox::new(Version::V0_24) else {
         return;
@@ -309,11 +344,191 @@ fn v024_env_alone_with_oauth_in_user_settings() {
         .env("OPENAI_BASE_URL", mock.base_url())
         .env("OPENAI_MODEL", "mock-model");
     let out = sb.run_direct(&["-p", "hello"], None);
-    eprintln!(
-        "v024 env alone + user oauth: {} tokens {:?} settings rewritten: {}\n{}",
-        out.dump(),
-        mock.tokens(),
-        user_settings_bytes(&sb) != before,
-        String::from_utf8_lossy(&user_settings_bytes(&sb))
+    assert_eq!(out.code(), 1, "{}", out.dump());
+    assert!(
+        out.stderr()
+            .contains("Qwen OAuth free tier was discontinued"),
+        "{}",
+        out.dump()
     );
+    assert_eq!(mock.tokens(), Vec::<String>::new());
+    assert_eq!(user_settings_bytes(&sb), before);
+}
+
+// ---- Which key and model an API-key attempt really uses (QWEN_FACTS_APIKEY.md §1) ----
+
+/// A Coding Plan style user: a `modelProviders.openai[]` entry with an `envKey`, selected by
+/// `model.name`, its base URL fixed in settings, and a (stale) key in settings `env`.
+fn coding_plan_user(sb: &Sandbox, mock: &Mock) {
+    sb.write_settings(
+        Some("openai"),
+        serde_json::json!({
+            "modelProviders": {"openai": [{
+                "id": "cp-model", "name": "cp", "baseUrl": mock.base_url(),
+                "envKey": "BAILIAN_CODING_PLAN_API_KEY"
+            }]},
+            "model": {"name": "cp-model"},
+            "env": {"BAILIAN_CODING_PLAN_API_KEY": "keyS_ok"}
+        }),
+    );
+}
+
+#[test]
+fn provider_env_key_outranks_openai_api_key_in_both_versions() {
+    for version in [Version::V0_12, Version::V0_24] {
+        let mock = Mock::start();
+        let Some(mut sb) = Sandbox::new(version) else {
+            return;
+        };
+        coding_plan_user(&sb, &mock);
+        sb.env("BAILIAN_CODING_PLAN_API_KEY", "keyP_ok")
+            .env("OPENAI_API_KEY", "keyA_ok");
+        let out = sb.run_direct(&["-p", "hello"], None);
+        assert_eq!(out.code(), 0, "{version:?}: {}", out.dump());
+        let reqs = mock.chat_requests();
+        assert!(!reqs.is_empty(), "{version:?}: {}", out.dump());
+        for r in &reqs {
+            assert_eq!(r.token, "keyP_ok", "{version:?}");
+            assert_eq!(r.model.as_deref(), Some("cp-model"), "{version:?}");
+        }
+    }
+}
+
+#[test]
+fn openai_api_key_alone_loses_to_the_stale_settings_env_key() {
+    // So a shim that injects OPENAI_API_KEY for such a user silently keeps using the old key.
+    for version in [Version::V0_12, Version::V0_24] {
+        let mock = Mock::start();
+        let Some(mut sb) = Sandbox::new(version) else {
+            return;
+        };
+        coding_plan_user(&sb, &mock);
+        sb.env("OPENAI_API_KEY", "keyA_ok");
+        let out = sb.run_direct(&["-p", "hello"], None);
+        assert_eq!(out.code(), 0, "{version:?}: {}", out.dump());
+        assert!(
+            mock.tokens().iter().all(|t| t == "keyS_ok") && !mock.tokens().is_empty(),
+            "{version:?}: {:?}",
+            mock.tokens()
+        );
+    }
+}
+
+#[test]
+fn settings_model_name_vs_openai_model_env() {
+    // 0.12.0: OPENAI_MODEL beats model.name. 0.24.4: model.name beats OPENAI_MODEL (its
+    // resolveCliGenerationConfig takes settings.model.name first and drops the model variables),
+    // so an API-key slot's model reaches 0.24.4 only through a settings layer.
+    for (version, expected) in [
+        (Version::V0_12, "env-model"),
+        (Version::V0_24, "settings-model"),
+    ] {
+        let mock = Mock::start();
+        let Some(mut sb) = Sandbox::new(version) else {
+            return;
+        };
+        sb.write_settings(
+            Some("openai"),
+            serde_json::json!({"model": {"name": "settings-model"}}),
+        );
+        sb.env("OPENAI_API_KEY", "keyA_ok")
+            .env("OPENAI_BASE_URL", mock.base_url())
+            .env("OPENAI_MODEL", "env-model");
+        let out = sb.run_direct(&["-p", "hello"], None);
+        assert_eq!(out.code(), 0, "{version:?}: {}", out.dump());
+        let models: Vec<_> = mock.chat_requests().into_iter().map(|r| r.model).collect();
+        assert!(
+            !models.is_empty() && models.iter().all(|m| m.as_deref() == Some(expected)),
+            "{version:?}: {models:?}"
+        );
+    }
+}
+
+#[test]
+fn v024_system_override_can_carry_the_slot_model() {
+    let mock = Mock::start();
+    let Some(mut sb) = Sandbox::new(Version::V0_24) else {
+        return;
+    };
+    sb.write_settings(
+        Some("qwen-oauth"),
+        serde_json::json!({"model": {"name": "coder-model"}}),
+    );
+    let dir = sb.root.join("override");
+    std::fs::create_dir_all(&dir).unwrap();
+    let over = dir.join("settings.json");
+    let doc = serde_json::json!({"security": {"auth": {"selectedType": "openai"}},
+                                 "model": {"name": "slot-model"}});
+    std::fs::write(&over, doc.to_string()).unwrap();
+    let before = user_settings_bytes(&sb);
+    sb.env("QWEN_CODE_SYSTEM_SETTINGS_PATH", &over)
+        .env("OPENAI_API_KEY", "keyK_ok")
+        .env("OPENAI_BASE_URL", mock.base_url())
+        .env("OPENAI_MODEL", "slot-model");
+    let out = sb.run_direct(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let reqs = mock.chat_requests();
+    assert!(!reqs.is_empty());
+    for r in &reqs {
+        assert_eq!(r.token, "keyK_ok");
+        assert_eq!(r.model.as_deref(), Some("slot-model"));
+    }
+    assert_eq!(user_settings_bytes(&sb), before);
+}
+
+// ---- Token refresh against an emulated OAuth host (QWEN_FACTS.md §5) ----
+
+/// 0.12.0 OAuth whose refreshes go through the mock (as a proxy) to a local TLS "chat.qwen.ai".
+fn oauth_012_with_host(
+    mock: &Mock,
+    token: &str,
+    answers: serde_json::Value,
+) -> Option<(Sandbox, real_qwen::OAuthHost)> {
+    let mut sb = oauth_012(mock, token)?;
+    let host = real_qwen::OAuthHost::start(&sb.root.join("oauth-host"), &answers)?;
+    mock.route("chat.qwen.ai:443", host.addr);
+    sb.env("HTTPS_PROXY", mock.url())
+        .env("NODE_EXTRA_CA_CERTS", &host.ca_pem);
+    Some((sb, host))
+}
+
+#[test]
+fn v012_refresh_400_deletes_the_live_file() {
+    let mock = Mock::start();
+    let Some((sb, host)) = oauth_012_with_host(&mock, "tokA_unauthorized", serde_json::json!({}))
+    else {
+        return;
+    };
+    let out = sb.run_direct(&["-p", "hello"], None);
+    assert_eq!(out.code(), 1, "{}", out.dump());
+    assert!(
+        out.stderr().contains("Refresh token expired or invalid"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(host.refreshes(), ["refresh-tokA_unauthorized"]);
+    assert_eq!(mock.tokens(), ["tokA_unauthorized"]);
+    assert!(
+        !sb.live_creds().exists(),
+        "0.12.0 deletes oauth_creds.json on a refresh 400"
+    );
+}
+
+#[test]
+fn v012_refresh_200_rewrites_the_live_file_and_retries() {
+    let mock = Mock::start();
+    let answers = serde_json::json!({"refresh-tokA_unauthorized": {"status": 200, "body": {
+        "access_token": "tokA2_ok", "refresh_token": "refresh-tokA2", "token_type": "Bearer",
+        "expires_in": 21600, "resource_url": mock.url()}}});
+    let Some((sb, host)) = oauth_012_with_host(&mock, "tokA_unauthorized", answers) else {
+        return;
+    };
+    let out = sb.run_direct(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(out.stdout(), "REPLY-FROM-tokA2_ok");
+    assert_eq!(host.refreshes(), ["refresh-tokA_unauthorized"]);
+    assert_eq!(mock.tokens(), ["tokA_unauthorized", "tokA2_ok"]);
+    let live = real_qwen::read_json(&sb.live_creds()).expect("live file");
+    assert_eq!(live["access_token"], "tokA2_ok");
+    assert_eq!(live["refresh_token"], "refresh-tokA2");
 }

@@ -281,6 +281,34 @@ impl Sandbox {
         );
     }
 
+    /// Adds an API-key slot the way a user does: `printf %s KEY | qwen --rotation-add --api-key
+    /// LABEL --base-url URL --model M`, through the shim. Panics if it fails or echoes the key.
+    pub fn add_api_key_via_shim(&self, label: &str, key: &str, base_url: &str, model: &str) {
+        let out = self.run(
+            &[
+                "--rotation-add",
+                "--api-key",
+                label,
+                "--base-url",
+                base_url,
+                "--model",
+                model,
+            ],
+            Some(key.as_bytes()),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--rotation-add --api-key: {}",
+            out.dump()
+        );
+        assert!(
+            !out.stdout().contains(key) && !out.stderr().contains(key),
+            "--rotation-add echoed the key: {}",
+            out.dump()
+        );
+    }
+
     pub fn accounts(&self) -> PathBuf {
         self.qwen_home.join("accounts")
     }
@@ -468,4 +496,166 @@ pub fn real_looking_secrets(text: &str) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+/// An emulated Qwen OAuth host (`https://chat.qwen.ai`) for the token-refresh paths, which are
+/// hard-coded in qwen: a small node HTTPS server with a certificate from a throwaway CA (made with
+/// the openssl CLI). Put behind the mock's proxy with `mock.route("chat.qwen.ai:443", host.addr)`
+/// and give qwen `HTTPS_PROXY=<mock url>` and `NODE_EXTRA_CA_CERTS=<host.ca_pem>`.
+///
+/// `answers` maps a refresh token to `{"status": N, "body": {...}}`; unknown tokens get 400
+/// `invalid_grant`. Every refresh request is appended to `<dir>/refresh.log` as one JSON line.
+pub struct OAuthHost {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub ca_pem: PathBuf,
+    pub log: PathBuf,
+}
+
+const OAUTH_HOST_JS: &str = r#"
+const https = require('https'), fs = require('fs'), qs = require('querystring');
+const [dir] = process.argv.slice(2);
+const answers = JSON.parse(fs.readFileSync(dir + '/answers.json', 'utf8'));
+const server = https.createServer({
+  key: fs.readFileSync(dir + '/host.key'), cert: fs.readFileSync(dir + '/host.pem'),
+}, (req, res) => {
+  let body = '';
+  req.on('data', (c) => { body += c; });
+  req.on('end', () => {
+    const form = qs.parse(body);
+    fs.appendFileSync(dir + '/refresh.log', JSON.stringify({
+      method: req.method, url: req.url, grant_type: form.grant_type,
+      refresh_token: form.refresh_token }) + '\n');
+    const a = answers[form.refresh_token] ||
+      { status: 400, body: { error: 'invalid_grant', error_description: 'Invalid refresh token' } };
+    res.writeHead(a.status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(a.body));
+  });
+});
+server.listen(0, '127.0.0.1', () => { console.log(server.address().port); });
+"#;
+
+impl OAuthHost {
+    /// Starts the host in `dir`; None (after a SKIP line, or a panic under CI) when openssl or
+    /// node is missing.
+    pub fn start(dir: &Path, answers: &serde_json::Value) -> Option<OAuthHost> {
+        fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+        };
+        fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:chat.qwen.ai\n").unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=qwen-e2e-ca",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "host.key",
+                    "-out",
+                    "host.csr",
+                    "-subj",
+                    "/CN=chat.qwen.ai",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "host.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "host.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        for step in &steps {
+            match openssl(step) {
+                Ok(o) if o.status.success() => {}
+                other => {
+                    let why = format!("openssl {step:?} failed: {other:?}");
+                    if std::env::var_os("CI").is_some() {
+                        panic!("{why}");
+                    }
+                    eprintln!("SKIP: {why}");
+                    return None;
+                }
+            }
+        }
+        fs::write(dir.join("answers.json"), answers.to_string()).unwrap();
+        fs::write(dir.join("host.js"), OAUTH_HOST_JS).unwrap();
+        let mut child = Command::new("node")
+            .arg(dir.join("host.js"))
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node for the OAuth host");
+        // The port line says the server is listening: no sleeping.
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line.trim().parse().expect("OAuth host port");
+        Some(OAuthHost {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            ca_pem: dir.join("ca.pem"),
+            log: dir.join("refresh.log"),
+        })
+    }
+
+    /// The refresh tokens presented so far, in order.
+    pub fn refreshes(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["refresh_token"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for OAuthHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

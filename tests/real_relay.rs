@@ -1,0 +1,269 @@
+//! The loopback relay end to end: the REAL qwen 0.24.4 (from `.ci/install-qwen`) runs through
+//! the shim, which puts the relay in its request path; the mock provider behind it decides each
+//! key's fate (tests/support/mock.rs). Without the installed release these print SKIP (and fail
+//! under CI).
+//!
+//! The settings are qwen's defaults on purpose (no `maxRetries: 0`): a plain 429 "Free allocated
+//! quota exceeded." makes 0.24.4 retry for about an hour when it talks to the provider itself
+//! (QWEN_FACTS_APIKEY.md §2); through the relay the answer must come in about one request's time.
+
+#[path = "support/mock.rs"]
+mod mock;
+#[path = "support/real_qwen.rs"]
+mod real_qwen;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock::Mock;
+use real_qwen::{Output, Sandbox, Version};
+
+/// Keys that look real (`sk-…`, long): `real_looking_secrets` and the leak checks find them.
+fn key(n: usize, behaviour: &str) -> String {
+    format!("sk-e2e{n}-{behaviour}-A1b2C3d4E5f6G7h8I9j0K1l2M3n4")
+}
+
+/// 0.24.4 with API-key slots 1..=n on the mock, settings select openai, nothing else changed.
+fn api_pool(behaviours: &[&str]) -> Option<(Mock, Sandbox, Vec<String>)> {
+    let mock = Mock::start();
+    let sb = Sandbox::new(Version::V0_24)?;
+    sb.write_settings(Some("openai"), serde_json::json!({}));
+    let keys: Vec<String> = behaviours
+        .iter()
+        .enumerate()
+        .map(|(i, b)| key(i + 1, b))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        sb.add_api_key_slot(i + 1, k, &mock.base_url(), "mock-model");
+    }
+    Some((mock, sb, keys))
+}
+
+fn switches(sb: &Sandbox) -> Vec<serde_json::Value> {
+    sb.rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .collect()
+}
+
+/// No key on stderr, nor in what the shim wrote. (stdout is the mock's answer, which quotes the
+/// key it was asked with by design: `REPLY-FROM-<key>`.)
+fn assert_no_key_anywhere(sb: &Sandbox, out: &Output, keys: &[String]) {
+    let files = [
+        std::fs::read_to_string(sb.qwen_home.join("rotation.log")).unwrap_or_default(),
+        sb.state_yaml(),
+    ];
+    for k in keys {
+        assert!(
+            !out.stderr().contains(k.as_str()),
+            "a key on stderr\n{}",
+            out.dump()
+        );
+        for f in &files {
+            assert!(
+                !f.contains(k.as_str()),
+                "a key in rotation.log or state.yaml: {f}"
+            );
+        }
+    }
+}
+
+/// Every bearer the mock saw is one of the real keys: the per-run token never left the shim.
+fn assert_mock_saw_only_real_keys(mock: &Mock, keys: &[String]) {
+    for t in mock.tokens() {
+        assert!(
+            keys.contains(&t),
+            "the provider saw a bearer that is not a real key (the relay token?): {t:?}"
+        );
+    }
+}
+
+#[test]
+fn headless_quota_on_key_1_is_answered_by_key_2_at_once() {
+    let Some((mock, sb, keys)) = api_pool(&["quota", "ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(
+        out.stdout(),
+        format!("REPLY-FROM-{}\n", keys[1]),
+        "{}",
+        out.dump()
+    );
+    // About one request's time (a plain run takes ~2.7 s), not qwen's hour of 429 retries.
+    assert!(
+        out.elapsed < Duration::from_secs(20),
+        "took {:?}\n{}",
+        out.elapsed,
+        out.dump()
+    );
+    let tokens = mock.tokens();
+    assert_eq!(tokens.first(), Some(&keys[0]), "{tokens:?}");
+    assert_eq!(
+        tokens.iter().filter(|t| **t == keys[0]).count(),
+        1,
+        "key 1 was tried again: {tokens:?}"
+    );
+    assert!(tokens[1..].iter().all(|t| *t == keys[1]), "{tokens:?}");
+    let sw = switches(&sb);
+    assert_eq!(sw.len(), 1, "{sw:?}");
+    assert_eq!(
+        (sw[0]["from"].as_u64(), sw[0]["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(
+        out.stderr()
+            .contains("account 1 quota exhausted; switched to account 2"),
+        "{}",
+        out.dump()
+    );
+    assert_mock_saw_only_real_keys(&mock, &keys);
+    assert_no_key_anywhere(&sb, &out, &keys);
+    // The retried request reaches key 2 right after key 1's answer: no backoff of qwen's.
+    let reqs = mock.chat_requests();
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(
+        gap < Duration::from_secs(2),
+        "key 2 was asked {gap:?} after key 1"
+    );
+    eprintln!(
+        "relay quota → key 2: run {:.1?}, key 1 → key 2 {gap:.1?}, {} requests",
+        out.elapsed,
+        tokens.len()
+    );
+}
+
+#[test]
+fn headless_all_keys_spent_ends_fast_with_exit_75() {
+    let Some((mock, sb, keys)) = api_pool(&["quota_cp", "quota"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 75, "{}", out.dump());
+    assert_eq!(out.stdout(), "", "{}", out.dump());
+    assert!(
+        out.stderr().contains("all accounts exhausted"),
+        "{}",
+        out.dump()
+    );
+    // qwen gives up on the relay's answer at once (no SDK retries, no hour of rate-limit rounds).
+    assert!(
+        out.elapsed < Duration::from_secs(30),
+        "took {:?}\n{}",
+        out.elapsed,
+        out.dump()
+    );
+    assert_eq!(
+        mock.tokens().iter().filter(|t| **t == keys[0]).count(),
+        1,
+        "{:?}",
+        mock.tokens()
+    );
+    assert_eq!(
+        mock.tokens().iter().filter(|t| **t == keys[1]).count(),
+        1,
+        "{:?}",
+        mock.tokens()
+    );
+    assert_mock_saw_only_real_keys(&mock, &keys);
+    assert_no_key_anywhere(&sb, &out, &keys);
+}
+
+/// The variables of every process of this sandbox's run (found by its unique QWEN_HOME).
+fn sandbox_processes(sb: &Sandbox) -> Vec<(u32, Vec<String>, String)> {
+    let marker = format!("QWEN_HOME={}", sb.qwen_home.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = environ
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !vars.contains(&marker) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push((pid, vars, cmdline));
+    }
+    found
+}
+
+#[test]
+fn real_keys_never_enter_qwens_environment() {
+    let Some((mock, sb, keys)) = api_pool(&["slow", "ok"]) else {
+        return;
+    };
+    mock.set_slow_delay(Duration::from_secs(6));
+    let sb = Arc::new(sb);
+    let runner = {
+        let sb = Arc::clone(&sb);
+        std::thread::spawn(move || sb.run(&["-p", "hello"], None))
+    };
+    // A request is in flight (the mock holds it): qwen and the shim are all alive now.
+    assert!(
+        mock.wait_for(1, Duration::from_secs(60), |r| r
+            .path
+            .ends_with("/chat/completions")),
+        "no request came"
+    );
+    let procs = sandbox_processes(&sb);
+    let node: Vec<_> = procs
+        .iter()
+        .filter(|(_, _, cmd)| cmd.contains("node"))
+        .collect();
+    assert!(!node.is_empty(), "no qwen (node) process found: {procs:?}");
+    for (pid, vars, cmd) in &procs {
+        for k in &keys {
+            assert!(
+                !vars.iter().any(|v| v.contains(k.as_str())),
+                "pid {pid} ({cmd}) has a real key in its environment"
+            );
+            assert!(
+                !cmd.contains(k.as_str()),
+                "pid {pid} has a real key in its argv"
+            );
+        }
+    }
+    for (pid, vars, cmd) in node {
+        let get = |name: &str| {
+            vars.iter()
+                .find_map(|v| v.strip_prefix(&format!("{name}=")).map(str::to_string))
+        };
+        let base = get("OPENAI_BASE_URL").unwrap_or_default();
+        assert!(
+            base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"),
+            "pid {pid} ({cmd}): OPENAI_BASE_URL={base}"
+        );
+        let token = get("OPENAI_API_KEY").unwrap_or_default();
+        assert!(
+            token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+            "pid {pid}: the key is not the run's token"
+        );
+        assert_eq!(get("OPENAI_MODEL").as_deref(), Some("mock-model"));
+    }
+    let out = runner.join().unwrap();
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(
+        out.stdout(),
+        format!("REPLY-FROM-{}\n", keys[0]),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        real_qwen::real_looking_secrets(&out.stderr()).is_empty(),
+        "{}",
+        out.dump()
+    );
+    assert_mock_saw_only_real_keys(&mock, &keys);
+    assert_no_key_anywhere(&sb, &out, &keys);
+}
+
+// The interactive (pseudo-terminal) relay test belongs to the terminal suite (tests/pty.rs).

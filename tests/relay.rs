@@ -1,0 +1,885 @@
+//! The loopback relay through the library, against a mock provider: no real qwen, fast.
+//!
+//! Each test builds a private qwen home with API-key slots pointing at a mock (tests/support/
+//! mock.rs: the key names the mock's behaviour), starts a `Relay` as run.rs does, and talks to
+//! it with a raw HTTP/1.1 client so framing and timing are visible. Keys look like real ones
+//! (`sk-…`) so the leak checks would notice one in any output.
+
+#[path = "support/mock.rs"]
+mod mock;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mock::Mock;
+use qwen_rotation::config::{Config, Paths};
+use qwen_rotation::detect::Patterns;
+use qwen_rotation::relay::{Relay, Setup};
+use qwen_rotation::state::{Loaded, State, Status};
+use qwen_rotation::vault::Vault;
+
+// ---------------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------------
+
+/// A key for the mock: `sk-relay-<n>-<behaviour>-<padding>` (the mock matches on the behaviour).
+fn key(n: usize, behaviour: &str) -> String {
+    format!("sk-relay{n}-{behaviour}-0123456789abcdefXYZ")
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    paths: Paths,
+    relay: Relay,
+    notices: Arc<Mutex<Vec<String>>>,
+    keys: Vec<String>,
+}
+
+/// Slot N = `slots[N-1]`: (key, base URL, model).
+fn fixture(slots: &[(String, String, Option<&str>)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join(".qwen");
+    let paths = Paths::at(&home);
+    private_dir(&home);
+    private_dir(&paths.accounts);
+    for (i, (k, base, model)) in slots.iter().enumerate() {
+        let mut doc =
+            serde_json::json!({"api_key": k, "base_url": base, "env_key": "OPENAI_API_KEY"});
+        if let Some(m) = model {
+            doc["model"] = serde_json::json!(m);
+        }
+        private_file(&paths.api_key_slot(i + 1), doc.to_string().as_bytes());
+    }
+    let (relay, notices) = start(&paths);
+    Fixture {
+        _dir: dir,
+        paths,
+        relay,
+        notices,
+        keys: slots.iter().map(|s| s.0.clone()).collect(),
+    }
+}
+
+/// All slots on one mock.
+fn on_mock(mock: &Mock, behaviours: &[&str]) -> Fixture {
+    let slots: Vec<_> = behaviours
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (key(i + 1, b), mock.base_url(), Some("mock-model")))
+        .collect();
+    fixture(&slots)
+}
+
+fn start(paths: &Paths) -> (Relay, Arc<Mutex<Vec<String>>>) {
+    let vault = Vault::open(paths.clone(), Config::default());
+    let launch = vault.prepare(None).expect("prepare");
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&notices);
+    let relay = Relay::start(Setup {
+        vault: Vault::open(paths.clone(), Config::default()),
+        patterns: Patterns::defaults(),
+        launch,
+        notify: Box::new(move |line| sink.lock().unwrap().push(line)),
+    })
+    .expect("relay starts");
+    (relay, notices)
+}
+
+fn private_dir(p: &Path) {
+    std::fs::create_dir_all(p).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn private_file(p: &Path, bytes: &[u8]) {
+    std::fs::write(p, bytes).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Fixture {
+    fn token(&self) -> String {
+        self.relay.token.expose().to_string()
+    }
+
+    fn chat(&self, stream: bool) -> Resp {
+        let token = self.token();
+        Conn::open(&self.relay).roundtrip(
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            &chat_body(stream),
+        )
+    }
+
+    fn state(&self) -> State {
+        match State::load(&self.paths.state) {
+            Loaded::Ok(st) => st,
+            other => panic!("state.yaml: {other:?}"),
+        }
+    }
+
+    fn log_events(&self, event: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.paths.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    fn notices(&self) -> Vec<String> {
+        self.notices.lock().unwrap().clone()
+    }
+
+    /// Neither a key nor the run's token may appear in what qwen or the person is shown.
+    fn assert_no_secret_in(&self, what: &str, text: &str) {
+        for k in &self.keys {
+            assert!(
+                !text.contains(k.as_str()),
+                "a real key leaked into {what}: {text}"
+            );
+        }
+        assert!(
+            !text.contains(&self.token()),
+            "the run's token leaked into {what}: {text}"
+        );
+    }
+
+    /// The provider must only ever see real keys, never the run's token.
+    fn assert_mock_never_saw_the_token(&self, mock: &Mock) {
+        let token = self.token();
+        for r in mock.requests() {
+            assert_ne!(r.token, token, "the mock saw the per-run token");
+        }
+    }
+}
+
+fn chat_body(stream: bool) -> Vec<u8> {
+    serde_json::json!({
+        "model": "mock-model",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hello"}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client: framing and timing stay visible
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// `error.message` of an OpenAI-shaped error body.
+    fn error_message(&self) -> String {
+        let doc: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", self.text()));
+        doc["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.message: {}", self.text()))
+            .to_string()
+    }
+    fn error_code(&self) -> String {
+        let doc: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+        doc["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+struct Conn {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(relay: &Relay) -> Conn {
+        let addr = relay
+            .base_url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let s = TcpStream::connect(addr).expect("connect to the relay");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, token: Option<&str>, body: &[u8]) {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        if let Some(t) = token {
+            head.push_str(&format!("authorization: Bearer {t}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.w.write_all(head.as_bytes()).unwrap();
+        self.w.write_all(body).unwrap();
+    }
+
+    fn head(&mut self) -> (u16, Vec<(String, String)>) {
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("status line");
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .unwrap_or_else(|| panic!("status line {line:?}"))
+            .parse()
+            .unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.r.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        (status, headers)
+    }
+
+    /// The next chunk of a chunked body; None at the end.
+    fn chunk(&mut self) -> Option<Vec<u8>> {
+        let mut size = String::new();
+        self.r.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim(), 16)
+            .unwrap_or_else(|_| panic!("chunk size {size:?}"));
+        if size == 0 {
+            let mut end = String::new();
+            self.r.read_line(&mut end).unwrap();
+            return None;
+        }
+        let mut data = vec![0u8; size + 2];
+        self.r.read_exact(&mut data).unwrap();
+        data.truncate(size);
+        Some(data)
+    }
+
+    fn response(&mut self) -> Resp {
+        let (status, headers) = self.head();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            while let Some(c) = self.chunk() {
+                body.extend(c);
+            }
+        } else if let Some(len) = get("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            self.r.read_exact(&mut body).unwrap();
+        } else {
+            self.r.read_to_end(&mut body).unwrap();
+        }
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn roundtrip(&mut self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Resp {
+        self.send(method, path, token, body);
+        self.response()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn request_without_the_token_is_refused_and_never_forwarded() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok", "ok"]);
+    let none =
+        Conn::open(&f.relay).roundtrip("POST", "/v1/chat/completions", None, &chat_body(false));
+    assert_eq!(none.status, 401, "{}", none.text());
+    assert!(
+        none.error_message().contains("qwen-rotation relay"),
+        "{}",
+        none.text()
+    );
+    let wrong = Conn::open(&f.relay).roundtrip(
+        "POST",
+        "/v1/chat/completions",
+        Some(&"0".repeat(64)),
+        &chat_body(false),
+    );
+    assert_eq!(wrong.status, 401);
+    // A prefix of the token, or the token under another scheme, is not the token.
+    let token = f.token();
+    let short = Conn::open(&f.relay).roundtrip(
+        "POST",
+        "/v1/chat/completions",
+        Some(&token[..63]),
+        &chat_body(false),
+    );
+    assert_eq!(short.status, 401);
+    let mut basic = Conn::open(&f.relay);
+    basic
+        .w
+        .write_all(
+            format!("GET /v1/models HTTP/1.1\r\nauthorization: Basic {token}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(basic.response().status, 401);
+    assert!(
+        mock.requests().is_empty(),
+        "the provider saw a refused request: {:?}",
+        mock.requests()
+    );
+    f.assert_no_secret_in("the refusal", &none.text());
+}
+
+#[test]
+fn token_is_64_random_hex_digits_per_relay() {
+    let mock = Mock::start();
+    let a = on_mock(&mock, &["ok"]);
+    let b = on_mock(&mock, &["ok"]);
+    assert_eq!(a.token().len(), 64);
+    assert!(a.token().bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a.token(), b.token());
+    assert!(
+        a.relay.base_url.starts_with("http://127.0.0.1:") && a.relay.base_url.ends_with("/v1"),
+        "{}",
+        a.relay.base_url
+    );
+    assert_eq!(format!("{:?}", a.relay.token), "Secret(<redacted>)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passing through
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn success_is_relayed_with_the_real_key_and_the_same_body() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok", "ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(&format!("REPLY-FROM-{}", f.keys[0])));
+    assert_eq!(mock.tokens(), [f.keys[0].clone()]);
+    let seen = &mock.chat_requests()[0];
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.model.as_deref(), Some("mock-model"));
+    assert_eq!(seen.prompt.as_deref(), Some("hello"));
+    assert_eq!(f.relay.current_slot(), 1);
+    assert!(f.relay.exhausted().is_none());
+    assert!(f.notices().is_empty(), "{:?}", f.notices());
+    f.assert_mock_never_saw_the_token(&mock);
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let mut c = Conn::open(&f.relay);
+    let token = f.token();
+    for stream in [false, true, false, true, false] {
+        let r = c.roundtrip(
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            &chat_body(stream),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("REPLY-FROM-"), "{}", r.text());
+        if stream {
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+            assert!(
+                r.header("content-type")
+                    .unwrap()
+                    .starts_with("text/event-stream")
+            );
+        }
+    }
+    assert_eq!(mock.tokens().len(), 5);
+}
+
+#[test]
+fn chunked_request_bodies_and_queries_are_forwarded() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let mut c = Conn::open(&f.relay);
+    let body = chat_body(false);
+    let (a, b) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /v1/chat/completions?api-version=1 HTTP/1.1\r\nauthorization: Bearer {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        f.token()
+    );
+    c.w.write_all(head.as_bytes()).unwrap();
+    for part in [a, b] {
+        c.w.write_all(format!("{:x}\r\n", part.len()).as_bytes())
+            .unwrap();
+        c.w.write_all(part).unwrap();
+        c.w.write_all(b"\r\n").unwrap();
+    }
+    c.w.write_all(b"0\r\n\r\n").unwrap();
+    let r = c.response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &mock.requests()[0];
+    assert_eq!(seen.path, "/v1/chat/completions?api-version=1");
+    assert_eq!(seen.prompt.as_deref(), Some("hello"));
+}
+
+#[test]
+fn server_errors_and_other_answers_pass_through_untouched() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["server_error", "ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.error_message().contains("The server had an error"),
+        "{}",
+        r.text()
+    );
+    // A 5xx is the provider's fault, not the account's: no rotation.
+    assert_eq!(mock.tokens(), [f.keys[0].clone()]);
+    assert_eq!(f.relay.current_slot(), 1);
+    // 404 from the provider reaches qwen as it came.
+    let token = f.token();
+    let nf = Conn::open(&f.relay).roundtrip("GET", "/v1/nothing-here", Some(&token), b"");
+    assert_eq!(nf.status, 404);
+    assert!(f.log_events("account_switch").is_empty());
+}
+
+#[test]
+fn an_error_inside_a_stream_is_passed_through() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["stream_quota", "ok"]);
+    let r = f.chat(true);
+    // 200 then an error event: qwen reports it and output scanning in run.rs handles it.
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("insufficient_quota"), "{}", r.text());
+    assert_eq!(mock.tokens(), [f.keys[0].clone()]);
+    assert_eq!(f.relay.current_slot(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn quota_on_key_1_is_answered_by_key_2() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota", "ok", "ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains(&format!("REPLY-FROM-{}", f.keys[1])),
+        "{}",
+        r.text()
+    );
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    let switches = f.log_events("account_switch");
+    assert_eq!(switches.len(), 1, "{switches:?}");
+    assert_eq!(
+        (switches[0]["from"].as_u64(), switches[0]["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let st = f.state();
+    assert_eq!(st.current_index, 2);
+    assert_eq!(st.accounts[&1].status, Status::CoolingDown);
+    assert_eq!(f.relay.current_slot(), 2);
+    assert_eq!(
+        f.notices(),
+        ["account 1 quota exhausted; switched to account 2"]
+    );
+    // The next request goes straight to key 2.
+    let r = f.chat(true);
+    assert_eq!(r.status, 200);
+    assert_eq!(mock.tokens().len(), 3);
+    assert_eq!(mock.tokens()[2], f.keys[1]);
+    f.assert_mock_never_saw_the_token(&mock);
+    for n in f.notices() {
+        f.assert_no_secret_in("a notice", &n);
+    }
+    f.assert_no_secret_in(
+        "rotation.log",
+        &std::fs::read_to_string(&f.paths.log).unwrap(),
+    );
+    f.assert_no_secret_in(
+        "state.yaml",
+        &std::fs::read_to_string(&f.paths.state).unwrap(),
+    );
+}
+
+#[test]
+fn coding_plan_quota_cools_down_until_its_reset() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota_cp", "ok"]);
+    let r = f.chat(true);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let until = f.state().accounts[&1].cooldown_until.expect("a cooldown");
+    assert_eq!(
+        until.format("%m-%d %H:%M:%S").to_string(),
+        "11-30 09:25:00",
+        "{until}"
+    );
+}
+
+#[test]
+fn throttle_moves_to_the_next_key() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["throttle", "ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    assert_eq!(
+        f.notices(),
+        ["account 1 rate limited; switched to account 2"]
+    );
+}
+
+#[test]
+fn all_keys_spent_answers_429_naming_the_earliest_reset() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota_cp", "quota_cp"]);
+    let r = f.chat(true);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "insufficient_quota");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    let message = r.error_message();
+    let earliest = f
+        .relay
+        .exhausted()
+        .expect("exhausted() is set")
+        .expect("with a reset time");
+    let stamp = earliest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        message.contains("all accounts exhausted") && message.contains(&stamp),
+        "{message}"
+    );
+    assert!(stamp.contains("-11-30T09:25:00Z"), "{stamp}");
+    // qwen 0.24 gives up at once on this wording (isQuotaExhaustedError) instead of retrying.
+    let lower = message.to_lowercase();
+    assert!(lower.contains("quota") && lower.contains("exhausted") && lower.contains("will reset"));
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    assert_eq!(f.notices().len(), 2, "{:?}", f.notices());
+    assert!(
+        f.notices()[1].contains("no other account is left"),
+        "{:?}",
+        f.notices()
+    );
+    // qwen's retries are answered at once, without spending a request on a spent key.
+    let again = f.chat(false);
+    assert_eq!(again.status, 429);
+    assert_eq!(mock.tokens().len(), 2);
+    f.assert_no_secret_in("the exhausted answer", &r.text());
+}
+
+#[test]
+fn auth_failure_marks_needs_login_and_moves_on() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["unauthorized", "ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(&f.keys[1]));
+    assert_eq!(f.state().accounts[&1].status, Status::NeedsLogin);
+    assert_eq!(
+        f.notices(),
+        ["account 1 was refused (needs login); switched to account 2"]
+    );
+}
+
+#[test]
+fn all_keys_refused_moves_once_and_never_loops() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["unauthorized", "unauthorized", "unauthorized"]);
+    let started = Instant::now();
+    let r = f.chat(false);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.error_message().contains("Incorrect API key"),
+        "{}",
+        r.text()
+    );
+    // One auth-triggered move per request: key 1, then key 2, whose 401 reaches qwen.
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn concurrent_quota_hits_rotate_exactly_once() {
+    let mock = Mock::start();
+    let f = Arc::new(on_mock(&mock, &["quota", "ok", "ok"]));
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (f, barrier) = (Arc::clone(&f), Arc::clone(&barrier));
+            thread::spawn(move || {
+                let token = f.token();
+                let mut c = Conn::open(&f.relay);
+                barrier.wait();
+                c.roundtrip(
+                    "POST",
+                    "/v1/chat/completions",
+                    Some(&token),
+                    &chat_body(false),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains(&f.keys[1]), "{}", r.text());
+    }
+    assert_eq!(f.log_events("account_switch").len(), 1);
+    assert_eq!(f.state().current_index, 2);
+    assert_eq!(f.notices().len(), 1, "{:?}", f.notices());
+    assert!(!mock.tokens().contains(&f.keys[2]));
+}
+
+#[test]
+fn a_slot_with_another_model_gets_its_own_model() {
+    let mock = Mock::start();
+    let f = fixture(&[
+        (key(1, "quota"), mock.base_url(), Some("model-one")),
+        (
+            key(2, "ok"),
+            format!("{}/", mock.base_url()),
+            Some("model-two"),
+        ),
+    ]);
+    let token = f.token();
+    let body = serde_json::json!({"model": "model-one", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+    let r = Conn::open(&f.relay).roundtrip(
+        "POST",
+        "/v1/chat/completions",
+        Some(&token),
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = mock.chat_requests();
+    assert_eq!(seen[0].model.as_deref(), Some("model-one"));
+    assert_eq!(seen[1].model.as_deref(), Some("model-two"));
+    assert_eq!(
+        seen[1].path, "/v1/chat/completions",
+        "a trailing slash on the base URL is not doubled"
+    );
+}
+
+#[test]
+fn an_oauth_slot_next_gets_qwen_a_quota_answer_it_gives_up_on() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota"]);
+    // Slot 2 is an OAuth account: only a restart of qwen can use it (run.rs does that).
+    let creds = serde_json::json!({"access_token": "a", "refresh_token": "r", "token_type": "Bearer",
+        "resource_url": mock.url(), "expiry_date": 4_102_444_800_000u64});
+    private_file(&f.paths.oauth_slot(2), creds.to_string().as_bytes());
+    let r = f.chat(false);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "insufficient_quota");
+    assert!(
+        r.error_message().contains("account 2") && r.error_message().contains("restarted"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(f.state().current_index, 2);
+    assert!(f.relay.exhausted().is_none());
+    assert_eq!(mock.tokens(), [f.keys[0].clone()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+// ---------------------------------------------------------------------------------------------
+
+/// A provider that sends one SSE event, then waits (up to 5 s) for the test to say its client
+/// got that event before sending the rest. Returns its base URL and whether the signal came.
+fn gated_sse_upstream(gate: mpsc::Receiver<()>) -> (String, thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let handle = thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
+        let chunk = |w: &mut TcpStream, data: &[u8]| {
+            w.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .unwrap();
+            w.write_all(data).unwrap();
+            w.write_all(b"\r\n").unwrap();
+            w.flush().unwrap();
+        };
+        chunk(&mut w, b"data: {\"first\":true}\n\n");
+        let got = gate.recv_timeout(Duration::from_secs(5)).is_ok();
+        chunk(&mut w, b"data: {\"second\":true}\n\n");
+        chunk(&mut w, b"data: [DONE]\n\n");
+        w.write_all(b"0\r\n\r\n").unwrap();
+        got
+    });
+    (base, handle)
+}
+
+#[test]
+fn sse_is_streamed_chunk_by_chunk() {
+    let (tx, rx) = mpsc::channel();
+    let (base, upstream) = gated_sse_upstream(rx);
+    let f = fixture(&[(key(1, "ok"), base, None)]);
+    let mut c = Conn::open(&f.relay);
+    c.send(
+        "POST",
+        "/v1/chat/completions",
+        Some(&f.token()),
+        &chat_body(true),
+    );
+    let (status, headers) = c.head();
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    );
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        seen.extend(
+            c.chunk()
+                .expect("the first event arrives while the provider waits"),
+        );
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("second"));
+    tx.send(()).unwrap();
+    while let Some(more) = c.chunk() {
+        seen.extend(more);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("second") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert!(
+        upstream.join().unwrap(),
+        "the provider had to send the rest before the client saw the first event"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream faults: a clear error for qwen, one warning for the person
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unreachable_upstream_gives_502_and_one_warning() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let f = fixture(&[(key(1, "ok"), format!("http://127.0.0.1:{port}/v1"), None)]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let m = r.error_message();
+    assert!(m.starts_with("qwen-rotation relay: cannot reach"), "{m}");
+    assert!(
+        m.contains(&format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            && m.contains("connection refused"),
+        "{m}"
+    );
+    // qwen retries a 502 many times: the person is told once.
+    assert_eq!(f.chat(false).status, 502);
+    assert_eq!(f.notices().len(), 1, "{:?}", f.notices());
+    assert!(f.notices()[0].contains("connection refused"));
+    f.assert_no_secret_in("the 502", &r.text());
+    // A relay fault is not the account's: no rotation.
+    assert!(f.log_events("account_switch").is_empty());
+}
+
+#[test]
+fn tls_failure_gives_502_naming_tls() {
+    // A plain-HTTP server where the base URL says https.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = plain.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for conn in plain.incoming().flatten() {
+            let mut conn = conn;
+            let _ = conn.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let f = fixture(&[(key(1, "ok"), format!("https://127.0.0.1:{port}/v1"), None)]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let m = r.error_message();
+    assert!(
+        m.contains("TLS") && m.contains(&format!("https://127.0.0.1:{port}")),
+        "{m}"
+    );
+    f.assert_no_secret_in("the TLS error", &r.text());
+}
+
+#[test]
+fn slow_upstream_still_answers() {
+    let mock = Mock::start();
+    mock.set_slow_delay(Duration::from_millis(1500));
+    let f = on_mock(&mock, &["slow"]);
+    let started = Instant::now();
+    let r = f.chat(true);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("REPLY-FROM-"), "{}", r.text());
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(f.notices().is_empty());
+}
+
+#[test]
+fn a_dropped_relay_stops_listening() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let addr = f
+        .relay
+        .base_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut idle = Conn::open(&f.relay);
+    let Fixture { relay, _dir, .. } = f;
+    drop(relay);
+    // The idle keep-alive connection is closed, and nobody listens any more.
+    let mut rest = Vec::new();
+    assert_eq!(idle.r.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(TcpStream::connect(addr).is_err());
+}

@@ -1,0 +1,278 @@
+//! A throwaway qwen home for vault and admin tests: slot fixtures, readers for every file we
+//! write, and the secret scan every test runs over every output.
+//! Use with `#[path = "support/vault_home.rs"] mod vault_home;`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use qwen_rotation::audit::{self, Event};
+use qwen_rotation::config::{Config, Paths};
+use qwen_rotation::detect::{Class, Hit};
+use qwen_rotation::state::State;
+use qwen_rotation::vault::Vault;
+
+pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
+
+/// Every fixture token starts with this, so one scan finds any leak.
+pub const SECRET_MARK: &str = "SeCrEt";
+
+pub fn token(name: &str) -> String {
+    format!("{SECRET_MARK}-{name}")
+}
+
+/// OAuth credentials in qwen's shape; both tokens are fixture secrets.
+pub fn creds(name: &str) -> String {
+    format!(
+        r#"{{"access_token":"{}","refresh_token":"{}","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}}"#,
+        token(&format!("acc-{name}")),
+        token(&format!("ref-{name}"))
+    )
+}
+
+/// The same account after qwen refreshed it: new access token, same refresh token.
+pub fn refreshed(name: &str, generation: u32) -> String {
+    format!(
+        r#"{{"access_token":"{}","token_type":"Bearer","refresh_token":"{}","resource_url":"http://127.0.0.1:9","expiry_date":{}}}"#,
+        token(&format!("acc-{name}-r{generation}")),
+        token(&format!("ref-{name}")),
+        4102444800000u64 + u64::from(generation)
+    )
+}
+
+pub fn api_key_json(name: &str) -> String {
+    format!(
+        r#"{{"api_key":"{}","base_url":"http://127.0.0.1:9/v1","model":"m-{name}"}}"#,
+        token(&format!("key-{name}"))
+    )
+}
+
+pub fn hit(class: Class) -> Hit {
+    let phrase = match class {
+        Class::Quota => "insufficient_quota",
+        Class::Throttle => "Requests rate limit exceeded",
+        Class::Auth => "invalid access token",
+    };
+    Hit {
+        class,
+        phrase: phrase.into(),
+        reset_at: None,
+    }
+}
+
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    pub paths: Paths,
+}
+
+impl Home {
+    /// `<tmp>/home/.qwen` (0700) with an empty `accounts/`.
+    pub fn new() -> Home {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::at(dir.path().join("home/.qwen"));
+        fs::create_dir_all(&paths.accounts).unwrap();
+        for d in [&paths.home, &paths.accounts] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Home { dir, paths }
+    }
+
+    /// A home with OAuth slots 1..=n named a, b, c, …
+    pub fn with_oauth(n: usize) -> Home {
+        let h = Home::new();
+        for i in 1..=n {
+            h.put_oauth(i, &name(i));
+        }
+        h
+    }
+
+    pub fn user_home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn put_oauth(&self, n: usize, who: &str) {
+        write600(&self.paths.oauth_slot(n), &creds(who));
+    }
+
+    pub fn put_api(&self, n: usize, who: &str) {
+        write600(&self.paths.api_key_slot(n), &api_key_json(who));
+    }
+
+    pub fn put_live(&self, text: &str) {
+        write600(&self.paths.live_creds, text);
+    }
+
+    pub fn vault(&self) -> Vault {
+        Vault::open(self.paths.clone(), Config::default())
+    }
+
+    pub fn vault_with(&self, f: impl FnOnce(&mut Config)) -> Vault {
+        let mut c = Config::default();
+        f(&mut c);
+        Vault::open(self.paths.clone(), c)
+    }
+
+    pub fn live(&self) -> Option<String> {
+        fs::read_to_string(&self.paths.live_creds).ok()
+    }
+
+    pub fn slot(&self, n: usize) -> Option<String> {
+        fs::read_to_string(self.paths.oauth_slot(n)).ok()
+    }
+
+    pub fn state(&self) -> State {
+        State::parse(&fs::read_to_string(&self.paths.state).expect("state.yaml"))
+            .expect("state parses")
+    }
+
+    pub fn state_text(&self) -> String {
+        fs::read_to_string(&self.paths.state).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        audit::read(&self.paths.log).expect("log").events
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    pub fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| e.event == event).count()
+    }
+
+    /// switches_total in state.yaml equals the account_switch lines in rotation.log.
+    pub fn assert_counters_match(&self) {
+        let st = self.state();
+        assert_eq!(
+            st.switches_total as usize,
+            self.count("account_switch"),
+            "switches_total vs log:\n{}\n{}",
+            self.state_text(),
+            self.log_text()
+        );
+    }
+
+    /// Every file we wrote, scanned for fixture tokens (slot files and the live file and
+    /// backups excepted: they are where tokens belong).
+    pub fn assert_no_secrets_in_our_files(&self) {
+        assert_clean("state.yaml", &self.state_text());
+        assert_clean("rotation.log", &self.log_text());
+    }
+
+    /// Runs the shim with this home as QWEN_HOME (and HOME), in a clean environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(SHIM);
+        c.args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.user_home())
+            .env("QWEN_HOME", &self.paths.home)
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Runs the shim and scans both streams for secrets.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.cmd(args);
+        cmd.stdin(std::process::Stdio::null());
+        let out = run_within(cmd, Duration::from_secs(30));
+        assert_clean(
+            &format!("stdout of {args:?}"),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+        assert_clean(
+            &format!("stderr of {args:?}"),
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        out
+    }
+}
+
+pub fn name(i: usize) -> String {
+    ((b'a' + (i as u8 - 1) % 26) as char).to_string() + &"x".repeat((i - 1) / 26)
+}
+
+pub fn write600(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+pub fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Panics (without echoing the secret) when `text` holds a fixture token.
+pub fn assert_clean(what: &str, text: &str) {
+    if let Some(at) = text.find(SECRET_MARK) {
+        let start = text[..at]
+            .char_indices()
+            .rev()
+            .nth(40)
+            .map_or(0, |(i, _)| i);
+        panic!("{what} leaks a secret near: {:?}", &text[start..at]);
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Spawns and waits with a deadline (a hung child fails the test instead of the suite).
+/// Stdin is /dev/null unless the command set it.
+pub fn run_within(mut cmd: Command, limit: Duration) -> Output {
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("timed out after {limit:?}");
+        }
+    }
+}
+
+/// Like `Home::cmd(..).output()` but feeding `input` on stdin.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("timed out after {limit:?}");
+        }
+    }
+}
