@@ -22,7 +22,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
@@ -31,9 +34,43 @@ impl Lcg {
 }
 
 const WORDS: &[&str] = &[
-    "the", "function", "returns", "a", "value", "when", "called", "with", "quota", "request", "limit", "error", "rate",
-    "token", "account", "allocated", "free", "retry", "is", "of", "to", "and", "in", "Rust", "`Vec<u8>`",
-    "buffer", "window", "match", "pattern", "429", "403", "line", "file", "src/main.rs:42", "HTTP", "status", "response",
+    "the",
+    "function",
+    "returns",
+    "a",
+    "value",
+    "when",
+    "called",
+    "with",
+    "quota",
+    "request",
+    "limit",
+    "error",
+    "rate",
+    "token",
+    "account",
+    "allocated",
+    "free",
+    "retry",
+    "is",
+    "of",
+    "to",
+    "and",
+    "in",
+    "Rust",
+    "`Vec<u8>`",
+    "buffer",
+    "window",
+    "match",
+    "pattern",
+    "429",
+    "403",
+    "line",
+    "file",
+    "src/main.rs:42",
+    "HTTP",
+    "status",
+    "response",
 ];
 
 /// A long model answer (prose, lists, code) with stderr noise between paragraphs.
@@ -65,7 +102,7 @@ fn realistic_screen() -> Vec<u8> {
     let mut i = 0;
     while out.len() < SIZE {
         i += 1;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             out.push_str(&format!(
                 "\x1b[2K\x1b[1A\x1b[2K\x1b[G\x1b[35m{}\x1b[39m \x1b[3mThinking… \x1b[90m(esc to cancel, {}s)\x1b[39m\x1b[23m\r\n",
                 spinner[i % spinner.len()],
@@ -79,7 +116,7 @@ fn realistic_screen() -> Vec<u8> {
             }
             out.push_str("\x1b[1mbold\x1b[22m text\r\n");
         }
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             out.push_str("\x1b[90m");
             out.push_str(&"─".repeat(120));
             out.push_str("\x1b[39m\r\n>   Type your message or @path/to/file\r\n");
@@ -94,8 +131,14 @@ fn escape_storm() -> Vec<u8> {
     while out.len() < SIZE {
         i = i.wrapping_add(1);
         out.extend_from_slice(
-            format!("\x1b[{};{}H\x1b[38;5;{}m\x1b]0;title {}\x07\x1b[2K\x1b[1A\x1b[?25l\x1bP+q\x1b\\", i % 50, i % 120, i % 256, i)
-                .as_bytes(),
+            format!(
+                "\x1b[{};{}H\x1b[38;5;{}m\x1b]0;title {}\x07\x1b[2K\x1b[1A\x1b[?25l\x1bP+q\x1b\\",
+                i % 50,
+                i % 120,
+                i % 256,
+                i
+            )
+            .as_bytes(),
         );
     }
     out
@@ -136,7 +179,7 @@ fn near_misses() -> Vec<u8> {
     let mut out = String::with_capacity(SIZE + 128);
     while out.len() < SIZE {
         out.push_str(r.pick(&near));
-        if r.next() % 8 == 0 {
+        if r.next().is_multiple_of(8) {
             out.push('\n');
         }
     }
@@ -147,7 +190,9 @@ fn near_misses() -> Vec<u8> {
 fn marker_storm() -> Vec<u8> {
     let mut out = Vec::with_capacity(SIZE + 128);
     while out.len() < SIZE {
-        out.extend_from_slice("\r\n  ✕ [API Error: 42 insufficient_quot] (Press Ctrl+Y to retry)".as_bytes());
+        out.extend_from_slice(
+            "\r\n  ✕ [API Error: 42 insufficient_quot] (Press Ctrl+Y to retry)".as_bytes(),
+        );
     }
     out
 }
@@ -183,13 +228,20 @@ fn whole(data: &[u8], mut f: impl FnMut(&[u8])) -> (f64, Option<f64>) {
 
 /// Nanoseconds this thread has spent on a CPU, when the kernel tells.
 fn cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// (wall MB/s, CPU MB/s) for `bytes` processed since `start` / `cpu0`.
 fn rates(bytes: usize, start: Instant, cpu0: Option<u64>) -> (f64, Option<f64>) {
     let wall = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
-    let cpu = cpu0.zip(cpu_ns()).map(|(a, b)| bytes as f64 / ((b.saturating_sub(a)).max(1) as f64 / 1e9) / 1e6);
+    let cpu = cpu0
+        .zip(cpu_ns())
+        .map(|(a, b)| bytes as f64 / ((b.saturating_sub(a)).max(1) as f64 / 1e9) / 1e6);
     (wall, cpu)
 }
 
@@ -199,7 +251,12 @@ fn row(name: &str, anchor: &str, read: &str, (wall, cpu): (f64, Option<f64>)) {
 }
 
 /// Feeds `data` in reads of `read` bytes until the budget is spent.
-fn throughput(patterns: &Arc<Patterns>, anchor: Anchor, data: &[u8], read: usize) -> (f64, Option<f64>) {
+fn throughput(
+    patterns: &Arc<Patterns>,
+    anchor: Anchor,
+    data: &[u8],
+    read: usize,
+) -> (f64, Option<f64>) {
     let (start, cpu0) = (Instant::now(), cpu_ns());
     let mut bytes = 0usize;
     while start.elapsed() < BUDGET {
@@ -226,21 +283,49 @@ fn main() {
     let markers = marker_storm();
     let cases: Vec<(&str, Anchor, &[u8], usize)> = vec![
         ("answer + stderr noise", Anchor::Plain, &text, 64 * 1024),
-        ("answer + stderr noise, 4 KiB reads", Anchor::Plain, &text, 4096),
-        ("Ink screen (spinner, SGR, redraws)", Anchor::Screen, &screen, 4096),
+        (
+            "answer + stderr noise, 4 KiB reads",
+            Anchor::Plain,
+            &text,
+            4096,
+        ),
+        (
+            "Ink screen (spinner, SGR, redraws)",
+            Anchor::Screen,
+            &screen,
+            4096,
+        ),
         ("Ink screen, 64-byte reads", Anchor::Screen, &screen, 64),
         ("escape storm", Anchor::Plain, &storm, 64 * 1024),
         ("escape storm", Anchor::Screen, &storm, 4096),
         ("one line, no newlines", Anchor::Plain, &line, 64 * 1024),
-        ("random bytes (invalid UTF-8)", Anchor::Plain, &garbage, 64 * 1024),
-        ("random bytes (invalid UTF-8)", Anchor::Screen, &garbage, 4096),
+        (
+            "random bytes (invalid UTF-8)",
+            Anchor::Plain,
+            &garbage,
+            64 * 1024,
+        ),
+        (
+            "random bytes (invalid UTF-8)",
+            Anchor::Screen,
+            &garbage,
+            4096,
+        ),
         ("near-miss phrases", Anchor::Plain, &near, 64 * 1024),
         ("near-miss blocks (✕ storm)", Anchor::Screen, &markers, 4096),
     ];
-    println!("{:<38} {:<7} {:>6} {:>10} {:>10}", "input", "anchor", "read", "MB/s wall", "MB/s cpu");
+    println!(
+        "{:<38} {:<7} {:>6} {:>10} {:>10}",
+        "input", "anchor", "read", "MB/s wall", "MB/s cpu"
+    );
     println!("{}", "-".repeat(75));
     for (name, anchor, data, read) in cases {
-        row(name, &format!("{anchor:?}"), &read.to_string(), throughput(&patterns, anchor, data, read));
+        row(
+            name,
+            &format!("{anchor:?}"),
+            &read.to_string(),
+            throughput(&patterns, anchor, data, read),
+        );
     }
     // Components, for reading the figures above; the baseline shows what this machine does
     // with the same bytes when nothing is decided per byte.

@@ -67,10 +67,20 @@ fn main() {
         d_first.extend(first_bytes(&direct, firsts / 2));
         r_first.extend(first_bytes(&via, firsts / 2));
     }
-    let d_tp = throughput(&direct, mib);
-    let r_tp = throughput(&via, mib);
+    // Best of three: one large transfer is at the mercy of the scheduler.
+    let (mut d_tp, mut r_tp) = (0f64, 0f64);
+    for _ in 0..3 {
+        d_tp = d_tp.max(throughput(&direct, mib));
+        r_tp = r_tp.max(throughput(&via, mib));
+    }
     drop(relay);
-    let rot = rotation_times(&upstream, rotations);
+    let disk = std::env::temp_dir();
+    let rot_disk = rotation_times(&upstream, rotations, &disk);
+    // The same on tmpfs: what is left is the relay's own part, without the vault's fsyncs.
+    let shm = Path::new("/dev/shm");
+    let rot_shm = tempfile::tempdir_in(shm)
+        .is_ok()
+        .then(|| rotation_times(&upstream, rotations, shm));
 
     println!(
         "loopback relay vs direct to the mock ({:.1?} in all)",
@@ -117,13 +127,18 @@ fn main() {
         "",
         r_tp / d_tp
     );
-    let mut rot = rot;
-    println!(
-        "quota answer on key 1 → request at key 2 (n={rotations}): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (target <= 10 ms)",
-        ms(pct(&mut rot, 50)),
-        ms(pct(&mut rot, 99)),
-        ms(rot.iter().max().copied().unwrap_or_default())
-    );
+    let show = |where_: String, mut rot: Vec<Duration>| {
+        println!(
+            "quota on key 1 → request at key 2, home on {where_} (n={rotations}): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            ms(pct(&mut rot, 50)),
+            ms(pct(&mut rot, 99)),
+            ms(rot.iter().max().copied().unwrap_or_default())
+        );
+    };
+    show(disk.display().to_string(), rot_disk);
+    if let Some(rot) = rot_shm {
+        show("tmpfs /dev/shm".into(), rot);
+    }
     println!("targets: added p50 <= 1 ms; quota → next key <= 10 ms (docs/PERFORMANCE.md)");
 }
 
@@ -317,14 +332,15 @@ fn throughput(t: &Target, mib: usize) -> f64 {
 }
 
 /// From the moment the provider finished writing its 429 for key 1 to the moment the same
-/// request arrived with key 2. A fresh qwen home per sample (the spent slot stays spent).
-fn rotation_times(upstream: &Upstream, n: usize) -> Vec<Duration> {
+/// request arrived with key 2. A fresh qwen home (under `parent`) per sample: the spent slot
+/// stays spent.
+fn rotation_times(upstream: &Upstream, n: usize, parent: &Path) -> Vec<Duration> {
     let base = format!("{}/v1", upstream.url());
     (0..n)
         .map(|i| {
-            let dir = tempfile::tempdir().unwrap();
-            let k1 = format!("sk-bench-quota-{i}");
-            let k2 = format!("sk-bench-next-{i}");
+            let dir = tempfile::tempdir_in(parent).unwrap();
+            let k1 = format!("sk-bench-quota-{}-{i}", parent.display());
+            let k2 = format!("sk-bench-next-{}-{i}", parent.display());
             let relay = relay_on(dir.path(), &[&base], &[&k1, &k2]);
             let addr = relay
                 .base_url

@@ -18,8 +18,14 @@ const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let gib: u64 = std::env::var("BENCH_RELAY_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let gib: u64 = std::env::var("BENCH_RELAY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
 
     let empty_home = dir.path().join("empty");
     let account_home = dir.path().join("accounts");
@@ -30,10 +36,17 @@ fn main() {
         r#"{"access_token":"bench","refresh_token":"bench-r","token_type":"Bearer","expiry_date":4102444800000}"#,
     )
     .unwrap();
-    for p in [account_home.join(".qwen"), account_home.join(".qwen/accounts")] {
+    for p in [
+        account_home.join(".qwen"),
+        account_home.join(".qwen/accounts"),
+    ] {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
     }
-    fs::set_permissions(account_home.join(".qwen/accounts/oauth_creds_1.json"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        account_home.join(".qwen/accounts/oauth_creds_1.json"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     // Warm the relay path once (first run installs the live file).
     shim("/bin/true", &account_home, &[]).status().unwrap();
 
@@ -48,11 +61,23 @@ fn main() {
     let (d, f, r) = (median(&mut direct), median(&mut fast), median(&mut relay));
     println!("start-up, trivial child, {runs} interleaved runs each (median):");
     println!("  direct       {:>8.3} ms", ms(d));
-    println!("  fast path    {:>8.3} ms   {:.2}x direct (target <= 1.3x)", ms(f), ratio(f, d));
-    println!("  relay path   {:>8.3} ms   {:.2}x direct (target <= 1.5x)", ms(r), ratio(r, d));
+    println!(
+        "  fast path    {:>8.3} ms   {:.2}x direct (target <= 1.3x)",
+        ms(f),
+        ratio(f, d)
+    );
+    println!(
+        "  relay path   {:>8.3} ms   {:.2}x direct (target <= 1.5x)",
+        ms(r),
+        ratio(r, d)
+    );
 
     let generator = dir.path().join("gen");
-    fs::write(&generator, format!("#!/bin/sh\nexec head -c {} /dev/zero\n", gib << 20)).unwrap();
+    fs::write(
+        &generator,
+        format!("#!/bin/sh\nexec head -c {} /dev/zero\n", gib << 20),
+    )
+    .unwrap();
     fs::set_permissions(&generator, fs::Permissions::from_mode(0o755)).unwrap();
     let mut via_cat = Vec::new();
     let mut via_shim = Vec::new();
@@ -63,7 +88,10 @@ fn main() {
     let (c, s) = (median(&mut via_cat), median(&mut via_shim));
     let mib = gib as f64;
     println!("relay throughput, {gib} MiB of stdout (median of 3):");
-    println!("  generator | cat  | sink   {:>8.0} MiB/s", mib / c.as_secs_f64());
+    println!(
+        "  generator | cat  | sink   {:>8.0} MiB/s",
+        mib / c.as_secs_f64()
+    );
     println!(
         "  generator | shim | sink   {:>8.0} MiB/s   {:.2}x cat (target >= 0.5x)",
         mib / s.as_secs_f64(),
@@ -85,7 +113,11 @@ fn shim(real: &str, home: &Path, args: &[&str]) -> Command {
 
 fn time(mut c: Command) -> Duration {
     let start = Instant::now();
-    let status = c.stdin(Stdio::null()).stdout(Stdio::null()).status().expect("run");
+    let status = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
     assert!(status.success());
     start.elapsed()
 }
@@ -100,7 +132,10 @@ fn sink(mut c: Command) -> Duration {
 
 fn pipeline_through_cat(generator: &Path) -> Duration {
     let start = Instant::now();
-    let mut producer = Command::new(generator).stdout(Stdio::piped()).spawn().expect("gen");
+    let mut producer = Command::new(generator)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gen");
     let mut cat = Command::new("cat")
         .stdin(producer.stdout.take().expect("generator stdout"))
         .stdout(Stdio::piped())

@@ -14,7 +14,10 @@ pub enum Invocation {
     /// A management command: the whole argv (as text) goes to `admin::run`.
     Admin(Vec<String>),
     /// Run the real qwen with `args`, honouring the per-run modifiers.
-    Run { args: Vec<OsString>, modifiers: Modifiers },
+    Run {
+        args: Vec<OsString>,
+        modifiers: Modifiers,
+    },
 }
 
 /// Per-run modifiers, removed before the child runs.
@@ -85,7 +88,10 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation, String> {
             continue;
         }
         let name = flag_name(a);
-        let inline = a.to_str().and_then(|s| s.split_once('=')).map(|(_, v)| v.to_string());
+        let inline = a
+            .to_str()
+            .and_then(|s| s.split_once('='))
+            .map(|(_, v)| v.to_string());
         match name.as_str() {
             "--rotation-no-retry" => {
                 if inline.is_some() {
@@ -98,12 +104,18 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation, String> {
                     Some(v) => v,
                     None => {
                         i += 1;
-                        match argv.get(i).filter(|v| i < end && !ours(v)).and_then(|v| v.to_str()) {
+                        match argv
+                            .get(i)
+                            .filter(|v| i < end && !ours(v))
+                            .and_then(|v| v.to_str())
+                        {
                             Some(v) => v.to_string(),
                             None => {
-                                return Err("--rotation-account needs an account number or label, \
+                                return Err(
+                                    "--rotation-account needs an account number or label, \
                                             e.g. --rotation-account 2"
-                                    .into());
+                                        .into(),
+                                );
                             }
                         }
                     }
@@ -125,7 +137,9 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation, String> {
 /// `--rotation-x=value` → `--rotation-x`.
 fn flag_name(a: &OsStr) -> String {
     let text = String::from_utf8_lossy(a.as_bytes());
-    text.split_once('=').map_or(text.as_ref(), |(n, _)| n).to_string()
+    text.split_once('=')
+        .map_or(text.as_ref(), |(n, _)| n)
+        .to_string()
 }
 
 /// "unknown flag --rotation-stauts; did you mean --rotation-status?"
@@ -137,7 +151,9 @@ pub fn unknown_flag(name: &str) -> String {
         .min()
         .filter(|(d, _)| *d <= 3);
     match best {
-        Some((_, c)) => format!("unknown flag {name}; did you mean {c}? (see qwen --rotation-help)"),
+        Some((_, c)) => {
+            format!("unknown flag {name}; did you mean {c}? (see qwen --rotation-help)")
+        }
         None => format!("unknown flag {name}; see qwen --rotation-help for the flags"),
     }
 }
@@ -191,7 +207,14 @@ mod tests {
 
     #[test]
     fn modifiers_are_removed_in_both_spellings() {
-        let (args, m) = run(&["-p", "hi", "--rotation-account", "2", "--rotation-no-retry", "-y"]);
+        let (args, m) = run(&[
+            "-p",
+            "hi",
+            "--rotation-account",
+            "2",
+            "--rotation-no-retry",
+            "-y",
+        ]);
         assert_eq!(args, os(&["-p", "hi", "-y"]));
         assert_eq!(m.account.as_deref(), Some("2"));
         assert!(m.no_retry);
@@ -203,7 +226,10 @@ mod tests {
     #[test]
     fn nothing_after_double_dash_is_intercepted() {
         let (args, m) = run(&["a", "--", "--rotation-no-retry", "--rotation-status"]);
-        assert_eq!(args, os(&["a", "--", "--rotation-no-retry", "--rotation-status"]));
+        assert_eq!(
+            args,
+            os(&["a", "--", "--rotation-no-retry", "--rotation-status"])
+        );
         assert!(!m.no_retry);
     }
 

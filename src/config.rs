@@ -59,7 +59,9 @@ impl Paths {
 pub fn qwen_home() -> PathBuf {
     match std::env::var_os("QWEN_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => std::env::home_dir().unwrap_or_else(|| PathBuf::from("/")).join(".qwen"),
+        _ => std::env::home_dir()
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(".qwen"),
     }
 }
 
@@ -161,13 +163,19 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), None),
             Err(e) => (
                 Config::default(),
-                Some(format!("cannot read {}: {e}; using the defaults", path.display())),
+                Some(format!(
+                    "cannot read {}: {e}; using the defaults",
+                    path.display()
+                )),
             ),
             Ok(text) => match Config::parse(&text) {
                 Ok(c) => (c, None),
                 Err(problem) => (
                     Config::default(),
-                    Some(format!("{}: {problem}; using the defaults until it is fixed", path.display())),
+                    Some(format!(
+                        "{}: {problem}; using the defaults until it is fixed",
+                        path.display()
+                    )),
                 ),
             },
         }
@@ -200,16 +208,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86400,
-            _ => return Err(format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)")),
+            _ => {
+                return Err(format!(
+                    "`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"
+                ));
+            }
         };
         let n: u64 = digits
             .parse()
             .map_err(|_| format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"))?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or("duration too large")?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or("duration too large")?;
         digits.clear();
     }
     if !digits.is_empty() || t.is_empty() {
-        return Err(format!("`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"));
+        return Err(format!(
+            "`{t}` is not a duration (use e.g. 90s, 5m, 1h30m, 2d)"
+        ));
     }
     Ok(Duration::from_secs(total))
 }

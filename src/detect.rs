@@ -106,44 +106,124 @@ pub enum Anchor {
 const DEFAULTS: &[(Class, &str, &str)] = &[
     // quota
     (Class::Quota, "insufficient_quota", r"insufficient[ _]quota"),
-    (Class::Quota, "Free allocated quota exceeded", r"free allocated quota exceeded"),
+    (
+        Class::Quota,
+        "Free allocated quota exceeded",
+        r"free allocated quota exceeded",
+    ),
     // DashScope `Throttling.AllocationQuota`: "Allocated quota exceeded, please increase …".
-    (Class::Quota, "Allocated quota exceeded", r"allocated quota exceeded"),
-    (Class::Quota, "Qwen OAuth quota exceeded", r"qwen oauth quota exceeded"),
-    (Class::Quota, "free daily quota has been reached", r"free daily quota has been reached"),
+    (
+        Class::Quota,
+        "Allocated quota exceeded",
+        r"allocated quota exceeded",
+    ),
+    (
+        Class::Quota,
+        "Qwen OAuth quota exceeded",
+        r"qwen oauth quota exceeded",
+    ),
+    (
+        Class::Quota,
+        "free daily quota has been reached",
+        r"free daily quota has been reached",
+    ),
     // Coding Plan: "Your token-plan 1-week quota has been exhausted. The quota will reset at …"
-    (Class::Quota, "quota has been exhausted", r"quota has been exhausted"),
+    (
+        Class::Quota,
+        "quota has been exhausted",
+        r"quota has been exhausted",
+    ),
     // qwen 0.24's fail-fast prefix for the same answer.
     (Class::Quota, "Quota exhausted:", r"quota exhausted:"),
     // OpenAI's insufficient_quota message.
-    (Class::Quota, "exceeded your current quota", r"exceeded your current quota"),
+    (
+        Class::Quota,
+        "exceeded your current quota",
+        r"exceeded your current quota",
+    ),
     // auth
-    (Class::Auth, "Refresh token expired or invalid", r"refresh token expired or invalid"),
+    (
+        Class::Auth,
+        "Refresh token expired or invalid",
+        r"refresh token expired or invalid",
+    ),
     (Class::Auth, "invalid access token", r"invalid access token"),
     (Class::Auth, "token expired", r"token (?:has )?expired"),
-    (Class::Auth, "free tier was discontinued", r"free tier (?:was|has been) discontinued"),
-    (Class::Auth, "Incorrect API key provided", r"incorrect api[ _-]?key provided"),
+    (
+        Class::Auth,
+        "free tier was discontinued",
+        r"free tier (?:was|has been) discontinued",
+    ),
+    (
+        Class::Auth,
+        "Incorrect API key provided",
+        r"incorrect api[ _-]?key provided",
+    ),
     (Class::Auth, "invalid_api_key", r"invalid[ _]?api[ _-]?key"),
     // qwen refreshes after a 401 (0.12: also a 403) or an expired token; when the refresh fails
     // the access token is unusable whatever the cause (QWEN_FACTS.md §2, §4, §5).
-    (Class::Auth, "Network error during token refresh", r"network error during token refresh"),
-    (Class::Auth, "Unexpected error during token refresh", r"unexpected error during token refresh"),
-    (Class::Auth, "Device authorization flow failed", r"device authorization flow failed"),
-    (Class::Auth, "Missing API key for OpenAI-compatible auth", r"missing api key for openai-compatible auth"),
+    (
+        Class::Auth,
+        "Network error during token refresh",
+        r"network error during token refresh",
+    ),
+    (
+        Class::Auth,
+        "Unexpected error during token refresh",
+        r"unexpected error during token refresh",
+    ),
+    (
+        Class::Auth,
+        "Device authorization flow failed",
+        r"device authorization flow failed",
+    ),
+    (
+        Class::Auth,
+        "Missing API key for OpenAI-compatible auth",
+        r"missing api key for openai-compatible auth",
+    ),
     // DashScope 403 `Arrearage`: the account is unusable until it is paid up.
-    (Class::Auth, "account not in good standing", r"make sure your account is in good standing"),
+    (
+        Class::Auth,
+        "account not in good standing",
+        r"make sure your account is in good standing",
+    ),
     (Class::Auth, "Arrearage", r"(?-u:\b)arrearage(?-u:\b)"),
-    (Class::Auth, "[API Error: 401 …]", r"\[api error: 401(?-u:\b)"),
-    (Class::Auth, "[API Error: 403 …]", r"\[api error: 403(?-u:\b)"),
+    (
+        Class::Auth,
+        "[API Error: 401 …]",
+        r"\[api error: 401(?-u:\b)",
+    ),
+    (
+        Class::Auth,
+        "[API Error: 403 …]",
+        r"\[api error: 403(?-u:\b)",
+    ),
     // throttle
-    (Class::Throttle, "Requests rate limit exceeded", r"requests rate limit exceeded"),
-    (Class::Throttle, "rate limit exceeded", r"rate[ _-]?limit(?:ed(?-u:\b)|[ _]exceeded|[ _]reached)"),
+    (
+        Class::Throttle,
+        "Requests rate limit exceeded",
+        r"requests rate limit exceeded",
+    ),
+    (
+        Class::Throttle,
+        "rate limit exceeded",
+        r"rate[ _-]?limit(?:ed(?-u:\b)|[ _]exceeded|[ _]reached)",
+    ),
     (Class::Throttle, "Throttling", r"(?-u:\b)throttling(?-u:\b)"),
     (Class::Throttle, "too many requests", r"too many requests"),
-    (Class::Throttle, "limit_requests", r"(?-u:\b)limit_requests(?-u:\b)"),
+    (
+        Class::Throttle,
+        "limit_requests",
+        r"(?-u:\b)limit_requests(?-u:\b)",
+    ),
     // qwen prints `[API Error: 429 …]` only after its own retries (0.12: ~90 s), and 0.24 wraps
     // it in `Retrying in 60s (attempt 1/10): …` while it retries for an hour.
-    (Class::Throttle, "[API Error: 429 …]", r"\[api error: 429(?-u:\b)"),
+    (
+        Class::Throttle,
+        "[API Error: 429 …]",
+        r"\[api error: 429(?-u:\b)",
+    ),
 ];
 
 /// Bound on one user pattern's compiled size: a pattern is a phrase, not a program.
@@ -178,7 +258,10 @@ impl Patterns {
         Arc::clone(DEFAULT.get_or_init(|| {
             // The defaults are constants covered by a test; an empty set is the impossible
             // fallback, chosen over a panic (fail open: qwen still runs).
-            Arc::new(Patterns::build(default_sources()).unwrap_or(Patterns { entries: Vec::new(), any: None }))
+            Arc::new(Patterns::build(default_sources()).unwrap_or(Patterns {
+                entries: Vec::new(),
+                any: None,
+            }))
         }))
     }
 
@@ -188,7 +271,11 @@ impl Patterns {
             PatternMode::Extend => default_sources(),
             PatternMode::Replace => Vec::new(),
         };
-        for (class, list) in [(Class::Quota, &cfg.quota), (Class::Throttle, &cfg.throttle), (Class::Auth, &cfg.auth)] {
+        for (class, list) in [
+            (Class::Quota, &cfg.quota),
+            (Class::Throttle, &cfg.throttle),
+            (Class::Auth, &cfg.auth),
+        ] {
             for (i, source) in list.iter().enumerate() {
                 let n = i + 1;
                 let key = class.key();
@@ -199,9 +286,16 @@ impl Patterns {
                     .map_err(|e| format!("patterns.{key} entry {n} ({source:?}) is not a valid regular expression: {e}"))?;
                 // A pattern that matches empty text would flag every output of every run.
                 if re.is_match(b"") || re.find_iter(b"x y").any(|m| m.is_empty()) {
-                    return Err(format!("patterns.{key} entry {n} ({source:?}) matches empty text"));
+                    return Err(format!(
+                        "patterns.{key} entry {n} ({source:?}) matches empty text"
+                    ));
                 }
-                sources.push(Source { class, name: source.clone(), regex: source.clone(), user: true });
+                sources.push(Source {
+                    class,
+                    name: source.clone(),
+                    regex: source.clone(),
+                    user: true,
+                });
             }
         }
         Patterns::build(sources).map(Arc::new)
@@ -226,8 +320,12 @@ impl Patterns {
         let mut entries = Vec::with_capacity(sources.len());
         let mut combined = String::new();
         for s in sources {
-            let re = if s.user { user_regex(&s.regex) } else { default_regex(&s.regex) }
-                .map_err(|e| format!("patterns.{} {:?}: {e}", s.class.key(), s.name))?;
+            let re = if s.user {
+                user_regex(&s.regex)
+            } else {
+                default_regex(&s.regex)
+            }
+            .map_err(|e| format!("patterns.{} {:?}: {e}", s.class.key(), s.name))?;
             if !combined.is_empty() {
                 combined.push('|');
             }
@@ -237,7 +335,12 @@ impl Patterns {
             combined.push_str(&s.regex);
             combined.push(')');
             let specific = s.user || !s.name.starts_with("[API Error");
-            entries.push(Entry { class: s.class, name: s.name, specific, re });
+            entries.push(Entry {
+                class: s.class,
+                name: s.name,
+                specific,
+                re,
+            });
         }
         let any = if entries.is_empty() {
             None
@@ -246,7 +349,12 @@ impl Patterns {
                 RegexBuilder::new(&combined)
                     .size_limit(COMBINED_REGEX_SIZE)
                     .build()
-                    .map_err(|e| format!("patterns: together they are too large to compile: {}", one_line(&e)))?,
+                    .map_err(|e| {
+                        format!(
+                            "patterns: together they are too large to compile: {}",
+                            one_line(&e)
+                        )
+                    })?,
             )
         };
         Ok(Patterns { entries, any })
@@ -285,7 +393,11 @@ impl Patterns {
             Class::Quota | Class::Throttle => parse_reset(&String::from_utf8_lossy(text), now),
             Class::Auth => None,
         };
-        Some(Hit { class, phrase: self.entries.get(i)?.name.clone(), reset_at })
+        Some(Hit {
+            class,
+            phrase: self.entries.get(i)?.name.clone(),
+            reset_at,
+        })
     }
 }
 
@@ -299,7 +411,12 @@ struct Source {
 fn default_sources() -> Vec<Source> {
     DEFAULTS
         .iter()
-        .map(|&(class, name, regex)| Source { class, name: name.to_string(), regex: regex.to_string(), user: false })
+        .map(|&(class, name, regex)| Source {
+            class,
+            name: name.to_string(),
+            regex: regex.to_string(),
+            user: false,
+        })
         .collect()
 }
 
@@ -308,14 +425,22 @@ fn default_regex(source: &str) -> Result<Regex, String> {
 }
 
 fn user_regex(source: &str) -> Result<Regex, String> {
-    RegexBuilder::new(source).case_insensitive(true).size_limit(USER_REGEX_SIZE).build().map_err(|e| one_line(&e))
+    RegexBuilder::new(source)
+        .case_insensitive(true)
+        .size_limit(USER_REGEX_SIZE)
+        .build()
+        .map_err(|e| one_line(&e))
 }
 
 /// A regex error on one line (its Display draws the pattern and a caret on several): the
 /// `error: …` line when there is one, else everything joined.
 fn one_line(e: &regex::Error) -> String {
     let text = e.to_string();
-    if let Some(line) = text.lines().rev().find_map(|l| l.trim().strip_prefix("error:")) {
+    if let Some(line) = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error:"))
+    {
         return line.trim().to_string();
     }
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -544,9 +669,17 @@ impl Normalizer {
                     // Skip to the terminator in one step: titles and hyperlinks are common.
                     let rest = &input[i..];
                     let room = MAX_STRING.saturating_sub(self.esc_len);
-                    match rest.iter().take(room).position(|&c| matches!(c, 0x07 | 0x1b | 0x18 | 0x1a)) {
+                    match rest
+                        .iter()
+                        .take(room)
+                        .position(|&c| matches!(c, 0x07 | 0x1b | 0x18 | 0x1a))
+                    {
                         Some(p) => {
-                            self.esc = if rest[p] == 0x1b { Esc::StringEscape } else { Esc::Ground };
+                            self.esc = if rest[p] == 0x1b {
+                                Esc::StringEscape
+                            } else {
+                                Esc::Ground
+                            };
                             i += p + 1;
                         }
                         None if rest.len() < room => {
@@ -598,9 +731,19 @@ impl Normalizer {
         if i > start {
             self.space(out);
         }
-        // Then a run of words separated by single spaces, taken as it is.
+        // Then a run of words separated by single spaces, taken as it is: eight bytes at a time
+        // while that holds, byte by byte where it stops.
         let run = i;
         let mut prev_space = self.last_space;
+        while let Some(word) = input.get(i..i + 8) {
+            match plain_word(word, prev_space) {
+                Some(ends_in_space) => {
+                    prev_space = ends_in_space;
+                    i += 8;
+                }
+                None => break,
+            }
+        }
         while let Some(&c) = input.get(i) {
             if c > b' ' && c < 0x7f {
                 prev_space = false;
@@ -632,7 +775,10 @@ impl Normalizer {
         self.utf8_need = 0;
         self.utf8_have = 0;
         // from_utf8 also rejects overlong forms and surrogates that the lead byte let through.
-        let c = std::str::from_utf8(&self.utf8[..n]).ok().and_then(|s| s.chars().next()).unwrap_or('\u{FFFD}');
+        let c = std::str::from_utf8(&self.utf8[..n])
+            .ok()
+            .and_then(|s| s.chars().next())
+            .unwrap_or('\u{FFFD}');
         self.char(c, out, marks);
     }
 
@@ -646,9 +792,10 @@ impl Normalizer {
                 }
             }
             // Spinner frames: braille (⠋⠙⠹…, ⣾⣽…) and the circle/triangle sets.
-            '\u{2800}'..='\u{28ff}' | '\u{25d0}'..='\u{25d3}' | '\u{25e2}'..='\u{25e5}' | '\u{25f0}'..='\u{25f7}' => {
-                self.space(out)
-            }
+            '\u{2800}'..='\u{28ff}'
+            | '\u{25d0}'..='\u{25d3}'
+            | '\u{25e2}'..='\u{25e5}'
+            | '\u{25f0}'..='\u{25f7}' => self.space(out),
             // Line breaks outside ASCII: NEL, line and paragraph separators.
             '\u{85}' | '\u{2028}' | '\u{2029}' => self.new_line(out, 0),
             // Invisible: C1 controls, zero-width characters, variation selectors (`◆︎`), BOM.
@@ -683,7 +830,9 @@ impl Normalizer {
             b'H' | b'f' => self.new_line(out, p1 - 1),
             // Other moves to another line, erase display, scroll, save/restore: what follows
             // is a new line of the screen (Ink's redraw starts with ESC[2K ESC[1A …).
-            b'A' | b'B' | b'E' | b'F' | b'd' | b'J' | b'S' | b'T' | b'L' | b'M' | b's' | b'u' => self.new_line(out, 0),
+            b'A' | b'B' | b'E' | b'F' | b'd' | b'J' | b'S' | b'T' | b'L' | b'M' | b's' | b'u' => {
+                self.new_line(out, 0)
+            }
             // Cursor forward stands for blanks (some renderers draw indentation with it).
             b'C' | b'a' => {
                 self.space(out);
@@ -725,6 +874,32 @@ impl Normalizer {
         self.last_space = false;
         self.line_start = false;
     }
+}
+
+/// Eight bytes that the hot path may copy as they are: all printable ASCII or space (0x20..=0x7e),
+/// no two spaces in a row (`prev_space`: the byte before was one). Returns whether the last byte
+/// is a space. Bit tricks on one u64 ("SWAR"); no byte can carry into its neighbour because
+/// bytes with the high bit set are rejected first.
+#[inline]
+fn plain_word(bytes: &[u8], prev_space: bool) -> Option<bool> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let w = u64::from_le_bytes(bytes.try_into().ok()?);
+    if w & HIGH != 0 {
+        return None;
+    }
+    // Every byte ≥ 0x20 (adding 0x60 sets its high bit) and ≤ 0x7e (adding 1 does not).
+    if w.wrapping_add(0x60 * ONES) & HIGH != HIGH || w.wrapping_add(ONES) & HIGH != 0 {
+        return None;
+    }
+    // Exact mask of the spaces: the high bit of each byte that was 0x20.
+    let x = w ^ (0x20 * ONES);
+    let spaces = !((x & LOW7).wrapping_add(LOW7) | x | LOW7);
+    if spaces & (spaces << 8) != 0 || (prev_space && spaces & 0x80 != 0) {
+        return None;
+    }
+    Some(spaces >> 63 != 0)
 }
 
 fn mark(marks: &mut Vec<(usize, Mark)>, pos: usize, kind: Mark) {
@@ -868,7 +1043,11 @@ impl Detector {
         match self.anchor {
             Anchor::Plain => {
                 self.norm.flush(&mut self.window);
-                let hit = if self.decided.is_none() { self.plain_scan() } else { None };
+                let hit = if self.decided.is_none() {
+                    self.plain_scan()
+                } else {
+                    None
+                };
                 let hit = hit.or_else(|| self.resolve_held(self.window.len()));
                 self.tentative = None;
                 hit
@@ -938,11 +1117,14 @@ impl Detector {
             Anchor::Plain => self.held.and_then(|(start, _)| {
                 let s = self.rel(start);
                 let e = (s + MAX_MESSAGE).min(self.window.len());
-                self.patterns.judge(&self.window[self.message_start(start)..e], Utc::now())
+                self.patterns
+                    .judge(&self.window[self.message_start(start)..e], Utc::now())
             }),
             Anchor::Screen if self.block_open => {
                 let live = contains(&self.block, COUNTDOWN);
-                self.judge_block().filter(|(_, fp)| self.counts(*fp, live)).map(|(hit, _)| hit)
+                self.judge_block()
+                    .filter(|(_, fp)| self.counts(*fp, live))
+                    .map(|(hit, _)| hit)
             }
             Anchor::Screen => None,
         };
@@ -953,7 +1135,11 @@ impl Detector {
     fn plain_chunk(&mut self, chunk: &[u8]) -> Option<Hit> {
         self.marks.clear();
         self.norm.push(chunk, &mut self.window, &mut self.marks);
-        let hit = if self.decided.is_none() { self.plain_scan() } else { None };
+        let hit = if self.decided.is_none() {
+            self.plain_scan()
+        } else {
+            None
+        };
         self.trim();
         hit
     }
@@ -1034,7 +1220,9 @@ impl Detector {
         let (start, _) = self.held.take()?;
         let s = self.rel(start);
         let stop = stop.clamp(s, (s + MAX_MESSAGE).min(self.window.len()));
-        let hit = self.patterns.judge(&self.window[self.message_start(start)..stop], Utc::now())?;
+        let hit = self
+            .patterns
+            .judge(&self.window[self.message_start(start)..stop], Utc::now())?;
         self.decided = Some(hit.clone());
         self.tentative = None;
         Some(hit)
@@ -1061,7 +1249,9 @@ impl Detector {
         let mut found = None;
         let mut cur = 0;
         for i in 0..self.marks.len() {
-            let Some(&(pos, kind)) = self.marks.get(i) else { break };
+            let Some(&(pos, kind)) = self.marks.get(i) else {
+                break;
+            };
             found = found.or(self.block_text(cur, pos));
             cur = pos;
             match kind {
@@ -1157,7 +1347,11 @@ fn fingerprint(block: &[u8]) -> u64 {
         None => block,
     };
     let mut h = DefaultHasher::new();
-    String::from_utf8_lossy(text).chars().filter(|c| c.is_alphabetic()).take(FINGERPRINT_LETTERS).for_each(|c| c.hash(&mut h));
+    String::from_utf8_lossy(text)
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .take(FINGERPRINT_LETTERS)
+        .for_each(|c| c.hash(&mut h));
     h.finish()
 }
 
@@ -1227,7 +1421,9 @@ fn reset_from(c: &regex::Captures<'_>, now: DateTime<Utc>) -> Option<DateTime<Ut
     }
     let (mo, d) = (num("mo2")?, num("d2")?);
     // Up to four years ahead so 02-29 finds its leap year.
-    (now.year() - 1..=now.year() + 4).filter_map(|y| at(y, mo, d)).find(|t| *t >= now - RESET_GRACE)
+    (now.year() - 1..=now.year() + 4)
+        .filter_map(|y| at(y, mo, d))
+        .find(|t| *t >= now - RESET_GRACE)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1244,7 +1440,11 @@ pub fn classify_http(status: u16, body: &str, patterns: &Patterns) -> Option<Hit
     let status_hit = |class: Class| Hit {
         class,
         phrase: format!("HTTP {status}"),
-        reset_at: if class == Class::Auth { None } else { parse_reset(body, Utc::now()) },
+        reset_at: if class == Class::Auth {
+            None
+        } else {
+            parse_reset(body, Utc::now())
+        },
     };
     match status {
         429 => match found {
@@ -1284,7 +1484,11 @@ const STATS_DEPTH: usize = 6;
 pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
     let result = result_element(stdout)?;
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-    if result.get("is_error").and_then(Value::as_bool).unwrap_or(false) {
+    if result
+        .get("is_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         let message = text(result.pointer("/error/message"))
             .or_else(|| text(result.get("result")))
             .or_else(|| text(result.get("error")))?;
@@ -1305,16 +1509,23 @@ fn result_element(stdout: &[u8]) -> Option<Value> {
         return items.into_iter().rev().find(is_result);
     }
     // stream-json (or an array cut short, whose lines may still parse): the last result line.
-    trimmed.rsplit(|&b| b == b'\n').map(<[u8]>::trim_ascii).filter(|l| l.starts_with(b"{")).find_map(|line| {
-        serde_json::from_slice::<Value>(line).ok().filter(|v| v.is_object() && is_result(v))
-    })
+    trimmed
+        .rsplit(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|l| l.starts_with(b"{"))
+        .find_map(|line| {
+            serde_json::from_slice::<Value>(line)
+                .ok()
+                .filter(|v| v.is_object() && is_result(v))
+        })
 }
 
 /// Does `stats` count an API error anywhere (`totalErrors > 0`)?
 fn counts_errors(v: &Value, depth: usize) -> bool {
     match v {
         Value::Object(map) => map.iter().any(|(k, v)| {
-            (k == "totalErrors" && v.as_f64().is_some_and(|n| n > 0.0)) || (depth > 0 && counts_errors(v, depth - 1))
+            (k == "totalErrors" && v.as_f64().is_some_and(|n| n > 0.0))
+                || (depth > 0 && counts_errors(v, depth - 1))
         }),
         Value::Array(items) => depth > 0 && items.iter().any(|v| counts_errors(v, depth - 1)),
         _ => false,
@@ -1343,7 +1554,9 @@ mod tests {
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().expect("valid test date")
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("valid test date")
     }
 
     /// Feeds the parts in order; the first hit a feed returns, else what `finish` decides.
@@ -1352,7 +1565,10 @@ mod tests {
         let mut found = None;
         for p in parts {
             let hit = d.feed(p);
-            assert!(found.is_none() || hit.is_none(), "a second hit without re-arming");
+            assert!(
+                found.is_none() || hit.is_none(),
+                "a second hit without re-arming"
+            );
             found = found.or(hit);
         }
         found.or_else(|| d.finish())
@@ -1387,8 +1603,15 @@ mod tests {
         run(Anchor::Screen, &[&ink(text)])
     }
 
-    const STDERR: &[(&str, &str, Option<(Class, &str)>)] = &[
-        ("oauth_quota_0.12", fixture!("oauth_quota_0.12_stderr.txt"), Some((Class::Quota, "Qwen OAuth quota exceeded"))),
+    /// (name, transcript, expected class and phrase)
+    type Case = (&'static str, &'static str, Option<(Class, &'static str)>);
+
+    const STDERR: &[Case] = &[
+        (
+            "oauth_quota_0.12",
+            fixture!("oauth_quota_0.12_stderr.txt"),
+            Some((Class::Quota, "Qwen OAuth quota exceeded")),
+        ),
         (
             "oauth_refresh_network_0.12",
             fixture!("oauth_refresh_network_0.12_stderr.txt"),
@@ -1399,9 +1622,21 @@ mod tests {
             fixture!("oauth_stream_quota_0.12_stderr.txt"),
             Some((Class::Quota, "Free allocated quota exceeded")),
         ),
-        ("throttle_0.12", fixture!("throttle_0.12_stderr.txt"), Some((Class::Throttle, "Requests rate limit exceeded"))),
-        ("server_error_0.12", fixture!("server_error_0.12_stderr.txt"), None),
-        ("discontinued_0.24", fixture!("discontinued_0.24_stderr.txt"), Some((Class::Auth, "free tier was discontinued"))),
+        (
+            "throttle_0.12",
+            fixture!("throttle_0.12_stderr.txt"),
+            Some((Class::Throttle, "Requests rate limit exceeded")),
+        ),
+        (
+            "server_error_0.12",
+            fixture!("server_error_0.12_stderr.txt"),
+            None,
+        ),
+        (
+            "discontinued_0.24",
+            fixture!("discontinued_0.24_stderr.txt"),
+            Some((Class::Auth, "free tier was discontinued")),
+        ),
         (
             "refresh_invalid_grant_0.12",
             fixture!("refresh_invalid_grant_0.12_stderr.txt"),
@@ -1412,13 +1647,41 @@ mod tests {
             fixture!("refresh_invalid_client_0.12_stderr.txt"),
             Some((Class::Auth, "Unexpected error during token refresh")),
         ),
-        ("apikey_401_0.12", fixture!("apikey_401_0.12_stderr.txt"), Some((Class::Auth, "Incorrect API key provided"))),
-        ("apikey_401_0.24", fixture!("apikey_401_0.24_stderr.txt"), Some((Class::Auth, "Incorrect API key provided"))),
-        ("apikey_403_0.12", fixture!("apikey_403_0.12_stderr.txt"), Some((Class::Auth, "account not in good standing"))),
-        ("apikey_quota_0.12", fixture!("apikey_quota_0.12_stderr.txt"), Some((Class::Quota, "Free allocated quota exceeded"))),
-        ("apikey_quota_cp_0.12", fixture!("apikey_quota_cp_0.12_stderr.txt"), Some((Class::Quota, "quota has been exhausted"))),
-        ("apikey_throttle_0.12", fixture!("apikey_throttle_0.12_stderr.txt"), Some((Class::Throttle, "Requests rate limit exceeded"))),
-        ("apikey_quota_cp_0.24", fixture!("apikey_quota_cp_0.24_stderr.txt"), Some((Class::Quota, "Quota exhausted:"))),
+        (
+            "apikey_401_0.12",
+            fixture!("apikey_401_0.12_stderr.txt"),
+            Some((Class::Auth, "Incorrect API key provided")),
+        ),
+        (
+            "apikey_401_0.24",
+            fixture!("apikey_401_0.24_stderr.txt"),
+            Some((Class::Auth, "Incorrect API key provided")),
+        ),
+        (
+            "apikey_403_0.12",
+            fixture!("apikey_403_0.12_stderr.txt"),
+            Some((Class::Auth, "account not in good standing")),
+        ),
+        (
+            "apikey_quota_0.12",
+            fixture!("apikey_quota_0.12_stderr.txt"),
+            Some((Class::Quota, "Free allocated quota exceeded")),
+        ),
+        (
+            "apikey_quota_cp_0.12",
+            fixture!("apikey_quota_cp_0.12_stderr.txt"),
+            Some((Class::Quota, "quota has been exhausted")),
+        ),
+        (
+            "apikey_throttle_0.12",
+            fixture!("apikey_throttle_0.12_stderr.txt"),
+            Some((Class::Throttle, "Requests rate limit exceeded")),
+        ),
+        (
+            "apikey_quota_cp_0.24",
+            fixture!("apikey_quota_cp_0.24_stderr.txt"),
+            Some((Class::Quota, "Quota exhausted:")),
+        ),
         (
             "apikey_retry_quota_0.24",
             fixture!("apikey_retry_quota_0.24_stderr.txt"),
@@ -1429,8 +1692,16 @@ mod tests {
             fixture!("apikey_retry_throttle_0.24_stderr.txt"),
             Some((Class::Throttle, "Requests rate limit exceeded")),
         ),
-        ("apikey_json_quota_cp_0.24", fixture!("apikey_json_quota_cp_0.24_stderr.txt"), Some((Class::Quota, "Quota exhausted:"))),
-        ("cancelled_0.24", fixture!("cancelled_0.24_stderr.txt"), None),
+        (
+            "apikey_json_quota_cp_0.24",
+            fixture!("apikey_json_quota_cp_0.24_stderr.txt"),
+            Some((Class::Quota, "Quota exhausted:")),
+        ),
+        (
+            "cancelled_0.24",
+            fixture!("cancelled_0.24_stderr.txt"),
+            None,
+        ),
     ];
 
     #[test]
@@ -1444,9 +1715,17 @@ mod tests {
     fn stderr_transcripts_classify_as_the_real_client_means() {
         for &(name, text, want) in STDERR {
             let got = plain(text);
-            assert_eq!(got.as_ref().map(|h| (h.class, h.phrase.as_str())), want, "{name} (detector)");
+            assert_eq!(
+                got.as_ref().map(|h| (h.class, h.phrase.as_str())),
+                want,
+                "{name} (detector)"
+            );
             let whole = pats().classify(text);
-            assert_eq!(whole.as_ref().map(|h| (h.class, h.phrase.as_str())), want, "{name} (classify)");
+            assert_eq!(
+                whole.as_ref().map(|h| (h.class, h.phrase.as_str())),
+                want,
+                "{name} (classify)"
+            );
         }
     }
 
@@ -1454,38 +1733,89 @@ mod tests {
     fn verbatim_one_liners_classify() {
         use Class::*;
         let cases: &[(&str, Option<Class>)] = &[
-            ("Qwen OAuth quota exceeded: Your free daily quota has been reached.", Some(Quota)),
-            ("Error: Qwen OAuth quota exceeded: Your free daily quota has been reached.", Some(Quota)),
+            (
+                "Qwen OAuth quota exceeded: Your free daily quota has been reached.",
+                Some(Quota),
+            ),
+            (
+                "Error: Qwen OAuth quota exceeded: Your free daily quota has been reached.",
+                Some(Quota),
+            ),
             ("[API Error: Free allocated quota exceeded.]", Some(Quota)),
-            ("[API Error: 429 Free allocated quota exceeded.]", Some(Quota)),
-            ("Retrying in 60s (attempt 1/10): [API Error: 429 Free allocated quota exceeded.]", Some(Quota)),
-            ("Retrying in 120s (attempt 2/10): [API Error: 429 Free allocated quota exceeded.]", Some(Quota)),
-            ("\u{2715} [API Error: 429 Free allocated quota exceeded.] (Retrying in 56s\u{2026} (attempt 1/10))", Some(Quota)),
+            (
+                "[API Error: 429 Free allocated quota exceeded.]",
+                Some(Quota),
+            ),
+            (
+                "Retrying in 60s (attempt 1/10): [API Error: 429 Free allocated quota exceeded.]",
+                Some(Quota),
+            ),
+            (
+                "Retrying in 120s (attempt 2/10): [API Error: 429 Free allocated quota exceeded.]",
+                Some(Quota),
+            ),
+            (
+                "\u{2715} [API Error: 429 Free allocated quota exceeded.] (Retrying in 56s\u{2026} (attempt 1/10))",
+                Some(Quota),
+            ),
             (
                 "[API Error: 429 Your token-plan 1-week quota has been exhausted. The quota will reset at 11-30 09:25:00 UTC.]",
                 Some(Quota),
             ),
-            ("Quota exhausted: Your token-plan 1-week quota has been exhausted.", Some(Quota)),
-            ("{\"code\":\"insufficient_quota\",\"message\":\"...\"}", Some(Quota)),
-            ("Throttling.AllocationQuota: Allocated quota exceeded, please increase your quota limit.", Some(Quota)),
-            ("You exceeded your current quota, please check your plan and billing details.", Some(Quota)),
-            ("[API Error: 429 Requests rate limit exceeded, please try again later.]", Some(Throttle)),
-            ("Throttling.RateQuota: Requests rate limit exceeded", Some(Throttle)),
+            (
+                "Quota exhausted: Your token-plan 1-week quota has been exhausted.",
+                Some(Quota),
+            ),
+            (
+                "{\"code\":\"insufficient_quota\",\"message\":\"...\"}",
+                Some(Quota),
+            ),
+            (
+                "Throttling.AllocationQuota: Allocated quota exceeded, please increase your quota limit.",
+                Some(Quota),
+            ),
+            (
+                "You exceeded your current quota, please check your plan and billing details.",
+                Some(Quota),
+            ),
+            (
+                "[API Error: 429 Requests rate limit exceeded, please try again later.]",
+                Some(Throttle),
+            ),
+            (
+                "Throttling.RateQuota: Requests rate limit exceeded",
+                Some(Throttle),
+            ),
             ("{\"code\":\"limit_requests\"}", Some(Throttle)),
             ("429 Too Many Requests", Some(Throttle)),
             ("Rate limit reached for requests", Some(Throttle)),
             ("[API Error: 429 something new]", Some(Throttle)),
             ("[API Error: 401 Incorrect API key provided. ]", Some(Auth)),
-            ("[API Error: 403 Access denied, please make sure your account is in good standing.]", Some(Auth)),
+            (
+                "[API Error: 403 Access denied, please make sure your account is in good standing.]",
+                Some(Auth),
+            ),
             ("{\"code\":\"Arrearage\"}", Some(Auth)),
-            ("[API Error: Network error during token refresh: fetch failed]", Some(Auth)),
+            (
+                "[API Error: Network error during token refresh: fetch failed]",
+                Some(Auth),
+            ),
             (
                 "[API Error: Network error during token refresh: Token refresh failed: fetch failed (cause: getaddrinfo ENOTFOUND chat.qwen.ai)",
                 Some(Auth),
             ),
-            ("[API Error: Refresh token expired or invalid. Please use '/auth' to re-authenticate.]", Some(Auth)),
-            ("Qwen OAuth free tier was discontinued on 2026-04-15. Run /auth to switch to Coding Plan or another provider.", Some(Auth)),
-            ("\u{2715} Qwen OAuth free tier has been discontinued as of 2026-04-15.", Some(Auth)),
+            (
+                "[API Error: Refresh token expired or invalid. Please use '/auth' to re-authenticate.]",
+                Some(Auth),
+            ),
+            (
+                "Qwen OAuth free tier was discontinued on 2026-04-15. Run /auth to switch to Coding Plan or another provider.",
+                Some(Auth),
+            ),
+            (
+                "\u{2715} Qwen OAuth free tier has been discontinued as of 2026-04-15.",
+                Some(Auth),
+            ),
             ("invalid access token", Some(Auth)),
             ("The access token expired", Some(Auth)),
             ("{\"error\":{\"code\":\"invalid_api_key\"}}", Some(Auth)),
@@ -1495,18 +1825,36 @@ mod tests {
                 Some(Auth),
             ),
             // Nothing an account can be blamed for.
-            ("Possible quota limitations in place or slow response times detected. Please wait and try again later.", None),
-            ("[API Error: 500 The server had an error while processing your request.]", None),
+            (
+                "Possible quota limitations in place or slow response times detected. Please wait and try again later.",
+                None,
+            ),
+            (
+                "[API Error: 500 The server had an error while processing your request.]",
+                None,
+            ),
             ("[API Error: Connection error.]", None),
-            ("Retrying provider attempt (0 buffered tool call(s) discarded).", None),
-            ("\u{21bb} Retrying in 56 seconds\u{2026} (attempt 1/10)", None),
+            (
+                "Retrying provider attempt (0 buffered tool call(s) discarded).",
+                None,
+            ),
+            (
+                "\u{21bb} Retrying in 56 seconds\u{2026} (attempt 1/10)",
+                None,
+            ),
             ("Operation cancelled.", None),
             (
                 "No auth type is selected. Please configure an auth type (e.g. via settings or `--auth-type`) before running in non-interactive mode.",
                 None,
             ),
-            ("Ripgrep not available: spawn /x/vendor/ripgrep/x64-linux/rg EACCES", None),
-            ("(node:4821) MaxListenersExceededWarning: Possible EventTarget memory leak detected.", None),
+            (
+                "Ripgrep not available: spawn /x/vendor/ripgrep/x64-linux/rg EACCES",
+                None,
+            ),
+            (
+                "(node:4821) MaxListenersExceededWarning: Possible EventTarget memory leak detected.",
+                None,
+            ),
         ];
         for &(text, want) in cases {
             assert_eq!(class(&pats().classify(text)), want, "{text}");
@@ -1516,12 +1864,26 @@ mod tests {
     #[test]
     fn precedence_is_quota_then_auth_then_throttle() {
         let p = pats();
-        assert_eq!(class(&p.classify("rate limit exceeded; insufficient_quota")), Some(Class::Quota));
-        assert_eq!(class(&p.classify("token expired, insufficient_quota")), Some(Class::Quota));
-        assert_eq!(class(&p.classify("too many requests: invalid access token")), Some(Class::Auth));
-        assert_eq!(class(&p.classify("[API Error: 403 Free allocated quota exceeded.]")), Some(Class::Quota));
+        assert_eq!(
+            class(&p.classify("rate limit exceeded; insufficient_quota")),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&p.classify("token expired, insufficient_quota")),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&p.classify("too many requests: invalid access token")),
+            Some(Class::Auth)
+        );
+        assert_eq!(
+            class(&p.classify("[API Error: 403 Free allocated quota exceeded.]")),
+            Some(Class::Quota)
+        );
         // Within a class the phrase beats the bare status shape.
-        let h = p.classify("[API Error: 429 Requests rate limit exceeded]").expect("hit");
+        let h = p
+            .classify("[API Error: 429 Requests rate limit exceeded]")
+            .expect("hit");
         assert_eq!(h.phrase, "Requests rate limit exceeded");
         let h = p.classify("[API Error: 429 whatever]").expect("hit");
         assert_eq!(h.phrase, "[API Error: 429 \u{2026}]");
@@ -1549,7 +1911,11 @@ mod tests {
             let bytes = text.as_bytes();
             for k in 0..=bytes.len() {
                 let got = run(Anchor::Plain, &[&bytes[..k], &bytes[k..]]);
-                assert_eq!(got.as_ref().map(|h| (h.class, h.phrase.as_str())), want, "{name} split at {k}");
+                assert_eq!(
+                    got.as_ref().map(|h| (h.class, h.phrase.as_str())),
+                    want,
+                    "{name} split at {k}"
+                );
             }
         }
     }
@@ -1559,17 +1925,26 @@ mod tests {
         for &(name, text, want) in STDERR {
             let parts: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
             let got = run(Anchor::Plain, &parts);
-            assert_eq!(got.as_ref().map(|h| (h.class, h.phrase.as_str())), want, "{name}");
+            assert_eq!(
+                got.as_ref().map(|h| (h.class, h.phrase.as_str())),
+                want,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn quota_outranks_the_retry_line_even_when_split_between_the_phrases() {
-        let line = b"Retrying in 60s (attempt 1/10): [API Error: 429 Free allocated quota exceeded.]\n";
+        let line =
+            b"Retrying in 60s (attempt 1/10): [API Error: 429 Free allocated quota exceeded.]\n";
         let cut = line.windows(4).position(|w| w == b"Free").expect("phrase");
         let mut d = Detector::new(pats(), Anchor::Plain);
         assert_eq!(d.feed(&line[..cut]), None, "the line has not ended");
-        assert_eq!(class(&d.hit().cloned()), Some(Class::Throttle), "held, visible as tentative");
+        assert_eq!(
+            class(&d.hit().cloned()),
+            Some(Class::Throttle),
+            "held, visible as tentative"
+        );
         assert_eq!(class(&d.feed(&line[cut..])), Some(Class::Quota));
     }
 
@@ -1577,34 +1952,79 @@ mod tests {
     fn the_reset_time_reaches_the_hit() {
         let hit = plain(fixture!("apikey_quota_cp_0.24_stderr.txt")).expect("hit");
         let at = hit.reset_at.expect("reset time");
-        assert_eq!((at.month(), at.day(), at.hour(), at.minute()), (11, 30, 9, 25));
+        assert_eq!(
+            (at.month(), at.day(), at.hour(), at.minute()),
+            (11, 30, 9, 25)
+        );
         let text = fixture!("apikey_quota_cp_0.12_stderr.txt").as_bytes();
         let cut = text.windows(5).position(|w| w == b"09:25").expect("time");
         for k in cut.saturating_sub(30)..cut + 10 {
             let hit = run(Anchor::Plain, &[&text[..k], &text[k..]]).expect("hit");
-            assert!(hit.reset_at.is_some_and(|t| t.hour() == 9 && t.minute() == 25), "split at {k}");
+            assert!(
+                hit.reset_at
+                    .is_some_and(|t| t.hour() == 9 && t.minute() == 25),
+                "split at {k}"
+            );
         }
-        assert_eq!(plain("[API Error: 401 Incorrect API key provided. ] reset at 11-30 09:25:00 UTC\n").and_then(|h| h.reset_at), None);
+        assert_eq!(
+            plain("[API Error: 401 Incorrect API key provided. ] reset at 11-30 09:25:00 UTC\n")
+                .and_then(|h| h.reset_at),
+            None
+        );
     }
 
     #[test]
     fn wrapped_lines_join() {
-        assert_eq!(class(&plain("[API Error: 429 Free allocated\n    quota exceeded.]\n")), Some(Class::Quota));
-        assert_eq!(class(&plain("Qwen OAuth quota\r\n  exceeded: Your free daily\tquota\n")), Some(Class::Quota));
-        assert_eq!(class(&plain("too\nmany\n\n\nrequests\n")), Some(Class::Throttle));
+        assert_eq!(
+            class(&plain(
+                "[API Error: 429 Free allocated\n    quota exceeded.]\n"
+            )),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&plain(
+                "Qwen OAuth quota\r\n  exceeded: Your free daily\tquota\n"
+            )),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&plain("too\nmany\n\n\nrequests\n")),
+            Some(Class::Throttle)
+        );
     }
 
     #[test]
     fn escapes_inside_a_phrase_are_removed() {
-        assert_eq!(class(&plain("insuff\x1b[1;31micient_quota\x1b[0m\n")), Some(Class::Quota));
-        assert_eq!(class(&plain("rate \x1b]0;a title\x07limit exceeded\n")), Some(Class::Throttle));
-        assert_eq!(class(&plain("rate\x1b[1Climit exceeded\n")), Some(Class::Throttle));
-        assert_eq!(class(&plain("invalid \x1b]8;;http://x\x1b\\access\x1b]8;;\x1b\\ token\n")), Some(Class::Auth));
-        assert_eq!(class(&plain("Quota exhausted\x1bP+q544e\x1b\\: x\n")), Some(Class::Quota));
+        assert_eq!(
+            class(&plain("insuff\x1b[1;31micient_quota\x1b[0m\n")),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&plain("rate \x1b]0;a title\x07limit exceeded\n")),
+            Some(Class::Throttle)
+        );
+        assert_eq!(
+            class(&plain("rate\x1b[1Climit exceeded\n")),
+            Some(Class::Throttle)
+        );
+        assert_eq!(
+            class(&plain(
+                "invalid \x1b]8;;http://x\x1b\\access\x1b]8;;\x1b\\ token\n"
+            )),
+            Some(Class::Auth)
+        );
+        assert_eq!(
+            class(&plain("Quota exhausted\x1bP+q544e\x1b\\: x\n")),
+            Some(Class::Quota)
+        );
         // The escape itself split across reads.
         let text = b"insuff\x1b[38;5;196micient_quota\n";
         for k in 0..=text.len() {
-            assert_eq!(class(&run(Anchor::Plain, &[&text[..k], &text[k..]])), Some(Class::Quota), "split at {k}");
+            assert_eq!(
+                class(&run(Anchor::Plain, &[&text[..k], &text[k..]])),
+                Some(Class::Quota),
+                "split at {k}"
+            );
         }
     }
 
@@ -1621,17 +2041,76 @@ mod tests {
         for part in [&b"caf\xc3"[..], b"\xa9 \xe2", b"\x9c", b"\x95 ok\n"] {
             assert_eq!(d.feed(part), None);
         }
-        assert!(d.window.ends_with("café ✕ ok ".as_bytes()), "{:?}", String::from_utf8_lossy(&d.window));
+        assert!(
+            d.window.ends_with("café ✕ ok ".as_bytes()),
+            "{:?}",
+            String::from_utf8_lossy(&d.window)
+        );
         // Garbage inside a phrase breaks it, as it should.
         assert_eq!(plain("insuff\u{fffd}icient_quota\n"), None);
     }
 
     #[test]
+    fn the_eight_byte_fast_path_agrees_with_the_byte_loop() {
+        let slow = |b: &[u8], prev: bool| -> Option<bool> {
+            let mut prev = prev;
+            for &c in b {
+                if c == b' ' {
+                    if prev {
+                        return None;
+                    }
+                    prev = true;
+                } else if (0x21..0x7f).contains(&c) {
+                    prev = false;
+                } else {
+                    return None;
+                }
+            }
+            Some(prev)
+        };
+        let mut r = 0x2545_f491_4f6c_dd1du64;
+        for n in 0..200_000u32 {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            // Mostly text-like bytes, with spaces and edge values mixed in.
+            let pool = [
+                b' ', b' ', b'a', b'Z', b'~', 0x7f, 0x1f, 0x20, 0x21, 0x80, 0xff, b'\n', b'q',
+            ];
+            let bytes: Vec<u8> = (0..8)
+                .map(|k| pool[((r >> (k * 5)) % pool.len() as u64) as usize])
+                .collect();
+            let prev = n.is_multiple_of(2);
+            assert_eq!(
+                plain_word(&bytes, prev),
+                slow(&bytes, prev),
+                "{bytes:?} prev={prev}"
+            );
+        }
+        assert_eq!(plain_word(b"abc defg", false), Some(false));
+        assert_eq!(plain_word(b"abcdefg ", false), Some(true));
+        assert_eq!(plain_word(b" abcdefg", true), None);
+        assert_eq!(plain_word(b"ab  defg", false), None);
+    }
+
+    #[test]
     fn normalizer_strips_what_a_terminal_would_not_print_as_text() {
-        assert_eq!(normalize(b"  Hello\x1b[31m  WORLD\x1b[0m\r\n\t x "), "hello world x ");
-        assert_eq!(normalize("\u{2502} boxed \u{2502}\n\u{2570}\u{2500}\u{2500}\u{256f}".as_bytes()), "boxed ");
-        assert_eq!(normalize("\u{280b} Thinking\u{2026} \u{28fe}".as_bytes()), "thinking\u{2026} ");
-        assert_eq!(normalize("\u{25c6}\u{fe0e} zero\u{200b}width\u{feff}".as_bytes()), "\u{25c6} zerowidth");
+        assert_eq!(
+            normalize(b"  Hello\x1b[31m  WORLD\x1b[0m\r\n\t x "),
+            "hello world x "
+        );
+        assert_eq!(
+            normalize("\u{2502} boxed \u{2502}\n\u{2570}\u{2500}\u{2500}\u{256f}".as_bytes()),
+            "boxed "
+        );
+        assert_eq!(
+            normalize("\u{280b} Thinking\u{2026} \u{28fe}".as_bytes()),
+            "thinking\u{2026} "
+        );
+        assert_eq!(
+            normalize("\u{25c6}\u{fe0e} zero\u{200b}width\u{feff}".as_bytes()),
+            "\u{25c6} zerowidth"
+        );
         assert_eq!(normalize(b"a\x1b7b\x1b8c\x1b(Bd\x07e\x08f"), "a b cdef");
         assert_eq!(normalize(b"x\x1b[?25l\x1b[?2026hy"), "xy");
         assert_eq!(normalize(b"\x1b]0;title\x1b\\T\x1b_apc\x1b\\U"), "tu");
@@ -1648,19 +2127,35 @@ mod tests {
             assert!(d.buffered() <= Detector::MAX_BUFFERED, "{}", d.buffered());
             assert!(d.window.capacity() <= 2 * Detector::MAX_BUFFERED);
         }
-        assert_eq!(d.feed(b" insufficient_quota"), None, "held until its line ends");
+        assert_eq!(
+            d.feed(b" insufficient_quota"),
+            None,
+            "held until its line ends"
+        );
         assert_eq!(class(&d.finish()), Some(Class::Quota));
         // A held phrase whose line never ends is decided after MAX_MESSAGE bytes.
         let mut d = Detector::new(pats(), Anchor::Plain);
         assert_eq!(d.feed(b"too many requests "), None);
-        assert_eq!(class(&d.feed(&vec![b'x'; 2 * MAX_MESSAGE])), Some(Class::Throttle));
+        assert_eq!(
+            class(&d.feed(&vec![b'x'; 2 * MAX_MESSAGE])),
+            Some(Class::Throttle)
+        );
     }
 
     #[test]
     fn an_escape_storm_costs_bounded_memory_and_blinds_nothing() {
         let mut storm = Vec::new();
         for i in 0..20_000u32 {
-            storm.extend_from_slice(format!("\x1b[{};{}H\x1b[38;5;{}m\x1b]0;t{}\x07\x1b[2K\x1b[1A", i % 50, i % 120, i % 256, i).as_bytes());
+            storm.extend_from_slice(
+                format!(
+                    "\x1b[{};{}H\x1b[38;5;{}m\x1b]0;t{}\x07\x1b[2K\x1b[1A",
+                    i % 50,
+                    i % 120,
+                    i % 256,
+                    i
+                )
+                .as_bytes(),
+            );
         }
         storm.extend_from_slice(b"\x1b[");
         storm.extend(std::iter::repeat_n(b'1', 100_000)); // an endless CSI
@@ -1678,7 +2173,9 @@ mod tests {
             // The stream recovers: qwen's next error is still seen.
             let tail = match anchor {
                 Anchor::Plain => b"\x07\nFree allocated quota exceeded\n".to_vec(),
-                Anchor::Screen => ink("  \u{2715} [API Error: Free allocated quota exceeded.] (Press Ctrl+Y to retry)"),
+                Anchor::Screen => ink(
+                    "  \u{2715} [API Error: Free allocated quota exceeded.] (Press Ctrl+Y to retry)",
+                ),
             };
             let hit = d.feed(&tail).or_else(|| d.finish());
             assert_eq!(class(&hit), Some(Class::Quota), "{anchor:?}");
@@ -1720,19 +2217,63 @@ mod tests {
     // --- Screen --------------------------------------------------------------------------------
 
     const SCREENS: &[(&str, &str, Option<Class>)] = &[
-        ("oauth_quota_0.12", fixture!("screen_oauth_quota_0.12.txt"), Some(Class::Quota)),
-        ("discontinued_0.24", fixture!("screen_discontinued_0.24.txt"), Some(Class::Auth)),
-        ("throttle_0.12", fixture!("screen_throttle_0.12.txt"), Some(Class::Throttle)),
-        ("quota_cp_0.24", fixture!("screen_quota_cp_0.24.txt"), Some(Class::Quota)),
-        ("quota_cp_0.12", fixture!("screen_quota_cp_0.12.txt"), Some(Class::Quota)),
-        ("retry_quota_0.24", fixture!("screen_retry_quota_0.24.txt"), Some(Class::Quota)),
+        (
+            "oauth_quota_0.12",
+            fixture!("screen_oauth_quota_0.12.txt"),
+            Some(Class::Quota),
+        ),
+        (
+            "discontinued_0.24",
+            fixture!("screen_discontinued_0.24.txt"),
+            Some(Class::Auth),
+        ),
+        (
+            "throttle_0.12",
+            fixture!("screen_throttle_0.12.txt"),
+            Some(Class::Throttle),
+        ),
+        (
+            "quota_cp_0.24",
+            fixture!("screen_quota_cp_0.24.txt"),
+            Some(Class::Quota),
+        ),
+        (
+            "quota_cp_0.12",
+            fixture!("screen_quota_cp_0.12.txt"),
+            Some(Class::Quota),
+        ),
+        (
+            "retry_quota_0.24",
+            fixture!("screen_retry_quota_0.24.txt"),
+            Some(Class::Quota),
+        ),
         ("401", fixture!("screen_401.txt"), Some(Class::Auth)),
-        ("refresh_network_0.12", fixture!("screen_refresh_network_0.12.txt"), Some(Class::Auth)),
-        ("refresh_network_0.24", fixture!("screen_refresh_network_0.24.txt"), Some(Class::Auth)),
-        ("refresh_invalid", fixture!("screen_refresh_invalid.txt"), Some(Class::Auth)),
+        (
+            "refresh_network_0.12",
+            fixture!("screen_refresh_network_0.12.txt"),
+            Some(Class::Auth),
+        ),
+        (
+            "refresh_network_0.24",
+            fixture!("screen_refresh_network_0.24.txt"),
+            Some(Class::Auth),
+        ),
+        (
+            "refresh_invalid",
+            fixture!("screen_refresh_invalid.txt"),
+            Some(Class::Auth),
+        ),
         ("banner_0.24", fixture!("screen_banner_0.24.txt"), None),
-        ("answer_quoting_0.12", fixture!("screen_answer_quoting.txt"), None),
-        ("answer_quoting_0.24", fixture!("screen_answer_quoting_0.24.txt"), None),
+        (
+            "answer_quoting_0.12",
+            fixture!("screen_answer_quoting.txt"),
+            None,
+        ),
+        (
+            "answer_quoting_0.24",
+            fixture!("screen_answer_quoting_0.24.txt"),
+            None,
+        ),
     ];
 
     #[test]
@@ -1741,7 +2282,10 @@ mod tests {
             assert_eq!(class(&screen(text)), want, "{name}");
         }
         let hit = screen(fixture!("screen_quota_cp_0.24.txt")).expect("hit");
-        assert!(hit.reset_at.is_some_and(|t| t.month() == 11 && t.day() == 30 && t.hour() == 9));
+        assert!(
+            hit.reset_at
+                .is_some_and(|t| t.month() == 11 && t.day() == 30 && t.hour() == 9)
+        );
     }
 
     #[test]
@@ -1753,7 +2297,11 @@ mod tests {
         assert_eq!(hits[0].class, Class::Quota);
         assert_eq!(hits[0].phrase, "Qwen OAuth quota exceeded");
         for k in (0..raw.len()).step_by(13) {
-            assert_eq!(class(&run(Anchor::Screen, &[&raw[..k], &raw[k..]])), Some(Class::Quota), "split at {k}");
+            assert_eq!(
+                class(&run(Anchor::Screen, &[&raw[..k], &raw[k..]])),
+                Some(Class::Quota),
+                "split at {k}"
+            );
         }
     }
 
@@ -1761,21 +2309,46 @@ mod tests {
     fn screen_block_split_at_every_offset() {
         let raw = ink(fixture!("screen_quota_cp_0.24.txt"));
         for k in 0..=raw.len() {
-            assert_eq!(class(&run(Anchor::Screen, &[&raw[..k], &raw[k..]])), Some(Class::Quota), "split at {k}");
+            assert_eq!(
+                class(&run(Anchor::Screen, &[&raw[..k], &raw[k..]])),
+                Some(Class::Quota),
+                "split at {k}"
+            );
         }
     }
 
     #[test]
     fn screen_ignores_plain_text_and_markers_in_the_middle_of_a_line() {
-        assert_eq!(run(Anchor::Screen, &[b"insufficient_quota\r\nQwen OAuth quota exceeded\r\n"]), None);
-        assert_eq!(run(Anchor::Screen, &["  \u{2726} see \u{2715} insufficient_quota\r\n".as_bytes()]), None);
-        assert_eq!(run(Anchor::Screen, &["      \u{2715} insufficient_quota (Press Ctrl+Y to retry)\r\n".as_bytes()]), None);
+        assert_eq!(
+            run(
+                Anchor::Screen,
+                &[b"insufficient_quota\r\nQwen OAuth quota exceeded\r\n"]
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                Anchor::Screen,
+                &["  \u{2726} see \u{2715} insufficient_quota\r\n".as_bytes()]
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                Anchor::Screen,
+                &["      \u{2715} insufficient_quota (Press Ctrl+Y to retry)\r\n".as_bytes()]
+            ),
+            None
+        );
         // The person typing in the input box.
         let typing = "\u{2500}\u{2500}\u{2500}\r\n> why do I get insufficient_quota and token expired?\r\n\u{2500}\u{2500}\u{2500}\r\n";
         assert_eq!(run(Anchor::Screen, &[typing.as_bytes()]), None);
         // Drawn by cursor addressing instead of line feeds.
         let placed = "\x1b[12;3H\u{2715} [API Error: 401 Incorrect API key provided. ] (Press Ctrl+Y to retry)";
-        assert_eq!(class(&run(Anchor::Screen, &[placed.as_bytes()])), Some(Class::Auth));
+        assert_eq!(
+            class(&run(Anchor::Screen, &[placed.as_bytes()])),
+            Some(Class::Auth)
+        );
         let deep = "\x1b[12;9H\u{2715} [API Error: 401 Incorrect API key provided. ] (Press Ctrl+Y to retry)";
         assert_eq!(run(Anchor::Screen, &[deep.as_bytes()]), None);
     }
@@ -1783,13 +2356,26 @@ mod tests {
     #[test]
     fn screen_block_without_an_end_is_held_until_finish() {
         let mut d = Detector::new(pats(), Anchor::Screen);
-        assert_eq!(d.feed("  \u{2715} [API Error: 401 Incorrect API key provided. ]".as_bytes()), None);
-        assert_eq!(class(&d.hit().cloned()), Some(Class::Auth), "visible while held");
+        assert_eq!(
+            d.feed("  \u{2715} [API Error: 401 Incorrect API key provided. ]".as_bytes()),
+            None
+        );
+        assert_eq!(
+            class(&d.hit().cloned()),
+            Some(Class::Auth),
+            "visible while held"
+        );
         assert_eq!(class(&d.finish()), Some(Class::Auth));
         // Or the next thing Ink draws ends it.
         let mut d = Detector::new(pats(), Anchor::Screen);
-        assert_eq!(d.feed("  \u{2715} [API Error: 401 Incorrect API key provided. ]\r\n".as_bytes()), None);
-        assert_eq!(class(&d.feed("\u{2500}\u{2500}\u{2500}\r\n> ".as_bytes())), Some(Class::Auth));
+        assert_eq!(
+            d.feed("  \u{2715} [API Error: 401 Incorrect API key provided. ]\r\n".as_bytes()),
+            None
+        );
+        assert_eq!(
+            class(&d.feed("\u{2500}\u{2500}\u{2500}\r\n> ".as_bytes())),
+            Some(Class::Auth)
+        );
     }
 
     #[test]
@@ -1828,10 +2414,16 @@ mod tests {
     #[test]
     fn screen_new_block_after_rearm_fires() {
         let mut d = Detector::new(pats(), Anchor::Screen);
-        assert_eq!(class(&d.feed(&ink(fixture!("screen_oauth_quota_0.12.txt")))), Some(Class::Quota));
+        assert_eq!(
+            class(&d.feed(&ink(fixture!("screen_oauth_quota_0.12.txt")))),
+            Some(Class::Quota)
+        );
         d.rearm();
         assert_eq!(d.feed(&ink(fixture!("screen_oauth_quota_0.12.txt"))), None);
-        assert_eq!(class(&d.feed(&ink(fixture!("screen_refresh_invalid.txt")))), Some(Class::Auth));
+        assert_eq!(
+            class(&d.feed(&ink(fixture!("screen_refresh_invalid.txt")))),
+            Some(Class::Auth)
+        );
         d.rearm();
         assert_eq!(d.feed(&ink(fixture!("screen_refresh_invalid.txt"))), None);
     }
@@ -1859,53 +2451,104 @@ mod tests {
     #[test]
     fn screen_blocks_seen_while_disarmed_count_as_known() {
         let mut d = Detector::new(pats(), Anchor::Screen);
-        assert_eq!(class(&d.feed(&ink(fixture!("screen_oauth_quota_0.12.txt")))), Some(Class::Quota));
+        assert_eq!(
+            class(&d.feed(&ink(fixture!("screen_oauth_quota_0.12.txt")))),
+            Some(Class::Quota)
+        );
         assert_eq!(d.feed(&ink(fixture!("screen_401.txt"))), None, "disarmed");
         d.rearm();
-        assert_eq!(d.feed(&ink(fixture!("screen_401.txt"))), None, "a redraw of a block from before the re-arm");
+        assert_eq!(
+            d.feed(&ink(fixture!("screen_401.txt"))),
+            None,
+            "a redraw of a block from before the re-arm"
+        );
         d.reset();
-        assert_eq!(class(&d.feed(&ink(fixture!("screen_401.txt")))), Some(Class::Auth), "reset forgets");
+        assert_eq!(
+            class(&d.feed(&ink(fixture!("screen_401.txt")))),
+            Some(Class::Auth),
+            "reset forgets"
+        );
     }
 
     #[test]
     fn plain_rearm_never_rescans_old_text() {
         let mut d = Detector::new(pats(), Anchor::Plain);
-        assert_eq!(class(&d.feed(b"[API Error: 401 Incorrect API key provided. ]\n")), Some(Class::Auth));
+        assert_eq!(
+            class(&d.feed(b"[API Error: 401 Incorrect API key provided. ]\n")),
+            Some(Class::Auth)
+        );
         assert_eq!(d.feed(b"insufficient_quota\n"), None, "disarmed");
         d.rearm();
         assert_eq!(d.hit(), None);
         assert_eq!(d.feed(b"all good\n"), None);
         assert_eq!(d.finish(), None);
-        assert_eq!(class(&d.feed(b"too many requests\n")), Some(Class::Throttle));
+        assert_eq!(
+            class(&d.feed(b"too many requests\n")),
+            Some(Class::Throttle)
+        );
     }
 
     // --- Configuration -------------------------------------------------------------------------
 
-    fn config(mode: PatternMode, quota: &[&str], throttle: &[&str], auth: &[&str]) -> PatternConfig {
+    fn config(
+        mode: PatternMode,
+        quota: &[&str],
+        throttle: &[&str],
+        auth: &[&str],
+    ) -> PatternConfig {
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
-        PatternConfig { mode, quota: v(quota), throttle: v(throttle), auth: v(auth) }
+        PatternConfig {
+            mode,
+            quota: v(quota),
+            throttle: v(throttle),
+            auth: v(auth),
+        }
     }
 
     #[test]
     fn user_patterns_extend_the_defaults() {
-        let p = Patterns::from_config(&config(PatternMode::Extend, &["Out of Juice", r"credit\s+balance\s+is\s+too\s+low"], &[], &[]))
-            .expect("valid");
+        let p = Patterns::from_config(&config(
+            PatternMode::Extend,
+            &["Out of Juice", r"credit\s+balance\s+is\s+too\s+low"],
+            &[],
+            &[],
+        ))
+        .expect("valid");
         let h = p.classify("ERROR: OUT OF JUICE for today").expect("hit");
-        assert_eq!((h.class, h.phrase.as_str()), (Class::Quota, "Out of Juice"), "the phrase is the pattern");
-        assert_eq!(class(&p.classify("Your credit balance is too low")), Some(Class::Quota));
-        assert_eq!(class(&p.classify("insufficient_quota")), Some(Class::Quota), "defaults kept");
+        assert_eq!(
+            (h.class, h.phrase.as_str()),
+            (Class::Quota, "Out of Juice"),
+            "the phrase is the pattern"
+        );
+        assert_eq!(
+            class(&p.classify("Your credit balance is too low")),
+            Some(Class::Quota)
+        );
+        assert_eq!(
+            class(&p.classify("insufficient_quota")),
+            Some(Class::Quota),
+            "defaults kept"
+        );
         let mut d = Detector::new(Arc::clone(&p), Anchor::Plain);
-        assert_eq!(class(&d.feed(b"\x1b[1mout of\n juice\x1b[0m\n")), Some(Class::Quota));
+        assert_eq!(
+            class(&d.feed(b"\x1b[1mout of\n juice\x1b[0m\n")),
+            Some(Class::Quota)
+        );
         let empty = Patterns::from_config(&PatternConfig::default()).expect("valid");
         assert_eq!(empty.entries.len(), DEFAULTS.len());
     }
 
     #[test]
     fn user_patterns_replace_the_defaults() {
-        let p = Patterns::from_config(&config(PatternMode::Replace, &[], &["slow down"], &[])).expect("valid");
+        let p = Patterns::from_config(&config(PatternMode::Replace, &[], &["slow down"], &[]))
+            .expect("valid");
         assert_eq!(p.classify("insufficient_quota"), None);
-        assert_eq!(class(&p.classify("please SLOW DOWN")), Some(Class::Throttle));
-        let none = Patterns::from_config(&config(PatternMode::Replace, &[], &[], &[])).expect("valid");
+        assert_eq!(
+            class(&p.classify("please SLOW DOWN")),
+            Some(Class::Throttle)
+        );
+        let none =
+            Patterns::from_config(&config(PatternMode::Replace, &[], &[], &[])).expect("valid");
         assert!(none.is_empty());
         assert_eq!(none.classify("insufficient_quota"), None);
         assert_eq!(run_with(&none, b"insufficient_quota\n"), None);
@@ -1918,16 +2561,35 @@ mod tests {
 
     #[test]
     fn an_invalid_user_pattern_names_class_entry_and_error() {
-        let err = Patterns::from_config(&config(PatternMode::Extend, &["ok"], &["fine", "broken(", "x"], &[])).expect_err("invalid");
-        assert!(err.contains("throttle") && err.contains("entry 2") && err.contains("unclosed group"), "{err}");
+        let err = Patterns::from_config(&config(
+            PatternMode::Extend,
+            &["ok"],
+            &["fine", "broken(", "x"],
+            &[],
+        ))
+        .expect_err("invalid");
+        assert!(
+            err.contains("throttle") && err.contains("entry 2") && err.contains("unclosed group"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "one line: {err}");
-        let err = Patterns::from_config(&config(PatternMode::Extend, &[], &[], &["  "])).expect_err("empty");
-        assert!(err.contains("auth") && err.contains("entry 1") && err.contains("empty"), "{err}");
-        let err = Patterns::from_config(&config(PatternMode::Extend, &["a|", "b"], &[], &[])).expect_err("matches empty");
-        assert!(err.contains("quota") && err.contains("entry 1") && err.contains("empty text"), "{err}");
-        let err = Patterns::from_config(&config(PatternMode::Extend, &[r"\bx?\b"], &[], &[])).expect_err("matches empty");
+        let err = Patterns::from_config(&config(PatternMode::Extend, &[], &[], &["  "]))
+            .expect_err("empty");
+        assert!(
+            err.contains("auth") && err.contains("entry 1") && err.contains("empty"),
+            "{err}"
+        );
+        let err = Patterns::from_config(&config(PatternMode::Extend, &["a|", "b"], &[], &[]))
+            .expect_err("matches empty");
+        assert!(
+            err.contains("quota") && err.contains("entry 1") && err.contains("empty text"),
+            "{err}"
+        );
+        let err = Patterns::from_config(&config(PatternMode::Extend, &[r"\bx?\b"], &[], &[]))
+            .expect_err("matches empty");
         assert!(err.contains("entry 1"), "{err}");
-        let err = Patterns::from_config(&config(PatternMode::Extend, &[], &[], &["a{1000}{1000}"])).expect_err("too big");
+        let err = Patterns::from_config(&config(PatternMode::Extend, &[], &[], &["a{1000}{1000}"]))
+            .expect_err("too big");
         assert!(err.contains("auth") && err.contains("entry 1"), "{err}");
     }
 
@@ -1937,18 +2599,50 @@ mod tests {
     fn json_output_is_judged_by_its_structure() {
         let p = pats();
         let cases: &[(&str, &str, Option<Class>)] = &[
-            ("json_quota_0.12", fixture!("json_quota_0.12.txt"), Some(Class::Quota)),
-            ("stream_json_quota_0.12", fixture!("stream_json_quota_0.12.txt"), Some(Class::Quota)),
-            ("json_quota_cp_0.24", fixture!("json_quota_cp_0.24.txt"), Some(Class::Quota)),
-            ("json_discontinued_0.24", fixture!("json_discontinued_0.24.txt"), Some(Class::Auth)),
-            ("json_apikey_401_0.12", fixture!("json_apikey_401_0.12.txt"), Some(Class::Auth)),
-            ("json_answer_quoting_0.12", fixture!("json_answer_quoting_0.12.txt"), None),
+            (
+                "json_quota_0.12",
+                fixture!("json_quota_0.12.txt"),
+                Some(Class::Quota),
+            ),
+            (
+                "stream_json_quota_0.12",
+                fixture!("stream_json_quota_0.12.txt"),
+                Some(Class::Quota),
+            ),
+            (
+                "json_quota_cp_0.24",
+                fixture!("json_quota_cp_0.24.txt"),
+                Some(Class::Quota),
+            ),
+            (
+                "json_discontinued_0.24",
+                fixture!("json_discontinued_0.24.txt"),
+                Some(Class::Auth),
+            ),
+            (
+                "json_apikey_401_0.12",
+                fixture!("json_apikey_401_0.12.txt"),
+                Some(Class::Auth),
+            ),
+            (
+                "json_answer_quoting_0.12",
+                fixture!("json_answer_quoting_0.12.txt"),
+                None,
+            ),
         ];
         for &(name, text, want) in cases {
-            assert_eq!(class(&classify_json_output(text.as_bytes(), &p)), want, "{name}");
+            assert_eq!(
+                class(&classify_json_output(text.as_bytes(), &p)),
+                want,
+                "{name}"
+            );
         }
-        let hit = classify_json_output(fixture!("json_quota_cp_0.24.txt").as_bytes(), &p).expect("hit");
-        assert!(hit.reset_at.is_some_and(|t| (t.month(), t.day(), t.hour(), t.minute()) == (11, 30, 9, 25)));
+        let hit =
+            classify_json_output(fixture!("json_quota_cp_0.24.txt").as_bytes(), &p).expect("hit");
+        assert!(
+            hit.reset_at
+                .is_some_and(|t| (t.month(), t.day(), t.hour(), t.minute()) == (11, 30, 9, 25))
+        );
     }
 
     #[test]
@@ -1962,25 +2656,49 @@ mod tests {
         assert_eq!(classify_json_output(cancelled.as_bytes(), &p), None);
         // The error only in `result` (no `error` object).
         let result_only = r#"{"type":"result","is_error":true,"result":"[API Error: 401 Incorrect API key provided. ]"}"#;
-        assert_eq!(class(&classify_json_output(result_only.as_bytes(), &p)), Some(Class::Auth));
+        assert_eq!(
+            class(&classify_json_output(result_only.as_bytes(), &p)),
+            Some(Class::Auth)
+        );
     }
 
     #[test]
     fn json_truncated_or_garbage_is_none_without_panic() {
         let p = pats();
-        for text in [fixture!("json_quota_0.12.txt"), fixture!("json_quota_cp_0.24.txt")] {
+        for text in [
+            fixture!("json_quota_0.12.txt"),
+            fixture!("json_quota_cp_0.24.txt"),
+        ] {
             let b = text.trim_end().as_bytes();
             for k in 0..b.len() - 1 {
                 assert_eq!(classify_json_output(&b[..k], &p), None, "cut at {k}");
             }
         }
-        for junk in [&b""[..], b"   ", b"[", b"{", b"null", b"[1,2,3]", b"{\"type\":\"result\"}", b"\xff\xfe{]", b"[{\"type\":\"result\",\"is_error\":\"yes\"}]"] {
-            assert_eq!(classify_json_output(junk, &p), None, "{:?}", String::from_utf8_lossy(junk));
+        for junk in [
+            &b""[..],
+            b"   ",
+            b"[",
+            b"{",
+            b"null",
+            b"[1,2,3]",
+            b"{\"type\":\"result\"}",
+            b"\xff\xfe{]",
+            b"[{\"type\":\"result\",\"is_error\":\"yes\"}]",
+        ] {
+            assert_eq!(
+                classify_json_output(junk, &p),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(junk)
+            );
         }
         // stream-json cut in its last line: the last parseable result line still counts.
         let mut s = fixture!("stream_json_quota_0.12.txt").to_string();
         s.push_str("{\"type\":\"assis");
-        assert_eq!(class(&classify_json_output(s.as_bytes(), &p)), Some(Class::Quota));
+        assert_eq!(
+            class(&classify_json_output(s.as_bytes(), &p)),
+            Some(Class::Quota)
+        );
         // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(classify_json_output(deep.as_bytes(), &p), None);
@@ -1999,21 +2717,36 @@ mod tests {
         assert_eq!(c(429, quota), Some(Class::Quota));
         assert_eq!(c(429, throttle), Some(Class::Throttle));
         assert_eq!(c(429, ""), Some(Class::Throttle));
-        assert_eq!(c(429, r#"{"error":"invalid access token"}"#), Some(Class::Throttle));
-        assert_eq!(c(401, r#"{"error":{"message":"Incorrect API key provided."}}"#), Some(Class::Auth));
+        assert_eq!(
+            c(429, r#"{"error":"invalid access token"}"#),
+            Some(Class::Throttle)
+        );
+        assert_eq!(
+            c(
+                401,
+                r#"{"error":{"message":"Incorrect API key provided."}}"#
+            ),
+            Some(Class::Auth)
+        );
         assert_eq!(c(401, ""), Some(Class::Auth));
         assert_eq!(c(403, quota), Some(Class::Quota));
         assert_eq!(c(403, arrearage), Some(Class::Auth));
         assert_eq!(c(403, "forbidden"), Some(Class::Auth));
         assert_eq!(c(400, arrearage), Some(Class::Auth));
-        assert_eq!(c(400, r#"{"error":{"message":"context length exceeded"}}"#), None);
+        assert_eq!(
+            c(400, r#"{"error":{"message":"context length exceeded"}}"#),
+            None
+        );
         assert_eq!(c(500, quota), None);
         assert_eq!(c(503, "Throttling"), None);
         assert_eq!(c(200, quota), None);
         let h = classify_http(429, "", &p).expect("hit");
         assert_eq!(h.phrase, "HTTP 429");
         let h = classify_http(429, cp, &p).expect("hit");
-        assert!(h.reset_at.is_some_and(|t| t.day() == 30 && t.hour() == 9 && t.minute() == 25));
+        assert!(
+            h.reset_at
+                .is_some_and(|t| t.day() == 30 && t.hour() == 9 && t.minute() == 25)
+        );
     }
 
     // --- Reset times ---------------------------------------------------------------------------
@@ -2023,12 +2756,30 @@ mod tests {
         let now = utc(2026, 11, 24, 12, 0, 0);
         let text = "The quota will reset at 11-30 09:25:00 UTC.";
         assert_eq!(parse_reset(text, now), Some(utc(2026, 11, 30, 9, 25, 0)));
-        assert_eq!(parse_reset(&text.to_lowercase(), now), Some(utc(2026, 11, 30, 9, 25, 0)));
-        assert_eq!(parse_reset("will reset at 11-30 09:25 UTC", now), Some(utc(2026, 11, 30, 9, 25, 0)));
-        assert_eq!(parse_reset("quota resets at 2026-12-01T00:00:00Z", now), Some(utc(2026, 12, 1, 0, 0, 0)));
-        assert_eq!(parse_reset("reset time: 2026-12-01 08:00:00+08:00", now), Some(utc(2026, 12, 1, 0, 0, 0)));
-        assert_eq!(parse_reset("resets at 2026-12-01T08:00:00.123-0130", now), Some(utc(2026, 12, 1, 9, 30, 0)));
-        assert_eq!(parse_reset("reset on 2026-12-01", now), Some(utc(2026, 12, 1, 0, 0, 0)));
+        assert_eq!(
+            parse_reset(&text.to_lowercase(), now),
+            Some(utc(2026, 11, 30, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset("will reset at 11-30 09:25 UTC", now),
+            Some(utc(2026, 11, 30, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset("quota resets at 2026-12-01T00:00:00Z", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_reset("reset time: 2026-12-01 08:00:00+08:00", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_reset("resets at 2026-12-01T08:00:00.123-0130", now),
+            Some(utc(2026, 12, 1, 9, 30, 0))
+        );
+        assert_eq!(
+            parse_reset("reset on 2026-12-01", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
         assert_eq!(parse_reset("no reset here", now), None);
         assert_eq!(parse_reset("will reset at 13-40 09:25:00 UTC", now), None);
         assert_eq!(parse_reset("will reset at 11-30 25:00:00 UTC", now), None);
@@ -2038,18 +2789,37 @@ mod tests {
     #[test]
     fn reset_times_without_a_year_pick_the_next_one() {
         let text = "will reset at 01-01 09:25:00 UTC";
-        assert_eq!(parse_reset(text, utc(2026, 12, 31, 23, 0, 0)), Some(utc(2027, 1, 1, 9, 25, 0)), "across New Year");
-        assert_eq!(parse_reset(text, utc(2027, 1, 1, 9, 0, 0)), Some(utc(2027, 1, 1, 9, 25, 0)));
-        // Read late (up to a day): the instant that just passed, not one a year away.
-        assert_eq!(parse_reset(text, utc(2027, 1, 1, 10, 0, 0)), Some(utc(2027, 1, 1, 9, 25, 0)));
         assert_eq!(
-            parse_reset("will reset at 12-31 23:59:00 UTC", utc(2027, 1, 1, 0, 10, 0)),
+            parse_reset(text, utc(2026, 12, 31, 23, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0)),
+            "across New Year"
+        );
+        assert_eq!(
+            parse_reset(text, utc(2027, 1, 1, 9, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
+        );
+        // Read late (up to a day): the instant that just passed, not one a year away.
+        assert_eq!(
+            parse_reset(text, utc(2027, 1, 1, 10, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset(
+                "will reset at 12-31 23:59:00 UTC",
+                utc(2027, 1, 1, 0, 10, 0)
+            ),
             Some(utc(2026, 12, 31, 23, 59, 0)),
             "printed before New Year, read after"
         );
         // More than a day old: next year.
-        assert_eq!(parse_reset(text, utc(2027, 1, 3, 0, 0, 0)), Some(utc(2028, 1, 1, 9, 25, 0)));
+        assert_eq!(
+            parse_reset(text, utc(2027, 1, 3, 0, 0, 0)),
+            Some(utc(2028, 1, 1, 9, 25, 0))
+        );
         // 02-29 waits for a leap year.
-        assert_eq!(parse_reset("will reset at 02-29 00:00:00 UTC", utc(2026, 3, 1, 0, 0, 0)), Some(utc(2028, 2, 29, 0, 0, 0)));
+        assert_eq!(
+            parse_reset("will reset at 02-29 00:00:00 UTC", utc(2026, 3, 1, 0, 0, 0)),
+            Some(utc(2028, 2, 29, 0, 0, 0))
+        );
     }
 }

@@ -27,11 +27,18 @@ pub enum Error {
     /// Bad `--rotation-*` usage; the message names the problem and the fix.
     Usage(String),
     /// No real qwen on PATH (or at `QWEN_ROTATION_REAL`).
-    RealNotFound { searched: Vec<PathBuf>, override_path: Option<PathBuf> },
+    RealNotFound {
+        searched: Vec<PathBuf>,
+        override_path: Option<PathBuf>,
+    },
     /// The real qwen exists but exec failed.
     RealNotExecutable { path: PathBuf, source: io::Error },
     /// Reading or writing a file of ours failed.
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// A file of ours exists but cannot be understood.
     Invalid { path: PathBuf, problem: String },
     /// `rotation.lock` could not be taken in time.
@@ -39,14 +46,20 @@ pub enum Error {
     /// A slot number or label that does not exist.
     NoSuchSlot(String),
     /// Every account is cooling down, disabled or needs login.
-    Exhausted { earliest: Option<chrono::DateTime<chrono::Utc>> },
+    Exhausted {
+        earliest: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Anything else, already phrased for the user.
     Other(String),
 }
 
 impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { action, path: path.into(), source }
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -64,7 +77,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
-            Error::RealNotFound { searched, override_path: Some(p) } => {
+            Error::RealNotFound {
+                searched,
+                override_path: Some(p),
+            } => {
                 let _ = searched;
                 write!(
                     f,
@@ -72,13 +88,20 @@ impl fmt::Display for Error {
                     p.display()
                 )
             }
-            Error::RealNotFound { searched, override_path: None } => {
+            Error::RealNotFound {
+                searched,
+                override_path: None,
+            } => {
                 let dirs: Vec<String> = searched.iter().map(|d| d.display().to_string()).collect();
                 write!(
                     f,
                     "the real qwen was not found on PATH (searched: {}); install it with \
                      `npm install -g @qwen-code/qwen-code` or set QWEN_ROTATION_REAL=/path/to/qwen",
-                    if dirs.is_empty() { "PATH is empty".to_string() } else { dirs.join(":") }
+                    if dirs.is_empty() {
+                        "PATH is empty".to_string()
+                    } else {
+                        dirs.join(":")
+                    }
                 )
             }
             Error::RealNotExecutable { path, source } => write!(
@@ -86,7 +109,11 @@ impl fmt::Display for Error {
                 "cannot run the real qwen at {}: {source}; fix its permissions (chmod +x) or set QWEN_ROTATION_REAL",
                 path.display()
             ),
-            Error::Io { action, path, source } => {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => {
                 write!(f, "cannot {action} {}: {source}", path.display())
             }
             Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),

@@ -6,7 +6,9 @@
 pub fn point(name: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static HITS: AtomicUsize = AtomicUsize::new(0);
-    let Ok(spec) = std::env::var("QWEN_ROTATION_FAULT") else { return };
+    let Ok(spec) = std::env::var("QWEN_ROTATION_FAULT") else {
+        return;
+    };
     let (target, nth) = match spec.split_once('@') {
         Some((t, n)) => (t.to_string(), n.parse::<usize>().unwrap_or(1)),
         None => (spec, 1),

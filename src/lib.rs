@@ -14,6 +14,7 @@ pub mod pipes;
 pub mod pty;
 pub mod relay;
 pub mod run;
+pub mod settings;
 pub mod signals;
 pub mod state;
 pub mod vault;

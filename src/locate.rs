@@ -59,9 +59,17 @@ pub fn find(
     if let Some(p) = override_path.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(Error::RealNotFound { searched: Vec::new(), override_path: Some(p) });
+            return Err(Error::RealNotFound {
+                searched: Vec::new(),
+                override_path: Some(p),
+            });
         }
-        return Ok(Located { path: p, via: Via::Override, searched: Vec::new(), skipped: Vec::new() });
+        return Ok(Located {
+            path: p,
+            via: Via::Override,
+            searched: Vec::new(),
+            skipped: Vec::new(),
+        });
     }
     let self_id = me.and_then(Identity::of);
     // The directory we were run from, when argv[0] names one (a shim run by absolute path).
@@ -69,16 +77,24 @@ pub fn find(
         .filter(|a| a.components().count() > 1)
         .and_then(|a| a.parent())
         .and_then(|d| fs::canonicalize(d).ok());
-    let self_dir = me.and_then(|m| m.parent()).and_then(|d| fs::canonicalize(d).ok());
+    let self_dir = me
+        .and_then(|m| m.parent())
+        .and_then(|d| fs::canonicalize(d).ok());
 
     let mut searched = Vec::new();
     let mut skipped = Vec::new();
     for dir in std::env::split_paths(&path_var.unwrap_or_default()) {
         // An empty PATH entry means the current directory (execvp(3)).
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         searched.push(dir.clone());
         let candidate = dir.join("qwen");
-        let Ok(meta) = fs::metadata(&candidate) else { continue };
+        let Ok(meta) = fs::metadata(&candidate) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -99,9 +115,17 @@ pub fn find(
             skipped.push((candidate, "not executable"));
             continue;
         }
-        return Ok(Located { path: candidate, via: Via::Path(dir), searched, skipped });
+        return Ok(Located {
+            path: candidate,
+            via: Via::Path(dir),
+            searched,
+            skipped,
+        });
     }
-    Err(Error::RealNotFound { searched, override_path: None })
+    Err(Error::RealNotFound {
+        searched,
+        override_path: None,
+    })
 }
 
 /// Canonical path plus device and inode: equal for symlinks and hard links to the same file.
@@ -114,7 +138,11 @@ struct Identity {
 impl Identity {
     fn of(path: &Path) -> Option<Identity> {
         let meta = fs::metadata(path).ok()?;
-        Some(Identity { canonical: fs::canonicalize(path).ok()?, dev: meta.dev(), ino: meta.ino() })
+        Some(Identity {
+            canonical: fs::canonicalize(path).ok()?,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
 
     fn same_file(&self, other: &Path) -> bool {
@@ -128,7 +156,9 @@ impl Identity {
 /// True when `path` is an ELF file that carries our marker (another copy of the shim). Scripts
 /// (the npm `qwen` is a JavaScript file) are never shim copies; only ELF files are scanned.
 fn is_shim_copy(path: &Path) -> bool {
-    let Ok(mut f) = fs::File::open(path) else { return false };
+    let Ok(mut f) = fs::File::open(path) else {
+        return false;
+    };
     let mut magic = [0u8; 4];
     if f.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
         return false;

@@ -34,7 +34,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
-use crate::detect::{Anchor, Detector, Hit, Patterns, classify_json_output};
+use crate::detect::{Anchor, Class, Detector, Hit, Patterns, classify_json_output};
 use crate::signals::{self, Outcome};
 
 /// How qwen's stdout is to be treated, from `--output-format`.
@@ -89,7 +89,9 @@ impl StdinSource {
         match fstat(stdin.as_fd()) {
             Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {
                 match nix::unistd::lseek(stdin.as_fd(), 0, nix::unistd::Whence::SeekCur) {
-                    Ok(offset) if offset >= 0 => StdinSource::Seekable { offset: offset as u64 },
+                    Ok(offset) if offset >= 0 => StdinSource::Seekable {
+                        offset: offset as u64,
+                    },
                     _ => StdinSource::Inherit,
                 }
             }
@@ -223,8 +225,9 @@ pub struct Attempt<'a> {
     pub stdin: &'a StdinSource,
     pub stdout: StdoutMode,
     pub patterns: Arc<Patterns>,
-    /// Stop the attempt as soon as a hit is seen on stderr (a retry will follow).
-    pub stop_on_hit: bool,
+    /// Stop the attempt as soon as a hit of one of these classes is seen on stderr (a retry
+    /// will follow); other hits let qwen finish on its own.
+    pub stop_on: &'a [Class],
     pub stop_grace: Duration,
     /// Set by the signal thread when the user asked us to stop: no early stop, no retry.
     pub interrupted: &'a AtomicBool,
@@ -242,10 +245,12 @@ pub struct Finished {
     pub held_stderr: Vec<u8>,
     /// The caller closed our stdout (e.g. `| head -1`).
     pub stdout_closed: bool,
+    /// We stopped the attempt (TERM, then KILL) after a hit: its status is ours, not qwen's.
+    pub stopped: bool,
 }
 
 enum Event {
-    Hit,
+    Hit(Class),
     Exited(Outcome),
     StdoutDone(StdoutResult),
     StderrDone(StderrResult),
@@ -279,7 +284,11 @@ pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
         cmd.env(k, v);
     }
     cmd.stderr(Stdio::piped());
-    cmd.stdout(if a.stdout == StdoutMode::Inherit { Stdio::inherit() } else { Stdio::piped() });
+    cmd.stdout(if a.stdout == StdoutMode::Inherit {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    });
     match a.stdin {
         StdinSource::Inherit => {
             cmd.stdin(Stdio::inherit());
@@ -333,8 +342,15 @@ pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
 
 fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Result<Finished> {
     let mut outcome = None;
-    let mut out = StdoutResult { held: Vec::new(), committed: false, closed: false };
-    let mut err = StderrResult { held: Vec::new(), hit: None };
+    let mut out = StdoutResult {
+        held: Vec::new(),
+        committed: false,
+        closed: false,
+    };
+    let mut err = StderrResult {
+        held: Vec::new(),
+        hit: None,
+    };
     let mut stopping = false;
     // The streams end with the child; a descendant that keeps a pipe open past the child's exit
     // (a daemon started by a tool) must not keep us waiting: give the pipes a bounded drain.
@@ -352,8 +368,9 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
             }
         };
         match event {
-            Event::Hit => {
-                if a.stop_on_hit && !stopping && !a.interrupted.load(Ordering::SeqCst) {
+            Event::Hit(class) => {
+                if a.stop_on.contains(&class) && !stopping && !a.interrupted.load(Ordering::SeqCst)
+                {
                     stopping = true;
                     signals::stop_tree(a.stop_grace);
                 }
@@ -381,6 +398,7 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
         held_stdout: out.held,
         held_stderr: err.held,
         stdout_closed: out.closed,
+        stopped: stopping,
     })
 }
 
@@ -404,7 +422,11 @@ fn write_stdout(bytes: &[u8]) -> bool {
 }
 
 fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> StdoutResult {
-    let mut r = StdoutResult { held: Vec::new(), committed: false, closed: false };
+    let mut r = StdoutResult {
+        held: Vec::new(),
+        committed: false,
+        closed: false,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     // stream-json: lines held until the gate opens.
     let mut gate_open = mode == StdoutMode::Text;
@@ -453,7 +475,9 @@ fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> St
 /// line nor an error report.
 fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
     held.split(|&b| b == b'\n').rev().skip(1).any(|line| {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return false;
+        };
         let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
         match kind {
             "system" | "result" => false,
@@ -462,9 +486,16 @@ fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
     })
 }
 
-fn relay_stderr(mut src: impl Read + AsFd, patterns: Arc<Patterns>, tx: &Sender<Event>) -> StderrResult {
+fn relay_stderr(
+    mut src: impl Read + AsFd,
+    patterns: Arc<Patterns>,
+    tx: &Sender<Event>,
+) -> StderrResult {
     let mut detector = Detector::new(patterns, Anchor::Plain);
-    let mut r = StderrResult { held: Vec::new(), hit: None };
+    let mut r = StderrResult {
+        held: Vec::new(),
+        hit: None,
+    };
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out_ok = true;
@@ -486,11 +517,11 @@ fn relay_stderr(mut src: impl Read + AsFd, patterns: Arc<Patterns>, tx: &Sender<
             continue;
         }
         if let Some(hit) = detector.feed(chunk) {
+            let _ = tx.send(Event::Hit(hit.class));
             r.hit = Some(hit);
             hold(&mut r.held, &pending);
             hold(&mut r.held, chunk);
             pending.clear();
-            let _ = tx.send(Event::Hit);
             continue;
         }
         pending.extend_from_slice(chunk);

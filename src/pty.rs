@@ -129,14 +129,17 @@ pub struct Controls {
 pub fn controls() -> (Controller, Controls) {
     let (tx, rx) = mpsc::channel();
     // Without the socket (fd exhaustion) the relay polls the channel every 100 ms instead.
-    let pair = UnixStream::pair().ok().filter(|(a, b)| {
-        a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok()
-    });
+    let pair = UnixStream::pair()
+        .ok()
+        .filter(|(a, b)| a.set_nonblocking(true).is_ok() && b.set_nonblocking(true).is_ok());
     let (send_end, recv_end) = match pair {
         Some((a, b)) => (Some(Arc::new(a)), Some(b)),
         None => (None, None),
     };
-    (Controller { tx, wake: send_end }, Controls { rx, wake: recv_end })
+    (
+        Controller { tx, wake: send_end },
+        Controls { rx, wake: recv_end },
+    )
 }
 
 /// Runs `cmd` on a new pseudo-terminal relayed to our terminal (stdin and stdout are terminals)
@@ -164,7 +167,10 @@ pub fn run(
         fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     }
     let flags = OFlag::from_bits_retain(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL)?);
-    fcntl(pty.master.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    fcntl(
+        pty.master.as_fd(),
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )?;
 
     // Declared first, dropped last: the terminal is restored while our handlers still catch a
     // late TERM, and only then do the old dispositions come back.
@@ -275,7 +281,11 @@ impl Relay<'_> {
                     idle()
                 },
                 if self.master_open {
-                    let out = if self.input.is_empty() { PollFlags::empty() } else { PollFlags::POLLOUT };
+                    let out = if self.input.is_empty() {
+                        PollFlags::empty()
+                    } else {
+                        PollFlags::POLLOUT
+                    };
                     PollFd::new(self.master.as_fd(), PollFlags::POLLIN | out)
                 } else {
                     idle()
@@ -380,7 +390,8 @@ impl Relay<'_> {
         }
         if self.detector_ok {
             let chunk = &self.buf[..n];
-            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_output(chunk)));
+            let caught =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_output(chunk)));
             if caught.is_err() {
                 // The panic hook restored the terminal and printed the message; the session goes
                 // on, raw again, without detection (fail open, DESIGN.md "Non-negotiables").
@@ -414,7 +425,10 @@ impl Relay<'_> {
             }
         };
         let mut keys = &keys[..n];
-        while let Some(at) = self.suspend_key().and_then(|k| keys.iter().position(|&b| b == k)) {
+        while let Some(at) = self
+            .suspend_key()
+            .and_then(|k| keys.iter().position(|&b| b == k))
+        {
             self.input.extend_from_slice(&keys[..at]);
             self.flush_input();
             self.suspend(Signal::SIGTSTP, true);
@@ -430,7 +444,8 @@ impl Relay<'_> {
         if let Ok(t) = termios::tcgetattr(self.master.as_fd())
             && t.local_flags.contains(LocalFlags::ICANON)
         {
-            self.input.push(t.control_chars[SpecialCharacterIndices::VEOF as usize]);
+            self.input
+                .push(t.control_chars[SpecialCharacterIndices::VEOF as usize]);
             self.flush_input();
         }
     }
@@ -515,9 +530,8 @@ impl Relay<'_> {
         loop {
             let mut raw_status = 0;
             // SAFETY: waitpid(2) writes one int through the pointer, which lives on this frame.
-            let pid = unsafe {
-                libc::waitpid(-1, &mut raw_status, libc::WNOHANG | libc::WUNTRACED)
-            };
+            let pid =
+                unsafe { libc::waitpid(-1, &mut raw_status, libc::WNOHANG | libc::WUNTRACED) };
             if pid == -1 && Errno::last() == Errno::EINTR {
                 continue;
             }
@@ -615,7 +629,9 @@ impl Relay<'_> {
         if self.notices.is_empty() || !self.outer_open {
             return;
         }
-        let waited = self.notice_since.is_some_and(|t| t.elapsed() >= NOTICE_WAIT);
+        let waited = self
+            .notice_since
+            .is_some_and(|t| t.elapsed() >= NOTICE_WAIT);
         if !self.escapes.at_rest() && !waited {
             return;
         }
@@ -635,7 +651,9 @@ impl Relay<'_> {
     /// back, the child is hung up as a closing terminal would, and its status is awaited.
     fn abandon(&mut self, e: Errno) -> Outcome {
         self.raw.restore();
-        crate::warn(format!("the terminal relay stopped ({e}); ending qwen's session"));
+        crate::warn(format!(
+            "the terminal relay stopped ({e}); ending qwen's session"
+        ));
         let _ = signal::killpg(self.child, Signal::SIGHUP);
         let _ = signal::killpg(self.child, Signal::SIGCONT);
         while self.status.is_none() {
@@ -678,7 +696,12 @@ fn write_out(mut bytes: &[u8]) -> io::Result<()> {
 
 /// TIOCGWINSZ (tty_ioctl(4)).
 fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer, a live local.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (r == 0).then_some(ws)
@@ -688,7 +711,10 @@ fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
 fn is_stopped(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('T')))
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('T'))
+        })
         .unwrap_or(false)
 }
 
@@ -715,7 +741,9 @@ fn notice_bytes(line: &str, rows: u16, cols: u16, colour: bool) -> Vec<u8> {
 
 /// Control characters would move the cursor or start a sequence: each becomes a space.
 fn sanitize(line: &str) -> String {
-    line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    line.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Terminal columns of `c`: 2 for East Asian wide and emoji ranges, else 1 (good enough to keep a
@@ -967,7 +995,10 @@ extern "C" fn on_signal(sig: libc::c_int) {
     if (0..64).contains(&sig) {
         PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
         if let Some(slot) = LAST_SEEN.get(sig as usize) {
-            slot.store(ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            slot.store(
+                ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1,
+                Ordering::SeqCst,
+            );
         }
     }
     let fd = WAKE_FD.load(Ordering::SeqCst);
@@ -1005,7 +1036,12 @@ impl SignalGuard {
         signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old_mask))?;
         PENDING.store(0, Ordering::SeqCst);
         WAKE_FD.store(pipe_w.as_raw_fd(), Ordering::SeqCst);
-        let mut guard = SignalGuard { pipe_r, _pipe_w: pipe_w, old_mask, old_actions: Vec::new() };
+        let mut guard = SignalGuard {
+            pipe_r,
+            _pipe_w: pipe_w,
+            old_mask,
+            old_actions: Vec::new(),
+        };
         // SA_RESTART for threads that were running before the relay and still accept our
         // signals; the relay thread only takes them inside ppoll, which is interrupted anyway.
         let ours = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, set);
@@ -1088,7 +1124,9 @@ static RELAY_RUNNING: AtomicBool = AtomicBool::new(false);
 impl OneRelay {
     fn claim() -> io::Result<OneRelay> {
         if RELAY_RUNNING.swap(true, Ordering::SeqCst) {
-            return Err(io::Error::other("a terminal relay is already running in this process"));
+            return Err(io::Error::other(
+                "a terminal relay is already running in this process",
+            ));
         }
         Ok(OneRelay)
     }
@@ -1153,13 +1191,22 @@ mod tests {
     #[test]
     fn notice_is_one_row_and_restores_the_cursor() {
         let n = String::from_utf8(notice_bytes("quota\x1b[2Jgone\nnext", 24, 80, true)).unwrap();
-        assert_eq!(n, "\x1b7\x1b[24;1H\x1b[2K\x1b[0;7mquota [2Jgone next\x1b[0m\x1b8");
+        assert_eq!(
+            n,
+            "\x1b7\x1b[24;1H\x1b[2K\x1b[0;7mquota [2Jgone next\x1b[0m\x1b8"
+        );
         let plain = String::from_utf8(notice_bytes("x", 0, 0, false)).unwrap();
         assert_eq!(plain, "\x1b7\x1b[999;1H\x1b[2K\x1b[0mx\x1b[0m\x1b8");
         let long = "y".repeat(300);
         let cut = String::from_utf8(notice_bytes(&long, 10, 40, false)).unwrap();
-        assert!(cut.contains(&format!("m{}\x1b[0m", "y".repeat(39))), "{cut:?}");
+        assert!(
+            cut.contains(&format!("m{}\x1b[0m", "y".repeat(39))),
+            "{cut:?}"
+        );
         let wide = String::from_utf8(notice_bytes(&"語".repeat(50), 10, 21, false)).unwrap();
-        assert!(wide.contains(&format!("m{}\x1b[0m", "語".repeat(10))), "{wide:?}");
+        assert!(
+            wide.contains(&format!("m{}\x1b[0m", "語".repeat(10))),
+            "{wide:?}"
+        );
     }
 }

@@ -18,10 +18,10 @@ use crate::config::{Config, OnExhausted, Paths, human_duration};
 use crate::detect::{Class, Hit, Patterns};
 use crate::error::Error;
 use crate::pipes::{self, Attempt, StdinSource, StdoutMode};
-use crate::signals;
 use crate::relay::{self, Relay};
+use crate::signals;
 use crate::vault::{Kind, Launch, Rotation, Vault};
-use crate::{locate, warn};
+use crate::{locate, settings, warn};
 
 /// Runs the real qwen with `args`; never returns.
 pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
@@ -35,7 +35,9 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     let paths = Paths::from_env();
     if !Vault::has_accounts(&paths) {
         if modifiers.account.is_some() {
-            warn("--rotation-account ignored: no accounts are configured (add one with qwen --rotation-add)");
+            warn(
+                "--rotation-account ignored: no accounts are configured (add one with qwen --rotation-add)",
+            );
         }
         exec(&real, &args, &[]);
     }
@@ -45,7 +47,10 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         warn(problem);
     }
     let patterns = Patterns::from_config(&config.patterns).unwrap_or_else(|problem| {
-        warn(format!("{}: {problem}; using the built-in patterns", paths.config.display()));
+        warn(format!(
+            "{}: {problem}; using the built-in patterns",
+            paths.config.display()
+        ));
         Patterns::defaults()
     });
     let vault = Vault::open(paths, config);
@@ -59,7 +64,15 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         interactive_session(&vault, &real, &args, patterns, launch);
     }
     let relay = start_relay(&vault, &patterns, &launch, Box::new(|line| notice(&line)));
-    headless(&vault, &real, &args, &modifiers, patterns, launch, relay.as_ref())
+    headless(
+        &vault,
+        &real,
+        &args,
+        &modifiers,
+        patterns,
+        launch,
+        relay.as_ref(),
+    )
 }
 
 /// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
@@ -74,7 +87,9 @@ fn start_relay(
         return None;
     }
     if let Err(why) = relay::relay_possible(&vault.paths) {
-        warn(format!("{why}; watching qwen's output instead of relaying its requests"));
+        warn(format!(
+            "{why}; watching qwen's output instead of relaying its requests"
+        ));
         return None;
     }
     let setup = relay::Setup {
@@ -86,7 +101,9 @@ fn start_relay(
     match Relay::start(setup) {
         Ok(relay) => Some(relay),
         Err(e) => {
-            warn(format!("the request relay did not start ({e}); watching qwen's output instead"));
+            warn(format!(
+                "the request relay did not start ({e}); watching qwen's output instead"
+            ));
             None
         }
     }
@@ -94,19 +111,27 @@ fn start_relay(
 
 /// A person at a terminal: qwen runs on a pseudo-terminal relayed to ours, and a quota error on
 /// screen swaps the credentials under the running session (DESIGN.md, "Running the real qwen").
-fn interactive_session(vault: &Vault, real: &Path, args: &[OsString], patterns: Arc<Patterns>, launch: Launch) -> ! {
+fn interactive_session(
+    vault: &Vault,
+    real: &Path,
+    args: &[OsString],
+    patterns: Arc<Patterns>,
+    launch: Launch,
+) -> ! {
     use crate::detect::{Anchor, Detector};
     use crate::pty;
 
     signals::become_subreaper();
     let (controller, controls) = pty::controls();
     let relay_notices = controller.clone();
-    let notify = Box::new(move |line: String| relay_notices.send(pty::Control::Notice(format!("qwen-rotation: {line}"))));
+    let notify = Box::new(move |line: String| {
+        relay_notices.send(pty::Control::Notice(format!("qwen-rotation: {line}")))
+    });
     // Kept alive for the whole session: an API-key session moves to the next key inside the relay.
     let relay = start_relay(vault, &patterns, &launch, notify);
     let mut cmd = Command::new(real);
     cmd.args(args);
-    for (k, v) in attempt_env(&launch, relay.as_ref()) {
+    for (k, v) in attempt_env(vault, &launch, relay.as_ref()) {
         cmd.env(k, v);
     }
     let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
@@ -115,34 +140,59 @@ fn interactive_session(vault: &Vault, real: &Path, args: &[OsString], patterns: 
     let paths = vault.paths.clone();
     let config = vault.config.clone();
     let mut on_output = |bytes: &[u8]| {
-        let Some(hit) = detector.feed(bytes) else { return };
+        let Some(hit) = detector.feed(bytes) else {
+            return;
+        };
         // Re-armed for the next error block; Ink's redraws of this one do not count again.
         detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
-        let (controller, slot, paths, config) = (controller.clone(), Arc::clone(&slot), paths.clone(), config.clone());
-        std::thread::spawn(move || hot_swap(Vault::open(paths, config), &slot, &hit, &controller, auto_retry));
+        let (controller, slot, paths, config) = (
+            controller.clone(),
+            Arc::clone(&slot),
+            paths.clone(),
+            config.clone(),
+        );
+        std::thread::spawn(move || {
+            hot_swap(
+                Vault::open(paths, config),
+                &slot,
+                &hit,
+                &controller,
+                auto_retry,
+            )
+        });
     };
     match pty::run(cmd, &mut on_output, controls) {
         Ok(outcome) => signals::exit_with(outcome),
         Err(e) => {
-            warn(format!("cannot set up the terminal relay ({e}); running qwen without live rotation"));
-            exec(real, args, &child_env(&launch))
+            warn(format!(
+                "cannot set up the terminal relay ({e}); running qwen without live rotation"
+            ));
+            exec(real, args, &attempt_env(vault, &launch, None))
         }
     }
 }
 
 /// Rotates away from the slot that failed on screen and tells the person; with `auto_retry`,
 /// presses Ctrl+Y for them once qwen will have re-read the credentials.
-fn hot_swap(vault: Vault, slot: &std::sync::atomic::AtomicUsize, hit: &Hit, controller: &crate::pty::Controller, auto_retry: bool) {
+fn hot_swap(
+    vault: Vault,
+    slot: &std::sync::atomic::AtomicUsize,
+    hit: &Hit,
+    controller: &crate::pty::Controller,
+    auto_retry: bool,
+) {
     use crate::pty::Control;
     let failed = slot.load(Ordering::SeqCst);
-    let launch = Launch { slot: failed, label: None, kind: crate::vault::Kind::OAuth, env: Vec::new(), api: None };
     let line = match vault.report(failed, hit) {
         Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
             slot.store(to, Ordering::SeqCst);
-            format!("{}; switched to account {to}", what(&launch, hit))
+            format!("{}; switched to account {to}", what(failed, None, hit))
         }
         Ok(Rotation::Exhausted { earliest }) => {
-            controller.send(Control::Notice(format!("qwen-rotation: {}", Error::Exhausted { earliest })));
+            controller.send(Control::Notice(format!(
+                "qwen-rotation: {}",
+                Error::Exhausted { earliest }
+            )));
             return;
         }
         Err(e) => {
@@ -151,7 +201,9 @@ fn hot_swap(vault: Vault, slot: &std::sync::atomic::AtomicUsize, hit: &Hit, cont
         }
     };
     if !auto_retry {
-        controller.send(Control::Notice(format!("qwen-rotation: {line}; press Ctrl+Y to retry")));
+        controller.send(Control::Notice(format!(
+            "qwen-rotation: {line}; press Ctrl+Y to retry"
+        )));
         return;
     }
     controller.send(Control::Notice(format!("qwen-rotation: {line}; retrying")));
@@ -177,7 +229,11 @@ fn headless(
 
     let config = &vault.config;
     let stdin = StdinSource::detect(config.stdin_limit);
-    let stdout = if io::stdout().is_terminal() { StdoutMode::Inherit } else { StdoutMode::from_args(args) };
+    let stdout = if io::stdout().is_terminal() {
+        StdoutMode::Inherit
+    } else {
+        StdoutMode::from_args(args)
+    };
     let max_attempts = match config.max_attempts {
         0 => vault.eligible_count().max(1),
         n => n,
@@ -191,14 +247,20 @@ fn headless(
             && attempt < max_attempts
             && stdin.replayable()
             && !interrupted.load(Ordering::SeqCst);
+        // Stop early only for what will be retried: an auth failure is retried once per run.
+        let stop_on: &[Class] = match (may_retry, auth_retried) {
+            (false, _) => &[],
+            (true, false) => &[Class::Quota, Class::Throttle, Class::Auth],
+            (true, true) => &[Class::Quota, Class::Throttle],
+        };
         let finished = pipes::run(Attempt {
             program: real,
             args,
-            env: attempt_env(&launch, relay),
+            env: attempt_env(vault, &launch, relay),
             stdin: &stdin,
             stdout,
             patterns: Arc::clone(&patterns),
-            stop_on_hit: may_retry,
+            stop_on,
             stop_grace: config.stop_grace,
             interrupted: &interrupted,
         });
@@ -210,51 +272,68 @@ fn headless(
             // The relay already rotated through every key and told qwen so.
             fail(&Error::Exhausted { earliest });
         }
+        // An attempt we stopped did not end on its own: qwen reports these errors with status 1.
+        let outcome = if finished.stopped {
+            signals::Outcome::Exited(1)
+        } else {
+            finished.outcome
+        };
+        // With the relay in the path, the relay rotates keys itself and knows which one is live.
+        let slot = relay.map_or(launch.slot, Relay::current_slot);
         let Some(hit) = finished.hit.clone() else {
             pipes::release(&finished);
-            if finished.outcome.success()
-                && let Err(e) = vault.record_success(launch.slot)
+            if relay.is_none()
+                && outcome.success()
+                && let Err(e) = vault.record_success(slot)
             {
                 warn(e);
             }
-            signals::exit_with(finished.outcome);
+            signals::exit_with(outcome);
         };
 
-        let rotation = match vault.report(launch.slot, &hit) {
+        let rotation = match vault.report(slot, &hit) {
             Ok(r) => r,
             Err(e) => {
                 warn(e);
                 pipes::release(&finished);
-                signals::exit_with(finished.outcome);
+                signals::exit_with(outcome);
             }
         };
         let retry = may_retry
+            && stop_on.contains(&hit.class)
             && !finished.committed
             && !interrupted.load(Ordering::SeqCst)
-            && !(hit.class == Class::Auth && auth_retried)
             && stdin.replayable();
+        let who = what(slot, launch_label(slot, &launch), &hit);
         match rotation {
             Rotation::Exhausted { earliest } => {
                 let wait = retry && !waited && config.on_exhausted == OnExhausted::Wait;
-                match earliest.filter(|_| wait).and_then(|t| within(t, config.max_wait)) {
+                match earliest
+                    .filter(|_| wait)
+                    .and_then(|t| within(t, config.max_wait))
+                {
                     Some(pause) => {
-                        notice(&format!("{}; waiting {} for the first account to return", what(&launch, &hit), human_duration(chrono::TimeDelta::from_std(pause).unwrap_or_default())));
+                        let pause_text =
+                            human_duration(chrono::TimeDelta::from_std(pause).unwrap_or_default());
+                        notice(&format!(
+                            "{who}; waiting {pause_text} for the first account to return"
+                        ));
                         std::thread::sleep(pause);
                         waited = true;
                     }
                     None => {
-                        notice(&what(&launch, &hit));
+                        notice(&who);
                         fail(&Error::Exhausted { earliest });
                     }
                 }
             }
             Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } if retry => {
-                notice(&format!("{}; switched to account {to}", what(&launch, &hit)));
+                notice(&format!("{who}; switched to account {to}"));
             }
             Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } => {
                 pipes::release(&finished);
-                notice(&format!("{}; the next run uses account {to}", what(&launch, &hit)));
-                signals::exit_with(finished.outcome);
+                notice(&format!("{who}; the next run uses account {to}"));
+                signals::exit_with(outcome);
             }
         }
         auth_retried |= hit.class == Class::Auth;
@@ -272,10 +351,10 @@ fn headless(
 }
 
 /// "account 1 (work) quota exhausted"
-fn what(launch: &Launch, hit: &Hit) -> String {
-    let who = match &launch.label {
-        Some(label) => format!("account {} ({label})", launch.slot),
-        None => format!("account {}", launch.slot),
+fn what(slot: usize, label: Option<String>, hit: &Hit) -> String {
+    let who = match label {
+        Some(label) => format!("account {slot} ({label})"),
+        None => format!("account {slot}"),
     };
     let why = match hit.class {
         Class::Quota => "quota exhausted",
@@ -283,6 +362,13 @@ fn what(launch: &Launch, hit: &Hit) -> String {
         Class::Auth => "was refused (needs login)",
     };
     format!("{who} {why}")
+}
+
+/// The label of `slot`: the launch's when it is that slot (no file read), else none.
+fn launch_label(slot: usize, launch: &Launch) -> Option<String> {
+    (launch.slot == slot)
+        .then(|| launch.label.clone())
+        .flatten()
 }
 
 fn notice(line: &str) {
@@ -326,17 +412,45 @@ fn prepare(vault: &Vault, pinned: Option<&str>) -> Option<Launch> {
 
 /// The variables an attempt adds to the inherited environment (API-key slots).
 fn child_env(launch: &Launch) -> Vec<(OsString, OsString)> {
-    launch.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v.expose()))).collect()
+    launch
+        .env
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v.expose())))
+        .collect()
+}
+
+/// Everything an attempt on `launch` adds to the environment: the slot's variables (or the
+/// relay's), and the auth-type override when the slot's kind is not what qwen's settings select.
+fn attempt_env(vault: &Vault, launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
+    let mut env = slot_env(launch, relay);
+    let selected = settings::Selected::read(&vault.paths);
+    if let Some(why) = settings::blocked(launch, &selected) {
+        warn(why);
+    }
+    match settings::override_env(&vault.paths, launch, &selected) {
+        Ok(extra) => env.extend(extra),
+        Err(e) => warn(format!(
+            "cannot write the auth-type override under {}: {e}",
+            vault.paths.home.display()
+        )),
+    }
+    env
 }
 
 /// With the relay in the path, qwen gets the relay's address and the run's own token in place
 /// of the provider's URL and the real key: the real key never enters qwen's environment.
-fn attempt_env(launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
+fn slot_env(launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
     match (relay, &launch.api) {
         (Some(relay), Some(api)) => {
             let mut env = vec![
-                (OsString::from(&api.env_key), OsString::from(relay.token.expose())),
-                (OsString::from("OPENAI_BASE_URL"), OsString::from(&relay.base_url)),
+                (
+                    OsString::from(&api.env_key),
+                    OsString::from(relay.token.expose()),
+                ),
+                (
+                    OsString::from("OPENAI_BASE_URL"),
+                    OsString::from(&relay.base_url),
+                ),
             ];
             if let Some(model) = &api.model {
                 env.push((OsString::from("OPENAI_MODEL"), OsString::from(model)));
@@ -360,8 +474,14 @@ fn exec(real: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> ! {
 
 fn spawn_error(real: &Path, e: io::Error) -> Error {
     match e.kind() {
-        io::ErrorKind::NotFound => Error::RealNotFound { searched: Vec::new(), override_path: Some(real.to_path_buf()) },
-        _ => Error::RealNotExecutable { path: real.to_path_buf(), source: e },
+        io::ErrorKind::NotFound => Error::RealNotFound {
+            searched: Vec::new(),
+            override_path: Some(real.to_path_buf()),
+        },
+        _ => Error::RealNotExecutable {
+            path: real.to_path_buf(),
+            source: e,
+        },
     }
 }
 
@@ -382,7 +502,9 @@ fn forward_signals(interrupted: Arc<AtomicBool>) {
     use signal_hook::iterator::SignalsInfo;
     use signal_hook::iterator::exfiltrator::WithOrigin;
     use signal_hook::low_level::siginfo::Cause;
-    let Ok(mut signals) = SignalsInfo::<WithOrigin>::new([SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]) else {
+    let Ok(mut signals) =
+        SignalsInfo::<WithOrigin>::new([SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2])
+    else {
         warn("cannot watch signals; a kill aimed at the shim will not reach qwen");
         return;
     };

@@ -71,14 +71,22 @@ pub fn become_subreaper() {
 
 /// Every live descendant of `root`, found through /proc (parents before children).
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut parent_of: Vec<(i32, i32)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // The command name is in parentheses and may contain spaces or ')': split after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next();
         let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
@@ -116,7 +124,10 @@ pub fn stop_tree(grace: Duration) {
     signal_tree(Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if descendants(Pid::this()).iter().all(|p| is_zombie_or_gone(*p)) {
+        if descendants(Pid::this())
+            .iter()
+            .all(|p| is_zombie_or_gone(*p))
+        {
             return;
         }
         // Grandchildren cannot be waited for by a parent that is not theirs; polling /proc is
@@ -129,6 +140,8 @@ pub fn stop_tree(grace: Duration) {
 fn is_zombie_or_gone(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
     }
 }

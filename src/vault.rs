@@ -846,10 +846,15 @@ impl Vault {
         };
         match account.kind {
             Some(Kind::OAuth) => {
-                let installed = matches!(&live, LiveFile::Regular { bytes, .. }
-                    if st.live_slot == Some(target)
-                        && account.installed_digest.as_deref() == Some(digest(bytes).as_str()));
-                if !installed {
+                // Steady state: live file == what we installed == the slot file. The slot file
+                // is read too, so a file replaced by hand (a new login) gets installed.
+                let installed = account.installed_digest.as_deref();
+                let live_ok = matches!(&live, LiveFile::Regular { bytes, .. }
+                    if st.live_slot == Some(target) && installed == Some(digest(bytes).as_str()));
+                let slot_ok = live_ok
+                    && read_bounded(&self.paths.oauth_slot(target))
+                        .is_ok_and(|b| installed == Some(digest(&b).as_str()));
+                if !slot_ok {
                     return Ok(None);
                 }
                 Ok(Some(Launch {
@@ -910,34 +915,31 @@ impl Vault {
         self.transact("rotate", |tx| tx.rotate(failed, hit))
     }
 
-    /// An attempt on `slot` succeeded: mark it healthy if it was not (writes only on change).
+    /// An attempt on `slot` succeeded: a `needs_login` mark on it is lifted (the credentials
+    /// work again). Writes only on that change. Only the current slot is touched: a success
+    /// reported for a slot the vault has since moved away from is older news than the mark
+    /// that moved it (a run that started before another process saw the quota run out). An
+    /// unexpired cooldown is never cleared by a success for the same reason; expired ones
+    /// read as healthy without a write.
     pub fn record_success(&self, slot: usize) -> Result<()> {
+        let now = Utc::now();
+        let needs_change = |st: &State| {
+            st.current_index == slot
+                && st
+                    .accounts
+                    .get(&slot)
+                    .is_some_and(|a| a.status_at(now) == Status::NeedsLogin)
+        };
         if let Loaded::Ok(st) = State::load(&self.paths.state)
-            && st
-                .accounts
-                .get(&slot)
-                .is_none_or(|a| a.status == Status::Healthy && a.cooldown_until.is_none())
+            && !needs_change(&st)
         {
             return Ok(());
         }
         self.transact("success", |tx| {
-            let now = tx.now;
-            let Some(a) = tx.st.accounts.get_mut(&slot) else {
+            if !needs_change(&tx.st) {
                 return Ok(());
-            };
-            let was = a.status;
-            if matches!(was, Status::CoolingDown | Status::NeedsLogin) {
-                a.status = Status::Healthy;
-                a.cooldown_until = None;
-                a.last_reset = Some(now);
-                tx.dirty = true;
-                tx.log(
-                    Event::new(events::RESET, now)
-                        .slot(slot)
-                        .reason(format!("run succeeded while {}", was.as_str()))
-                        .trigger("auto"),
-                );
             }
+            tx.clear_status(slot, "auto: a run succeeded");
             Ok(())
         })
     }
@@ -1454,6 +1456,22 @@ fn reconcile(
                         .trigger("scan"),
                 );
             }
+            (None, Status::NeedsLogin)
+                if info.kind == Some(Kind::OAuth)
+                    && a.installed_digest.is_some()
+                    && info.digest != a.installed_digest =>
+            {
+                // The person put a new login into the slot file.
+                a.status = Status::Healthy;
+                a.last_reset = Some(now);
+                a.last_reason = Some("new credentials in the slot file".into());
+                events.push(
+                    Event::new(events::RESET, now)
+                        .slot(*n)
+                        .reason("new credentials in the slot file")
+                        .trigger("scan"),
+                );
+            }
             (None, Status::Invalid) => {
                 a.status = Status::Healthy;
                 a.last_reset = Some(now);
@@ -1658,11 +1676,18 @@ impl Tx<'_> {
             // slot we installed last, if it is a valid OAuth slot.
             let by_content = owner_of(&bytes, &self.infos, self.st.live_slot);
             let lineage_unknown = by_content.is_none();
+            // The fallback needs the slot file unchanged since we installed it: a file the
+            // person replaced meanwhile (a new login) is newer than anything in the live file.
             let owner = by_content.or_else(|| {
                 self.st.live_slot.filter(|n| {
-                    self.infos
+                    let installed = self
+                        .st
+                        .accounts
                         .get(n)
-                        .is_some_and(|i| i.kind == Some(Kind::OAuth) && i.problem.is_none())
+                        .and_then(|a| a.installed_digest.clone());
+                    self.infos.get(n).is_some_and(|i| {
+                        i.kind == Some(Kind::OAuth) && i.problem.is_none() && i.digest == installed
+                    })
                 })
             });
             match owner {
@@ -1760,7 +1785,12 @@ impl Tx<'_> {
             return Ok(());
         }
         let live = self.sync_live()?;
-        if live == Live::Owned(n) && self.st.live_slot == Some(n) {
+        let installed = self
+            .st
+            .accounts
+            .get(&n)
+            .and_then(|a| a.installed_digest.clone());
+        if live == Live::Owned(n) && self.st.live_slot == Some(n) && info.digest == installed {
             return Ok(());
         }
         let bytes = read_bounded(&info.path).map_err(|e| Error::io("read", &info.path, e))?;

@@ -30,7 +30,12 @@ fn exit_codes_pass_through_on_both_paths() {
     for sb in both(r#"exit "$1""#) {
         for code in 0..=255 {
             let out = sb.run([code.to_string()]);
-            assert_eq!(out.status.code(), Some(code), "code {code}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "code {code}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -48,7 +53,10 @@ fn argv_reaches_the_child_byte_for_byte() {
         ];
         let out = sb.run(&args);
         assert!(out.status.success());
-        let expected: Vec<u8> = args.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+        let expected: Vec<u8> = args
+            .iter()
+            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+            .collect();
         assert_eq!(fs::read(sb.path("argv")).unwrap(), expected);
     }
 }
@@ -57,7 +65,11 @@ fn argv_reaches_the_child_byte_for_byte() {
 fn rotation_flags_are_removed_and_double_dash_ends_interception() {
     for sb in both(r#"for a in "$@"; do printf '%s\n' "$a"; done > "$SANDBOX/argv""#) {
         let out = sb.run(["-p", "hi", "--rotation-no-retry", "--", "--rotation-status"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(sb.read("argv"), "-p\nhi\n--\n--rotation-status\n");
     }
 }
@@ -81,13 +93,17 @@ fn env_and_cwd_pass_through() {
         let out = sandbox::output_within(
             {
                 let mut c = sb.cmd(["x"]);
-                c.env("PROBE", "value with spaces\tand tab").current_dir(&sub);
+                c.env("PROBE", "value with spaces\tand tab")
+                    .current_dir(&sub);
                 c
             },
             10 * SECOND,
         );
         assert!(out.status.success());
-        assert_eq!(sb.read("cwd").trim_end(), fs::canonicalize(&sub).unwrap().to_str().unwrap());
+        assert_eq!(
+            sb.read("cwd").trim_end(),
+            fs::canonicalize(&sub).unwrap().to_str().unwrap()
+        );
         assert_eq!(sb.read("env"), "value with spaces\tand tab");
     }
 }
@@ -105,7 +121,12 @@ fn stdout_and_stderr_stay_separate() {
 fn binary_stdin_reaches_the_child_with_eof() {
     for sb in both(r#"cat > "$SANDBOX/stdin"; echo done"#) {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let mut child = sb.cmd(["x"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = sb
+            .cmd(["x"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let feed = data.clone();
         let writer = std::thread::spawn(move || stdin.write_all(&feed));
@@ -121,7 +142,11 @@ fn binary_stdin_reaches_the_child_with_eof() {
 fn stdin_from_a_regular_file_reaches_the_child() {
     for sb in both(r#"cat > "$SANDBOX/stdin""#) {
         fs::write(sb.path("input"), b"file input\x00\xff").unwrap();
-        let out = sb.cmd(["x"]).stdin(fs::File::open(sb.path("input")).unwrap()).output().unwrap();
+        let out = sb
+            .cmd(["x"])
+            .stdin(fs::File::open(sb.path("input")).unwrap())
+            .output()
+            .unwrap();
         assert!(out.status.success());
         assert_eq!(fs::read(sb.path("stdin")).unwrap(), b"file input\x00\xff");
     }
@@ -130,9 +155,20 @@ fn stdin_from_a_regular_file_reaches_the_child() {
 #[test]
 fn child_killed_by_a_signal_kills_the_shim_with_the_same_signal() {
     for sb in both("kill -s $1 $$") {
-        for (name, number) in [("TERM", 15), ("KILL", 9), ("SEGV", 11), ("HUP", 1), ("ABRT", 6)] {
+        for (name, number) in [
+            ("TERM", 15),
+            ("KILL", 9),
+            ("SEGV", 11),
+            ("HUP", 1),
+            ("ABRT", 6),
+        ] {
             let out = sb.run([name]);
-            assert_eq!(out.status.signal(), Some(number), "{name}: {:?}", out.status);
+            assert_eq!(
+                out.status.signal(),
+                Some(number),
+                "{name}: {:?}",
+                out.status
+            );
         }
     }
 }
@@ -150,13 +186,32 @@ while :; do sleep 0.05; done
 fn sigterm_and_sighup_sent_to_the_shim_reach_qwen() {
     for sig in ["TERM", "HUP"] {
         for sb in both(TRAPS) {
-            let mut child = sb.cmd(["x"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let mut child = sb
+                .cmd(["x"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
             await_file(&sb.path("ready"), 10 * SECOND);
             let shim = child.id().to_string();
-            assert!(std::process::Command::new("kill").args(["-s", sig, &shim]).status().unwrap().success());
+            assert!(
+                std::process::Command::new("kill")
+                    .args(["-s", sig, &shim])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
             let status = child.wait().unwrap();
-            assert_eq!(status.code(), Some(7), "{sig}: qwen's own exit code comes back");
-            assert_eq!(sb.read("signals"), format!("{sig}\n"), "delivered exactly once");
+            assert_eq!(
+                status.code(),
+                Some(7),
+                "{sig}: qwen's own exit code comes back"
+            );
+            assert_eq!(
+                sb.read("signals"),
+                format!("{sig}\n"),
+                "delivered exactly once"
+            );
         }
     }
 }
@@ -164,12 +219,23 @@ fn sigterm_and_sighup_sent_to_the_shim_reach_qwen() {
 #[test]
 fn sigint_sent_to_the_shim_reaches_qwen_once() {
     let sb = &both(TRAPS)[1];
-    let mut child = sb.cmd(["x"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sb
+        .cmd(["x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     await_file(&sb.path("ready"), 10 * SECOND);
     let shim = child.id().to_string();
-    std::process::Command::new("kill").args(["-s", "INT", &shim]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-s", "INT", &shim])
+        .status()
+        .unwrap();
     await_file(&sb.path("signals"), 10 * SECOND);
-    std::process::Command::new("kill").args(["-s", "TERM", &shim]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-s", "TERM", &shim])
+        .status()
+        .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(7));
     assert_eq!(sb.read("signals"), "INT\nTERM\n");
 }
@@ -181,7 +247,11 @@ fn the_fast_path_replaces_the_shim_process() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(sb.read("pid").trim(), pid.to_string(), "exec: qwen runs in the shim's own process");
+    assert_eq!(
+        sb.read("pid").trim(),
+        pid.to_string(),
+        "exec: qwen runs in the shim's own process"
+    );
 
     // QWEN_ROTATION=off does the same even with accounts configured.
     sb.add_oauth_slot(1, "tok_one");
@@ -193,8 +263,15 @@ fn the_fast_path_replaces_the_shim_process() {
 
 #[test]
 fn a_partial_line_shows_at_once_on_the_relay_path() {
-    let sb = &both(r#"printf 'partial-out'; printf 'partial-err' >&2; while [ ! -e "$SANDBOX/go" ]; do sleep 0.01; done; echo end"#)[1];
-    let mut child = sb.cmd(["x"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let sb = &both(
+        r#"printf 'partial-out'; printf 'partial-err' >&2; while [ ! -e "$SANDBOX/go" ]; do sleep 0.01; done; echo end"#,
+    )[1];
+    let mut child = sb
+        .cmd(["x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     read_until(stdout, "partial-out", 10 * SECOND);
@@ -206,7 +283,12 @@ fn a_partial_line_shows_at_once_on_the_relay_path() {
 #[test]
 fn a_gigabyte_of_output_keeps_memory_flat() {
     let sb = &both("head -c 1073741824 /dev/zero; head -c 268435456 /dev/zero >&2")[1];
-    let mut child = sb.cmd(["x"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = sb
+        .cmd(["x"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let mut err = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -238,7 +320,10 @@ fn a_gigabyte_of_output_keeps_memory_flat() {
     assert_eq!(total, 1 << 30);
     assert_eq!(err_reader.join().unwrap(), 1 << 28);
     println!("relay of 1 GiB stdout + 256 MiB stderr: shim peak RSS {peak_kib} KiB");
-    assert!(peak_kib > 0 && peak_kib < 32 * 1024, "RSS stayed {peak_kib} KiB");
+    assert!(
+        peak_kib > 0 && peak_kib < 32 * 1024,
+        "RSS stayed {peak_kib} KiB"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -270,7 +355,10 @@ fn a_closed_stdout_reaches_qwen_as_it_would_without_the_shim() {
             20 * SECOND,
         );
         assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("y"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().next(),
+            Some("y")
+        );
     }
     // And the exit status the shell sees is the child's signal death.
     for sb in both("exec yes") {
@@ -282,7 +370,11 @@ fn a_closed_stdout_reaches_qwen_as_it_would_without_the_shim() {
         out.read_exact(&mut first).unwrap();
         drop(out);
         let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(13), "SIGPIPE, as `yes` alone: {status:?}");
+        assert_eq!(
+            status.signal(),
+            Some(13),
+            "SIGPIPE, as `yes` alone: {status:?}"
+        );
     }
 }
 
@@ -293,10 +385,18 @@ fn no_orphan_survives_a_forwarded_term() {
     let script = r#"sh -c 'echo $$ > "$SANDBOX/grandchild"; echo >> "$SANDBOX/grandchild"; while :; do sleep 0.05; done' &
 wait"#;
     for sb in both(script) {
-        let mut child = sb.cmd(["x"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = sb
+            .cmd(["x"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let pid = await_file(&sb.path("grandchild"), 10 * SECOND);
         let grandchild: u32 = pid.trim().parse().unwrap();
-        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(15), "{status:?}");
         if sb.qwen_home().join("accounts").exists() {
@@ -304,7 +404,9 @@ wait"#;
             wait_gone(grandchild);
         } else {
             // Fast path: exactly as without the shim, the grandchild outlives its parent.
-            let _ = std::process::Command::new("kill").arg(grandchild.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(grandchild.to_string())
+                .status();
         }
     }
 }
@@ -315,10 +417,19 @@ fn wait_gone(pid: u32) {
     loop {
         match fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return,
-            Ok(s) if s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) => return,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return;
+            }
             Ok(_) => {}
         }
-        assert!(start.elapsed() < 10 * SECOND, "grandchild {pid} is still running");
+        assert!(
+            start.elapsed() < 10 * SECOND,
+            "grandchild {pid} is still running"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

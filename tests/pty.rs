@@ -57,8 +57,18 @@ impl Outer {
     }
 
     /// Like `start`, after `prepare` adjusted the fresh terminal's settings.
-    fn start_with(mut cmd: Command, rows: u16, cols: u16, prepare: impl FnOnce(&mut Termios)) -> Outer {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    fn start_with(
+        mut cmd: Command,
+        rows: u16,
+        cols: u16,
+        prepare: impl FnOnce(&mut Termios),
+    ) -> Outer {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         let pty = nix::pty::openpty(&ws, None).expect("openpty");
         for fd in [&pty.master, &pty.slave] {
             // Tests run in parallel: a copy leaked into another test's program would keep this
@@ -105,7 +115,12 @@ impl Outer {
                 cv.notify_all();
             }
         });
-        Outer { master, child: Some(child), screen, initial }
+        Outer {
+            master,
+            child: Some(child),
+            screen,
+            initial,
+        }
     }
 
     fn pid(&self) -> Pid {
@@ -148,9 +163,17 @@ impl Outer {
 
     /// TIOCSWINSZ: the kernel sends SIGWINCH to the terminal's foreground group.
     fn resize(&self, rows: u16, cols: u16) {
-        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ reads one winsize from a live local.
-        assert_eq!(unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+        assert_eq!(
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
     }
 
     /// Waits for the program's exit and for every byte it drew (EIO on the master).
@@ -168,7 +191,10 @@ impl Outer {
         let mut s = lock.lock().unwrap();
         while !s.closed {
             let now = Instant::now();
-            assert!(now < deadline, "the terminal was never closed (a stray holder of the slave)");
+            assert!(
+                now < deadline,
+                "the terminal was never closed (a stray holder of the slave)"
+            );
             s = cv.wait_timeout(s, deadline - now).unwrap().0;
         }
         (status, s.bytes.clone(), self.termios())
@@ -202,7 +228,10 @@ fn wait_within(mut child: Child) -> ExitStatus {
 
 /// The end of a screen, for failure messages.
 fn shown(screen: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(&screen[screen.len().saturating_sub(600)..]))
+    format!(
+        "{:?}",
+        String::from_utf8_lossy(&screen[screen.len().saturating_sub(600)..])
+    )
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -228,14 +257,19 @@ fn relay(script: &str) -> Sandbox {
 }
 
 fn is_raw(t: &Termios) -> bool {
-    !t.local_flags.intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG)
+    !t.local_flags
+        .intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG)
 }
 
 /// Process state letter from /proc (R, S, T, Z, …).
 fn state(pid: Pid) -> char {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.trim_start().chars().next())
+        })
         .unwrap_or('?')
 }
 
@@ -250,7 +284,9 @@ fn await_true(what: &str, done: impl Fn() -> bool) {
 }
 
 fn await_state(pid: Pid, want: impl Fn(char) -> bool, what: &str) {
-    await_true(&format!("{what}: {pid} is in state {}", state(pid)), || want(state(pid)));
+    await_true(&format!("{what}: {pid} is in state {}", state(pid)), || {
+        want(state(pid))
+    });
 }
 
 fn fresh(sb: &Sandbox, files: &[&str]) {
@@ -284,7 +320,10 @@ fn child_gets_the_outer_terminal_settings() {
         seen.push(sb.read("settings"));
     }
     assert_ne!(seen[0], "", "stty -g printed nothing");
-    assert_eq!(seen[0], seen[1], "qwen's terminal through the relay has the outer terminal's settings");
+    assert_eq!(
+        seen[0], seen[1],
+        "qwen's terminal through the relay has the outer terminal's settings"
+    );
 }
 
 #[test]
@@ -308,10 +347,30 @@ fn terminal_settings_are_restored_on_every_exit_path() {
     let sb = relay(WAITER);
     type Action = fn(&Sandbox, &Outer, Pid);
     let cases: [(&str, Action, Option<i32>, Option<i32>); 4] = [
-        ("child exits", |sb, _, _| fs::write(sb.path("stop"), "").unwrap(), Some(0), None),
-        ("child killed by SIGKILL", |_, _, fake| kill(fake, Signal::SIGKILL).unwrap(), None, Some(9)),
-        ("shim gets SIGTERM", |_, t, _| kill(t.pid(), Signal::SIGTERM).unwrap(), None, Some(15)),
-        ("shim gets SIGHUP", |_, t, _| kill(t.pid(), Signal::SIGHUP).unwrap(), None, Some(1)),
+        (
+            "child exits",
+            |sb, _, _| fs::write(sb.path("stop"), "").unwrap(),
+            Some(0),
+            None,
+        ),
+        (
+            "child killed by SIGKILL",
+            |_, _, fake| kill(fake, Signal::SIGKILL).unwrap(),
+            None,
+            Some(9),
+        ),
+        (
+            "shim gets SIGTERM",
+            |_, t, _| kill(t.pid(), Signal::SIGTERM).unwrap(),
+            None,
+            Some(15),
+        ),
+        (
+            "shim gets SIGHUP",
+            |_, t, _| kill(t.pid(), Signal::SIGHUP).unwrap(),
+            None,
+            Some(1),
+        ),
     ];
     for (what, action, code, signal) in cases {
         fresh(&sb, &["ready", "stop"]);
@@ -319,12 +378,23 @@ fn terminal_settings_are_restored_on_every_exit_path() {
         let before = t.initial.clone();
         assert!(!is_raw(&before));
         let fake = Pid::from_raw(await_file(&sb.path("ready"), LIMIT).trim().parse().unwrap());
-        assert!(is_raw(&t.termios()), "{what}: the relay put the terminal in raw mode");
+        assert!(
+            is_raw(&t.termios()),
+            "{what}: the relay put the terminal in raw mode"
+        );
         action(&sb, &t, fake);
         let (status, screen, after) = t.finish_with_termios();
-        assert_eq!(status.code(), code, "{what}: {status:?} {:?}", shown(&screen));
+        assert_eq!(
+            status.code(),
+            code,
+            "{what}: {status:?} {:?}",
+            shown(&screen)
+        );
         assert_eq!(status.signal(), signal, "{what}: {status:?}");
-        assert_eq!(before, after, "{what}: the terminal's settings are as before");
+        assert_eq!(
+            before, after,
+            "{what}: the terminal's settings are as before"
+        );
     }
 }
 
@@ -341,8 +411,16 @@ exit 0"#;
         await_file(&sb.path("signals"), LIMIT);
         fs::write(sb.path("stop"), "").unwrap();
         let (status, _) = t.finish();
-        assert_eq!(status.code(), Some(0), "{path}: the shim itself did not die of the Ctrl-C");
-        assert_eq!(sb.read("signals"), "INT\n", "{path}: one Ctrl-C, one SIGINT");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{path}: the shim itself did not die of the Ctrl-C"
+        );
+        assert_eq!(
+            sb.read("signals"),
+            "INT\n",
+            "{path}: one Ctrl-C, one SIGINT"
+        );
     }
 }
 
@@ -372,8 +450,15 @@ fn output_is_drained_before_the_shim_exits() {
         for round in 0..5 {
             let (status, screen) = Outer::start(sb.cmd(NO_ARGS), 24, 80).finish();
             assert!(status.success(), "{path}: {status:?}");
-            assert_eq!(screen.len(), 1 << 20, "{path}, round {round}: every byte arrived");
-            assert!(screen.iter().all(|&b| b == b'x'), "{path}, round {round}: nothing else");
+            assert_eq!(
+                screen.len(),
+                1 << 20,
+                "{path}, round {round}: every byte arrived"
+            );
+            assert!(
+                screen.iter().all(|&b| b == b'x'),
+                "{path}, round {round}: nothing else"
+            );
         }
     }
 }
@@ -386,7 +471,13 @@ fn exit_codes_and_signal_deaths_pass_through() {
             let (status, _) = Outer::start(sb.cmd([code.to_string()]), 24, 80).finish();
             assert_eq!(status.code(), Some(code), "{path}: exit {code}: {status:?}");
         }
-        for (name, sig) in [("HUP", 1), ("INT", 2), ("USR1", 10), ("KILL", 9), ("TERM", 15)] {
+        for (name, sig) in [
+            ("HUP", 1),
+            ("INT", 2),
+            ("USR1", 10),
+            ("KILL", 9),
+            ("TERM", 15),
+        ] {
             let (status, _) = Outer::start(sb.cmd([format!("sig:{name}")]), 24, 80).finish();
             assert_eq!(status.signal(), Some(sig), "{path}: SIG{name}: {status:?}");
         }
@@ -401,8 +492,14 @@ fn newlines_become_crlf_as_on_a_real_terminal() {
         assert!(status.success(), "{path}: {status:?}");
         screens.push(screen);
     }
-    assert_eq!(String::from_utf8_lossy(&screens[0]), "one\r\ntwo\r\nthree\r\r\n");
-    assert_eq!(screens[0], screens[1], "the relay's screen is byte for byte the direct one");
+    assert_eq!(
+        String::from_utf8_lossy(&screens[0]),
+        "one\r\ntwo\r\nthree\r\r\n"
+    );
+    assert_eq!(
+        screens[0], screens[1],
+        "the relay's screen is byte for byte the direct one"
+    );
 }
 
 #[test]
@@ -427,7 +524,10 @@ exit 0"#;
     let mut t = Outer::start(bash, 24, 80);
     t.type_bytes(b"qwen\n");
     let ready = await_file(&sb.path("ready"), LIMIT);
-    let pids: Vec<Pid> = ready.split_whitespace().map(|p| Pid::from_raw(p.parse().unwrap())).collect();
+    let pids: Vec<Pid> = ready
+        .split_whitespace()
+        .map(|p| Pid::from_raw(p.parse().unwrap()))
+        .collect();
     let (fake, shim) = (pids[0], pids[1]);
     await_true("raw", || is_raw(&t.termios()));
 
@@ -437,7 +537,11 @@ exit 0"#;
     await_state(fake, |s| s == 'T', "stopped");
     t.await_screen("Stopped", |b| count(b, b"Stopped") == 1);
     t.type_bytes(b"fg\n");
-    assert_eq!(await_file(&sb.path("winch"), LIMIT), "WINCH\n", "resumed qwen was asked to redraw");
+    assert_eq!(
+        await_file(&sb.path("winch"), LIMIT),
+        "WINCH\n",
+        "resumed qwen was asked to redraw"
+    );
     await_state(fake, |s| s != 'T', "running again");
     await_true("raw again", || is_raw(&t.termios()));
 
@@ -449,10 +553,17 @@ exit 0"#;
     // `fg` returns the job's status (bash runs the rest of a list as soon as a job stops).
     t.type_bytes(b"fg; echo \"rc=$?\" > \"$SANDBOX/rc\"\n");
     await_state(fake, |s| s != 'T', "running after the second fg");
-    await_true("redrawn after the second fg", || sb.read("winch") == "WINCH\nWINCH\n");
+    await_true("redrawn after the second fg", || {
+        sb.read("winch") == "WINCH\nWINCH\n"
+    });
 
     fs::write(sb.path("stop"), "").unwrap();
-    assert_eq!(await_file(&sb.path("rc"), LIMIT), "rc=0\n", "{:?}", shown(&t.screen()));
+    assert_eq!(
+        await_file(&sb.path("rc"), LIMIT),
+        "rc=0\n",
+        "{:?}",
+        shown(&t.screen())
+    );
 }
 
 // ---- the library API, in a subprocess whose stdin and stdout are the test's terminal ----------
@@ -460,11 +571,17 @@ exit 0"#;
 /// Runs this test binary as `library_helper` in `mode` on a terminal of its own.
 fn helper(mode: &str, out: &std::path::Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "library_helper", "--nocapture", "--test-threads=1", "-q"])
-        .env("PTY_HELPER", mode)
-        .env("PTY_HELPER_OUT", out)
-        .env_remove("NO_COLOR")
-        .env_remove("RUST_BACKTRACE");
+    cmd.args([
+        "--exact",
+        "library_helper",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("PTY_HELPER", mode)
+    .env("PTY_HELPER_OUT", out)
+    .env_remove("NO_COLOR")
+    .env_remove("RUST_BACKTRACE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -475,7 +592,9 @@ fn helper(mode: &str, out: &std::path::Path, env: &[(&str, &str)]) -> Command {
 #[test]
 fn library_helper() {
     use qwen_rotation::pty::{self, Control};
-    let Ok(mode) = std::env::var("PTY_HELPER") else { return };
+    let Ok(mode) = std::env::var("PTY_HELPER") else {
+        return;
+    };
     let out = std::env::var_os("PTY_HELPER_OUT").unwrap();
     let (controller, controls) = pty::controls();
     let mut seen = Vec::new();
@@ -484,10 +603,16 @@ fn library_helper() {
             let c = controller.clone();
             std::thread::spawn(move || {
                 c.send(Control::Input(b"typed by control\r".to_vec()));
-                c.send(Control::Notice("account 1 quota exhausted\x07; switched to account 2".into()));
+                c.send(Control::Notice(
+                    "account 1 quota exhausted\x07; switched to account 2".into(),
+                ));
                 c.send(Control::Notice(format!("long {}", "n".repeat(200))));
             });
-            pty::run(Command::new("cat"), &mut |b: &[u8]| seen.extend_from_slice(b), controls)
+            pty::run(
+                Command::new("cat"),
+                &mut |b: &[u8]| seen.extend_from_slice(b),
+                controls,
+            )
         }
         "panic" => {
             let mut first = true;
@@ -501,7 +626,11 @@ fn library_helper() {
                 controls,
             )
         }
-        "missing" => pty::run(Command::new("/nonexistent/qwen"), &mut |_: &[u8]| {}, controls),
+        "missing" => pty::run(
+            Command::new("/nonexistent/qwen"),
+            &mut |_: &[u8]| {},
+            controls,
+        ),
         other => panic!("unknown helper mode {other}"),
     };
     let report = match result {
@@ -521,19 +650,33 @@ fn notice_and_input_reach_the_screen_and_the_child() {
         let mut t = Outer::start(helper("controls", &out, env), 24, 60);
         let sgr = if no_color { "0" } else { "0;7" };
         // BEL became a space; the line sits on row 24; cursor and attributes are restored.
-        let notice = format!("\x1b7\x1b[24;1H\x1b[2K\x1b[{sgr}maccount 1 quota exhausted ; switched to account 2\x1b[0m\x1b8");
+        let notice = format!(
+            "\x1b7\x1b[24;1H\x1b[2K\x1b[{sgr}maccount 1 quota exhausted ; switched to account 2\x1b[0m\x1b8"
+        );
         t.await_text(&notice);
-        let long = format!("\x1b7\x1b[24;1H\x1b[2K\x1b[{sgr}mlong {}\x1b[0m\x1b8", "n".repeat(54));
+        let long = format!(
+            "\x1b7\x1b[24;1H\x1b[2K\x1b[{sgr}mlong {}\x1b[0m\x1b8",
+            "n".repeat(54)
+        );
         t.await_text(&long);
         // Control::Input is typed into cat: the pty echoes it and cat prints it.
-        t.await_screen("the input twice", |b| count(b, b"typed by control\r\n") == 2);
+        t.await_screen("the input twice", |b| {
+            count(b, b"typed by control\r\n") == 2
+        });
         t.type_bytes(b"\x04");
         let (status, screen) = t.finish();
         assert!(status.success(), "{status:?}: {:?}", shown(&screen));
         let report = fs::read_to_string(&out).unwrap();
         assert!(report.starts_with("Ok(Exited(0))\n"), "{report}");
-        assert_eq!(count(report.as_bytes(), b"typed by control"), 2, "on_output saw the child's output: {report}");
-        assert!(!report.contains("quota exhausted"), "notices are ours, not the child's output: {report}");
+        assert_eq!(
+            count(report.as_bytes(), b"typed by control"),
+            2,
+            "on_output saw the child's output: {report}"
+        );
+        assert!(
+            !report.contains("quota exhausted"),
+            "notices are ours, not the child's output: {report}"
+        );
     }
 }
 
@@ -547,12 +690,18 @@ fn a_panicking_detector_restores_the_terminal_first_and_the_session_goes_on() {
     // Printed with the terminal restored: the message's newlines arrive as CR LF (ONLCR).
     t.await_text("detector boom\r\n");
     t.type_bytes(b"after\r");
-    t.await_screen("cat's answer after the panic", |b| count(b, b"after\r\n") == 2);
+    t.await_screen("cat's answer after the panic", |b| {
+        count(b, b"after\r\n") == 2
+    });
     assert!(is_raw(&t.termios()), "raw again after the panic");
     t.type_bytes(b"\x04");
     let (status, screen, after) = t.finish_with_termios();
     assert!(status.success(), "{status:?}: {:?}", shown(&screen));
-    assert!(fs::read_to_string(&out).unwrap().starts_with("Ok(Exited(0))"));
+    assert!(
+        fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("Ok(Exited(0))")
+    );
     assert_eq!(before, after);
 }
 
@@ -577,7 +726,12 @@ echo $$ > "$SANDBOX/ready"
 if read line; then echo "line:$line"; else echo eof; fi > "$SANDBOX/result.tmp"
 mv "$SANDBOX/result.tmp" "$SANDBOX/result""#;
     for (path, sb) in both(script) {
-        let ws = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         let pty = nix::pty::openpty(&ws, None).unwrap();
         for fd in [&pty.master, &pty.slave] {
             fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();

@@ -70,7 +70,11 @@ impl Terminal {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Terminal { master, shell, screen }
+        Terminal {
+            master,
+            shell,
+            screen,
+        }
     }
 
     fn type_text(&mut self, text: &str) {
@@ -94,14 +98,22 @@ impl Drop for Terminal {
 fn state(pid: &str) -> char {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.trim_start().chars().next())
+        })
         .unwrap_or('?')
 }
 
 fn await_state(pid: &str, want: impl Fn(char) -> bool, what: &str) {
     let start = Instant::now();
     while !want(state(pid)) {
-        assert!(start.elapsed() < LIMIT, "{pid} never became {what} (state {})", state(pid));
+        assert!(
+            start.elapsed() < LIMIT,
+            "{pid} never became {what} (state {})",
+            state(pid)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -113,8 +125,15 @@ fn sandboxes() -> Vec<(&'static str, Sandbox)> {
     vec![("fast path", fast), ("relay path", relay)]
 }
 
-/// Both the terminal session case (`qwen x`) and the headless-in-a-terminal case (`qwen x | cat`).
-const JOBS: [&str; 2] = ["qwen x", "qwen x | cat"];
+/// Both the terminal session case (`qwen x`) and the headless-in-a-terminal case (stdout
+/// redirected, stdin still the terminal).
+const JOBS: [&str; 2] = ["qwen x", "qwen x > \"$SANDBOX/out\""];
+
+/// The job as a subshell, so its status is recorded when it really ends (bash runs the rest
+/// of a command list as soon as a job stops).
+fn typed(job: &str) -> String {
+    format!("( {job}; echo \"rc=$?\" > \"$SANDBOX/rc\" )\n")
+}
 
 #[test]
 fn ctrl_c_reaches_qwen_exactly_once() {
@@ -125,13 +144,17 @@ fn ctrl_c_reaches_qwen_exactly_once() {
             let _ = fs::remove_file(sb.path("stop"));
             let _ = fs::remove_file(sb.path("rc"));
             let mut t = Terminal::bash(&sb);
-            t.type_text(&format!("set -o pipefail; {job}; echo \"rc=$?\" > \"$SANDBOX/rc\"\n"));
+            t.type_text(&typed(job));
             await_file(&sb.path("ready"), LIMIT);
             t.type_text("\x03");
             await_file(&sb.path("signals"), LIMIT);
             fs::write(sb.path("stop"), "").unwrap();
             let rc = await_file(&sb.path("rc"), LIMIT);
-            assert_eq!(sb.read("signals"), "INT\n", "{path}, `{job}`: one Ctrl-C, one SIGINT");
+            assert_eq!(
+                sb.read("signals"),
+                "INT\n",
+                "{path}, `{job}`: one Ctrl-C, one SIGINT"
+            );
             assert_eq!(rc, "rc=0\n", "{path}, `{job}`: {}", t.screen());
         }
     }
@@ -145,13 +168,17 @@ fn ctrl_z_stops_the_job_and_fg_resumes_it() {
                 let _ = fs::remove_file(sb.path(f));
             }
             let mut t = Terminal::bash(&sb);
-            t.type_text(&format!("set -o pipefail; {job}; echo \"rc=$?\" > \"$SANDBOX/rc\"\n"));
+            t.type_text(&typed(job));
             let pid = await_file(&sb.path("ready"), LIMIT).trim().to_string();
             t.type_text("\x1a");
             await_state(&pid, |s| s == 'T', "stopped");
             let start = Instant::now();
             while !t.screen().contains("Stopped") {
-                assert!(start.elapsed() < LIMIT, "{path}: bash never reported the job stopped: {}", t.screen());
+                assert!(
+                    start.elapsed() < LIMIT,
+                    "{path}: bash never reported the job stopped: {}",
+                    t.screen()
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             t.type_text("fg\n");

@@ -472,8 +472,8 @@ fn a_pinned_run_uses_its_slot_without_moving_current() {
 }
 
 #[test]
-fn success_marks_healthy_only_when_needed() {
-    let h = Home::with_oauth(2);
+fn success_lifts_needs_login_on_the_current_slot_only() {
+    let h = Home::with_oauth(3);
     let v = h.vault();
     v.prepare(None).unwrap();
     let text = h.state_text();
@@ -484,6 +484,49 @@ fn success_marks_healthy_only_when_needed() {
     });
     v.record_success(1).unwrap();
     assert_eq!(h.state().accounts[&1].status, Status::Healthy);
+    // A success reported for a slot the vault moved away from is older news than the mark.
+    v.report(1, &hit(Class::Auth)).unwrap();
+    v.record_success(1).unwrap();
+    assert_eq!(h.state().accounts[&1].status, Status::NeedsLogin);
+    // An unexpired cooldown stays, even on the current slot.
+    v.report(2, &hit(Class::Throttle)).unwrap();
+    edit_state(&h, |st| st.current_index = 2);
+    let text = h.state_text();
+    v.record_success(2).unwrap();
+    assert_eq!(h.state_text(), text);
+    assert_eq!(h.state().accounts[&2].status, Status::CoolingDown);
+}
+
+#[test]
+fn a_slot_file_replaced_by_hand_is_installed_and_lifts_needs_login() {
+    let h = Home::with_oauth(2);
+    let v = h.vault();
+    v.prepare(None).unwrap();
+    edit_state(&h, |st| {
+        st.accounts.get_mut(&1).unwrap().status = Status::NeedsLogin
+    });
+    assert_eq!(v.prepare(None).unwrap().slot, 2);
+    assert!(
+        v.prepare(Some("1")).is_err(),
+        "a pinned run refuses a slot that needs login"
+    );
+    // The person logs in again and drops the new file into the slot.
+    h.put_oauth(1, "a-new");
+    v.switch("1").unwrap();
+    assert_eq!(h.live().as_deref(), Some(creds("a-new").as_str()));
+    assert_eq!(h.state().accounts[&1].status, Status::Healthy);
+    // Replacing the live slot's file is picked up by the next run.
+    h.put_oauth(1, "a-newer");
+    assert_eq!(v.prepare(None).unwrap().slot, 1);
+    assert_eq!(h.live().as_deref(), Some(creds("a-newer").as_str()));
+    assert_eq!(h.slot(1).as_deref(), Some(creds("a-newer").as_str()));
+    // A refresh of the old login in the live file does not overwrite the new slot file.
+    h.put_oauth(1, "a-newest");
+    h.put_live(&creds("a-newer-rotated"));
+    v.prepare(None).unwrap();
+    assert_eq!(h.slot(1).as_deref(), Some(creds("a-newest").as_str()));
+    assert_eq!(h.live().as_deref(), Some(creds("a-newest").as_str()));
+    h.assert_counters_match();
 }
 
 #[test]

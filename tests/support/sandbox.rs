@@ -67,7 +67,11 @@ impl Sandbox {
 
     /// PATH: the shim's dir first, then the fake's, then the system.
     pub fn path_var(&self) -> String {
-        format!("{}:{}:/usr/bin:/bin", self.path("bin").display(), self.path("real").display())
+        format!(
+            "{}:{}:/usr/bin:/bin",
+            self.path("bin").display(),
+            self.path("real").display()
+        )
     }
 
     /// A command for the shim (via PATH, as a caller would run it) in a clean environment.
@@ -121,7 +125,9 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("the shim did not finish within {limit:?}");
         }
     }
@@ -164,7 +170,11 @@ pub fn await_file(path: &Path, limit: Duration) -> String {
         {
             return s;
         }
-        assert!(start.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -1,0 +1,265 @@
+//! The interactive relay (src/pty.rs) against util-linux `script`, each on a pseudo-terminal the
+//! bench opens (as a terminal emulator would), measured in the same run:
+//!
+//! - throughput: a child prints N MiB of 80-column text (`yes … | head -c N`); the bench reads
+//!   the terminal until EIO. Direct (the child on the bench's terminal), `script -q -c CMD
+//!   /dev/null`, and the shim's relay path (one account configured, so the detector reads every
+//!   byte too). Runs are interleaved; the median of 3 is shown.
+//! - keystroke echo latency: the child puts its terminal in raw mode and echoes with `cat`, as a
+//!   full-screen client (qwen's Ink) does; the bench writes one byte and times until it is back.
+//!
+//! Prints a table with ratios; targets are in docs/PERFORMANCE.md (throughput >= 0.9x script,
+//! < 1 ms added latency). Env: BENCH_PTY_MIB (default 256), BENCH_PTY_KEYS (default 2000).
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::libc;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
+const ROWS: u16 = 50;
+const COLS: u16 = 200;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Direct,
+    Script,
+    Shim,
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct on the pty",
+            Via::Script => "script -q -c",
+            Via::Shim => "qwen shim (relay)",
+        }
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let mib: u64 = env_or("BENCH_PTY_MIB", 256);
+    let keys: usize = env_or("BENCH_PTY_KEYS", 2000) as usize;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = account_home(dir.path());
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("util-linux `script` is not installed; nothing to compare with");
+        return;
+    }
+
+    let line = "x".repeat(79);
+    let producer = format!("yes '{line}' | head -c {}", mib << 20);
+    let vias = [Via::Direct, Via::Script, Via::Shim];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); vias.len()];
+    let mut bytes = 0;
+    for _ in 0..3 {
+        for (i, &via) in vias.iter().enumerate() {
+            let (took, n) = throughput(via, &producer, &home);
+            times[i].push(took);
+            bytes = n;
+        }
+    }
+    let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
+    println!(
+        "relay throughput: {mib} MiB of text lines through a pty, {bytes} bytes on screen (median of 3)"
+    );
+    let script = medians[1];
+    for (i, &via) in vias.iter().enumerate() {
+        let rate = mib as f64 / medians[i].as_secs_f64();
+        let vs = script.as_secs_f64() / medians[i].as_secs_f64();
+        let target = if via == Via::Shim {
+            "   (target >= 0.90x)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<22} {:>8.0} MiB/s  {:>5.2}x script{target}",
+            via.name(),
+            rate,
+            vs
+        );
+    }
+
+    let echo = "stty raw -echo; printf R; exec cat";
+    let mut lat: Vec<Vec<Duration>> = Vec::new();
+    for &via in &vias {
+        lat.push(echo_latency(via, echo, &home, keys));
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| -> f64 {
+        v.sort();
+        v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+    };
+    let stats: Vec<(f64, f64)> = lat
+        .iter_mut()
+        .map(|v| (pct(v, 0.5), pct(v, 0.99)))
+        .collect();
+    println!(
+        "keystroke echo latency, {keys} keys (child in raw mode echoing with cat), microseconds:"
+    );
+    println!(
+        "  {:<22} {:>8} {:>8}   {:>22}",
+        "", "p50", "p99", "added p50 / p99"
+    );
+    for (i, &via) in vias.iter().enumerate() {
+        let (p50, p99) = stats[i];
+        let added = match via {
+            Via::Direct => String::new(),
+            _ => format!(
+                "{:+.0} / {:+.0} vs direct",
+                p50 - stats[0].0,
+                p99 - stats[0].1
+            ),
+        };
+        println!("  {:<22} {:>8.0} {:>8.0}   {added}", via.name(), p50, p99);
+    }
+    let (shim, script) = (stats[2], stats[1]);
+    println!(
+        "  shim vs script: p50 {:+.0} us, p99 {:+.0} us (target: < 1000 us added)",
+        shim.0 - script.0,
+        shim.1 - script.1
+    );
+    println!("bench time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A home with one OAuth slot, so the shim takes the relay path.
+fn account_home(dir: &Path) -> std::path::PathBuf {
+    let home = dir.join("home");
+    let accounts = home.join(".qwen/accounts");
+    fs::create_dir_all(&accounts).unwrap();
+    for p in [home.join(".qwen"), accounts.clone()] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let slot = accounts.join("oauth_creds_1.json");
+    fs::write(
+        &slot,
+        r#"{"access_token":"bench","refresh_token":"bench-r","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}"#,
+    )
+    .unwrap();
+    fs::set_permissions(&slot, fs::Permissions::from_mode(0o600)).unwrap();
+    home
+}
+
+/// `sh -c body` directly, under `script`, or under the shim (QWEN_ROTATION_REAL=/bin/sh).
+fn command(via: Via, body: &str, home: &Path) -> Command {
+    let mut c = match via {
+        Via::Direct => {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", body]);
+            c
+        }
+        Via::Script => {
+            let mut c = Command::new("script");
+            c.args(["-q", "-c", body, "/dev/null"]);
+            c
+        }
+        Via::Shim => {
+            let mut c = Command::new(SHIM);
+            c.args(["-c", body]).env("QWEN_ROTATION_REAL", "/bin/sh");
+            c
+        }
+    };
+    c.env("HOME", home)
+        .env("QWEN_HOME", home.join(".qwen"))
+        .env_remove("QWEN_ROTATION");
+    c
+}
+
+/// Starts `cmd` on a new pty as session leader with the pty as controlling terminal.
+fn on_pty(mut cmd: Command) -> (File, Child) {
+    let ws = libc::winsize {
+        ws_row: ROWS,
+        ws_col: COLS,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn on the pty");
+    drop(cmd);
+    (File::from(pty.master), child)
+}
+
+/// Wall time from start until the terminal reads EIO (every byte drawn), and the bytes read.
+fn throughput(via: Via, producer: &str, home: &Path) -> (Duration, u64) {
+    let start = Instant::now();
+    let (mut master, mut child) = on_pty(command(via, producer, home));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    while let Ok(k) = master.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    let took = start.elapsed();
+    assert!(child.wait().unwrap().success(), "{} failed", via.name());
+    (took, n)
+}
+
+/// Round trips of one byte through the terminal and the echoing child.
+fn echo_latency(via: Via, body: &str, home: &Path, keys: usize) -> Vec<Duration> {
+    let (mut master, mut child) = on_pty(command(via, body, home));
+    // Wait for the child's "ready" marker (it is in raw mode from then on).
+    let mut one = [0u8; 1];
+    loop {
+        master.read_exact(&mut one).expect("child output");
+        if one[0] == b'R' {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(keys);
+    for i in 0..keys + 50 {
+        let key = b'a' + (i % 26) as u8;
+        let start = Instant::now();
+        master.write_all(&[key]).unwrap();
+        loop {
+            master.read_exact(&mut one).unwrap();
+            if one[0] == key {
+                break;
+            }
+        }
+        // The first round trips warm caches and the scheduler; they are not counted.
+        if i >= 50 {
+            out.push(start.elapsed());
+        }
+    }
+    // Ctrl-C is a byte for the raw child: end it with a signal instead.
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
