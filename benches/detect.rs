@@ -99,7 +99,7 @@ fn realistic_screen() -> Vec<u8> {
     let mut r = Lcg(2);
     let spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
     let mut out = String::with_capacity(SIZE + 4096);
-    let mut i = 0;
+    let mut i = 0usize;
     while out.len() < SIZE {
         i += 1;
         if i.is_multiple_of(3) {

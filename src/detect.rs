@@ -31,11 +31,15 @@
 //! - Never a bare number: `429`/`401`/`403` count only inside qwen's own `[API Error: NNN`
 //!   shape, so a line number or a prompt that mentions 429 matches nothing.
 //!
-//! A message is the text from the first matching phrase to the end of its line (Plain, at most
-//! [`MAX_MESSAGE`] bytes) or to the end of its block (Screen). That is why a Plain hit is decided
-//! only when the line ends: the quota phrase of the retry line may arrive in the next read.
-//! Call [`Detector::finish`] at end of stream (or read [`Detector::hit`]) for a last line
-//! without a newline.
+//! What "one message" is:
+//! - Plain: from [`LOOK_BACK`] bytes before the first complete phrase (a longer phrase may have
+//!   started earlier) to the first line feed after it at which qwen's `[API Error: …` bracket is
+//!   closed (an error wrapped over lines stays one message), at most [`MAX_MESSAGE`] bytes. So a
+//!   Plain hit is decided only when its line ends — the quota phrase of the 0.24 retry line may
+//!   arrive in the read after the `[API Error: 429` — and a last line without a line feed is
+//!   decided by [`Detector::finish`] (or read, still held, from [`Detector::hit`]).
+//! - Screen: one `✕` block, from the `✕` to its end (see [`Detector`]).
+//! - [`Patterns::classify`], [`classify_http`], [`classify_json_output`]: the text given.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -267,6 +271,10 @@ impl Patterns {
 
     /// Err names the class, the entry number and the regex error.
     pub fn from_config(cfg: &PatternConfig) -> Result<Arc<Patterns>, String> {
+        let adds_nothing = cfg.quota.is_empty() && cfg.throttle.is_empty() && cfg.auth.is_empty();
+        if cfg.mode == PatternMode::Extend && adds_nothing {
+            return Ok(Patterns::defaults());
+        }
         let mut sources = match cfg.mode {
             PatternMode::Extend => default_sources(),
             PatternMode::Replace => Vec::new(),
@@ -1018,7 +1026,8 @@ impl Detector {
         }
     }
 
-    /// Returns the hit the first time one is seen (and `None` on every later call).
+    /// Returns the hit the first time one is seen (and `None` on every later call until
+    /// [`Detector::rearm`] or [`Detector::reset`]).
     pub fn feed(&mut self, bytes: &[u8]) -> Option<Hit> {
         let mut found = None;
         for chunk in bytes.chunks(CHUNK) {
@@ -1388,7 +1397,7 @@ pub fn parse_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
                 (?: (?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})
                   | (?P<mo2>\d{1,2})[-/](?P<d2>\d{1,2}) )
                 (?: (?:t|\s+) (?P<h>\d{1,2}):(?P<mi>\d{2}) (?::(?P<s>\d{2})(?:[.,]\d+)?)? )?
-                (?: \s*(?P<tz>z|utc|gmt|[+-]\d{2}:?\d{2}) (?-u:\b)? )?",
+                (?: \s*(?P<tz>z|utc|gmt|[+-]\d{2}:?\d{2}) )?",
             )
             .ok()
         })

@@ -499,11 +499,23 @@ fn relay_stderr(
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out_ok = true;
+    // A hit decided on a line that is still held back: keep that line, tell the attempt.
+    let decided = |hit: Hit, r: &mut StderrResult, pending: &mut Vec<u8>| {
+        let _ = tx.send(Event::Hit(hit.class));
+        r.hit = Some(hit);
+        hold(&mut r.held, pending);
+        pending.clear();
+    };
     loop {
         if !pending.is_empty() && !readable_within(src.as_fd(), PARTIAL_LINE_WAIT_MS) {
-            // A partial line followed by a pause: show it now.
-            out_ok = out_ok && write_stderr(&pending);
-            pending.clear();
+            // A partial line followed by a pause: decide a phrase it holds, else show it now.
+            match detector.hit().is_some().then(|| detector.finish()).flatten() {
+                Some(hit) => decided(hit, &mut r, &mut pending),
+                None => {
+                    out_ok = out_ok && write_stderr(&pending);
+                    pending.clear();
+                }
+            }
         }
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -517,11 +529,8 @@ fn relay_stderr(
             continue;
         }
         if let Some(hit) = detector.feed(chunk) {
-            let _ = tx.send(Event::Hit(hit.class));
-            r.hit = Some(hit);
-            hold(&mut r.held, &pending);
-            hold(&mut r.held, chunk);
-            pending.clear();
+            pending.extend_from_slice(chunk);
+            decided(hit, &mut r, &mut pending);
             continue;
         }
         pending.extend_from_slice(chunk);
@@ -537,8 +546,14 @@ fn relay_stderr(
             pending.drain(..end);
         }
     }
-    if !pending.is_empty() && r.hit.is_none() {
-        let _ = out_ok && write_stderr(&pending);
+    if r.hit.is_none() {
+        match detector.finish() {
+            Some(hit) => decided(hit, &mut r, &mut pending),
+            None if !pending.is_empty() => {
+                let _ = out_ok && write_stderr(&pending);
+            }
+            None => {}
+        }
     }
     r
 }

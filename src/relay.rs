@@ -1646,6 +1646,23 @@ mod tests {
     }
 
     #[test]
+    fn output_scanning_reads_our_answers_as_they_are_meant() {
+        let patterns = Patterns::defaults();
+        let message = |a: &Answer| {
+            let doc: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            doc["error"]["message"].as_str().unwrap().to_string()
+        };
+        // What qwen prints of them (0.12 shows the message alone) must classify as quota, so
+        // run.rs reruns on an OAuth slot or ends with "exhausted" …
+        for a in [exhausted_answer(None), unservable_answer(2)] {
+            let hit = patterns.classify(&message(&a)).expect("classified");
+            assert_eq!(hit.class, Class::Quota, "{}", message(&a));
+        }
+        // … and a refused token is a wiring fault, not an account to rotate away from.
+        assert_eq!(patterns.classify(&message(&refused_answer())), None);
+    }
+
+    #[test]
     fn settings_comments_are_stripped_outside_strings() {
         let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
         let doc: serde_json::Value = serde_json::from_str(&strip_json_comments(text)).unwrap();

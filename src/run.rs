@@ -136,30 +136,26 @@ fn interactive_session(
     }
     let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
     let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+    let relayed = relay.is_some();
     let auto_retry = vault.config.auto_retry;
-    let paths = vault.paths.clone();
-    let config = vault.config.clone();
+    let (paths, config) = (vault.paths.clone(), vault.config.clone());
     let mut on_output = |bytes: &[u8]| {
+        // With the relay in the request path, rotation already happened before qwen saw an error.
+        if relayed {
+            return;
+        }
         let Some(hit) = detector.feed(bytes) else {
             return;
         };
-        // Re-armed for the next error block; Ink's redraws of this one do not count again.
-        detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
-        let (controller, slot, paths, config) = (
-            controller.clone(),
-            Arc::clone(&slot),
-            paths.clone(),
-            config.clone(),
-        );
-        std::thread::spawn(move || {
-            hot_swap(
-                Vault::open(paths, config),
-                &slot,
-                &hit,
-                &controller,
-                auto_retry,
-            )
-        });
+        // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector fires
+        // again only for a new error, or for a live one after our own retry (request_sent).
+        detector.rearm();
+        if auto_retry {
+            detector.request_sent();
+        }
+        let (controller, slot) = (controller.clone(), Arc::clone(&slot));
+        let vault = Vault::open(paths.clone(), config.clone());
+        std::thread::spawn(move || hot_swap(&vault, &slot, &hit, &controller, auto_retry));
     };
     match pty::run(cmd, &mut on_output, controls) {
         Ok(outcome) => signals::exit_with(outcome),
@@ -172,43 +168,41 @@ fn interactive_session(
     }
 }
 
-/// Rotates away from the slot that failed on screen and tells the person; with `auto_retry`,
-/// presses Ctrl+Y for them once qwen will have re-read the credentials.
+/// Rotates away from the slot that failed on screen and tells the person. An OAuth session
+/// continues on the swapped file; with `auto_retry` we press Ctrl+Y for the person once qwen
+/// will have re-read it. A running qwen never re-reads an API key (QWEN_FACTS_APIKEY.md §3):
+/// without the relay, such a session can only continue on the next key after a restart.
 fn hot_swap(
-    vault: Vault,
+    vault: &Vault,
     slot: &std::sync::atomic::AtomicUsize,
     hit: &Hit,
     controller: &crate::pty::Controller,
     auto_retry: bool,
 ) {
     use crate::pty::Control;
+    let say = |line: String| controller.send(Control::Notice(format!("qwen-rotation: {line}")));
     let failed = slot.load(Ordering::SeqCst);
-    let line = match vault.report(failed, hit) {
-        Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
-            slot.store(to, Ordering::SeqCst);
-            format!("{}; switched to account {to}", what(failed, None, hit))
-        }
-        Ok(Rotation::Exhausted { earliest }) => {
-            controller.send(Control::Notice(format!(
-                "qwen-rotation: {}",
-                Error::Exhausted { earliest }
-            )));
-            return;
-        }
-        Err(e) => {
-            controller.send(Control::Notice(format!("qwen-rotation: {e}")));
-            return;
-        }
+    let who = what(failed, None, hit);
+    let to = match vault.report(failed, hit) {
+        Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => to,
+        Ok(Rotation::Exhausted { earliest }) => return say(format!("{who}; {}", Error::Exhausted { earliest })),
+        Err(e) => return say(format!("{who}; {e}")),
     };
-    if !auto_retry {
-        controller.send(Control::Notice(format!(
-            "qwen-rotation: {line}; press Ctrl+Y to retry"
-        )));
-        return;
+    slot.store(to, Ordering::SeqCst);
+    match vault.prepare(None) {
+        Ok(next) if next.kind == Kind::ApiKey => {
+            return say(format!("{who}; account {to} is an API key: restart qwen to continue on it"));
+        }
+        Ok(_) => {}
+        Err(e) => return say(format!("{who}; {e}")),
     }
-    controller.send(Control::Notice(format!("qwen-rotation: {line}; retrying")));
-    // qwen re-reads oauth_creds.json at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS):
-    // a retry sooner would go out with the old token.
+    if !auto_retry {
+        return say(format!("{who}; switched to account {to}; press Ctrl+Y to retry"));
+    }
+    say(format!("{who}; switched to account {to}; retrying"));
+    // qwen re-reads oauth_creds.json at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS),
+    // counted from its last check, which came with the failed request: a retry sooner would go
+    // out with the old token.
     std::thread::sleep(Duration::from_millis(5_200));
     controller.send(Control::Input(vec![0x19]));
 }

@@ -267,3 +267,27 @@ fn real_keys_never_enter_qwens_environment() {
 }
 
 // The interactive (pseudo-terminal) relay test belongs to the terminal suite (tests/pty.rs).
+
+#[test]
+fn a_proxy_in_the_environment_does_not_capture_the_relay() {
+    // qwen 0.24 sends every request through HTTPS_PROXY (undici's EnvHttpProxyAgent) unless
+    // NO_PROXY exempts the host: the shim must exempt its relay on 127.0.0.1. The provider here
+    // is plain http, which the relay (like curl) does not send through an HTTPS_PROXY.
+    let Some((mock, mut sb, keys)) = api_pool(&["quota", "ok"]) else {
+        return;
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_proxy = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    sb.env("HTTPS_PROXY", &dead_proxy)
+        .env("https_proxy", &dead_proxy);
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(
+        out.stdout(),
+        format!("REPLY-FROM-{}\n", keys[1]),
+        "{}",
+        out.dump()
+    );
+    assert_mock_saw_only_real_keys(&mock, &keys);
+}
