@@ -243,8 +243,8 @@ mod tests {
 
     #[test]
     fn unknown_flags_get_a_suggestion() {
-        let err = parse(&os(&["--rotation-stauts"])).unwrap_err();
-        assert!(err.contains("did you mean --rotation-status?"), "{err}");
+        let err = parse(&os(&["--rotation-doctr"])).unwrap_err();
+        assert!(err.contains("did you mean --rotation-doctor?"), "{err}");
         let err = parse(&os(&["--rotation-xyzzy-plugh"])).unwrap_err();
         assert!(err.contains("see qwen --rotation-help"), "{err}");
     }

@@ -792,9 +792,11 @@ impl Normalizer {
 
     fn char(&mut self, c: char, out: &mut Vec<u8>, marks: &mut Vec<(usize, Mark)>) {
         match c {
-            // Box drawing and block elements: frames, rules, progress bars.
+            // Box drawing and block elements: frames, rules, progress bars. What follows a frame's
+            // border stands inside the frame (a tool's output), where qwen draws no error marker.
             '\u{2500}'..='\u{259f}' => {
                 self.space(out);
+                self.line_start = false;
                 if self.screen_marks {
                     mark(marks, out.len(), Mark::Break);
                 }
@@ -1503,11 +1505,23 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
             .or_else(|| text(result.get("error")))?;
         return patterns.classify(&message);
     }
-    if !counts_errors(result.get("stats")?, STATS_DEPTH) {
-        return None;
+    let answer = text(result.get("result"))?;
+    match result.get("stats") {
+        Some(stats) if !counts_errors(stats, STATS_DEPTH) => return None,
+        Some(_) => {}
+        // qwen 0.12's stream-json result line carries no stats: there, only a result that *is*
+        // one of qwen's own error reports counts (it starts with the report's fixed prefix; a
+        // model answer that merely quotes one does not).
+        None if !ERROR_REPORT_PREFIXES.iter().any(|p| answer.trim_start().starts_with(p)) => {
+            return None;
+        }
+        None => {}
     }
-    patterns.classify(&text(result.get("result"))?)
+    patterns.classify(&answer)
 }
+
+/// How qwen's own error reports begin when it puts them in the `result` of a json run.
+const ERROR_REPORT_PREFIXES: &[&str] = &["Qwen OAuth quota exceeded", "[API Error:", "Quota exhausted:"];
 
 fn result_element(stdout: &[u8]) -> Option<Value> {
     let is_result = |v: &Value| v.get("type").and_then(Value::as_str) == Some("result");
@@ -2349,6 +2363,9 @@ mod tests {
             ),
             None
         );
+        // Inside a frame (a tool's output box).
+        let framed = "\u{256d}\u{2500}\u{256e}\r\n\u{2502} \u{2715} curl: rate limit exceeded \u{2502}\r\n\u{2570}\u{2500}\u{256f}\r\n";
+        assert_eq!(run(Anchor::Screen, &[framed.as_bytes()]), None);
         // The person typing in the input box.
         let typing = "\u{2500}\u{2500}\u{2500}\r\n> why do I get insufficient_quota and token expired?\r\n\u{2500}\u{2500}\u{2500}\r\n";
         assert_eq!(run(Anchor::Screen, &[typing.as_bytes()]), None);
@@ -2830,5 +2847,17 @@ mod tests {
             parse_reset("will reset at 02-29 00:00:00 UTC", utc(2026, 3, 1, 0, 0, 0)),
             Some(utc(2028, 2, 29, 0, 0, 0))
         );
+    }
+
+    #[test]
+    fn stream_json_result_without_stats_counts_only_qwens_own_reports() {
+        let p = Patterns::defaults();
+        let quota = br#"{"type":"system","subtype":"init"}
+{"type":"result","subtype":"success","is_error":false,"result":"Qwen OAuth quota exceeded: Your free daily quota has been reached."}
+"#;
+        assert_eq!(classify_json_output(quota, &p).map(|h| h.class), Some(Class::Quota));
+        let answer = br#"{"type":"result","subtype":"success","is_error":false,"result":"The error Qwen OAuth quota exceeded means insufficient_quota."}
+"#;
+        assert_eq!(classify_json_output(answer, &p), None);
     }
 }

@@ -88,8 +88,10 @@ const DRAIN_CAP: Duration = Duration::from_secs(2);
 const NOTICE_WAIT: Duration = Duration::from_millis(300);
 /// Typed bytes queued for the child beyond which we stop reading our stdin (backpressure).
 const INPUT_LIMIT: usize = 64 * 1024;
-/// Largest chunk handed to stdout and `on_output` at once (one pty read is at most 4 KiB).
+/// Read buffer for the master (one pty read returns at most its 4 KiB line buffer).
 const CHUNK: usize = 64 * 1024;
+/// Longest a signal waits while output floods in (see `let_pending_in`).
+const SIGNAL_LATENCY: Duration = Duration::from_millis(5);
 
 /// Messages another thread sends into a running session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +193,7 @@ pub fn run(
         status: None,
         exited_at: None,
         last_output: Instant::now(),
+        signals_let_in: Instant::now(),
         notices: VecDeque::new(),
         notice_since: None,
         escapes: Escapes::default(),
@@ -253,6 +256,7 @@ struct Relay<'a> {
     status: Option<Outcome>,
     exited_at: Option<Instant>,
     last_output: Instant,
+    signals_let_in: Instant,
     notices: VecDeque<String>,
     notice_since: Option<Instant>,
     escapes: Escapes,
@@ -302,7 +306,13 @@ impl Relay<'_> {
             let (stdin_ready, master_ready) = (ready(&fds[0]), ready(&fds[1]));
             let (signal_ready, wake_ready) = (ready(&fds[2]), ready(&fds[3]));
             match polled {
-                Ok(_) => self.signals.let_pending_in(),
+                // Signals wait for ppoll to block; while descriptors are ready at every call (a
+                // flood of output) they are let in every few milliseconds instead.
+                Ok(_) if self.signals_let_in.elapsed() >= SIGNAL_LATENCY => {
+                    self.signals.let_pending_in();
+                    self.signals_let_in = Instant::now();
+                }
+                Ok(_) => {}
                 Err(Errno::EINTR) => {}
                 Err(e) => return self.abandon(e),
             }
@@ -359,29 +369,27 @@ impl Relay<'_> {
         t
     }
 
-    /// Reads everything the master has right now (up to `CHUNK`), shows it, then hands it on.
+    /// Reads what the master has (one read(2), as script(1) does: a pty hands out at most its
+    /// 4 KiB line buffer per read, and a second read would mostly return EAGAIN), shows it, then
+    /// hands it on.
     fn pump_output(&mut self, on_output: &mut dyn FnMut(&[u8])) {
-        let mut n = 0;
-        while n < self.buf.len() {
-            match unistd::read(self.master.as_fd(), &mut self.buf[n..]) {
+        let n = loop {
+            match unistd::read(self.master.as_fd(), &mut self.buf) {
                 Ok(0) => {
                     self.master_open = false;
-                    break;
+                    return;
                 }
-                Ok(k) => n += k,
+                Ok(n) => break n,
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => break,
+                Err(Errno::EAGAIN) => return,
                 // EIO: every holder of the slave closed it (pty(7)); anything else ends the
                 // relay's reading the same way.
                 Err(_) => {
                     self.master_open = false;
-                    break;
+                    return;
                 }
             }
-        }
-        if n == 0 {
-            return;
-        }
+        };
         self.last_output = Instant::now();
         let chunk = &self.buf[..n];
         self.escapes.feed(chunk);

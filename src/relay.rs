@@ -19,6 +19,7 @@
 //! chunk by chunk and flushed per chunk, so server-sent events reach qwen as they arrive.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -49,6 +50,8 @@ const MAX_HEADERS: usize = 256;
 /// A request body is kept in memory so it can be re-sent on the next key. Chat requests carry
 /// the whole conversation (a few MB with images); past this the client gets a 413.
 const MAX_BODY: usize = 256 << 20;
+/// The body of a refused request is read (and dropped) only up to this size.
+const MAX_REFUSED_BODY: usize = 1 << 20;
 /// Error answers are read whole to classify them. Provider error bodies are a few hundred
 /// bytes; a larger one is passed through unclassified.
 const MAX_ERROR_BODY: usize = 256 * 1024;
@@ -144,6 +147,44 @@ impl Relay {
         self.shared.state().active.slot
     }
 
+    /// The variables an attempt on `launch` adds to the inherited environment when qwen talks
+    /// through the relay; None when the relay cannot serve `launch` (run it with its own env).
+    ///
+    /// The run's token goes under the slot's key variable and the relay's URL under
+    /// `OPENAI_BASE_URL` (the real key and URL stay here), the slot's model under `OPENAI_MODEL`.
+    /// `NO_PROXY`/`no_proxy` gain `127.0.0.1`: qwen 0.24 sends every request through
+    /// `HTTPS_PROXY` (undici's EnvHttpProxyAgent, for http URLs too) unless NO_PROXY exempts
+    /// the host, and a proxy cannot reach our loopback port.
+    pub fn child_env(&self, launch: &Launch) -> Option<Vec<(OsString, OsString)>> {
+        let api = launch
+            .api
+            .as_ref()
+            .filter(|_| launch.kind == Kind::ApiKey)?;
+        let mut env = vec![
+            (
+                OsString::from(&api.env_key),
+                OsString::from(self.token.expose()),
+            ),
+            (
+                OsString::from("OPENAI_BASE_URL"),
+                OsString::from(&self.base_url),
+            ),
+        ];
+        if let Some(model) = &api.model {
+            env.push((OsString::from("OPENAI_MODEL"), OsString::from(model)));
+        }
+        let inherited = ["no_proxy", "NO_PROXY"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+        let no_proxy = match inherited {
+            Some(v) => format!("{v},127.0.0.1"),
+            None => "127.0.0.1".to_string(),
+        };
+        env.push((OsString::from("NO_PROXY"), OsString::from(&no_proxy)));
+        env.push((OsString::from("no_proxy"), OsString::from(no_proxy)));
+        Some(env)
+    }
+
     /// Makes the relay send the next requests with `launch` (run.rs calls this after it rotated
     /// on its own, e.g. on a quota error inside a stream that only output scanning sees).
     /// Returns false, changing nothing, when `launch` is not a slot the relay can serve.
@@ -163,9 +204,13 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // accept(2) does not notice a flag: a connection of our own wakes it.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept.take() {
+        // accept(2) does not notice a flag: a connection of our own wakes it. If even that
+        // fails (no file descriptor left), the thread is left to end with the process rather
+        // than joined forever.
+        let woke = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
+        if let Some(t) = self.accept.take()
+            && woke
+        {
             let _ = t.join();
         }
         // Connection threads blocked reading from qwen end now; one streaming an answer ends at
@@ -181,17 +226,46 @@ impl Drop for Relay {
 /// Err(reason) when the relay cannot be put in qwen's request path (qwen's settings fix the
 /// provider's base URL): run.rs then falls back to output scanning.
 pub fn relay_possible(paths: &Paths) -> Result<(), String> {
-    relay_possible_for(paths, None)
+    relay_possible_for(paths, None, &[])
 }
 
-/// [`relay_possible`] knowing the model the slot injects as `OPENAI_MODEL`.
+/// [`relay_possible`] knowing the model the slot injects as `OPENAI_MODEL` and qwen's argv.
 ///
-/// qwen picks a `modelProviders` entry by the model it resolved (`--model`, then settings
-/// `model.name`, then `OPENAI_MODEL`/`QWEN_MODEL`; QWEN_FACTS_APIKEY.md §1), and such an entry's
-/// `baseUrl` beats `OPENAI_BASE_URL`: requests for that model would go straight to the provider
-/// with the relay's token as the key. Every settings file qwen merges is looked at (system,
-/// workspace `.qwen/settings.json`, user); any one entry that matches is enough to say no.
-pub fn relay_possible_for(paths: &Paths, model: Option<&str>) -> Result<(), String> {
+/// - `--openai-base-url`/`--openaiBaseUrl` beats `OPENAI_BASE_URL`, and `--openai-api-key`
+///   beats the key variable: qwen would go past the relay, or bring a key the relay refuses.
+/// - qwen picks a `modelProviders` entry by the model it resolved (`--model`/`-m`, then
+///   settings `model.name`, then `OPENAI_MODEL`/`QWEN_MODEL`; QWEN_FACTS_APIKEY.md §1), and such
+///   an entry's `baseUrl` beats `OPENAI_BASE_URL`: requests for that model would go straight to
+///   the provider with the relay's token as the key. Every settings file qwen merges is looked
+///   at (system, workspace `.qwen/settings.json`, user); one matching entry is enough to say no.
+pub fn relay_possible_for(
+    paths: &Paths,
+    model: Option<&str>,
+    args: &[OsString],
+) -> Result<(), String> {
+    let mut from_args = None;
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.to_string(), None),
+        };
+        match name.as_str() {
+            "--" => break,
+            "--openai-base-url" | "--openaiBaseUrl" => {
+                return Err(format!(
+                    "{name} on the command line sends qwen's requests past the relay"
+                ));
+            }
+            "--openai-api-key" | "--openaiApiKey" => {
+                return Err(format!(
+                    "{name} on the command line gives qwen a key of its own"
+                ));
+            }
+            "--model" | "-m" => from_args = inline.or_else(|| it.next().map(|v| v.to_string())),
+            _ => {}
+        }
+    }
     let cwd = std::env::current_dir().ok();
     let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
         .into_iter()
@@ -212,7 +286,8 @@ pub fn relay_possible_for(paths: &Paths, model: Option<&str>) -> Result<(), Stri
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     };
-    let Some(selected) = from_settings
+    let Some(selected) = from_args
+        .or(from_settings)
         .or_else(|| model.map(str::to_string))
         .or_else(from_env)
     else {
@@ -691,11 +766,21 @@ fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let authorized = authorized(&req, &shared.token);
-        if authorized
-            && req
-                .header("expect")
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+        if !authorized(&req, &shared.token) {
+            // A small body is read first so that closing does not reset the connection under
+            // our answer; a large one is not: nobody without the token makes us buffer it.
+            let small = req
+                .header("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
+                .is_some_and(|n| n <= MAX_REFUSED_BODY);
+            if small {
+                let _ = read_body(&mut reader, &req);
+            }
+            return write_answer(&mut out, &refused_answer(), &req.method, true);
+        }
+        if req
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
         {
             out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
@@ -711,10 +796,6 @@ fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
                 return write_answer(&mut out, &answer, &req.method, true);
             }
             Err(e) => return Err(e),
-        }
-        if !authorized {
-            // Read the body first so closing does not reset the connection under our answer.
-            return write_answer(&mut out, &refused_answer(), &req.method, true);
         }
         let keep = relay_request(shared, &req, &mut out)?;
         if !keep || req.close {
@@ -1663,6 +1744,24 @@ mod tests {
     }
 
     #[test]
+    fn argv_that_bypasses_the_relay_rules_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        for bad in [
+            &["-p", "hi", "--openai-base-url", "https://x.test/v1"][..],
+            &["--openaiBaseUrl=https://x.test/v1"],
+            &["--openai-api-key", "k"],
+            &["--openaiApiKey=k"],
+        ] {
+            let err = relay_possible_for(&paths, None, &args(bad)).unwrap_err();
+            assert!(!err.contains("x.test") && !err.contains("=k"), "{err}");
+        }
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "--", "--openai-api-key"])).is_ok());
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "hello"])).is_ok());
+    }
+
+    #[test]
     fn settings_comments_are_stripped_outside_strings() {
         let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
         let doc: serde_json::Value = serde_json::from_str(&strip_json_comments(text)).unwrap();
@@ -1674,28 +1773,32 @@ mod tests {
     fn a_model_provider_with_a_base_url_rules_the_relay_out() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::at(dir.path());
-        assert!(relay_possible_for(&paths, Some("m1")).is_ok());
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
         std::fs::write(
             &paths.settings,
             r#"{"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://coding.dashscope.aliyuncs.com/v1","envKey":"K"}]}}"#,
         )
         .unwrap();
-        let err = relay_possible_for(&paths, Some("m1")).unwrap_err();
+        let err = relay_possible_for(&paths, Some("m1"), &[]).unwrap_err();
         assert!(err.contains("settings.json") && err.contains("m1"), "{err}");
-        assert!(relay_possible_for(&paths, Some("m2")).is_ok());
+        assert!(relay_possible_for(&paths, Some("m2"), &[]).is_ok());
         // settings' model.name selects the provider entry whatever the slot says.
         std::fs::write(
             &paths.settings,
             r#"{"model":{"name":"m1"},"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://x.test/v1"}]}}"#,
         )
         .unwrap();
-        assert!(relay_possible_for(&paths, Some("m2")).is_err());
+        assert!(relay_possible_for(&paths, Some("m2"), &[]).is_err());
+        // `--model` beats settings.
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "x", "--model", "m2"])).is_ok());
+        assert!(relay_possible_for(&paths, None, &args(&["--model=m1"])).is_err());
         // An entry without a base URL only names the key variable: the relay still works.
         std::fs::write(
             &paths.settings,
             r#"{"modelProviders":{"openai":[{"id":"m1","envKey":"K"}]}}"#,
         )
         .unwrap();
-        assert!(relay_possible_for(&paths, Some("m1")).is_ok());
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
     }
 }

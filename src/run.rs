@@ -137,6 +137,7 @@ fn interactive_session(
     let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
     let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
     let relayed = relay.is_some();
+    let retried = Arc::new(AtomicBool::new(false));
     let auto_retry = vault.config.auto_retry;
     let (paths, config) = (vault.paths.clone(), vault.config.clone());
     let mut on_output = |bytes: &[u8]| {
@@ -144,18 +145,23 @@ fn interactive_session(
         if relayed {
             return;
         }
+        // Our Ctrl+Y went out: the retry's own failure may repeat the old wording and must count.
+        if retried.swap(false, Ordering::SeqCst) {
+            detector.request_sent();
+        }
         let Some(hit) = detector.feed(bytes) else {
             return;
         };
         // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector fires
         // again only for a new error, or for a live one after our own retry (request_sent).
         detector.rearm();
-        if auto_retry {
-            detector.request_sent();
-        }
-        let (controller, slot) = (controller.clone(), Arc::clone(&slot));
+        let (controller, slot, retried) = (controller.clone(), Arc::clone(&slot), Arc::clone(&retried));
         let vault = Vault::open(paths.clone(), config.clone());
-        std::thread::spawn(move || hot_swap(&vault, &slot, &hit, &controller, auto_retry));
+        std::thread::spawn(move || {
+            if hot_swap(&vault, &slot, &hit, &controller, auto_retry) {
+                retried.store(true, Ordering::SeqCst);
+            }
+        });
     };
     match pty::run(cmd, &mut on_output, controls) {
         Ok(outcome) => signals::exit_with(outcome),
@@ -178,9 +184,12 @@ fn hot_swap(
     hit: &Hit,
     controller: &crate::pty::Controller,
     auto_retry: bool,
-) {
+) -> bool {
     use crate::pty::Control;
-    let say = |line: String| controller.send(Control::Notice(format!("qwen-rotation: {line}")));
+    let say = |line: String| {
+        controller.send(Control::Notice(format!("qwen-rotation: {line}")));
+        false
+    };
     let failed = slot.load(Ordering::SeqCst);
     let who = what(failed, None, hit);
     let to = match vault.report(failed, hit) {
@@ -199,12 +208,13 @@ fn hot_swap(
     if !auto_retry {
         return say(format!("{who}; switched to account {to}; press Ctrl+Y to retry"));
     }
-    say(format!("{who}; switched to account {to}; retrying"));
+    let _ = say(format!("{who}; switched to account {to}; retrying"));
     // qwen re-reads oauth_creds.json at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS),
     // counted from its last check, which came with the failed request: a retry sooner would go
     // out with the old token.
     std::thread::sleep(Duration::from_millis(5_200));
     controller.send(Control::Input(vec![0x19]));
+    true
 }
 
 /// The attempt loop for runs whose stdin or stdout is not a terminal.

@@ -191,10 +191,10 @@ pub fn override_env(
 fn set(root: &mut Value, path: &[&str], value: Value) {
     let mut cur = root;
     for key in &path[..path.len() - 1] {
-        if !cur.get(*key).is_some_and(Value::is_object) {
-            if let Some(map) = cur.as_object_mut() {
-                map.insert((*key).to_string(), Value::Object(Map::new()));
-            }
+        if !cur.get(*key).is_some_and(Value::is_object)
+            && let Some(map) = cur.as_object_mut()
+        {
+            map.insert((*key).to_string(), Value::Object(Map::new()));
         }
         cur = match cur.get_mut(*key) {
             Some(next) => next,

@@ -480,8 +480,8 @@ fn status_stats_and_log_read_well() {
     h.assert_no_secrets_in_our_files();
 }
 
-/// A home with the shim first on PATH and a fake real qwen after it, so doctor is clean.
-fn doctor_cmd(h: &Home, args: &[&str]) -> std::process::Output {
+/// `bin/qwen` (the shim) and `real/qwen` (a fake) in the sandbox, created once.
+fn path_dirs(h: &Home) -> (PathBuf, PathBuf) {
     let bin = h.dir.path().join("bin");
     let real = h.dir.path().join("real");
     if !bin.exists() {
@@ -491,6 +491,12 @@ fn doctor_cmd(h: &Home, args: &[&str]) -> std::process::Output {
         fs::write(real.join("qwen"), "#!/bin/sh\necho fake\n").unwrap();
         fs::set_permissions(real.join("qwen"), fs::Permissions::from_mode(0o755)).unwrap();
     }
+    (bin, real)
+}
+
+/// A home with the shim first on PATH and a fake real qwen after it, so doctor is clean.
+fn doctor_cmd(h: &Home, args: &[&str]) -> std::process::Output {
+    let (bin, real) = path_dirs(h);
     let mut c = h.cmd(args);
     c.env(
         "PATH",
@@ -729,4 +735,206 @@ fn management_never_echoes_tokens_from_broken_files() {
         h.run(&args);
     }
     h.assert_no_secrets_in_our_files();
+}
+
+/// Runs the shim on a pseudo-terminal (util-linux `script`), feeding `input` after `delay`.
+/// None when `script` is not installed.
+fn on_terminal(
+    h: &Home,
+    shim_args: &str,
+    input: &[u8],
+    delay: Duration,
+    extra_env: &[(&str, String)],
+) -> Option<std::process::Output> {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: util-linux script(1) is not installed");
+        return None;
+    }
+    let (bin, real) = path_dirs(h);
+    let mut c = Command::new("/usr/bin/script");
+    c.args(["-qec", &format!("qwen {shim_args}"), "/dev/null"])
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:{}:/usr/bin:/bin", bin.display(), real.display()),
+        )
+        .env("HOME", h.user_home())
+        .env("QWEN_HOME", &h.paths.home)
+        .env("TERM", "dumb")
+        .env("NO_COLOR", "1")
+        .current_dir(h.dir.path());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let input = input.to_vec();
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("script");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(delay);
+        let _ = stdin.write_all(&input);
+        // Keep the pty open until the command is done with it.
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => {
+            let out = out.unwrap();
+            assert_clean("terminal output", &stdout(&out));
+            assert_clean("terminal stderr", &stderr(&out));
+            Some(out)
+        }
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("terminal command timed out");
+        }
+    }
+}
+
+/// A fake real qwen that "logs in": writes a new login (numbered by a counter file) into the
+/// qwen home it was given, after checking that home is the temporary one set up for it.
+fn fake_login_qwen(h: &Home) {
+    path_dirs(h);
+    let script = r#"#!/bin/sh
+[ -n "$QWEN_HOME" ] && [ "$QWEN_HOME" = "$HOME/.qwen" ] || exit 3
+grep -q '"qwen-oauth"' "$QWEN_HOME/settings.json" || exit 4
+[ -z "$OPENAI_API_KEY" ] || exit 5
+[ -t 0 ] && [ -t 1 ] || exit 6
+n=$(cat "$COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$COUNTER"
+printf '{"access_token":"SeCrEt-acc-login%s","refresh_token":"SeCrEt-ref-login%s","token_type":"Bearer"}' $n $n > "$QWEN_HOME/oauth_creds.json"
+echo "fake qwen: logged in"
+"#;
+    let p = h.dir.path().join("real/qwen");
+    fs::write(&p, script).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn add_login_uses_a_temporary_home_and_leaves_the_live_login_alone() {
+    let h = Home::new();
+    fake_login_qwen(&h);
+    h.put_live(&creds("mine"));
+    let counter = (
+        "COUNTER",
+        h.dir.path().join("counter").display().to_string(),
+    );
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-add --login work",
+        b"",
+        Duration::ZERO,
+        &[counter.clone(), ("OPENAI_API_KEY", "x".into())],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Added account 1 (work)"),
+        "{}",
+        stdout(&out)
+    );
+    let slot: Value = serde_json::from_str(&h.slot(1).unwrap()).unwrap();
+    assert_eq!(slot["refresh_token"], "SeCrEt-ref-login1");
+    assert_eq!(
+        h.live().as_deref(),
+        Some(creds("mine").as_str()),
+        "the live login is untouched"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&h.paths.home)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".login-"))
+        .collect();
+    assert!(leftovers.is_empty(), "the temporary home is removed");
+    // qwen exiting without a login adds nothing.
+    fs::write(h.dir.path().join("real/qwen"), "#!/bin/sh\nexit 0\n").unwrap();
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-add --login",
+        b"",
+        Duration::ZERO,
+        &[counter],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains("without a login"), "{}", stdout(&out));
+}
+
+#[test]
+fn the_key_prompt_hides_input_supports_editing_and_cancels() {
+    let h = Home::new();
+    let typed = format!("{}X\x7fy\r", token("typed-ke"));
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-add --api-key typed",
+        typed.as_bytes(),
+        Duration::from_millis(800),
+        &[],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(stdout(&out).contains("input hidden"), "{}", stdout(&out));
+    let stored: Value =
+        serde_json::from_str(&fs::read_to_string(h.paths.api_key_slot(1)).unwrap()).unwrap();
+    assert_eq!(stored["api_key"], token("typed-key").as_str());
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-add --api-key other",
+        b"\x03",
+        Duration::from_millis(800),
+        &[],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 2);
+    assert!(stdout(&out).contains("cancelled"), "{}", stdout(&out));
+    assert!(!h.paths.api_key_slot(2).exists());
+}
+
+#[test]
+fn setup_guides_through_several_logins_on_a_terminal() {
+    let h = Home::new();
+    fake_login_qwen(&h);
+    h.put_live(&creds("current"));
+    let counter = (
+        "COUNTER",
+        h.dir.path().join("counter").display().to_string(),
+    );
+    // Store the current login (y, label "main"), log in twice ("two", no label), then quit.
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-setup",
+        b"y\nmain\n\ntwo\n\n\nq\n",
+        Duration::from_millis(500),
+        &[counter],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Done: 2 added, 3 accounts in total"),
+        "{text}"
+    );
+    let st = h.state();
+    assert_eq!(st.accounts.len(), 3);
+    assert_eq!(st.accounts[&1].label.as_deref(), Some("main"));
+    assert_eq!(st.accounts[&2].label.as_deref(), Some("two"));
+    assert_eq!(h.slot(1).as_deref(), Some(creds("current").as_str()));
+    // Off a terminal it explains what to do instead, and exits 2.
+    let out = h.run(&["--rotation-setup"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("--rotation-add"), "{}", stderr(&out));
 }

@@ -848,6 +848,7 @@ fn tls_failure_gives_502_naming_tls() {
         "{m}"
     );
     f.assert_no_secret_in("the TLS error", &r.text());
+    eprintln!("{m}");
 }
 
 #[test]
@@ -882,4 +883,132 @@ fn a_dropped_relay_stops_listening() {
     let mut rest = Vec::new();
     assert_eq!(idle.r.read_to_end(&mut rest).unwrap_or(0), 0);
     assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn child_env_gives_qwen_the_relay_and_never_the_key() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok", "ok"]);
+    let vault = Vault::open(f.paths.clone(), Config::default());
+    let launch = vault.prepare(None).unwrap();
+    let env: Vec<(String, String)> = f
+        .relay
+        .child_env(&launch)
+        .expect("an API-key slot with a base URL is relayed")
+        .into_iter()
+        .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+        .collect();
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(get("OPENAI_API_KEY"), Some(f.token()));
+    assert_eq!(get("OPENAI_BASE_URL"), Some(f.relay.base_url.clone()));
+    assert_eq!(get("OPENAI_MODEL").as_deref(), Some("mock-model"));
+    // qwen would send its requests to the relay through HTTPS_PROXY otherwise.
+    for k in ["NO_PROXY", "no_proxy"] {
+        assert!(
+            get(k).unwrap().split(',').any(|h| h == "127.0.0.1"),
+            "{env:?}"
+        );
+    }
+    for (_, v) in &env {
+        f.assert_no_secret_in(
+            "the child's environment",
+            v.replace(&f.token(), "").as_str(),
+        );
+    }
+    // An OAuth launch is not the relay's.
+    let mut oauth = launch.clone();
+    oauth.kind = qwen_rotation::vault::Kind::OAuth;
+    oauth.api = None;
+    assert!(f.relay.child_env(&oauth).is_none());
+}
+
+#[test]
+fn switch_to_follows_a_rotation_made_elsewhere() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok", "ok"]);
+    let vault = Vault::open(f.paths.clone(), Config::default());
+    // run.rs rotated on its own (a quota error inside a stream that only output scanning saw).
+    let hit = qwen_rotation::detect::Hit {
+        class: qwen_rotation::detect::Class::Quota,
+        phrase: "insufficient_quota".into(),
+        reset_at: None,
+    };
+    vault.report(f.relay.current_slot(), &hit).unwrap();
+    let launch = vault.prepare(None).unwrap();
+    assert_eq!(launch.slot, 2);
+    assert!(f.relay.switch_to(&launch));
+    assert_eq!(f.relay.current_slot(), 2);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(mock.tokens(), [f.keys[1].clone()]);
+}
+
+/// Runs one test of this file alone in a child process with `env` set: the relay reads the
+/// proxy variables when it starts, and changing the environment of this multi-threaded test
+/// process would race the other tests.
+fn in_child(test: &str, env: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("RELAY_TEST_CHILD", "1");
+    for v in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}
+
+#[test]
+fn upstream_goes_through_the_proxy_unless_no_proxy_exempts_it() {
+    in_child("proxied_child", &[("RELAY_TEST_PROXY", "1")]);
+    in_child(
+        "proxied_child",
+        &[
+            ("RELAY_TEST_PROXY", "1"),
+            ("NO_PROXY", "example.com, 127.0.0.1"),
+        ],
+    );
+}
+
+#[test]
+fn proxied_child() {
+    if std::env::var_os("RELAY_TEST_CHILD").is_none() {
+        return;
+    }
+    let mock = Mock::start();
+    // The mock is also an HTTP proxy: a CONNECT to itself keeps speaking HTTP in the tunnel.
+    // SAFETY: this process runs this one test (`--exact`), before any relay thread exists.
+    unsafe { std::env::set_var("http_proxy", mock.url()) };
+    let exempt = std::env::var("NO_PROXY").is_ok();
+    let f = on_mock(&mock, &["ok"]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let connects: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "CONNECT")
+        .collect();
+    if exempt {
+        assert!(connects.is_empty(), "NO_PROXY ignored: {connects:?}");
+    } else {
+        assert_eq!(connects.len(), 1, "{:?}", mock.requests());
+        assert_eq!(connects[0].host, format!("127.0.0.1:{}", mock.port()));
+    }
+    assert_eq!(mock.tokens(), [f.keys[0].clone()]);
 }

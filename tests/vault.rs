@@ -672,23 +672,174 @@ fn sixty_four_threads_hitting_the_same_account_rotate_once() {
     h.assert_counters_match();
 }
 
-/// The helper half of the multi-process test: when run with VAULT_HELPER_HOME set, this
-/// "test" waits for the start file and reports one quota hit on slot 1.
+/// The helper half of the multi-process tests: when run with VAULT_HELPER_HOME set, this
+/// "test" waits for the start file (if named) and runs VAULT_HELPER_OP (default: report one
+/// quota hit on slot 1).
 #[test]
 fn helper_report_quota_hit() {
     let Some(home) = std::env::var_os("VAULT_HELPER_HOME") else {
         return;
     };
-    let start = std::path::PathBuf::from(std::env::var_os("VAULT_HELPER_START").unwrap());
-    while !start.exists() {
-        std::thread::sleep(Duration::from_millis(1));
+    if let Some(start) = std::env::var_os("VAULT_HELPER_START") {
+        let start = std::path::PathBuf::from(start);
+        while !start.exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     let v = qwen_rotation::vault::Vault::open(
         qwen_rotation::config::Paths::at(home),
         qwen_rotation::config::Config::default(),
     );
-    let r = v.report(1, &hit(Class::Quota)).unwrap();
-    println!("RESULT {r:?}");
+    match std::env::var("VAULT_HELPER_OP").as_deref() {
+        Ok("prepare") => println!("RESULT {:?}", v.prepare(None).map(|l| l.slot)),
+        Ok("add") => println!(
+            "RESULT {:?}",
+            v.add_oauth(
+                creds("added").as_bytes(),
+                std::path::Path::new("/nonexistent/login.json"),
+                Some("new")
+            )
+        ),
+        Ok("remove") => println!("RESULT {:?}", v.remove("1")),
+        Ok("switch") => println!("RESULT {:?}", v.switch("3")),
+        Ok("next") => println!("RESULT {:?}", v.next()),
+        Ok("disable") => println!("RESULT {:?}", v.set_enabled("1", false)),
+        _ => println!("RESULT {:?}", v.report(1, &hit(Class::Quota)).unwrap()),
+    }
+}
+
+/// Crash (SIGKILL) at every step of the rotation step and of add/remove/switch: afterwards the
+/// live file is one whole account, every slot is intact, state.yaml loads, no lock is held,
+/// and the next operation succeeds. Built with `--features fault-injection` only.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_crash_at_any_step_loses_nothing() {
+    // (operation, fault point, how to prepare the home)
+    let cases: &[(&str, &str, &str)] = &[
+        ("report", "rotate.locked", ""),
+        ("report", "rotate.qwen_locked", ""),
+        ("report", "rotate.synced_back", "refreshed"),
+        ("report", "rotate.backup_written", "rotated"),
+        ("report", "rotate.live_written", ""),
+        ("report", "rotate.state_written", ""),
+        ("report", "rotate.logged", ""),
+        ("prepare", "prepare.migrated", "symlink"),
+        ("prepare", "prepare.live_written", "pinned-away"),
+        ("prepare", "prepare.state_written", "pinned-away"),
+        ("prepare", "prepare.logged", "symlink"),
+        ("add", "add.slot_written", ""),
+        ("add", "add.state_written", ""),
+        ("remove", "remove.synced_back", "refreshed"),
+        ("remove", "remove.slot_moved", ""),
+        ("remove", "remove.live_written", ""),
+        ("switch", "switch.synced_back", "refreshed"),
+        ("switch", "switch.live_written", ""),
+        ("switch", "switch.state_written", ""),
+        ("next", "next.live_written", ""),
+        ("disable", "disable.live_written", ""),
+    ];
+    let me = std::env::current_exe().unwrap();
+    let rounds: u32 = std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    for (op, fault, setup) in cases {
+        for round in 0..rounds {
+            let h = Home::with_oauth(3);
+            let v = h.vault_with(|c| c.lock_timeout = Duration::from_secs(2));
+            v.prepare(None).unwrap();
+            match *setup {
+                "refreshed" => h.put_live(&refreshed("a", round + 1)),
+                "rotated" => h.put_live(&creds("a-rotated")),
+                "symlink" => {
+                    fs::remove_file(&h.paths.live_creds).unwrap();
+                    std::os::unix::fs::symlink("accounts/oauth_creds_1.json", &h.paths.live_creds)
+                        .unwrap();
+                }
+                "pinned-away" => {
+                    v.prepare(Some("2")).unwrap();
+                }
+                _ => {}
+            }
+            let out = std::process::Command::new(&me)
+                .args([
+                    "--exact",
+                    "helper_report_quota_hit",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("VAULT_HELPER_HOME", &h.paths.home)
+                .env("VAULT_HELPER_OP", op)
+                .env("QWEN_ROTATION_FAULT", fault)
+                .output()
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{fault}: the point was not reached: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            // The live file is one whole account we know.
+            let live = h.live().expect("live file exists");
+            let j: serde_json::Value =
+                serde_json::from_str(&live).expect("live file is whole JSON");
+            let rt = j["refresh_token"].as_str().unwrap().to_string();
+            assert!(
+                ["a", "b", "c", "a-rotated"]
+                    .iter()
+                    .any(|n| rt == token(&format!("ref-{n}"))),
+                "{fault}: live"
+            );
+            // Every slot is intact (slot 1 may hold its own refreshed login).
+            for (n, who) in [(1, "a"), (2, "b"), (3, "c")] {
+                match h.slot(n) {
+                    Some(text) => {
+                        let j: serde_json::Value =
+                            serde_json::from_str(&text).expect("slot is whole JSON");
+                        let ok = j["refresh_token"] == token(&format!("ref-{who}")).as_str()
+                            || (n == 1 && j["refresh_token"] == token("ref-a-rotated").as_str());
+                        assert!(ok, "{fault}: slot {n}");
+                    }
+                    None => {
+                        // Only remove moves a slot, and then it is in removed/.
+                        assert_eq!((*op, n), ("remove", 1), "{fault}: slot {n} lost");
+                        assert_eq!(
+                            fs::read_dir(h.paths.accounts.join("removed"))
+                                .unwrap()
+                                .count(),
+                            1
+                        );
+                    }
+                }
+            }
+            if h.paths.state.exists() {
+                qwen_rotation::state::State::parse(&h.state_text()).expect("state.yaml parses");
+            }
+            // No lock is held: the next operations go through at once.
+            let t = Instant::now();
+            let launch = v
+                .prepare(None)
+                .unwrap_or_else(|e| panic!("{fault}: next prepare: {e}"));
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{fault}: waited {:?}",
+                t.elapsed()
+            );
+            assert_eq!(
+                h.live().unwrap(),
+                h.slot(launch.slot).unwrap(),
+                "{fault}: the launched slot is installed"
+            );
+            v.report(launch.slot, &hit(Class::Quota))
+                .unwrap_or_else(|e| panic!("{fault}: next report: {e}"));
+            assert!(
+                !h.paths.qwen_lock.exists(),
+                "{fault}: qwen's lock left behind"
+            );
+            h.assert_no_secrets_in_our_files();
+        }
+    }
 }
 
 #[test]
