@@ -86,7 +86,11 @@ fn main() {
         let vs = wall[1].as_secs_f64() / wall[i].as_secs_f64();
         // The child's own work is the direct run's; what is left is the relay's.
         let relay_cpu = cpu[i].as_secs_f64() - cpu[0].as_secs_f64();
-        let target = if via == Via::Shim { "  (target >= 0.90x)" } else { "" };
+        let target = if via == Via::Shim {
+            "  (target >= 0.90x)"
+        } else {
+            ""
+        };
         println!(
             "  {:<22} {:>10.0} {:>9.2}x {:>12.3} {:>12.3}{target}",
             via.name(),
@@ -240,7 +244,11 @@ fn throughput(via: Via, producer: &str, home: &Path) -> Run {
     }
     let wall = start.elapsed();
     assert!(child.wait().unwrap().success(), "{} failed", via.name());
-    Run { wall, cpu: children_cpu() - cpu_before, bytes }
+    Run {
+        wall,
+        cpu: children_cpu() - cpu_before,
+        bytes,
+    }
 }
 
 /// User + system time of every waited-for descendant so far (getrusage(2), RUSAGE_CHILDREN:

@@ -1512,7 +1512,10 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
         // qwen 0.12's stream-json result line carries no stats: there, only a result that *is*
         // one of qwen's own error reports counts (it starts with the report's fixed prefix; a
         // model answer that merely quotes one does not).
-        None if !ERROR_REPORT_PREFIXES.iter().any(|p| answer.trim_start().starts_with(p)) => {
+        None if !ERROR_REPORT_PREFIXES
+            .iter()
+            .any(|p| answer.trim_start().starts_with(p)) =>
+        {
             return None;
         }
         None => {}
@@ -1521,7 +1524,11 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
 }
 
 /// How qwen's own error reports begin when it puts them in the `result` of a json run.
-const ERROR_REPORT_PREFIXES: &[&str] = &["Qwen OAuth quota exceeded", "[API Error:", "Quota exhausted:"];
+const ERROR_REPORT_PREFIXES: &[&str] = &[
+    "Qwen OAuth quota exceeded",
+    "[API Error:",
+    "Quota exhausted:",
+];
 
 fn result_element(stdout: &[u8]) -> Option<Value> {
     let is_result = |v: &Value| v.get("type").and_then(Value::as_str) == Some("result");
@@ -2676,7 +2683,8 @@ mod tests {
         let p = pats();
         let ok = r#"[{"type":"result","subtype":"success","is_error":false,"result":"insufficient_quota means your quota is spent","stats":{"models":{"m":{"api":{"totalRequests":1,"totalErrors":0}}}}}]"#;
         assert_eq!(classify_json_output(ok.as_bytes(), &p), None);
-        let no_stats = r#"[{"type":"result","subtype":"success","is_error":false,"result":"Qwen OAuth quota exceeded"}]"#;
+        // No stats (qwen 0.12 stream-json): only qwen's own report prefix counts, not a quote.
+        let no_stats = r#"[{"type":"result","subtype":"success","is_error":false,"result":"It said: Qwen OAuth quota exceeded"}]"#;
         assert_eq!(classify_json_output(no_stats.as_bytes(), &p), None);
         let cancelled = r#"{"type":"result","subtype":"error_during_execution","is_error":true,"error":{"message":"Operation cancelled."}}"#;
         assert_eq!(classify_json_output(cancelled.as_bytes(), &p), None);
@@ -2855,7 +2863,10 @@ mod tests {
         let quota = br#"{"type":"system","subtype":"init"}
 {"type":"result","subtype":"success","is_error":false,"result":"Qwen OAuth quota exceeded: Your free daily quota has been reached."}
 "#;
-        assert_eq!(classify_json_output(quota, &p).map(|h| h.class), Some(Class::Quota));
+        assert_eq!(
+            classify_json_output(quota, &p).map(|h| h.class),
+            Some(Class::Quota)
+        );
         let answer = br#"{"type":"result","subtype":"success","is_error":false,"result":"The error Qwen OAuth quota exceeded means insufficient_quota."}
 "#;
         assert_eq!(classify_json_output(answer, &p), None);

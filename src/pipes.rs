@@ -509,7 +509,12 @@ fn relay_stderr(
     loop {
         if !pending.is_empty() && !readable_within(src.as_fd(), PARTIAL_LINE_WAIT_MS) {
             // A partial line followed by a pause: decide a phrase it holds, else show it now.
-            match detector.hit().is_some().then(|| detector.finish()).flatten() {
+            match detector
+                .hit()
+                .is_some()
+                .then(|| detector.finish())
+                .flatten()
+            {
                 Some(hit) => decided(hit, &mut r, &mut pending),
                 None => {
                     out_ok = out_ok && write_stderr(&pending);

@@ -154,6 +154,10 @@ pub fn run(
     controls: Controls,
 ) -> io::Result<Outcome> {
     let _one = OneRelay::claim()?;
+    // Declared first, dropped last: the terminal is restored while our handlers still catch a
+    // late TERM, and only then do the old dispositions come back. Installed before the window
+    // size is read, so a resize from then on is not lost.
+    let signals = SignalGuard::install()?;
     let stdin = io::stdin();
     let outer = termios::tcgetattr(stdin.as_fd())?;
     let size = window_size(stdin.as_fd()).unwrap_or(libc::winsize {
@@ -174,9 +178,6 @@ pub fn run(
         FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
     )?;
 
-    // Declared first, dropped last: the terminal is restored while our handlers still catch a
-    // late TERM, and only then do the old dispositions come back.
-    let signals = SignalGuard::install()?;
     let raw = RawMode::enter(outer)?;
     let child = spawn(cmd, pty.slave)?;
 

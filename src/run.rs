@@ -63,7 +63,13 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if interactive {
         interactive_session(&vault, &real, &args, patterns, launch);
     }
-    let relay = start_relay(&vault, &patterns, &launch, Box::new(|line| notice(&line)));
+    let relay = start_relay(
+        &vault,
+        &patterns,
+        &launch,
+        &args,
+        Box::new(|line| notice(&line)),
+    );
     headless(
         &vault,
         &real,
@@ -81,12 +87,14 @@ fn start_relay(
     vault: &Vault,
     patterns: &Arc<Patterns>,
     launch: &Launch,
+    args: &[OsString],
     notify: Box<dyn Fn(String) + Send + Sync>,
 ) -> Option<Relay> {
     if launch.kind != Kind::ApiKey || !vault.config.relay {
         return None;
     }
-    if let Err(why) = relay::relay_possible(&vault.paths) {
+    let model = launch.api.as_ref().and_then(|a| a.model.as_deref());
+    if let Err(why) = relay::relay_possible_for(&vault.paths, model, args) {
         warn(format!(
             "{why}; watching qwen's output instead of relaying its requests"
         ));
@@ -128,23 +136,18 @@ fn interactive_session(
         relay_notices.send(pty::Control::Notice(format!("qwen-rotation: {line}")))
     });
     // Kept alive for the whole session: an API-key session moves to the next key inside the relay.
-    let relay = start_relay(vault, &patterns, &launch, notify);
+    let relay = start_relay(vault, &patterns, &launch, args, notify).map(Arc::new);
     let mut cmd = Command::new(real);
     cmd.args(args);
-    for (k, v) in attempt_env(vault, &launch, relay.as_ref()) {
+    for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
         cmd.env(k, v);
     }
     let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
     let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
-    let relayed = relay.is_some();
     let retried = Arc::new(AtomicBool::new(false));
     let auto_retry = vault.config.auto_retry;
     let (paths, config) = (vault.paths.clone(), vault.config.clone());
     let mut on_output = |bytes: &[u8]| {
-        // With the relay in the request path, rotation already happened before qwen saw an error.
-        if relayed {
-            return;
-        }
         // Our Ctrl+Y went out: the retry's own failure may repeat the old wording and must count.
         if retried.swap(false, Ordering::SeqCst) {
             detector.request_sent();
@@ -155,10 +158,19 @@ fn interactive_session(
         // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector fires
         // again only for a new error, or for a live one after our own retry (request_sent).
         detector.rearm();
-        let (controller, slot, retried) = (controller.clone(), Arc::clone(&slot), Arc::clone(&retried));
+        let (controller, slot, retried) =
+            (controller.clone(), Arc::clone(&slot), Arc::clone(&retried));
+        let relay = relay.clone();
         let vault = Vault::open(paths.clone(), config.clone());
         std::thread::spawn(move || {
-            if hot_swap(&vault, &slot, &hit, &controller, auto_retry) {
+            if hot_swap(
+                &vault,
+                relay.as_deref(),
+                &slot,
+                &hit,
+                &controller,
+                auto_retry,
+            ) {
                 retried.store(true, Ordering::SeqCst);
             }
         });
@@ -180,6 +192,7 @@ fn interactive_session(
 /// without the relay, such a session can only continue on the next key after a restart.
 fn hot_swap(
     vault: &Vault,
+    relay: Option<&Relay>,
     slot: &std::sync::atomic::AtomicUsize,
     hit: &Hit,
     controller: &crate::pty::Controller,
@@ -190,29 +203,46 @@ fn hot_swap(
         controller.send(Control::Notice(format!("qwen-rotation: {line}")));
         false
     };
-    let failed = slot.load(Ordering::SeqCst);
+    // With the relay in the path, most rotations happen there before qwen sees an error; what
+    // reaches the screen is an error inside a stream, on the relay's current key.
+    let failed = relay.map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
     let who = what(failed, None, hit);
     let to = match vault.report(failed, hit) {
         Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => to,
-        Ok(Rotation::Exhausted { earliest }) => return say(format!("{who}; {}", Error::Exhausted { earliest })),
+        Ok(Rotation::Exhausted { earliest }) => {
+            return say(format!("{who}; {}", Error::Exhausted { earliest }));
+        }
         Err(e) => return say(format!("{who}; {e}")),
     };
     slot.store(to, Ordering::SeqCst);
-    match vault.prepare(None) {
-        Ok(next) if next.kind == Kind::ApiKey => {
-            return say(format!("{who}; account {to} is an API key: restart qwen to continue on it"));
-        }
-        Ok(_) => {}
+    let next = match vault.prepare(None) {
+        Ok(next) => next,
         Err(e) => return say(format!("{who}; {e}")),
-    }
+    };
+    // An API-key slot can take over a running session only through the relay; an OAuth slot
+    // only through the swapped file, which qwen re-reads at most every 5 s
+    // (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS) counted from the failed request.
+    let pause = match (next.kind, relay) {
+        (Kind::ApiKey, Some(relay)) if relay.switch_to(&next) => Duration::ZERO,
+        (Kind::ApiKey, _) => {
+            return say(format!(
+                "{who}; account {to} is an API key: restart qwen to continue on it"
+            ));
+        }
+        (Kind::OAuth, Some(_)) => {
+            return say(format!(
+                "{who}; account {to} is an OAuth account: restart qwen to continue on it"
+            ));
+        }
+        (Kind::OAuth, None) => Duration::from_millis(5_200),
+    };
     if !auto_retry {
-        return say(format!("{who}; switched to account {to}; press Ctrl+Y to retry"));
+        return say(format!(
+            "{who}; switched to account {to}; press Ctrl+Y to retry"
+        ));
     }
     let _ = say(format!("{who}; switched to account {to}; retrying"));
-    // qwen re-reads oauth_creds.json at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS),
-    // counted from its last check, which came with the failed request: a retry sooner would go
-    // out with the old token.
-    std::thread::sleep(Duration::from_millis(5_200));
+    std::thread::sleep(pause);
     controller.send(Control::Input(vec![0x19]));
     true
 }
@@ -350,6 +380,9 @@ fn headless(
                 signals::exit_with(finished.outcome);
             }
         };
+        if let Some(relay) = relay {
+            relay.switch_to(&launch);
+        }
         attempt += 1;
     }
 }
@@ -444,25 +477,9 @@ fn attempt_env(vault: &Vault, launch: &Launch, relay: Option<&Relay>) -> Vec<(Os
 /// With the relay in the path, qwen gets the relay's address and the run's own token in place
 /// of the provider's URL and the real key: the real key never enters qwen's environment.
 fn slot_env(launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
-    match (relay, &launch.api) {
-        (Some(relay), Some(api)) => {
-            let mut env = vec![
-                (
-                    OsString::from(&api.env_key),
-                    OsString::from(relay.token.expose()),
-                ),
-                (
-                    OsString::from("OPENAI_BASE_URL"),
-                    OsString::from(&relay.base_url),
-                ),
-            ];
-            if let Some(model) = &api.model {
-                env.push((OsString::from("OPENAI_MODEL"), OsString::from(model)));
-            }
-            env
-        }
-        _ => child_env(launch),
-    }
+    relay
+        .and_then(|r| r.child_env(launch))
+        .unwrap_or_else(|| child_env(launch))
 }
 
 /// Replaces this process with the real qwen.

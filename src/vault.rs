@@ -576,6 +576,19 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("chmod", dir, e))
 }
 
+/// `dir/<stem>.<UTC time><suffix>`, with `-2`, `-3`… added until no file has that name.
+/// Callers hold `rotation.lock`, so no other process of ours picks the same name meanwhile.
+fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let mut candidate = dir.join(format!("{stem}.{stamp}{suffix}"));
+    let mut n = 2;
+    while fs::symlink_metadata(&candidate).is_ok() {
+        candidate = dir.join(format!("{stem}.{stamp}-{n}{suffix}"));
+        n += 1;
+    }
+    candidate
+}
+
 /// Group or other may read, write or enter it.
 pub fn too_open(mode: u32) -> bool {
     mode & 0o077 != 0
@@ -891,13 +904,13 @@ impl Vault {
         }
     }
 
-    /// One warning line per run when credential files or directories are readable by others.
+    /// One warning line per run when a credential file (or `accounts/`) is readable by others.
+    /// The home directory itself is left to `doctor`: qwen creates it 0755, and a warning on
+    /// every run for qwen's own default would be noise on every caller's stderr.
     fn warn_wide_modes(&self, scanned: &Scan) {
         let mut wide: Vec<PathBuf> = Vec::new();
-        for dir in [&self.paths.home, &self.paths.accounts] {
-            if fs::metadata(dir).is_ok_and(|m| too_open(m.mode())) {
-                wide.push(dir.clone());
-            }
+        if fs::metadata(&self.paths.accounts).is_ok_and(|m| too_open(m.mode())) {
+            wide.push(self.paths.accounts.clone());
         }
         let mut files = vec![self.paths.live_creds.clone()];
         for (n, kinds) in scanned {
@@ -922,6 +935,30 @@ impl Vault {
 
     /// The rotation step (DESIGN.md), compare-and-swap on `failed`.
     pub fn report(&self, failed: usize, hit: &Hit) -> Result<Rotation> {
+        // Lock-free answer for the N-1 losers of a compare-and-swap: another process already
+        // moved to a usable slot and marked `failed` at least this strongly, so the locked step
+        // would change nothing. (A state read is a whole file: every write is a rename.)
+        let now = Utc::now();
+        if let Loaded::Ok(st) = State::load(&self.paths.state)
+            && st.current_index != failed
+            && st.eligible(st.current_index, now)
+        {
+            let mut probe = st.clone();
+            let c = &self.config;
+            if !probe.mark(
+                failed,
+                hit.class,
+                hit.reset_at,
+                "",
+                now,
+                c.quota_cooldown,
+                c.throttle_cooldown,
+            ) {
+                return Ok(Rotation::AlreadyRotated {
+                    to: st.current_index,
+                });
+            }
+        }
         self.transact("rotate", |tx| tx.rotate(failed, hit))
     }
 
@@ -1139,7 +1176,6 @@ impl Vault {
             }
             let removed_dir = tx.vault.paths.accounts.join("removed");
             ensure_dir(&removed_dir)?;
-            let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
             let mut moved = None;
             for kind in [Kind::OAuth, Kind::ApiKey] {
                 let from = slot_path(&tx.vault.paths, n, kind);
@@ -1150,7 +1186,9 @@ impl Vault {
                     .file_name()
                     .and_then(|f| f.to_str())
                     .unwrap_or("slot.json");
-                let to = removed_dir.join(format!("{name}.{stamp}"));
+                // rename(2) replaces an existing target: the name must be new, or a slot number
+                // reused and removed again would destroy the first removed login.
+                let to = unused_name(&removed_dir, name, "");
                 fs::rename(&from, &to).map_err(|e| Error::io("move", &from, e))?;
                 moved = Some(to);
             }
@@ -1773,8 +1811,12 @@ impl Tx<'_> {
         };
         let dir = self.vault.paths.accounts.join("backup");
         ensure_dir(&dir)?;
-        let name = format!("{stem}.{}.json", Utc::now().format("%Y%m%dT%H%M%S%.6fZ"));
-        write_atomic(&dir.join(&name), &bytes)?;
+        let path = unused_name(&dir, stem, ".json");
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        write_atomic(&path, &bytes)?;
         self.point("backup_written");
         self.log(Event::new(events::BACKUP, self.now).reason(format!(
             "kept the previous content as accounts/backup/{name}"

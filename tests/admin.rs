@@ -1,6 +1,10 @@
 //! `qwen --rotation-*` through the built binary, with QWEN_HOME and HOME in a tempdir.
 //! Every stdout and stderr is scanned for the fixture tokens (`Home::run`).
 
+#[path = "support/mock.rs"]
+mod mock;
+#[path = "support/real_qwen.rs"]
+mod real_qwen;
 #[path = "support/vault_home.rs"]
 mod vault_home;
 
@@ -937,4 +941,70 @@ fn setup_guides_through_several_logins_on_a_terminal() {
     let out = h.run(&["--rotation-setup"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("--rotation-add"), "{}", stderr(&out));
+}
+
+/// The real qwen 0.12.0 (from npm, `.ci/install-qwen`) reads the file the vault swapped in:
+/// after `--rotation-switch 2` its request carries account 2's token, after `--rotation-next`
+/// account 1's. Skipped (with a line) when the release is not installed.
+#[test]
+fn a_real_qwen_reads_the_credentials_the_vault_installed() {
+    let mock = mock::Mock::start();
+    let Some(sb) = real_qwen::Sandbox::new(real_qwen::Version::V0_12) else {
+        return;
+    };
+    sb.write_settings(Some("qwen-oauth"), serde_json::json!({}));
+    sb.oauth_pool(&["tokA", "tokB"], &mock.url());
+    let out = sb.run(&["--rotation-switch", "2"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let out = sb.run_direct(&["-p", "hello"], None);
+    assert_eq!(
+        (out.code(), out.stdout()),
+        (0, "REPLY-FROM-tokB".to_string()),
+        "{}",
+        out.dump()
+    );
+    let out = sb.run(&["--rotation-next"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let out = sb.run_direct(&["-p", "hello"], None);
+    assert_eq!(
+        (out.code(), out.stdout()),
+        (0, "REPLY-FROM-tokA".to_string()),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(mock.tokens(), ["tokB", "tokA"]);
+    // Both slots are as they were: nothing refreshed, nothing copied back.
+    assert_eq!(sb.slot_token(1).as_deref(), Some("tokA"));
+    assert_eq!(sb.slot_token(2).as_deref(), Some("tokB"));
+}
+
+#[test]
+fn a_run_warns_once_about_readable_credentials_but_not_about_qwens_own_home_mode() {
+    let h = Home::with_oauth(2);
+    let (_, real) = path_dirs(&h);
+    fs::write(real.join("qwen"), "#!/bin/sh\necho answer\n").unwrap();
+    fs::set_permissions(h.paths.home.as_path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |h: &Home| {
+        let out = doctor_cmd(h, &["-p", "hello"]);
+        assert_eq!(
+            (code(&out), stdout(&out).as_str()),
+            (0, "answer\n"),
+            "{}",
+            stderr(&out)
+        );
+        stderr(&out)
+    };
+    assert_eq!(
+        run(&h),
+        "",
+        "a 0755 home (qwen's default) is not worth a warning per run"
+    );
+    fs::set_permissions(h.paths.oauth_slot(2), fs::Permissions::from_mode(0o644)).unwrap();
+    let err = run(&h);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("oauth_creds_2.json can be read by other users")
+            && err.contains("--rotation-doctor --fix"),
+        "{err}"
+    );
 }

@@ -13,7 +13,7 @@ mod sandbox;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -57,46 +57,9 @@ impl Outer {
     }
 
     /// Like `start`, after `prepare` adjusted the fresh terminal's settings.
-    fn start_with(
-        mut cmd: Command,
-        rows: u16,
-        cols: u16,
-        prepare: impl FnOnce(&mut Termios),
-    ) -> Outer {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(&ws, None).expect("openpty");
-        for fd in [&pty.master, &pty.slave] {
-            // Tests run in parallel: a copy leaked into another test's program would keep this
-            // terminal open after its own program is gone.
-            fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-        }
-        let mut t = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-        prepare(&mut t);
-        termios::tcsetattr(pty.slave.as_fd(), termios::SetArg::TCSANOW, &t).unwrap();
-        let initial = termios::tcgetattr(pty.master.as_fd()).unwrap();
-        cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave));
-        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                // TIOCSCTTY: this terminal controls the program, as a terminal emulator's would.
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn on the test's terminal");
-        // The Command's copies of the slave must go, or the master never reads EIO.
-        drop(cmd);
-        let master = fs::File::from(pty.master);
+    fn start_with(cmd: Command, rows: u16, cols: u16, prepare: impl FnOnce(&mut Termios)) -> Outer {
+        let (master, child, initial) = spawn_on_pty(cmd, rows, cols, prepare);
+        let master = fs::File::from(master);
         let screen = Arc::new((Mutex::new(Screen::default()), Condvar::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = Arc::clone(&screen);
@@ -208,6 +171,51 @@ impl Drop for Outer {
             let _ = child.wait();
         }
     }
+}
+
+/// Starts `cmd` on a new pty (after `prepare` adjusted its settings) as session leader with the
+/// pty as controlling terminal, as a terminal emulator starts a shell. Returns the master (the
+/// only one: dropping it hangs the terminal up), the child, and the settings it started with.
+fn spawn_on_pty(
+    mut cmd: Command,
+    rows: u16,
+    cols: u16,
+    prepare: impl FnOnce(&mut Termios),
+) -> (OwnedFd, Child, Termios) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).expect("openpty");
+    for fd in [&pty.master, &pty.slave] {
+        // Tests run in parallel: a copy leaked into another test's program would keep this
+        // terminal open after its own program is gone.
+        fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    let mut t = termios::tcgetattr(pty.slave.as_fd()).unwrap();
+    prepare(&mut t);
+    termios::tcsetattr(pty.slave.as_fd(), termios::SetArg::TCSANOW, &t).unwrap();
+    let initial = termios::tcgetattr(pty.master.as_fd()).unwrap();
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            // TIOCSCTTY: this terminal controls the program, as a terminal emulator's would.
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn on the test's terminal");
+    // The Command's copies of the slave must go, or the master never reads EIO.
+    drop(cmd);
+    (pty.master, child, initial)
 }
 
 /// Waits for `child`, killing it and failing the test after LIMIT.
@@ -726,35 +734,10 @@ echo $$ > "$SANDBOX/ready"
 if read line; then echo "line:$line"; else echo eof; fi > "$SANDBOX/result.tmp"
 mv "$SANDBOX/result.tmp" "$SANDBOX/result""#;
     for (path, sb) in both(script) {
-        let ws = libc::winsize {
-            ws_row: 24,
-            ws_col: 80,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(&ws, None).unwrap();
-        for fd in [&pty.master, &pty.slave] {
-            fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-        }
-        let mut cmd = sb.cmd(NO_ARGS);
-        cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave));
-        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        drop(cmd);
+        let (master, child, _) = spawn_on_pty(sb.cmd(NO_ARGS), 24, 80, |_| {});
         await_file(&sb.path("ready"), LIMIT);
         // Closing the only master hangs the terminal up (pty(7)): SIGHUP, then reads end.
-        drop(pty.master);
+        drop(master);
         assert_eq!(await_file(&sb.path("result"), LIMIT), "eof\n", "{path}");
         let status = wait_within(child);
         assert_eq!(status.code(), Some(0), "{path}: {status:?}");

@@ -291,3 +291,30 @@ fn a_proxy_in_the_environment_does_not_capture_the_relay() {
     );
     assert_mock_saw_only_real_keys(&mock, &keys);
 }
+
+#[test]
+fn headless_quota_inside_a_stream_reruns_on_key_2() {
+    // 200 and then an error event: only output scanning sees it. run.rs rotates and reruns
+    // qwen; the relay must follow that rotation (Relay::switch_to), or the rerun would go to
+    // the spent key again.
+    let Some((mock, sb, keys)) = api_pool(&["stream_quota", "ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(
+        out.stdout(),
+        format!("REPLY-FROM-{}\n", keys[1]),
+        "{}",
+        out.dump()
+    );
+    let tokens = mock.tokens();
+    assert_eq!(tokens.first(), Some(&keys[0]), "{tokens:?}");
+    assert!(
+        tokens[1..].iter().all(|t| *t == keys[1]),
+        "the rerun went to the spent key: {tokens:?}"
+    );
+    assert_eq!(switches(&sb).len(), 1, "{:?}", switches(&sb));
+    assert_mock_saw_only_real_keys(&mock, &keys);
+    assert_no_key_anywhere(&sb, &out, &keys);
+}

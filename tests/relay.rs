@@ -1012,3 +1012,19 @@ fn proxied_child() {
     }
     assert_eq!(mock.tokens(), [f.keys[0].clone()]);
 }
+
+#[test]
+fn a_refused_request_is_not_buffered() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let mut c = Conn::open(&f.relay);
+    // Announces 200 MB and sends none of it: the refusal comes at once, nothing is read.
+    c.w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 200000000\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let r = c.response();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(mock.requests().is_empty());
+}

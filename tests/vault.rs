@@ -1040,7 +1040,11 @@ mod sequences {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            // PROPTEST_CASES raises it for a longer soak.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..24)) {
@@ -1135,4 +1139,28 @@ mod sequences {
             }
         }
     }
+}
+
+#[test]
+fn removing_a_reused_slot_number_twice_keeps_both_logins() {
+    let h = Home::with_oauth(2);
+    let v = h.vault();
+    v.prepare(None).unwrap();
+    let src = h.dir.path().join("login.json");
+    v.remove("2").unwrap();
+    assert_eq!(
+        v.add_oauth(creds("z").as_bytes(), &src, None).unwrap(),
+        2,
+        "the number is free again"
+    );
+    v.remove("2").unwrap();
+    let mut kept: Vec<String> = fs::read_dir(h.paths.accounts.join("removed"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap())
+        .collect();
+    kept.sort();
+    let mut want = vec![creds("b"), creds("z")];
+    want.sort();
+    assert_eq!(kept, want);
 }
