@@ -29,11 +29,15 @@ const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 const ROWS: u16 = 50;
 const COLS: u16 = 200;
 const RUNS: usize = 5;
+/// Set in this bench's own subprocess: relay `sh -c $value` through `pty::run` and exit.
+const RELAY_ONLY: &str = "BENCH_PTY_RELAY_ONLY";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Via {
     Direct,
     Script,
+    /// `pty::run` with a no-op `on_output`: the relay alone, without the shim's detector.
+    Library,
     Shim,
 }
 
@@ -42,12 +46,16 @@ impl Via {
         match self {
             Via::Direct => "direct on the pty",
             Via::Script => "script -q -c",
+            Via::Library => "pty::run, no detector",
             Via::Shim => "qwen shim (relay)",
         }
     }
 }
 
 fn main() {
+    if let Ok(body) = std::env::var(RELAY_ONLY) {
+        relay_only(&body);
+    }
     let started = Instant::now();
     let mib: u64 = env_or("BENCH_PTY_MIB", 64);
     let keys: usize = env_or("BENCH_PTY_KEYS", 2000) as usize;
@@ -60,7 +68,7 @@ fn main() {
 
     let line = "x".repeat(79);
     let producer = format!("yes '{line}' | head -c {}", mib << 20);
-    let vias = [Via::Direct, Via::Script, Via::Shim];
+    let vias = [Via::Direct, Via::Script, Via::Library, Via::Shim];
     let mut walls: Vec<Vec<Duration>> = vec![Vec::new(); vias.len()];
     let mut cpus: Vec<Vec<Duration>> = vec![Vec::new(); vias.len()];
     let mut bytes = 0;
@@ -133,13 +141,24 @@ fn main() {
         };
         println!("  {:<22} {:>8.0} {:>8.0}   {added}", via.name(), p50, p99);
     }
-    let (shim, script) = (stats[2], stats[1]);
+    let (shim, script) = (stats[3], stats[1]);
     println!(
         "  shim vs script: p50 {:+.0} us, p99 {:+.0} us (target: < 1000 us added)",
         shim.0 - script.0,
         shim.1 - script.1
     );
     println!("bench time {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The `Via::Library` subprocess: stdin and stdout are the bench's pty.
+fn relay_only(body: &str) -> ! {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", body]);
+    let (_controller, controls) = qwen_rotation::pty::controls();
+    match qwen_rotation::pty::run(cmd, &mut |_: &[u8]| {}, controls) {
+        Ok(outcome) => qwen_rotation::signals::exit_with(outcome),
+        Err(e) => panic!("relay: {e}"),
+    }
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -178,6 +197,11 @@ fn command(via: Via, body: &str, home: &Path) -> Command {
         Via::Script => {
             let mut c = Command::new("script");
             c.args(["-q", "-c", body, "/dev/null"]);
+            c
+        }
+        Via::Library => {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.env(RELAY_ONLY, body);
             c
         }
         Via::Shim => {
