@@ -17,8 +17,9 @@
 //!   panic hook before the panic message is printed, and around every stop.
 //! - One thread runs the relay: ppoll(2) on our stdin, the pty master, a self-pipe written by
 //!   the signal handler, and a wake-up socket written by `Controller::send`. Our handled signals
-//!   are blocked everywhere except inside ppoll (threads started from the relay thread inherit
-//!   the block), so no other system call of the process sees EINTR because of them.
+//!   are blocked everywhere except inside ppoll (and, while output floods in and ppoll never
+//!   blocks, for a moment every `SIGNAL_LATENCY`); threads started from the relay thread inherit
+//!   the block, so no other system call of the process sees EINTR because of them.
 //! - Output: child bytes are written to our stdout first, then given to `on_output` (the
 //!   detector), so detection never delays what the person sees. After the child exits the master
 //!   is read until EIO: every byte qwen wrote is on the screen before the shim exits (a stray
@@ -53,9 +54,11 @@
 //! less`, `qwen < prompt.txt`), the run is headless (pipes.rs): there is no screen to relay, and
 //! a terminal on one side stays the child's, untouched, exactly as if the shell had started qwen.
 //!
-//! One relay per process (signal handlers and the panic hook are process-wide): a second
-//! concurrent `run` returns Err. `run` reaps every child of the process (waitpid(-1)): the shim
-//! is a subreaper, and orphaned descendants of qwen must not stay zombies.
+//! `run` returns Err only before the child is started (our terminal is then as it was), so the
+//! caller can still exec qwen directly. One relay per process (signal handlers and the panic
+//! hook are process-wide): a second concurrent `run` returns Err. `run` reaps every child of the
+//! process (waitpid(-1)): the shim is a subreaper, and orphaned descendants of qwen must not stay
+//! zombies. Linux only, like the rest of the shim: ppoll(2), /proc, termios on the pty master.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -798,8 +801,6 @@ enum EscState {
     Csi,
     /// OSC, DCS, SOS, PM, APC strings: until BEL or ST (ESC \).
     Str,
-    /// ESC inside a string: ST if a backslash follows.
-    StrEscape,
 }
 
 impl Escapes {
@@ -810,43 +811,36 @@ impl Escapes {
     fn feed(&mut self, bytes: &[u8]) {
         use EscState::*;
         const ESC: u8 = 0x1b;
+        // Only what follows the last ESC decides: ESC starts a new sequence from any state (in a
+        // string it is either ST's first byte or ends the string; the next byte decides both the
+        // same way). `contains` is memchr, word-at-a-time: plain text costs next to nothing.
+        let mut bytes = bytes;
+        if bytes.contains(&ESC) {
+            let last = bytes.iter().rposition(|&b| b == ESC).unwrap_or(0);
+            self.state = Escape;
+            self.utf8_pending = 0;
+            bytes = &bytes[last + 1..];
+        }
         let mut i = 0;
         while i < bytes.len() {
             if self.state == Ground {
-                // Fast path: plain text up to the next ESC.
-                match bytes[i..].iter().position(|&b| b == ESC) {
-                    None => {
-                        self.utf8_pending = utf8_pending(self.utf8_pending, &bytes[i..]);
-                        return;
-                    }
-                    Some(p) => {
-                        self.utf8_pending = 0;
-                        self.state = Escape;
-                        i += p + 1;
-                        continue;
-                    }
-                }
+                // No ESC left: the rest is text, and only its last character can be unfinished.
+                self.utf8_pending = utf8_pending(self.utf8_pending, &bytes[i..]);
+                return;
             }
             let b = bytes[i];
             i += 1;
             self.state = match (self.state, b) {
                 // CAN and SUB abort any sequence.
                 (_, 0x18 | 0x1a) => Ground,
-                (StrEscape, b'\\') => Ground,
                 (Str, 0x07) => Ground,
-                (Str | StrEscape, ESC) => StrEscape,
                 (Str, _) => Str,
-                // ESC inside a string not followed by '\': the string ended, a new sequence begins.
-                (StrEscape, _) => {
-                    i -= 1;
-                    Escape
-                }
-                (_, ESC) => Escape,
                 (Escape, b'[') => Csi,
                 (Escape, b']' | b'P' | b'X' | b'^' | b'_') => Str,
                 // C0 controls inside a sequence are executed without ending it.
                 (s, 0x00..=0x1f) => s,
                 (Escape | Intermediate, 0x20..=0x2f) => Intermediate,
+                // Includes ST (ESC \) ending a string.
                 (Escape | Intermediate, _) => Ground,
                 (Csi, 0x40..=0x7e) => Ground,
                 (Csi, _) => Csi,
@@ -1195,6 +1189,39 @@ mod tests {
             e.feed(std::slice::from_ref(b));
             assert_eq!(e.at_rest(), check.is_char_boundary(i + 1), "after byte {i}");
         }
+    }
+
+    #[test]
+    fn escapes_give_the_same_answer_however_the_stream_is_cut() {
+        let stream: &[u8] = "a\x1b[1;31m✕ red\x1b[0m\x1b]0;ti\x1btle\x07b\x1b]8;;u\x1b\\é\x1bP1$r\x1b\\\x1b(B\x1b[?25l😀z\x1b7\x1b8"
+            .as_bytes();
+        let whole = |bytes: &[u8]| {
+            let mut e = Escapes::default();
+            e.feed(bytes);
+            e.at_rest()
+        };
+        let one_by_one = |bytes: &[u8]| {
+            let mut e = Escapes::default();
+            for b in bytes {
+                e.feed(std::slice::from_ref(b));
+            }
+            e.at_rest()
+        };
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(whole(a), one_by_one(a), "prefix of {cut} bytes");
+            let mut e = Escapes::default();
+            e.feed(a);
+            e.feed(b);
+            assert!(e.at_rest(), "split at {cut}");
+        }
+        // Inside an OSC across chunks, ended by BEL in a chunk without ESC.
+        let mut e = Escapes::default();
+        e.feed(b"\x1b]0;long title");
+        e.feed(b" continues");
+        assert!(!e.at_rest());
+        e.feed(b" ends\x07");
+        assert!(e.at_rest());
     }
 
     #[test]

@@ -694,14 +694,17 @@ fn a_panicking_detector_restores_the_terminal_first_and_the_session_goes_on() {
     let out = dir.path().join("out");
     let mut t = Outer::start(helper("panic", &out, &[]), 24, 80);
     let before = t.initial.clone();
+    await_true("raw", || is_raw(&t.termios()));
+    // cat's echo of the first line is the first output: the detector panics on it.
     t.type_bytes(b"first\r");
     // Printed with the terminal restored: the message's newlines arrive as CR LF (ONLCR).
     t.await_text("detector boom\r\n");
+    await_true("raw again after the panic", || is_raw(&t.termios()));
     t.type_bytes(b"after\r");
+    // The pty's echo and cat's copy, and no echo from our terminal: it is raw again.
     t.await_screen("cat's answer after the panic", |b| {
         count(b, b"after\r\n") == 2
     });
-    assert!(is_raw(&t.termios()), "raw again after the panic");
     t.type_bytes(b"\x04");
     let (status, screen, after) = t.finish_with_termios();
     assert!(status.success(), "{status:?}: {:?}", shown(&screen));
