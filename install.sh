@@ -5,6 +5,8 @@
 #   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile] [--uninstall]
 #
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
+# --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
+# (and ~/.bashrc, ~/.zshrc when present); QWEN_ROTATION_PROFILE=FILE names another file.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,7 +47,9 @@ target="$bindir/qwen"
 path_line="export PATH=\"$bindir:\$PATH\"  $profile_tag"
 
 profiles() {
-    if [ "$(id -u)" = 0 ] && [ -d /etc/profile.d ]; then
+    if [ -n "${QWEN_ROTATION_PROFILE:-}" ]; then
+        echo "$QWEN_ROTATION_PROFILE"
+    elif [ "$(id -u)" = 0 ] && [ -d /etc/profile.d ]; then
         echo /etc/profile.d/qwen-rotation.sh
     else
         echo "$HOME/.profile"
@@ -67,7 +71,10 @@ if [ "$uninstall" = 1 ]; then
     for f in $(profiles); do
         [ -f "$f" ] || continue
         if grep -qF "$profile_tag" "$f"; then
-            grep -vF "$profile_tag" "$f" > "$f.qwen-rotation.tmp" && cat "$f.qwen-rotation.tmp" > "$f" && rm -f "$f.qwen-rotation.tmp"
+            # grep -v exits 1 when no line is left: that is success here.
+            { grep -vF "$profile_tag" "$f" || true; } > "$f.qwen-rotation.tmp"
+            cat "$f.qwen-rotation.tmp" > "$f"
+            rm -f "$f.qwen-rotation.tmp"
             say "removed the PATH line from $f"
         fi
     done
@@ -76,13 +83,14 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 # npm's global bin directory holds the real qwen: the shim must live somewhere else.
+npm_bin=/usr/local/bin
 if command -v npm >/dev/null 2>&1; then
     npm_bin="$(npm prefix -g 2>/dev/null)/bin"
-    case "$(cd "$bindir" 2>/dev/null && pwd || echo "$bindir")" in
-        "$npm_bin"|/usr/bin|/usr/local/bin|/bin)
-            die "$bindir is a shared bin directory (npm's qwen may live there); choose a dedicated --prefix" ;;
-    esac
 fi
+case "$(cd "$bindir" 2>/dev/null && pwd || echo "$bindir")" in
+    "$npm_bin"|/usr/bin|/usr/local/bin|/bin|/usr/sbin|/sbin)
+        die "$bindir is a shared bin directory (npm's qwen may live there); choose a dedicated --prefix" ;;
+esac
 if [ -e "$target" ] && ! is_shim "$target"; then
     die "$target exists and is not the qwen-rotation shim; choose another --prefix"
 fi
