@@ -426,7 +426,7 @@ impl Relay<'_> {
             Err(Errno::EIO)
                 if unistd::tcgetpgrp(stdin.as_fd()).is_ok_and(|fg| fg != unistd::getpgrp()) =>
             {
-                self.suspend(Signal::SIGTTIN, true);
+                self.suspend(Signal::SIGTTIN, true, false);
                 return;
             }
             // EOF: a hung-up terminal reads 0 (or EIO while the hang-up is in progress).
@@ -443,7 +443,9 @@ impl Relay<'_> {
         {
             self.input.extend_from_slice(&keys[..at]);
             self.flush_input();
-            self.suspend(Signal::SIGTSTP, true);
+            // The key stops the whole foreground job, as the outer terminal would have: our
+            // process group, which may hold more than the shim (`( qwen; … )` in a shell).
+            self.suspend(Signal::SIGTSTP, true, true);
             keys = &keys[at + 1..];
         }
         self.input.extend_from_slice(keys);
@@ -526,7 +528,7 @@ impl Relay<'_> {
         if let Some(s) = stop
             && !(has(Signal::SIGCONT) && last_seen(Signal::SIGCONT) > last_seen(s))
         {
-            self.suspend(s, true);
+            self.suspend(s, true, false);
         }
         if has(Signal::SIGCONT) {
             // Continued (after our own stop, or a SIGSTOP from outside): raw again, and a redraw.
@@ -574,7 +576,7 @@ impl Relay<'_> {
                 // is orphaned (no shell could continue us), instead of hanging there forever.
                 _ => Signal::SIGTSTP,
             };
-            self.suspend(ours, false);
+            self.suspend(ours, false, false);
         }
     }
 
@@ -585,13 +587,17 @@ impl Relay<'_> {
 
     /// Gives the terminal back and stops the shim (and, unless it stopped by itself, the child);
     /// returns once continued, with the terminal raw again and the child running.
-    fn suspend(&mut self, sig: Signal, stop_child: bool) {
+    fn suspend(&mut self, sig: Signal, stop_child: bool, whole_job: bool) {
         self.raw.restore();
         if stop_child {
             // SIGSTOP, not SIGTSTP: the child's group is orphaned, the kernel drops SIGTSTP there.
             let _ = signal::killpg(self.child, Signal::SIGSTOP);
         }
-        stop_self(sig);
+        if whole_job {
+            stop_group(sig);
+        } else {
+            stop_self(sig);
+        }
         // Continued. From the background (`bg`) this tcsetattr stops us again until `fg`.
         let _ = self.raw.apply();
         self.copy_window_size();
@@ -1113,6 +1119,13 @@ fn with_default_action<R>(sig: Signal, f: impl FnOnce() -> R) -> R {
 /// Stops this process with `sig`'s default action (raise(3) delivers to this thread before it
 /// returns); returns when continued — at once if the kernel discards the stop because our own
 /// group is orphaned, which is what would happen to qwen without the shim.
+/// Stops our whole process group (the job the shell sees), ourselves included.
+fn stop_group(sig: Signal) {
+    with_default_action(sig, || {
+        let _ = signal::killpg(unistd::getpgrp(), sig);
+    });
+}
+
 fn stop_self(sig: Signal) {
     with_default_action(sig, || {
         let _ = signal::raise(sig);
