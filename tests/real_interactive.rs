@@ -10,6 +10,15 @@
 //! session and the shim presses Ctrl+Y once qwen re-reads it); 0.24.4 the API-key relay (the
 //! shim's loopback relay re-sends the request on the next key; qwen never sees an error).
 //! Without the installed releases the tests print SKIP (and fail under CI).
+//!
+//! Each test prints one `timing (…)` line (run with `--nocapture`). The OAuth test's numbers
+//! check auto_retry's 5.2 s pause: qwen 0.12.0 re-reads `oauth_creds.json` only when its last
+//! check is ≥ 5 s old, and that check runs just before a request goes out. Measured by hand
+//! (`auto_retry: false`, a one-request quota error, Ctrl+Y typed at a chosen time, the prompt
+//! sent after ≥ 5 s idle): Ctrl+Y 4.54 s after the failed request still sent the old token,
+//! 4.96 s the new one.
+//! The error block always follows the failed request, so 5.2 s after the block is ≥ 5.2 s after
+//! the check: right, with ~0.25 s to spare, and no shorter pause is safe in general.
 
 #[path = "support/mock.rs"]
 mod mock;
@@ -551,6 +560,64 @@ fn interactive_oauth_quota_hot_swaps_under_the_running_session() {
 }
 
 #[test]
+fn interactive_second_quota_in_the_same_session_rotates_again() {
+    let begin = Instant::now();
+    // `fast`: a quota answer carries `x-should-retry: false`, so it costs one request instead of
+    // the SDK's four (the plain path is the test above).
+    let Some((mock, sb)) = oauth_pool(&["tok1_fast_quota", "tok2_fast", "tok3_ok"]) else {
+        return;
+    };
+    let mut term = Terminal::start(&sb);
+    let (ready, _) = term.await_text(PROMPT, 0, START_LIMIT);
+    let before = await_qwen_processes(term.pid());
+
+    term.submit("hello");
+    let (block, _) = term.await_text("✕ Qwen OAuth quota exceeded", ready, TURN_LIMIT);
+    let (notice, _) = term.await_text("switched to account 2", block, TURN_LIMIT);
+    let (reply, _) = term.await_text("REPLY-FROM-tok2_fast", notice, TURN_LIMIT);
+
+    // Account 2 runs out during the conversation: the next prompt fails on it.
+    mock.set_behaviour("tok2_fast", mock::Behaviour::Quota);
+    let asked = term.submit("again");
+    let (block, _) = term.await_text("✕ Qwen OAuth quota exceeded", asked.max(reply), TURN_LIMIT);
+    let (notice, _) = term.await_text("switched to account 3", block, TURN_LIMIT);
+    term.await_text("REPLY-FROM-tok3_ok", notice, TURN_LIMIT);
+
+    let requests = mock.chat_requests();
+    let mut order: Vec<&str> = requests.iter().map(|r| r.token.as_str()).collect();
+    order.dedup();
+    assert_eq!(
+        order,
+        ["tok1_fast_quota", "tok2_fast", "tok3_ok"],
+        "{:?}",
+        mock.tokens()
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.token == "tok3_ok")
+            .all(|r| r.prompt.as_deref() == Some("again")),
+        "account 3 answered the retried prompt"
+    );
+    assert_eq!(
+        switches(&sb),
+        vec![(Some(1), Some(2)), (Some(2), Some(3))],
+        "{:?}",
+        sb.rotation_log()
+    );
+    assert_eq!(sb.live_token().as_deref(), Some("tok3_ok"));
+    assert_eq!(count(&term.raw(), NOTICE.as_bytes()), 2, "{}", term.text());
+    assert_eq!(qwen_processes(term.pid()), before, "qwen was restarted");
+
+    let status = term.quit();
+    assert!(status.success(), "shim exit after /quit: {status:?}");
+    eprintln!(
+        "timing (two rotations in one session): wall {:.1?}",
+        begin.elapsed()
+    );
+}
+
+#[test]
 fn interactive_api_key_quota_moves_to_key_2_with_no_restart_and_no_keystroke() {
     let begin = Instant::now();
     let Some((mock, sb)) = api_pool(&["key1_quota", "key2_ok"]) else {
@@ -600,6 +667,8 @@ fn interactive_api_key_quota_moves_to_key_2_with_no_restart_and_no_keystroke() {
         !text.contains('✕'),
         "qwen showed an error although the relay rotated:\n{text}"
     );
+    // (Key 2 is on screen only inside the mock's answer text.)
+    assert!(!text.contains("key1_quota"), "key 1 on screen:\n{text}");
     // The relay re-sent qwen's request as it was: the same prompt reached key 2.
     let last_key1 = requests.iter().rfind(|r| r.token == "key1_quota").unwrap();
     let first_key2 = requests.iter().find(|r| r.token == "key2_ok").unwrap();
@@ -691,26 +760,4 @@ fn interactive_model_answer_quoting_quota_errors_does_not_rotate() {
     let status = term.quit();
     assert!(status.success(), "shim exit after /quit: {status:?}");
     eprintln!("timing (quoted quota text): wall {:.1?}", begin.elapsed());
-}
-
-#[test]
-#[ignore]
-fn zz_experiment_early_ctrl_y() {
-    let Some((mock, sb)) = oauth_pool(&["tok1_fast_quota", "tok2_ok", "tok3_ok"]) else {
-        return;
-    };
-    let mut term = Terminal::start(&sb);
-    let (ready, _) = term.await_text(PROMPT, 0, START_LIMIT);
-    term.submit("hello");
-    let (block, _) = term.await_text("quota exceeded", ready, TURN_LIMIT);
-    let (notice, _) = term.await_text("retrying", block, TURN_LIMIT);
-    // The person sends a new prompt at once.
-    term.submit("hello2");
-    let n = mock.tokens().len();
-    mock.wait_for(n + 1, Duration::from_secs(15), |r| r.method == "POST");
-    std::thread::sleep(Duration::from_secs(9));
-    let raw = String::from_utf8_lossy(&term.raw()).into_owned();
-    let notices: Vec<&str> = raw.match_indices("qwen-rotation:").map(|(i, _)| &raw[i..(i + 120).min(raw.len())]).collect();
-    eprintln!("EXP tokens {:?}\nnotices {notices:#?}\nlog {:#?}\nstate {}\nlive {:?}", mock.tokens(), sb.rotation_log(), sb.state_yaml(), sb.live_token());
-    let _ = notice;
 }
