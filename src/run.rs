@@ -236,13 +236,13 @@ fn hot_swap(
         }
         (Kind::OAuth, None) => Duration::from_millis(5_200),
     };
-    if !auto_retry {
-        return say(format!(
-            "{who}; switched to account {to}; press Ctrl+Y to retry"
-        ));
-    }
-    let _ = say(format!("{who}; switched to account {to}; retrying"));
+    let retrying = if auto_retry { "; retrying" } else { "" };
+    let _ = say(format!("{who}; switched to account {to}{retrying}"));
     std::thread::sleep(pause);
+    if !auto_retry {
+        // Only now would a Ctrl+Y go out with the new credentials.
+        return say(format!("account {to} is live: press Ctrl+Y to retry"));
+    }
     controller.send(Control::Input(vec![0x19]));
     true
 }
