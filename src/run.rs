@@ -333,15 +333,18 @@ fn headless(
                 signals::exit_with(outcome);
             }
         };
-        let retry = may_retry
-            && stop_on.contains(&hit.class)
+        // Could this run go again at all (attempts aside)?
+        let rerunnable = !modifiers.no_retry
+            && modifiers.account.is_none()
+            && !(hit.class == Class::Auth && auth_retried)
             && !finished.committed
             && !interrupted.load(Ordering::SeqCst)
             && stdin.replayable();
+        let retry = rerunnable && attempt < max_attempts;
         let who = what(slot, launch_label(slot, &launch), &hit);
         match rotation {
             Rotation::Exhausted { earliest } => {
-                let wait = retry && !waited && config.on_exhausted == OnExhausted::Wait;
+                let wait = rerunnable && !waited && config.on_exhausted == OnExhausted::Wait;
                 match earliest
                     .filter(|_| wait)
                     .and_then(|t| within(t, config.max_wait))
@@ -354,6 +357,8 @@ fn headless(
                         ));
                         std::thread::sleep(pause);
                         waited = true;
+                        // A new round: every account that returned may be tried again.
+                        attempt = 0;
                     }
                     None => {
                         notice(&who);
@@ -366,7 +371,15 @@ fn headless(
             }
             Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } => {
                 pipes::release(&finished);
-                notice(&format!("{who}; the next run uses account {to}"));
+                let why = if !stdin.replayable() {
+                    format!(
+                        " (not retried: stdin was larger than stdin_limit, {} bytes, so it cannot be replayed)",
+                        config.stdin_limit
+                    )
+                } else {
+                    String::new()
+                };
+                notice(&format!("{who}; the next run uses account {to}{why}"));
                 signals::exit_with(outcome);
             }
         }
