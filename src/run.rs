@@ -137,52 +137,195 @@ fn interactive_session(
     });
     // Kept alive for the whole session: an API-key session moves to the next key inside the relay.
     let relay = start_relay(vault, &patterns, &launch, args, notify).map(Arc::new);
-    let mut cmd = Command::new(real);
-    cmd.args(args);
-    for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
-        cmd.env(k, v);
-    }
-    let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
-    let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
-    let retried = Arc::new(AtomicBool::new(false));
-    let auto_retry = vault.config.auto_retry;
-    let (paths, config) = (vault.paths.clone(), vault.config.clone());
-    let mut on_output = |bytes: &[u8]| {
-        // Our Ctrl+Y went out: the retry's own failure may repeat the old wording and must count.
-        if retried.swap(false, Ordering::SeqCst) {
-            detector.request_sent();
+    // `qwen -p …` in a terminal is a one-shot run: when it exits on an error, it is re-run with
+    // the same argv like a headless run (its output is already on the screen; nothing to hide).
+    let one_shot = is_one_shot(args);
+    let max_attempts = vault.eligible_count().max(1);
+    let mut launch = launch;
+    let mut controls = Some(controls);
+    let mut controller = controller;
+    for attempt in 1.. {
+        let mut cmd = Command::new(real);
+        cmd.args(args);
+        for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
+            cmd.env(k, v);
         }
-        let Some(hit) = detector.feed(bytes) else {
-            return;
-        };
-        // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector fires
-        // again only for a new error, or for a live one after our own retry (request_sent).
-        detector.rearm();
-        let (controller, slot, retried) =
-            (controller.clone(), Arc::clone(&slot), Arc::clone(&retried));
-        let relay = relay.clone();
-        let vault = Vault::open(paths.clone(), config.clone());
-        std::thread::spawn(move || {
-            if hot_swap(
-                &vault,
-                relay.as_deref(),
-                &slot,
-                &hit,
-                &controller,
-                auto_retry,
-            ) {
-                retried.store(true, Ordering::SeqCst);
+        let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
+        let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+        let mut exit_detector = Detector::new(Arc::clone(&patterns), Anchor::Plain);
+        let swapped = Arc::new(AtomicBool::new(false));
+        let retried = Arc::new(AtomicBool::new(false));
+        let auto_retry = vault.config.auto_retry;
+        let (paths, config) = (vault.paths.clone(), vault.config.clone());
+        let session_controller = controller.clone();
+        let mut on_output = |bytes: &[u8]| {
+            if one_shot {
+                exit_detector.feed(bytes);
             }
-        });
-    };
-    match pty::run(cmd, &mut on_output, controls) {
-        Ok(outcome) => signals::exit_with(outcome),
-        Err(e) => {
-            warn(format!(
-                "cannot set up the terminal relay ({e}); running qwen without live rotation"
-            ));
-            exec(real, args, &attempt_env(vault, &launch, None))
+            // Our Ctrl+Y went out: the retry's own failure may repeat the old wording and must count.
+            if retried.swap(false, Ordering::SeqCst) {
+                detector.request_sent();
+            }
+            let Some(hit) = detector.feed(bytes) else {
+                return;
+            };
+            // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector
+            // fires again only for a new error, or for a live one after our own retry.
+            detector.rearm();
+            swapped.store(true, Ordering::SeqCst);
+            let (controller, slot, retried) = (
+                session_controller.clone(),
+                Arc::clone(&slot),
+                Arc::clone(&retried),
+            );
+            let relay = relay.clone();
+            let vault = Vault::open(paths.clone(), config.clone());
+            std::thread::spawn(move || {
+                if hot_swap(
+                    &vault,
+                    relay.as_deref(),
+                    &slot,
+                    &hit,
+                    &controller,
+                    auto_retry,
+                ) {
+                    retried.store(true, Ordering::SeqCst);
+                }
+            });
+        };
+        let this_controls = match controls.take() {
+            Some(c) => c,
+            None => {
+                let (c, r) = pty::controls();
+                controller = c;
+                r
+            }
+        };
+        let outcome = match pty::run(cmd, &mut on_output, this_controls) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn(format!(
+                    "cannot set up the terminal relay ({e}); running qwen without live rotation"
+                ));
+                exec(real, args, &attempt_env(vault, &launch, None))
+            }
+        };
+        let hit = exit_detector
+            .hit()
+            .cloned()
+            .or_else(|| exit_detector.finish());
+        let rerun = one_shot
+            && !outcome.success()
+            && !swapped.load(Ordering::SeqCst)
+            && attempt < max_attempts;
+        let Some(hit) = hit.filter(|_| rerun) else {
+            signals::exit_with(outcome);
+        };
+        let failed = relay.as_deref().map_or(launch.slot, Relay::current_slot);
+        let who = what(failed, launch_label(failed, &launch), &hit);
+        match vault.report(failed, &hit) {
+            Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
+                notice(&format!("{who}; switched to account {to}"));
+            }
+            Ok(Rotation::Exhausted { earliest }) => {
+                notice(&who);
+                fail(&Error::Exhausted { earliest });
+            }
+            Err(e) => {
+                warn(e);
+                signals::exit_with(outcome);
+            }
         }
+        launch = match vault.prepare(None) {
+            Ok(next) => next,
+            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e) => {
+                warn(e);
+                signals::exit_with(outcome);
+            }
+        };
+        if let Some(relay) = relay.as_deref() {
+            relay.switch_to(&launch);
+        }
+    }
+    unreachable!("the attempt loop ends only by exiting")
+}
+
+/// Does this argv ask qwen for one answer and an exit (`-p`, `--prompt`, or a positional
+/// prompt), rather than for a session (`-i`/`--prompt-interactive`, or no prompt)?
+fn is_one_shot(args: &[OsString]) -> bool {
+    let args: Vec<&str> = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .filter_map(|a| a.to_str())
+        .collect();
+    if args.iter().any(|a| {
+        matches!(*a, "-i" | "--prompt-interactive") || a.starts_with("--prompt-interactive=")
+    }) {
+        return false;
+    }
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if matches!(*a, "-p" | "--prompt") || a.starts_with("--prompt=") {
+            return true;
+        }
+        if VALUE_OPTIONS.contains(a) {
+            it.next(); // the option's value is not a prompt
+        } else if !a.starts_with('-') {
+            return true;
+        }
+    }
+    false
+}
+
+/// qwen options whose value is the next argument (so it is not taken for a positional prompt).
+const VALUE_OPTIONS: &[&str] = &[
+    "-m",
+    "--model",
+    "-o",
+    "--output-format",
+    "--input-format",
+    "--approval-mode",
+    "--auth-type",
+    "-e",
+    "--extensions",
+    "--include-directories",
+    "--proxy",
+    "--openai-api-key",
+    "--openaiApiKey",
+    "--openai-base-url",
+    "--openaiBaseUrl",
+    "--allowed-tools",
+    "--exclude-tools",
+    "--core-tools",
+    "--allowed-mcp-server-names",
+    "--max-session-turns",
+    "--telemetry-target",
+    "-r",
+    "--resume",
+    "--session-id",
+    "--channel",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_shot(args: &[&str]) -> bool {
+        is_one_shot(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn one_shot_runs_are_told_from_sessions() {
+        assert!(one_shot(&["-p", "hi"]));
+        assert!(one_shot(&["--prompt=hi"]));
+        assert!(one_shot(&["explain this", "--output-format", "text"]));
+        assert!(one_shot(&["-m", "coder", "hello"]));
+        assert!(!one_shot(&[]));
+        assert!(!one_shot(&["-m", "coder"]));
+        assert!(!one_shot(&["--approval-mode", "yolo"]));
+        assert!(!one_shot(&["-i", "start here"]));
+        assert!(!one_shot(&["--", "-p"]));
     }
 }
 

@@ -191,3 +191,27 @@ fn ctrl_z_stops_the_job_and_fg_resumes_it() {
         }
     }
 }
+
+#[test]
+fn a_one_shot_run_in_a_terminal_is_rerun_on_the_next_account() {
+    // `qwen -p …` with the terminal on stdin and stdout: qwen exits after the error, and the run
+    // goes again with the same argv, as a headless run would.
+    let sb = Sandbox::new(
+        r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
+if [ "$n" = 1 ]; then echo '[API Error: 429 Free allocated quota exceeded.]' >&2; exit 1; fi
+echo "answer $n for $*""#,
+    );
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    let mut t = Terminal::bash(&sb);
+    t.type_text("qwen -p hi; echo \"rc=$?\" > \"$SANDBOX/rc\"\n");
+    let rc = await_file(&sb.path("rc"), LIMIT);
+    let screen = t.screen();
+    assert_eq!(rc, "rc=0\n", "{screen}");
+    assert!(screen.contains("answer 2 for -p hi"), "{screen}");
+    assert!(
+        screen.contains("qwen-rotation: account 1 quota exhausted; switched to account 2"),
+        "{screen}"
+    );
+    assert_eq!(sb.read("count"), "2\n");
+}
