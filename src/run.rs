@@ -479,7 +479,7 @@ fn headless(
         // Could this run go again at all (attempts aside)?
         let rerunnable = !modifiers.no_retry
             && modifiers.account.is_none()
-            && !(hit.class == Class::Auth && auth_retried)
+            && (hit.class != Class::Auth || !auth_retried)
             && !finished.committed
             && !interrupted.load(Ordering::SeqCst)
             && stdin.replayable();
