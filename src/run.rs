@@ -307,28 +307,6 @@ const VALUE_OPTIONS: &[&str] = &[
     "--channel",
 ];
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn one_shot(args: &[&str]) -> bool {
-        is_one_shot(&args.iter().map(OsString::from).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn one_shot_runs_are_told_from_sessions() {
-        assert!(one_shot(&["-p", "hi"]));
-        assert!(one_shot(&["--prompt=hi"]));
-        assert!(one_shot(&["explain this", "--output-format", "text"]));
-        assert!(one_shot(&["-m", "coder", "hello"]));
-        assert!(!one_shot(&[]));
-        assert!(!one_shot(&["-m", "coder"]));
-        assert!(!one_shot(&["--approval-mode", "yolo"]));
-        assert!(!one_shot(&["-i", "start here"]));
-        assert!(!one_shot(&["--", "-p"]));
-    }
-}
-
 /// Rotates away from the slot that failed on screen and tells the person. An OAuth session
 /// continues on the swapped file; with `auto_retry` we press Ctrl+Y for the person once qwen
 /// will have re-read it. A running qwen never re-reads an API key (QWEN_FACTS_APIKEY.md §3):
@@ -698,4 +676,26 @@ fn forward_signals(interrupted: Arc<AtomicBool>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_shot(args: &[&str]) -> bool {
+        is_one_shot(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn one_shot_runs_are_told_from_sessions() {
+        assert!(one_shot(&["-p", "hi"]));
+        assert!(one_shot(&["--prompt=hi"]));
+        assert!(one_shot(&["explain this", "--output-format", "text"]));
+        assert!(one_shot(&["-m", "coder", "hello"]));
+        assert!(!one_shot(&[]));
+        assert!(!one_shot(&["-m", "coder"]));
+        assert!(!one_shot(&["--approval-mode", "yolo"]));
+        assert!(!one_shot(&["-i", "start here"]));
+        assert!(!one_shot(&["--", "-p"]));
+    }
 }
