@@ -19,7 +19,18 @@ pub mod signals;
 pub mod state;
 pub mod vault;
 
-/// Prints one warning line to stderr, prefixed so the user knows who spoke.
+/// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct
+/// warning is printed once per process: the shim warns once and gets out of the way.
 pub fn warn(message: impl std::fmt::Display) {
-    eprintln!("qwen-rotation: warning: {message}");
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static SAID: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+    let line = message.to_string();
+    let first = SAID
+        .lock()
+        .map(|mut said| said.insert(line.clone()))
+        .unwrap_or(true);
+    if first {
+        eprintln!("qwen-rotation: warning: {line}");
+    }
 }
