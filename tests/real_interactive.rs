@@ -367,11 +367,21 @@ fn descendants(root: i32) -> Vec<Proc> {
     found
 }
 
-/// The real client's node processes under the shim (0.12.0 relaunches itself: parent + child).
+/// The real client's session processes under the shim: the node parent (the shim's child) and
+/// the child it relaunches itself as. Deeper node processes come and go (qwen's own helpers)
+/// and say nothing about a restart.
 fn qwen_processes(shim: i32) -> Vec<Proc> {
-    descendants(shim)
+    let all: Vec<Proc> = descendants(shim)
         .into_iter()
         .filter(|p| p.cmdline.contains("qwen-code"))
+        .collect();
+    let parents: Vec<i32> = all
+        .iter()
+        .filter(|p| p.ppid == shim)
+        .map(|p| p.pid)
+        .collect();
+    all.into_iter()
+        .filter(|p| p.ppid == shim || parents.contains(&p.ppid))
         .collect()
 }
 
