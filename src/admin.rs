@@ -857,6 +857,33 @@ fn status(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// How runs on slot `n` are watched: "relay" (the loopback relay in qwen's request path),
+/// "scan" (qwen's output, with the reason the relay cannot be used), or "file swap" (OAuth).
+fn watch_mode(v: &Vault, n: usize, kind: Option<Kind>) -> (&'static str, Option<String>) {
+    if kind != Some(Kind::ApiKey) {
+        return ("file swap", None);
+    }
+    if !v.config.relay {
+        return ("scan", Some("relay: false in rotation.yaml".into()));
+    }
+    let slot = std::fs::read(v.paths.api_key_slot(n))
+        .ok()
+        .and_then(|b| vault::check_api_key(&b).ok());
+    let Some(slot) = slot else {
+        return ("scan", Some("the slot file cannot be read".into()));
+    };
+    if slot.base_url.is_none() {
+        return (
+            "scan",
+            Some("the slot has no base URL (qwen's default is used)".into()),
+        );
+    }
+    match crate::relay::relay_possible_for(&v.paths, slot.model.as_deref(), &[]) {
+        Ok(()) => ("relay", None),
+        Err(why) => ("scan", Some(why)),
+    }
+}
+
 fn status_json(v: &Vault, o: &Overview) -> Value {
     let now = o.now;
     let accounts: Vec<Value> = o
@@ -870,6 +897,7 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
                 "slot": n,
                 "label": a.label,
                 "kind": a.kind.map(Kind::as_str),
+                "watch": watch_mode(v, *n, a.kind).0,
                 "enabled": a.enabled,
                 "status": a.status_at(now).as_str(),
                 "live": *n == o.state.current_index,
@@ -929,6 +957,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
                 n.to_string(),
                 a.label.clone().unwrap_or_else(|| "-".into()),
                 a.kind.map_or("?", Kind::human).to_string(),
+                watch_mode(v, *n, a.kind).0.to_string(),
                 effective_status(a, now).to_string(),
                 if cooling {
                     relative(a.cooldown_until, now)
@@ -945,7 +974,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
         .collect();
     let painted = |col: usize, _first: &str, cell: &str| -> String {
         match col {
-            4 => ui.paint(cell, status_color(cell)),
+            5 => ui.paint(cell, status_color(cell)),
             0 if cell == "*" => ui.paint(cell, "1"),
             _ => cell.to_string(),
         }
@@ -961,6 +990,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             "#",
             "LABEL",
             "KIND",
+            "WATCH",
             "STATUS",
             "COOLDOWN",
             "LAST USED",
@@ -2174,6 +2204,18 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                 }
             }
             for (n, a) in &o.state.accounts {
+                if let (_, Some(why)) = watch_mode(v, *n, a.kind) {
+                    push(
+                        &mut f,
+                        Finding::new(
+                            "relay",
+                            Level::Info,
+                            format!("{} is watched by output scanning, not the request relay: {why}", a.describe(*n)),
+                        )
+                        .fix("let the shim set the base URL: keep it in the account (--base-url), not in a modelProviders entry of qwen's settings, and set relay: true"),
+                        None,
+                    );
+                }
                 if a.enabled && a.status_at(o.now) == Status::NeedsLogin {
                     push(
                         &mut f,
