@@ -59,6 +59,7 @@ fn main() {
         relay.push(time(shim("/bin/true", &account_home, &[])));
     }
     let (d, f, r) = (median(&mut direct), median(&mut fast), median(&mut relay));
+    real_qwen_version(&empty_home, &account_home);
     println!("start-up, trivial child, {runs} interleaved runs each (median):");
     println!("  direct       {:>8.3} ms", ms(d));
     println!(
@@ -164,6 +165,40 @@ fn report_relay(c: Duration, s: Duration, gib: u64) {
         "  generator | shim | sink   {:>8.0} MiB/s   {:.2}x cat (target >= 0.5x)",
         mib / s.as_secs_f64(),
         c.as_secs_f64() / s.as_secs_f64()
+    );
+}
+
+/// The same comparison with the real qwen's cheapest call, `qwen --version`, when the pinned
+/// 0.24.4 is installed (.ci/install-qwen): the overhead a user actually pays.
+fn real_qwen_version(empty_home: &Path, account_home: &Path) {
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/qwen/0.24.4/bin/qwen");
+    if !real.exists() {
+        println!("real qwen --version: skipped (run .ci/install-qwen to include it)");
+        return;
+    }
+    let real = real.to_str().unwrap_or_default().to_string();
+    let (mut direct, mut fast, mut relay) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..30 {
+        direct.push(time({
+            let mut c = Command::new(&real);
+            c.arg("--version").env("HOME", empty_home);
+            c
+        }));
+        fast.push(time(shim(&real, empty_home, &["--version"])));
+        relay.push(time(shim(&real, account_home, &["--version"])));
+    }
+    let (d, f, r) = (median(&mut direct), median(&mut fast), median(&mut relay));
+    println!("real qwen 0.24.4 --version, 30 interleaved runs each (median):");
+    println!("  direct       {:>8.2} ms", ms(d));
+    println!(
+        "  fast path    {:>8.2} ms   {:.2}x direct",
+        ms(f),
+        ratio(f, d)
+    );
+    println!(
+        "  relay path   {:>8.2} ms   {:.2}x direct",
+        ms(r),
+        ratio(r, d)
     );
 }
 
