@@ -2,7 +2,8 @@
 # Installs the qwen-rotation shim into a directory of its own that goes first on PATH, in front
 # of the real qwen. It never writes into npm's bin directory and never replaces npm's `qwen`.
 #
-#   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile] [--uninstall]
+#   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile]
+#                [--doctor] [--uninstall]
 #
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
 # --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
@@ -21,6 +22,7 @@ fi
 binary=""
 with_qwen=""
 write_profile=0
+doctor=0
 uninstall=0
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -35,8 +37,9 @@ while [ $# -gt 0 ]; do
         --with-qwen) with_qwen=latest ;;
         --with-qwen=*) with_qwen=${1#--with-qwen=} ;;
         --write-profile) write_profile=1 ;;
+        --doctor) doctor=1 ;;
         --uninstall) uninstall=1 ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
     esac
     shift
@@ -75,6 +78,8 @@ if [ "$uninstall" = 1 ]; then
             { grep -vF "$profile_tag" "$f" || true; } > "$f.qwen-rotation.tmp"
             cat "$f.qwen-rotation.tmp" > "$f"
             rm -f "$f.qwen-rotation.tmp"
+            # Our own profile.d file goes entirely once it is empty.
+            case "$f" in */qwen-rotation.sh) [ -s "$f" ] || rm -f "$f" ;; esac
             say "removed the PATH line from $f"
         fi
     done
@@ -131,9 +136,25 @@ real_qwen() {
 if [ -n "$with_qwen" ] && ! real_qwen >/dev/null; then
     command -v npm >/dev/null 2>&1 || die "--with-qwen needs npm (install Node.js 20 or later)"
     spec="@qwen-code/qwen-code"
+    node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+    if [ "$with_qwen" = latest ] && [ "$node_major" -lt 22 ]; then
+        # qwen's latest releases declare engines.node >= 22 and do not run on older Node.js.
+        with_qwen=0.12.0
+        say "Node.js $node_major is older than 22, which qwen's latest release needs: installing qwen 0.12.0 (upgrade Node.js for the latest)"
+    fi
     [ "$with_qwen" = latest ] || spec="$spec@$with_qwen"
-    say "installing the real qwen: npm install -g $spec"
-    npm install -g --no-audit --no-fund "$spec" >/dev/null
+    npm_prefix=$(npm prefix -g 2>/dev/null || echo /usr/local)
+    if [ -w "$npm_prefix" ] || { [ ! -e "$npm_prefix" ] && [ "$(id -u)" = 0 ]; }; then
+        say "installing the real qwen: npm install -g $spec"
+        npm install -g --no-audit --no-fund "$spec" >/dev/null
+    else
+        # npm's global prefix is not ours to write: keep the real qwen beside the shim's
+        # directory, and put it on PATH *after* everything else.
+        say "installing the real qwen into $prefix/npm (npm's global prefix $npm_prefix is not writable)"
+        npm install -g --no-audit --no-fund --prefix "$prefix/npm" "$spec" >/dev/null
+        path_line="export PATH=\"$bindir:\$PATH:$prefix/npm/bin\"  $profile_tag"
+        PATH="$PATH:$prefix/npm/bin"
+    fi
 fi
 if real=$(real_qwen); then
     say "the real qwen: $real"
@@ -156,6 +177,12 @@ case ":$PATH:" in
     *":$bindir:"*) first=$(command -v qwen || true)
         [ "$first" = "$target" ] && say "ready: qwen on PATH is the shim" \
             || say "warning: $first comes before the shim on PATH; put $bindir first" ;;
-    *) say "to use it in this shell:  export PATH=\"$bindir:\$PATH\""
+    *) say "to use it in this shell:  ${path_line%%  #*}"
        [ "$write_profile" = 1 ] || say "to make it permanent, rerun with --write-profile (or add that line to your profile)" ;;
 esac
+
+# --doctor: run the installed shim, first on PATH, and let it check the whole setup.
+if [ "$doctor" = 1 ]; then
+    say "running: qwen --rotation-doctor (with $bindir first on PATH)"
+    PATH="$bindir:$PATH" "$target" --rotation-doctor || true
+fi

@@ -14,6 +14,12 @@ use std::time::Duration;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 
+/// The commands the fake qwens and the test shells run.
+const TOOLS: &[&str] = &[
+    "sh", "bash", "cat", "sleep", "head", "date", "kill", "printf", "echo", "yes", "stty", "env",
+    "pwd", "tr", "seq", "rm", "mkdir", "touch", "true", "false", "test", "[", "wc", "tee",
+];
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
 }
@@ -28,6 +34,18 @@ impl Sandbox {
         fs::create_dir_all(sb.home()).unwrap();
         fs::create_dir_all(sb.path("work")).unwrap();
         std::os::unix::fs::symlink(SHIM, sb.path("bin/qwen")).unwrap();
+        // The fakes' tools, without the rest of /usr/bin: a qwen installed on this machine
+        // (npm's /usr/bin/qwen) must not be found by the shim under test.
+        fs::create_dir_all(sb.path("tools")).unwrap();
+        for tool in TOOLS {
+            if let Some(found) = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(tool))
+                .find(|p| p.exists())
+            {
+                std::os::unix::fs::symlink(found, sb.path("tools").join(tool)).unwrap();
+            }
+        }
         sb.write_fake(&sb.path("real/qwen"), script);
         sb
     }
@@ -65,12 +83,13 @@ impl Sandbox {
         fs::read_to_string(self.qwen_home().join("oauth_creds.json")).ok()
     }
 
-    /// PATH: the shim's dir first, then the fake's, then the system.
+    /// PATH: the shim's dir first, then the fake's, then the tools the fakes use.
     pub fn path_var(&self) -> String {
         format!(
-            "{}:{}:/usr/bin:/bin",
+            "{}:{}:{}",
             self.path("bin").display(),
-            self.path("real").display()
+            self.path("real").display(),
+            self.path("tools").display()
         )
     }
 
