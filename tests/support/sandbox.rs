@@ -17,7 +17,9 @@ pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 /// The commands the fake qwens and the test shells run.
 const TOOLS: &[&str] = &[
     "sh", "bash", "cat", "sleep", "head", "date", "kill", "printf", "echo", "yes", "stty", "env",
-    "pwd", "tr", "seq", "rm", "mkdir", "touch", "true", "false", "test", "[", "wc", "tee",
+    "pwd", "tr", "seq", "rm", "mkdir", "touch", "true", "false", "test", "[", "wc", "tee", "mv",
+    "cp", "ln", "chmod", "id", "stat", "setsid", "grep", "sed", "od", "tail", "dd", "ls",
+    "readlink", "cut", "sort", "timeout", "nohup", "basename", "dirname", "uname", "tty",
 ];
 
 pub struct Sandbox {
