@@ -840,6 +840,12 @@ fn a_crash_at_any_step_loses_nothing() {
             h.assert_no_secrets_in_our_files();
         }
     }
+    // Every round above asserted that nothing was lost: reaching here means zero losses.
+    println!(
+        "crash sweep: {} steps x {rounds} rounds = {} SIGKILLs, 0 losses",
+        cases.len(),
+        cases.len() as u32 * rounds
+    );
 }
 
 #[test]
