@@ -171,7 +171,8 @@ fn ctrl_z_stops_the_job_and_fg_resumes_it() {
             t.type_text(&typed(job));
             let pid = await_file(&sb.path("ready"), LIMIT).trim().to_string();
             t.type_text("\x1a");
-            await_state(&pid, |s| s == 'T', "stopped");
+            // bash's report is the proof of the stop: the fake itself may show as D rather than T
+            // when ^Z lands while dash waits in vfork(2) for its `sleep` to exec.
             let start = Instant::now();
             while !t.screen().contains("Stopped") {
                 assert!(
