@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sandbox::{Sandbox, await_file, output_within, read_until};
+use sandbox::{Sandbox, await_file, kill, output_within, read_until};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -186,21 +186,9 @@ while :; do sleep 0.05; done
 fn sigterm_and_sighup_sent_to_the_shim_reach_qwen() {
     for sig in ["TERM", "HUP"] {
         for sb in both(TRAPS) {
-            let mut child = sb
-                .cmd(["x"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = sb.spawn(&["x"]);
             await_file(&sb.path("ready"), 10 * SECOND);
-            let shim = child.id().to_string();
-            assert!(
-                std::process::Command::new("kill")
-                    .args(["-s", sig, &shim])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            kill(sig, child.id());
             let status = child.wait().unwrap();
             assert_eq!(
                 status.code(),
@@ -219,23 +207,11 @@ fn sigterm_and_sighup_sent_to_the_shim_reach_qwen() {
 #[test]
 fn sigint_sent_to_the_shim_reaches_qwen_once() {
     let sb = &both(TRAPS)[1];
-    let mut child = sb
-        .cmd(["x"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = sb.spawn(&["x"]);
     await_file(&sb.path("ready"), 10 * SECOND);
-    let shim = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-s", "INT", &shim])
-        .status()
-        .unwrap();
+    kill("INT", child.id());
     await_file(&sb.path("signals"), 10 * SECOND);
-    std::process::Command::new("kill")
-        .args(["-s", "TERM", &shim])
-        .status()
-        .unwrap();
+    kill("TERM", child.id());
     assert_eq!(child.wait().unwrap().code(), Some(7));
     assert_eq!(sb.read("signals"), "INT\nTERM\n");
 }
@@ -266,12 +242,7 @@ fn a_partial_line_shows_at_once_on_the_relay_path() {
     let sb = &both(
         r#"printf 'partial-out'; printf 'partial-err' >&2; while [ ! -e "$SANDBOX/go" ]; do sleep 0.01; done; echo end"#,
     )[1];
-    let mut child = sb
-        .cmd(["x"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = sb.spawn(&["x"]);
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     read_until(stdout, "partial-out", 10 * SECOND);
@@ -283,12 +254,7 @@ fn a_partial_line_shows_at_once_on_the_relay_path() {
 #[test]
 fn a_gigabyte_of_output_keeps_memory_flat() {
     let sb = &both("head -c 1073741824 /dev/zero; head -c 268435456 /dev/zero >&2")[1];
-    let mut child = sb
-        .cmd(["x"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = sb.spawn(&["x"]);
     let pid = child.id();
     let mut err = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -385,18 +351,10 @@ fn no_orphan_survives_a_forwarded_term() {
     let script = r#"sh -c 'echo $$ > "$SANDBOX/grandchild"; echo >> "$SANDBOX/grandchild"; while :; do sleep 0.05; done' &
 wait"#;
     for sb in both(script) {
-        let mut child = sb
-            .cmd(["x"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = sb.spawn(&["x"]);
         let pid = await_file(&sb.path("grandchild"), 10 * SECOND);
         let grandchild: u32 = pid.trim().parse().unwrap();
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        kill("TERM", child.id());
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(15), "{status:?}");
         if sb.qwen_home().join("accounts").exists() {

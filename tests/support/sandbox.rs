@@ -122,6 +122,15 @@ impl Sandbox {
         output_within(self.cmd(args), Duration::from_secs(60))
     }
 
+    /// Starts the shim with piped stdout and stderr (for tests that signal or read it live).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shim")
+    }
+
     pub fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.path(rel)).unwrap_or_default()
     }
@@ -198,4 +207,13 @@ pub fn await_file(path: &Path, limit: Duration) -> String {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Sends `sig` (a name such as "TERM") to `pid` with kill(1), as a user would.
+pub fn kill(sig: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {sig} {pid}");
 }
