@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use sandbox::{SHIM, Sandbox};
+use sandbox::{SHIM, Sandbox, install_executable};
 
 const REAL: &str = r#"echo "real qwen $*""#;
 
@@ -32,7 +32,7 @@ fn skips_itself_via_symlink() {
 fn two_copies_of_the_shim_on_path_reach_the_real_one() {
     let sb = Sandbox::new(REAL);
     fs::create_dir_all(sb.path("copy")).unwrap();
-    fs::copy(SHIM, sb.path("copy/qwen")).unwrap();
+    install_executable(SHIM, &sb.path("copy/qwen"));
     let path = format!(
         "{}:{}:{}",
         sb.path("bin").display(),
@@ -56,7 +56,7 @@ fn a_hard_linked_shim_is_skipped() {
     let sb = Sandbox::new(REAL);
     fs::create_dir_all(sb.path("hard")).unwrap();
     // A hard link needs the same file system: link a copy that lives in the sandbox.
-    fs::copy(SHIM, sb.path("shim-copy")).unwrap();
+    install_executable(SHIM, &sb.path("shim-copy"));
     fs::hard_link(sb.path("shim-copy"), sb.path("hard/qwen")).unwrap();
     fs::create_dir_all(sb.path("other")).unwrap();
     fs::hard_link(sb.path("shim-copy"), sb.path("other/qwen")).unwrap();
@@ -79,7 +79,7 @@ fn a_hard_linked_shim_is_skipped() {
 fn a_shim_run_by_absolute_path_from_outside_path_finds_the_real_one() {
     let sb = Sandbox::new(REAL);
     fs::create_dir_all(sb.path("elsewhere")).unwrap();
-    fs::copy(SHIM, sb.path("elsewhere/qwen")).unwrap();
+    install_executable(SHIM, &sb.path("elsewhere/qwen"));
     let path = format!("{}:{}", sb.path("bin").display(), sb.path("real").display());
     let out = run_with_path(&sb, &sb.path("elsewhere/qwen"), &path);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "real qwen hi\n");

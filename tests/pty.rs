@@ -165,10 +165,14 @@ impl Outer {
 }
 
 impl Drop for Outer {
+    /// Also the secret scan of everything the terminal showed.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            sandbox::secrets::assert_clean("the terminal", &self.screen.0.lock().unwrap().bytes);
         }
     }
 }

@@ -303,10 +303,14 @@ impl Terminal {
 
 impl Drop for Terminal {
     /// A failed test must not leave node processes behind: the shim's whole tree goes.
+    /// Also the secret scan of everything the terminal showed.
     fn drop(&mut self) {
         if let Some(mut shim) = self.shim.take() {
             kill_tree(shim.id() as i32);
             let _ = shim.wait();
+        }
+        if !std::thread::panicking() {
+            real_qwen::secrets::assert_clean("the terminal", &self.raw());
         }
     }
 }

@@ -88,9 +88,13 @@ impl Terminal {
 }
 
 impl Drop for Terminal {
+    /// Also the secret scan of everything the terminal showed.
     fn drop(&mut self) {
         let _ = self.shell.kill();
         let _ = self.shell.wait();
+        if !std::thread::panicking() {
+            sandbox::secrets::assert_clean("the terminal", &self.screen.lock().unwrap());
+        }
     }
 }
 

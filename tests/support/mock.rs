@@ -20,6 +20,9 @@
 //! `CONNECT host:port` makes the mock an HTTP proxy: a tunnel to the mock itself keeps speaking HTTP
 //! on the same connection; a tunnel to a host registered with [`Mock::route`] is spliced to that
 //! local address (used to put a local TLS "OAuth host" behind `chat.qwen.ai:443`).
+//!
+//! Fixture credentials carry the secret mark of support/secrets.rs; the mock drops it when it
+//! reads a bearer token, so recorded tokens and answers name the account, not its secret.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -453,8 +456,8 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .unwrap_or_default()
-        .trim()
-        .to_string();
+        .trim();
+    let token = token.strip_prefix("SeCrEt-").unwrap_or(token).to_string();
     let body: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
     record(inner, req, token.clone(), body.as_ref());
     let path = req.target.split('?').next().unwrap_or_default();

@@ -8,7 +8,12 @@
 //! system directories (node 20 for 0.12.0 is found there by absolute path in the launcher anyway).
 //! Every child runs in its own process group, which is killed on timeout and after exit, so no
 //! node process outlives a test.
+//! Every credential written here is a fixture secret (support/secrets.rs): the runs' output and
+//! the files the shim writes beside the credentials are scanned for it.
 #![allow(dead_code)]
+
+#[path = "secrets.rs"]
+pub mod secrets;
 
 use std::ffi::OsString;
 use std::fs;
@@ -244,8 +249,8 @@ impl Sandbox {
     /// An OAuth credentials document pointing qwen at `resource_url` (never expires).
     pub fn oauth_creds(token: &str, resource_url: &str) -> serde_json::Value {
         serde_json::json!({
-            "access_token": token,
-            "refresh_token": format!("refresh-{token}"),
+            "access_token": secrets::secret(token),
+            "refresh_token": secrets::secret(&format!("refresh-{token}")),
             "token_type": "Bearer",
             "resource_url": resource_url,
             "expiry_date": 4_102_444_800_000u64,
@@ -287,7 +292,7 @@ impl Sandbox {
     pub fn add_api_key_slot(&self, n: usize, key: &str, base_url: &str, model: &str) {
         mkdir_private(&self.accounts());
         let doc = serde_json::json!({
-            "api_key": key,
+            "api_key": secrets::secret(key),
             "base_url": base_url,
             "model": model,
             "env_key": "OPENAI_API_KEY",
@@ -301,6 +306,7 @@ impl Sandbox {
     /// Adds an API-key slot the way a user does: `printf %s KEY | qwen --rotation-add --api-key
     /// LABEL --base-url URL --model M`, through the shim. Panics if it fails or echoes the key.
     pub fn add_api_key_via_shim(&self, label: &str, key: &str, base_url: &str, model: &str) {
+        let key = &secrets::secret(key);
         let out = self.run(
             &[
                 "--rotation-add",
@@ -370,9 +376,13 @@ impl Sandbox {
         std::env::join_paths(dirs).unwrap()
     }
 
-    /// Runs `qwen ARGS` through the shim (found first on PATH, as a user's shell would).
+    /// Runs `qwen ARGS` through the shim (found first on PATH, as a user's shell would), and
+    /// scans both streams for the fixture secrets.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        self.spawn("qwen", args, stdin, false)
+        let out = self.spawn("qwen", args, stdin, false);
+        secrets::assert_clean("the shim's stdout", &out.stdout);
+        secrets::assert_clean("the shim's stderr", &out.stderr);
+        out
     }
 
     /// Runs the real qwen alone (the shim is not on PATH).
@@ -405,6 +415,15 @@ impl Sandbox {
             cmd.env(k, v);
         }
         run_with_timeout(cmd, stdin.map(<[u8]>::to_vec), self.timeout)
+    }
+}
+
+impl Drop for Sandbox {
+    /// The last look at the home: nothing the shim wrote beside the credentials holds one.
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            secrets::assert_home_clean(&self.qwen_home);
+        }
     }
 }
 
@@ -474,8 +493,10 @@ pub fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
+/// The file's `access_token`, without the fixture mark.
 fn token_of(path: &Path) -> Option<String> {
-    Some(read_json(path)?.get("access_token")?.as_str()?.to_string())
+    let token = read_json(path)?.get("access_token")?.as_str()?.to_string();
+    Some(secrets::unmarked(&token).to_string())
 }
 
 pub fn mkdir_private(dir: &Path) {
@@ -540,10 +561,11 @@ const server = https.createServer({
   req.on('data', (c) => { body += c; });
   req.on('end', () => {
     const form = qs.parse(body);
+    const token = String(form.refresh_token || '').replace(/^SeCrEt-/, '');
     fs.appendFileSync(dir + '/refresh.log', JSON.stringify({
       method: req.method, url: req.url, grant_type: form.grant_type,
-      refresh_token: form.refresh_token }) + '\n');
-    const a = answers[form.refresh_token] ||
+      refresh_token: token }) + '\n');
+    const a = answers[token] ||
       { status: 400, body: { error: 'invalid_grant', error_description: 'Invalid refresh token' } };
     res.writeHead(a.status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(a.body));

@@ -1,7 +1,12 @@
 //! A sandbox for running the built shim: a tempdir with `bin/qwen` (a symlink to the shim),
 //! `real/qwen` (a small fake steered by the test's script), and HOME / QWEN_HOME inside it.
 //! Use from a test file with `#[path = "support/sandbox.rs"] mod sandbox;`.
+//! Every output captured here and every file the shim writes in the home are scanned for the
+//! fixture secrets (support/secrets.rs).
 #![allow(dead_code)]
+
+#[path = "secrets.rs"]
+pub mod secrets;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -24,6 +29,15 @@ const TOOLS: &[&str] = &[
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Sandbox {
+    /// The last look at the home: nothing the shim wrote beside the credentials holds one.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            secrets::assert_home_clean(&self.qwen_home());
+        }
+    }
 }
 
 impl Sandbox {
@@ -65,8 +79,9 @@ impl Sandbox {
     }
 
     pub fn write_fake(&self, at: &Path, script: &str) {
-        fs::write(at, format!("#!/bin/sh\n{script}\n")).unwrap();
-        fs::set_permissions(at, fs::Permissions::from_mode(0o755)).unwrap();
+        let source = at.with_extension("source");
+        fs::write(&source, format!("#!/bin/sh\n{script}\n")).unwrap();
+        install_executable(&source, at);
     }
 
     /// Adds OAuth slot `n` with `token` as its access token (this turns the relay path on).
@@ -136,10 +151,25 @@ impl Sandbox {
     }
 }
 
-/// A credentials file in qwen's format.
+/// Copies `from` to a new executable file `to` with cp(1). The test process never holds the
+/// new file open for writing: a child forked meanwhile by another test thread would inherit that
+/// descriptor until its exec, and executing the file then fails with ETXTBSY.
+pub fn install_executable(from: impl AsRef<Path>, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from.as_ref())
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp to {}", to.display());
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A credentials file in qwen's format; both tokens are fixture secrets named after `token`.
 pub fn creds(token: &str) -> String {
     format!(
-        r#"{{"access_token":"{token}","refresh_token":"refresh-{token}","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}}"#
+        r#"{{"access_token":"{}","refresh_token":"{}","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}}"#,
+        secrets::secret(token),
+        secrets::secret(&format!("refresh-{token}"))
     )
 }
 
@@ -153,7 +183,12 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait"),
+        Ok(out) => {
+            let out = out.expect("wait");
+            secrets::assert_clean("the shim's stdout", &out.stdout);
+            secrets::assert_clean("the shim's stderr", &out.stderr);
+            out
+        }
         Err(_) => {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
@@ -184,7 +219,10 @@ pub fn read_until(r: impl Read + Send + 'static, needle: &'static str, limit: Du
         let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
     });
     match rx.recv_timeout(limit) {
-        Ok(s) if s.contains(needle) => s,
+        Ok(s) if s.contains(needle) => {
+            secrets::assert_clean("a stream of the shim", s.as_bytes());
+            s
+        }
         Ok(s) => panic!("stream ended before {needle:?}; got {s:?}"),
         Err(_) => panic!("{needle:?} did not arrive within {limit:?}"),
     }
