@@ -13,16 +13,16 @@
 //! < 1 ms added latency). Env: BENCH_PTY_MIB (default 64), BENCH_PTY_KEYS (default 2000).
 //! Wall-clock figures need an idle machine; the CPU columns hold up better on a busy one.
 
+#[path = "../tests/support/pty.rs"]
+mod tty;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::libc;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
@@ -217,33 +217,8 @@ fn command(via: Via, body: &str, home: &Path) -> Command {
 }
 
 /// Starts `cmd` on a new pty as session leader with the pty as controlling terminal.
-fn on_pty(mut cmd: Command) -> (File, Child) {
-    let ws = libc::winsize {
-        ws_row: ROWS,
-        ws_col: COLS,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&ws, None).expect("openpty");
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-    }
-    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave));
-    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("spawn on the pty");
-    drop(cmd);
-    (File::from(pty.master), child)
+fn on_pty(cmd: Command) -> (File, Child) {
+    tty::start(cmd, ROWS, COLS)
 }
 
 struct Run {

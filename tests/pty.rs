@@ -10,21 +10,23 @@
 
 #[path = "support/sandbox.rs"]
 mod sandbox;
+#[path = "support/pty.rs"]
+mod tty;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::termios::{self, LocalFlags, Termios};
 use nix::unistd::Pid;
 use sandbox::{Sandbox, await_file};
+use tty::spawn_on_pty;
 
 const LIMIT: Duration = Duration::from_secs(20);
 const NO_ARGS: [&str; 0] = [];
@@ -175,51 +177,6 @@ impl Drop for Outer {
             sandbox::secrets::assert_clean("the terminal", &self.screen.0.lock().unwrap().bytes);
         }
     }
-}
-
-/// Starts `cmd` on a new pty (after `prepare` adjusted its settings) as session leader with the
-/// pty as controlling terminal, as a terminal emulator starts a shell. Returns the master (the
-/// only one: dropping it hangs the terminal up), the child, and the settings it started with.
-fn spawn_on_pty(
-    mut cmd: Command,
-    rows: u16,
-    cols: u16,
-    prepare: impl FnOnce(&mut Termios),
-) -> (OwnedFd, Child, Termios) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&ws, None).expect("openpty");
-    for fd in [&pty.master, &pty.slave] {
-        // Tests run in parallel: a copy leaked into another test's program would keep this
-        // terminal open after its own program is gone.
-        fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-    }
-    let mut t = termios::tcgetattr(pty.slave.as_fd()).unwrap();
-    prepare(&mut t);
-    termios::tcsetattr(pty.slave.as_fd(), termios::SetArg::TCSANOW, &t).unwrap();
-    let initial = termios::tcgetattr(pty.master.as_fd()).unwrap();
-    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave));
-    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            // TIOCSCTTY: this terminal controls the program, as a terminal emulator's would.
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("spawn on the test's terminal");
-    // The Command's copies of the slave must go, or the master never reads EIO.
-    drop(cmd);
-    (pty.master, child, initial)
 }
 
 /// Waits for `child`, killing it and failing the test after LIMIT.

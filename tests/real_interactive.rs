@@ -24,18 +24,16 @@
 mod mock;
 #[path = "support/real_qwen.rs"]
 mod real_qwen;
+#[path = "support/pty.rs"]
+mod tty;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use mock::Mock;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use real_qwen::{Sandbox, Version};
@@ -146,36 +144,7 @@ impl Terminal {
         if sb.version == Version::V0_24 {
             cmd.env("QWEN_HOME", &sb.qwen_home);
         }
-        let ws = libc::winsize {
-            ws_row: ROWS,
-            ws_col: COLS,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(&ws, None).expect("openpty");
-        for fd in [&pty.master, &pty.slave] {
-            // Tests run in parallel: a copy leaked into another test's child would keep this
-            // terminal open after its own program is gone.
-            fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-        }
-        cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave));
-        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                // TIOCSCTTY: this terminal controls the shim, as a terminal emulator's would.
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let shim = cmd.spawn().expect("spawn the shim on the test's terminal");
-        // The Command's copies of the slave must go, or the master never reads EIO.
-        drop(cmd);
-        let master = fs::File::from(pty.master);
+        let (master, shim) = tty::start(cmd, ROWS, COLS);
         let screen = Arc::new((Mutex::new(Screen::default()), Condvar::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = Arc::clone(&screen);

@@ -3,12 +3,13 @@
 
 #[path = "support/sandbox.rs"]
 mod sandbox;
+#[path = "support/pty.rs"]
+mod tty;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,6 @@ struct Terminal {
 impl Terminal {
     /// An interactive bash on a new pty, in its own session with the pty as controlling tty.
     fn bash(sb: &Sandbox) -> Terminal {
-        let pty = nix::pty::openpty(None, None).expect("openpty");
-        let slave: OwnedFd = pty.slave;
-        let master = File::from(pty.master);
         let mut cmd = Command::new("bash");
         cmd.args(["--norc", "--noprofile", "-i"])
             .env_clear()
@@ -43,21 +41,8 @@ impl Terminal {
             .env("SANDBOX", sb.dir.path())
             .env("TERM", "dumb")
             .env("PS1", "$ ")
-            .current_dir(sb.path("work"))
-            .stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let shell = cmd.spawn().expect("bash");
+            .current_dir(sb.path("work"));
+        let (master, shell) = tty::start(cmd, 24, 80);
         let screen = Arc::new(Mutex::new(Vec::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = Arc::clone(&screen);
