@@ -1089,6 +1089,7 @@ fn watch(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 
 #[derive(Default)]
 struct Day {
+    runs: u64,
     switches: u64,
     hits: u64,
     exhausted: u64,
@@ -1097,16 +1098,46 @@ struct Day {
     auth: u64,
 }
 
+/// Runs per account, from the `run` lines of rotation.log.
+#[derive(Default)]
+struct Runs {
+    total: u64,
+    /// Ended with a non-zero code (qwen's, or 75 when every account was spent).
+    failed: u64,
+    /// Runs that needed more than one attempt.
+    retried: u64,
+    duration_ms: u64,
+    last: Option<DateTime<Utc>>,
+}
+
+impl Runs {
+    fn average(&self) -> Option<Duration> {
+        (self.total > 0).then(|| Duration::from_millis(self.duration_ms / self.total))
+    }
+}
+
 fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     let o = v.overview()?;
-    let log = audit::read(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let log = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
     let now = o.now;
     let mut cooldowns: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut runs: BTreeMap<usize, Runs> = BTreeMap::new();
     let mut days: BTreeMap<NaiveDate, Day> = BTreeMap::new();
     for e in &log.events {
         let Some(t) = e.time() else { continue };
         let day = days.entry(t.date_naive()).or_default();
         match e.event.as_str() {
+            events::RUN => {
+                day.runs += 1;
+                if let Some(n) = e.slot {
+                    let r = runs.entry(n).or_default();
+                    r.total += 1;
+                    r.failed += u64::from(e.code.is_some_and(|c| c != 0));
+                    r.retried += u64::from(e.attempts.is_some_and(|a| a > 1));
+                    r.duration_ms = r.duration_ms.saturating_add(e.duration_ms.unwrap_or(0));
+                    r.last = r.last.max(Some(t));
+                }
+            }
             events::ACCOUNT_SWITCH => day.switches += 1,
             events::COOLDOWN | events::NEEDS_LOGIN => {
                 day.hits += 1;
@@ -1141,11 +1172,17 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             .accounts
             .iter()
             .map(|(n, a)| {
+                let r = runs.get(n);
                 json!({
                     "slot": n,
                     "label": a.label,
                     "kind": a.kind.map(Kind::as_str),
                     "status": a.status_at(now).as_str(),
+                    "runs": r.map_or(0, |r| r.total),
+                    "runs_failed": r.map_or(0, |r| r.failed),
+                    "runs_retried": r.map_or(0, |r| r.retried),
+                    "run_avg_ms": r.and_then(Runs::average).map(|d| d.as_millis() as u64),
+                    "last_run": ts(r.and_then(|r| r.last)),
                     "switches": a.switches_count,
                     "hits": { "quota": a.hits.quota, "throttle": a.hits.throttle, "auth": a.hits.auth },
                     "cooldowns": cooldowns.get(n).copied().unwrap_or(0),
@@ -1158,11 +1195,12 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
         let history: Vec<Value> = recent
             .iter()
             .map(|(d, day)| {
-                json!({ "date": d.to_string(), "switches": day.switches, "hits": day.hits,
+                json!({ "date": d.to_string(), "runs": day.runs, "switches": day.switches, "hits": day.hits,
                         "quota": day.quota, "throttle": day.throttle, "auth": day.auth, "exhausted": day.exhausted })
             })
             .collect();
         print_json(&json!({
+            "runs_total": runs.values().map(|r| r.total).sum::<u64>(),
             "switches_total": st.switches_total,
             "last_switch": ts(st.last_switch),
             "current": (st.current_index > 0).then_some(st.current_index),
@@ -1190,9 +1228,22 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 if most > 0 && a.switches_count == most {
                     switches.push_str(" (most used)");
                 }
+                let r = runs.get(n);
                 vec![
                     n.to_string(),
                     a.label.clone().unwrap_or_else(|| "-".into()),
+                    match r {
+                        Some(r) if r.failed > 0 => format!("{} ({} failed)", r.total, r.failed),
+                        Some(r) => r.total.to_string(),
+                        None => "0".into(),
+                    },
+                    r.and_then(Runs::average).map_or_else(
+                        || "-".into(),
+                        |d| match d.as_millis() {
+                            ms @ 0..1000 => format!("{ms}ms"),
+                            _ => format!("{:.1}s", d.as_secs_f64()),
+                        },
+                    ),
                     switches,
                     a.hits.quota.to_string(),
                     a.hits.throttle.to_string(),
@@ -1211,6 +1262,8 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             &[
                 "#",
                 "LABEL",
+                "RUNS",
+                "AVG RUN",
                 "SWITCHES",
                 "QUOTA",
                 "THROTTLE",
@@ -1223,8 +1276,9 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             &|_, _, c| c.to_string(),
         ));
     }
+    let runs_total: u64 = runs.values().map(|r| r.total).sum();
     text.push_str(&format!(
-        "Total rotations: {}{}.\nCurrent account: {}.\n",
+        "Total runs: {runs_total}. Total rotations: {}{}.\nCurrent account: {}.\n",
         st.switches_total,
         st.last_switch
             .map(|t| format!(" (last {})", relative(Some(t), now)))
@@ -1242,6 +1296,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             .map(|(d, day)| {
                 vec![
                     d.to_string(),
+                    plural(day.runs, "run", "runs"),
                     plural(day.switches, "switch", "switches"),
                     format!(
                         "{} (quota {}, throttle {}, auth {})",
@@ -1258,9 +1313,11 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 ]
             })
             .collect();
-        let t = table(&["DAY", "SWITCHES", "HITS", ""], &rows, &|_, _, c| {
-            c.to_string()
-        });
+        let t = table(
+            &["DAY", "RUNS", "SWITCHES", "HITS", ""],
+            &rows,
+            &|_, _, c| c.to_string(),
+        );
         // Drop the header line: the columns speak for themselves.
         text.push_str(t.split_once('\n').map_or("", |(_, rest)| rest));
     }
@@ -1271,7 +1328,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 // -- log --------------------------------------------------------------------------------------
 
 fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error> {
-    let read = audit::read(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let read = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
     let total = read.events.len();
     let keep = match (tail, ui.json) {
         (Some(0), _) | (None, true) => total,
@@ -1327,6 +1384,16 @@ fn log_line(e: &Event, ui: &Ui) -> String {
     }
     if let Some(l) = &e.label {
         parts.push(format!("[{l}]"));
+    }
+    if let (Some(code), Some(attempts)) = (e.code, e.attempts) {
+        let took = e
+            .duration_ms
+            .map(|ms| format!(", {:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        parts.push(format!(
+            "exit {code}, {}{took}",
+            plural(u64::from(attempts), "attempt", "attempts")
+        ));
     }
     if let Some(r) = &e.reason {
         parts.push(r.clone());
@@ -2463,15 +2530,17 @@ Usage: qwen [qwen's own arguments]          runs the real qwen, rotating account
        qwen --rotation-<command> [options]  manages the accounts (the real qwen does not run)
 
 Per-run modifiers (removed before qwen sees argv):
-  --rotation-account N|LABEL   use this account for this run        qwen --rotation-account 2 -p hi
-  --rotation-no-retry          rotate on a quota hit but do not rerun qwen -p hi --rotation-no-retry
+  --rotation-account N|LABEL   use this account for this run         qwen --rotation-account 2 -p hi
+  --rotation-no-retry          rotate on a quota hit but do not rerun    qwen --rotation-no-retry -p hi
 
 Commands (read commands take --json for machine output):
-  --rotation-help              this text
+  --rotation-help              this text                                 qwen --rotation-help
   --rotation-version           versions of the shim and the real qwen   qwen --rotation-version --json
   --rotation-status            accounts, the live one, cooldowns         qwen --rotation-status
-        (alias --rotation-list; --watch redraws every 2s on a terminal)
-  --rotation-stats             switches, hits, cooldowns, per-day history qwen --rotation-stats
+  --rotation-list              the same as --rotation-status             qwen --rotation-list --json
+  --rotation-status --watch    redraws the status every 2s on a terminal qwen --rotation-status --watch
+  --rotation-stats             runs, switches, hits, cooldowns, last reset and per-day history
+                                                                         qwen --rotation-stats --json
   --rotation-switch N|LABEL    make an account live (clears its cooldown) qwen --rotation-switch work
   --rotation-next              move to the next usable account           qwen --rotation-next
                                (exit 0 switched, 1 none available)
@@ -2484,6 +2553,7 @@ Commands (read commands take --json for machine output):
                                store an API key, read from stdin or a hidden prompt (never argv)
                                printf %s \"$KEY\" | qwen --rotation-add --api-key cp --base-url https://coding-intl.dashscope.aliyuncs.com/v1 --model qwen3-coder-plus
   --rotation-setup             guided capture of several accounts (terminal)
+                                                                         qwen --rotation-setup
   --rotation-remove N|LABEL    remove an account (its file moves to accounts/removed/)
                                                                          qwen --rotation-remove 3
   --rotation-enable N|LABEL    use an account again                      qwen --rotation-enable 3

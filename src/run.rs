@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::audit::{self, Event, events};
 use crate::cli::Modifiers;
 use crate::config::{Config, OnExhausted, Paths, human_duration};
 use crate::detect::{Class, Hit, Patterns};
@@ -144,7 +145,9 @@ fn interactive_session(
     let mut launch = launch;
     let mut controls = Some(controls);
     let mut controller = controller;
+    let mut record = RunRecord::start();
     for attempt in 1.. {
+        record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
         let mut cmd = Command::new(real);
         cmd.args(args);
         for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
@@ -218,10 +221,13 @@ fn interactive_session(
             && !outcome.success()
             && !swapped.load(Ordering::SeqCst)
             && attempt < max_attempts;
+        // The slot the session ended on: the relay's, or the last one swapped in on screen.
+        let failed = relay
+            .as_deref()
+            .map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
         let Some(hit) = hit.filter(|_| rerun) else {
-            signals::exit_with(outcome);
+            record.finish(vault, failed, outcome);
         };
-        let failed = relay.as_deref().map_or(launch.slot, Relay::current_slot);
         let who = what(failed, launch_label(failed, &launch), &hit);
         match vault.report(failed, &hit) {
             Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
@@ -229,19 +235,19 @@ fn interactive_session(
             }
             Ok(Rotation::Exhausted { earliest }) => {
                 notice(&who);
-                fail(&Error::Exhausted { earliest });
+                record.fail(vault, failed, &Error::Exhausted { earliest });
             }
             Err(e) => {
                 warn(e);
-                signals::exit_with(outcome);
+                record.finish(vault, failed, outcome);
             }
         }
         launch = match vault.prepare(None) {
             Ok(next) => next,
-            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e @ Error::Exhausted { .. }) => record.fail(vault, failed, &e),
             Err(e) => {
                 warn(e);
-                signals::exit_with(outcome);
+                record.finish(vault, failed, outcome);
             }
         };
         if let Some(relay) = relay.as_deref() {
@@ -396,7 +402,9 @@ fn headless(
     let mut auth_retried = false;
     let mut waited = false;
     let mut attempt = 1;
+    let mut record = RunRecord::start();
     loop {
+        record.attempts += 1;
         let may_retry = !modifiers.no_retry
             && modifiers.account.is_none()
             && attempt < max_attempts
@@ -425,7 +433,8 @@ fn headless(
         };
         if let Some(earliest) = relay.and_then(Relay::exhausted) {
             // The relay already rotated through every key and told qwen so.
-            fail(&Error::Exhausted { earliest });
+            let slot = relay.map_or(launch.slot, Relay::current_slot);
+            record.fail(vault, slot, &Error::Exhausted { earliest });
         }
         // An attempt we stopped did not end on its own: qwen reports these errors with status 1.
         let outcome = if finished.stopped {
@@ -443,7 +452,7 @@ fn headless(
             {
                 warn(e);
             }
-            signals::exit_with(outcome);
+            record.finish(vault, slot, outcome);
         };
 
         let rotation = match vault.report(slot, &hit) {
@@ -451,7 +460,7 @@ fn headless(
             Err(e) => {
                 warn(e);
                 pipes::release(&finished);
-                signals::exit_with(outcome);
+                record.finish(vault, slot, outcome);
             }
         };
         // Could this run go again at all (attempts aside)?
@@ -483,7 +492,7 @@ fn headless(
                     }
                     None => {
                         notice(&who);
-                        fail(&Error::Exhausted { earliest });
+                        record.fail(vault, slot, &Error::Exhausted { earliest });
                     }
                 }
             }
@@ -501,23 +510,70 @@ fn headless(
                     String::new()
                 };
                 notice(&format!("{who}; the next run uses account {to}{why}"));
-                signals::exit_with(outcome);
+                record.finish(vault, slot, outcome);
             }
         }
         auth_retried |= hit.class == Class::Auth;
         launch = match vault.prepare(None) {
             Ok(l) => l,
-            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e @ Error::Exhausted { .. }) => record.fail(vault, slot, &e),
             Err(e) => {
                 warn(e);
                 pipes::release(&finished);
-                signals::exit_with(finished.outcome);
+                record.finish(vault, slot, finished.outcome);
             }
         };
         if let Some(relay) = relay {
             relay.switch_to(&launch);
         }
         attempt += 1;
+    }
+}
+
+/// One watched run, for its `run` line in rotation.log.
+struct RunRecord {
+    started: Instant,
+    attempts: u32,
+}
+
+impl RunRecord {
+    fn start() -> RunRecord {
+        RunRecord {
+            started: Instant::now(),
+            attempts: 0,
+        }
+    }
+
+    /// Appends the `run` line: one O_APPEND write, no lock, no fsync (a lost line after a power
+    /// cut costs one count in the stats, not a credential).
+    fn write(&self, vault: &Vault, slot: usize, code: i32) {
+        let event = Event::new(events::RUN, chrono::Utc::now()).slot(slot).run(
+            code,
+            self.attempts.max(1),
+            self.started.elapsed(),
+        );
+        if let Err(e) = audit::append(&vault.paths.log, &[event]) {
+            warn(format!(
+                "cannot append to {}: {e}",
+                vault.paths.log.display()
+            ));
+        }
+    }
+
+    /// Records the run and leaves with qwen's outcome.
+    fn finish(&self, vault: &Vault, slot: usize, outcome: signals::Outcome) -> ! {
+        let code = match outcome {
+            signals::Outcome::Exited(code) => code,
+            signals::Outcome::Signaled(sig) => 128 + sig,
+        };
+        self.write(vault, slot, code);
+        signals::exit_with(outcome)
+    }
+
+    /// Records the run and leaves with the shim's own error (every account exhausted).
+    fn fail(&self, vault: &Vault, slot: usize, e: &Error) -> ! {
+        self.write(vault, slot, e.exit_code());
+        fail(e)
     }
 }
 

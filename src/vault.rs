@@ -1394,6 +1394,15 @@ impl Vault {
         if dirty {
             point(op, "state_written");
         }
+        if !events.is_empty()
+            && let Err(e) = audit::rotate_if_large(&self.paths.log, audit::MAX_LOG_BYTES)
+        {
+            crate::warn(format!(
+                "cannot rotate {}: {}",
+                self.paths.log.display(),
+                io_reason(&e)
+            ));
+        }
         if let Err(e) = audit::append(&self.paths.log, &events) {
             crate::warn(format!(
                 "cannot append to {}: {}",

@@ -1,0 +1,180 @@
+//! Run counts: every watched run appends one `run` line to rotation.log, and `--rotation-stats`
+//! counts them per account and per day (human and `--json`). Through the built binary, with a
+//! small fake qwen that fails the runs listed in $FAIL with a quota error.
+
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::fs;
+
+use sandbox::Sandbox;
+use serde_json::Value;
+
+/// Counts its runs; fails the runs listed in $FAIL with a quota error, and exits $CODE otherwise.
+const FAKE: &str = r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
+case " $FAIL " in *" $n "*) echo '[API Error: 429 Free allocated quota exceeded.]' >&2; exit 1 ;; esac
+echo "answer $n"; exit ${CODE:-0}"#;
+
+const PROMPT: &str = "a-private-prompt-that-must-not-be-logged";
+
+fn pool() -> Sandbox {
+    let sb = Sandbox::new(FAKE);
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    sb
+}
+
+fn run(sb: &Sandbox, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = sb.cmd(["-p", PROMPT]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    sandbox::output_within(cmd, std::time::Duration::from_secs(60))
+}
+
+fn log_lines(sb: &Sandbox) -> Vec<Value> {
+    fs::read_to_string(sb.qwen_home().join("rotation.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn stats_json(sb: &Sandbox) -> Value {
+    let out = sb.run(["--rotation-stats", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
+}
+
+#[test]
+fn runs_are_counted_per_account_and_per_day() {
+    let sb = pool();
+    // Three runs on account 1, then a quota hit on run 4 that reruns on account 2 (run 5), then
+    // one more run on account 2 that exits 3.
+    for _ in 0..3 {
+        assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    }
+    let out = run(&sb, &[("FAIL", "4")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "answer 5\n");
+    assert_eq!(run(&sb, &[("CODE", "3")]).status.code(), Some(3));
+
+    let runs: Vec<Value> = log_lines(&sb)
+        .into_iter()
+        .filter(|e| e["event"] == "run")
+        .collect();
+    println!("run lines: {}", runs.len());
+    for r in &runs {
+        println!("  {r}");
+    }
+    assert_eq!(runs.len(), 5, "one line per run, not per attempt");
+    let slots: Vec<u64> = runs.iter().map(|r| r["slot"].as_u64().unwrap()).collect();
+    assert_eq!(slots, vec![1, 1, 1, 2, 2]);
+    assert_eq!(
+        runs[3]["attempts"], 2,
+        "the rerun counts as one run of two attempts"
+    );
+    assert_eq!(runs[4]["code"], 3);
+    assert!(runs.iter().all(|r| r["duration_ms"].is_u64()));
+    let log = fs::read_to_string(sb.qwen_home().join("rotation.log")).unwrap();
+    assert!(!log.contains(PROMPT), "argv never reaches the log");
+
+    let v = stats_json(&sb);
+    println!("stats: {v}");
+    assert_eq!(v["runs_total"], 5);
+    let acc = |n: usize| v["accounts"][n - 1].clone();
+    assert_eq!(acc(1)["runs"], 3);
+    assert_eq!(acc(1)["runs_failed"], 0);
+    assert_eq!(acc(2)["runs"], 2);
+    assert_eq!(acc(2)["runs_failed"], 1);
+    assert_eq!(acc(2)["runs_retried"], 1);
+    assert!(acc(1)["run_avg_ms"].is_u64() && acc(1)["last_run"].is_string());
+    assert!(acc(1)["last_reset"].is_null(), "{}", acc(1));
+    assert_eq!(acc(1)["cooldowns"], 1);
+    let history = v["history"].as_array().unwrap();
+    let today = chrono::Utc::now().date_naive().to_string();
+    let day = history
+        .iter()
+        .find(|d| d["date"] == today.as_str())
+        .unwrap();
+    assert_eq!(day["runs"], 5);
+    assert_eq!(day["switches"], 1);
+
+    let text = sb.run(["--rotation-stats"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    println!("{text}");
+    assert!(
+        text.contains("RUNS") && text.contains("Total runs: 5."),
+        "{text}"
+    );
+    assert!(text.contains("2 (1 failed)"), "{text}");
+    assert!(text.contains(&format!("{today}  5 runs")), "{text}");
+}
+
+#[test]
+fn runs_without_accounts_and_with_rotation_off_write_nothing() {
+    let sb = Sandbox::new(FAKE);
+    assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    assert!(!sb.qwen_home().join("rotation.log").exists());
+    let sb = pool();
+    assert_eq!(run(&sb, &[("QWEN_ROTATION", "off")]).status.code(), Some(0));
+    assert!(
+        !sb.qwen_home().join("rotation.log").exists(),
+        "the exec path logs nothing"
+    );
+}
+
+#[test]
+fn stats_read_the_previous_log_generation_too() {
+    let sb = pool();
+    assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    let log = sb.qwen_home().join("rotation.log");
+    fs::rename(&log, sb.qwen_home().join("rotation.log.1")).unwrap();
+    assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    let v = stats_json(&sb);
+    println!(
+        "runs_total across rotation.log.1 and rotation.log: {}",
+        v["runs_total"]
+    );
+    assert_eq!(v["runs_total"], 2);
+    assert_eq!(v["accounts"][0]["runs"], 2);
+    let out = sb.run(["--rotation-log", "--tail", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("exit 0, 1 attempt").count(), 2, "{text}");
+}
+
+#[test]
+fn status_watch_refuses_a_pipe_and_help_gives_every_flag_an_example() {
+    let sb = pool();
+    let out = sb.run(["--rotation-status", "--watch"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--watch redraws a terminal"), "{err}");
+    let help = sb.run(["--rotation-help"]);
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let lines: Vec<&str> = help.lines().collect();
+    let flags: Vec<&str> = qwen_rotation::cli::COMMANDS
+        .iter()
+        .chain(qwen_rotation::cli::MODIFIERS)
+        .copied()
+        .collect();
+    for flag in &flags {
+        // The flag's entry: its line and the indented lines under it, up to the next entry.
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(flag) && l.starts_with("  --"))
+            .unwrap_or_else(|| panic!("{flag} has no entry in --rotation-help"));
+        let entry: Vec<&str> = lines[at..]
+            .iter()
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.starts_with("  --"))
+            .map(|(_, l)| *l)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert!(
+            entry.iter().any(|l| l.contains(&format!("qwen {flag}"))),
+            "{flag} has no example in --rotation-help: {entry:?}"
+        );
+    }
+    println!("{} flags, each with an example", flags.len());
+}
