@@ -48,6 +48,20 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
     }) {
         crate::warn(problem);
     }
+    // A pool declared in the environment replaces the slot files; a malformed one is bad usage.
+    let paths = if parsed.command == Command::Help {
+        paths.clone()
+    } else {
+        match crate::env_pool::from_env(&paths.home) {
+            Ok(Some(pool)) => crate::env_pool::paths_for(paths.clone(), pool),
+            Ok(None) => paths.clone(),
+            Err(problem) => {
+                eprintln!("qwen-rotation: {problem}");
+                return exit::USAGE;
+            }
+        }
+    };
+    let paths = &paths;
     let ui = Ui::detect(parsed.json);
     let vault = Vault::open(paths.clone(), config);
     match execute(&parsed.command, &vault, &ui) {
@@ -668,6 +682,9 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 }
             }
         }
+        Command::Add(_) | Command::Setup if v.paths.pool.is_some() => {
+            v.files_pool("add").map(|()| 0)
+        }
         Command::Add(a) if a.api_key => add_api_key(v, a, ui),
         Command::Add(a) if a.login => add_login(v, a.label.as_deref(), ui).map(|_| 0),
         Command::Add(a) => add_live(v, a.label.as_deref()),
@@ -866,9 +883,12 @@ fn watch_mode(v: &Vault, n: usize, kind: Option<Kind>) -> (&'static str, Option<
     if !v.config.relay {
         return ("scan", Some("relay: false in rotation.yaml".into()));
     }
-    let slot = std::fs::read(v.paths.api_key_slot(n))
-        .ok()
-        .and_then(|b| vault::check_api_key(&b).ok());
+    let slot = match &v.paths.pool {
+        Some(pool) => pool.slots.get(&n).map(|s| s.api.clone()),
+        None => std::fs::read(v.paths.api_key_slot(n))
+            .ok()
+            .and_then(|b| vault::check_api_key(&b).ok()),
+    };
     let Some(slot) = slot else {
         return ("scan", Some("the slot file cannot be read".into()));
     };
@@ -917,6 +937,8 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
         .collect();
     json!({
         "home": v.paths.home.display().to_string(),
+        "pool": pool_source(v),
+        "state_file": v.paths.state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
         "live_slot": o.live_owner,
@@ -928,6 +950,35 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
         "state_problem": o.state_problem,
         "accounts": accounts,
     })
+}
+
+/// "files" (accounts/ in the home) or "environment" (QWEN_ROTATION_KEYS…).
+fn pool_source(v: &Vault) -> &'static str {
+    if v.paths.pool.is_some() {
+        "environment"
+    } else {
+        "files"
+    }
+}
+
+/// One line on where an environment pool comes from and where its state is kept.
+fn pool_line(v: &Vault) -> Option<String> {
+    let pool = v.paths.pool.as_ref()?;
+    let sources: Vec<&str> = pool.slots.values().map(|s| s.source.as_str()).collect();
+    let state = match &pool.state {
+        crate::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
+        crate::env_pool::StateHome::Dir(d) => {
+            format!("in {} ({})", d.display(), crate::env_pool::STATE_DIR)
+        }
+        crate::env_pool::StateHome::Memory(_) => {
+            "for this process only (no writable QWEN_HOME or QWEN_ROTATION_STATE_DIR)".to_string()
+        }
+    };
+    Some(format!(
+        "accounts come from the environment ({}); slot files in {} are ignored; state is kept {state}",
+        sources.join(", "),
+        v.paths.accounts.display()
+    ))
 }
 
 fn strategy_name(s: Strategy) -> &'static str {
@@ -979,11 +1030,17 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             _ => cell.to_string(),
         }
     };
-    let mut text = format!(
-        "Accounts in {} ({}):\n",
-        v.paths.home.display(),
-        strategy_name(v.config.strategy)
-    );
+    let mut text = match &v.paths.pool {
+        Some(_) => format!(
+            "Accounts from the environment ({}):\n",
+            strategy_name(v.config.strategy)
+        ),
+        None => format!(
+            "Accounts in {} ({}):\n",
+            v.paths.home.display(),
+            strategy_name(v.config.strategy)
+        ),
+    };
     text.push_str(&table(
         &[
             "",
@@ -1027,6 +1084,9 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     }
     for note in notes(o) {
         text.push_str(&format!("{} {note}\n", ui.paint("!", "33")));
+    }
+    if let Some(line) = pool_line(v) {
+        text.push_str(&format!("Note: {line}.\n"));
     }
     text
 }
@@ -2037,6 +2097,11 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         }
     }
 
+    // 3b. A pool declared in the environment.
+    if let Some(line) = pool_line(v) {
+        push(&mut f, Finding::new("pool", Level::Info, line), None);
+    }
+
     // 4. The home itself.
     if fs::metadata(&paths.home).is_err() {
         push(
@@ -2069,8 +2134,8 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         paths.log.clone(),
         paths.lock.clone(),
     ];
-    let slots = vault::scan(&paths.accounts).unwrap_or_default();
-    for (n, kinds) in &slots {
+    let slots = vault::scan_slots(paths).unwrap_or_default();
+    for (n, kinds) in slots.iter().filter(|_| paths.pool.is_none()) {
         files.extend(kinds.iter().map(|k| vault::slot_path(paths, *n, *k)));
     }
     for dir in ["backup", "removed"] {
@@ -2573,6 +2638,11 @@ Exit codes: qwen's own status when it runs · 75 every account exhausted · 127 
 126 real qwen not executable · 2 bad usage (including an account that does not exist) ·
 1 a management command failed (--rotation-next: no other account; --rotation-doctor: problems).
 Environment: QWEN_HOME, QWEN_ROTATION=off (run qwen untouched), QWEN_ROTATION_REAL=/path/to/qwen, NO_COLOR.
+Accounts from the environment (CI secrets; slot files are then ignored, docs/CI.md):
+  QWEN_ROTATION_KEYS=\"$K1,$K2\" or QWEN_ROTATION_KEY_1, QWEN_ROTATION_KEY_2, … one key each;
+  QWEN_ROTATION_BASE_URL[_N], QWEN_ROTATION_MODEL[_N] (default: OPENAI_BASE_URL, OPENAI_MODEL);
+  QWEN_ROTATION_STATE_DIR=DIR keeps state.yaml and rotation.log there (else QWEN_HOME if
+  writable, else for the run only).            QWEN_ROTATION_KEYS=\"$KEY1 $KEY2\" qwen -p hi
 ",
         version = env!("CARGO_PKG_VERSION")
     )

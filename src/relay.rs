@@ -101,7 +101,7 @@ impl Relay {
         let addr = listener.local_addr()?;
         // Tries per request: one per slot on disk (the vault's report marks each spent slot,
         // so the loop ends anyway; this bound only guards against a slot coming back at once).
-        let slots = crate::vault::scan(&vault.paths.accounts)
+        let slots = crate::vault::scan_slots(&vault.paths)
             .map(|s| s.len())
             .unwrap_or(0);
         let shared = Arc::new(Shared {

@@ -22,7 +22,7 @@ use crate::pipes::{self, Attempt, StdinSource, StdoutMode};
 use crate::relay::{self, Relay};
 use crate::signals;
 use crate::vault::{Kind, Launch, Rotation, Vault};
-use crate::{locate, settings, warn};
+use crate::{env_pool, locate, settings, warn};
 
 /// Runs the real qwen with `args`; never returns.
 pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
@@ -33,7 +33,13 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if std::env::var_os("QWEN_ROTATION").is_some_and(|v| v == "off" || v == "0") {
         exec(&real, &args, &[]);
     }
-    let paths = Paths::from_env();
+    let paths = match pool_paths(Paths::from_env()) {
+        Ok(paths) => paths,
+        Err(problem) => {
+            warn(format!("{problem}; running qwen without rotation"));
+            exec(&real, &args, &[])
+        }
+    };
     if !Vault::has_accounts(&paths) {
         if modifiers.account.is_some() {
             warn(
@@ -80,6 +86,20 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         launch,
         relay.as_ref(),
     )
+}
+
+/// The paths for this run: with a pool declared in the environment, its slots and its state
+/// place. The key variables leave our environment first, so neither qwen nor anything it
+/// starts inherits them (the relay, or the attempt's own variables, carry the key).
+fn pool_paths(paths: Paths) -> Result<Paths, String> {
+    let declared = env_pool::from_env(&paths.home);
+    // SAFETY: the run path has started no thread yet (the relay and the signal thread come
+    // later), so nothing reads the environment while it changes.
+    unsafe { env_pool::scrub() };
+    Ok(match declared? {
+        Some(pool) => env_pool::paths_for(paths, pool),
+        None => paths,
+    })
 }
 
 /// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
