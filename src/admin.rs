@@ -1132,17 +1132,31 @@ fn watch(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             "--watch redraws a terminal; run it in one, or use qwen --rotation-status --json in scripts".into(),
         ));
     }
+    // The first frame clears the screen; later ones redraw in place: cursor home, each line
+    // followed by "erase to end of line", then "erase below" (no blank flash between frames).
+    let mut first = true;
     loop {
         let o = v.overview()?;
-        let mut text = String::from("\x1b[H\x1b[2J");
-        text.push_str(&status_text(v, &o, ui));
-        text.push_str(&format!(
+        let mut body = status_text(v, &o, ui);
+        body.push_str(&format!(
             "\n(refreshing every 2s, {}; Ctrl+C to stop)\n",
             Utc::now().format("%H:%M:%S")
         ));
-        out(&text);
+        out(&watch_frame(&body, first));
+        first = false;
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// One `--watch` frame of `body` (see `watch`).
+fn watch_frame(body: &str, first: bool) -> String {
+    let mut frame = String::from(if first { "\x1b[H\x1b[2J" } else { "\x1b[H" });
+    for line in body.lines() {
+        frame.push_str(line);
+        frame.push_str("\x1b[K\n");
+    }
+    frame.push_str("\x1b[J");
+    frame
 }
 
 // -- stats ------------------------------------------------------------------------------------

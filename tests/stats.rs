@@ -178,3 +178,88 @@ fn status_watch_refuses_a_pipe_and_help_gives_every_flag_an_example() {
     }
     println!("{} flags, each with an example", flags.len());
 }
+
+/// `--rotation-status --watch` on a terminal: the first frame clears the screen, later frames
+/// go back to the top and redraw in place; Ctrl+C ends it.
+#[test]
+fn status_watch_redraws_in_place_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let sb = pool();
+    let ws = nix::libc::winsize {
+        ws_row: 40,
+        ws_col: 140,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).expect("openpty");
+    let mut cmd = sb.cmd(["--rotation-status", "--watch"]);
+    cmd.stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave.try_clone().unwrap());
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn on a pty");
+    drop(cmd);
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut screen = Vec::new();
+    let frames = |s: &[u8]| String::from_utf8_lossy(s).matches("Accounts in").count();
+    while frames(&screen) < 2 {
+        let chunk = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a second frame within 10 s");
+        screen.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&screen).into_owned();
+    println!(
+        "two frames in {:.1?}, {} bytes",
+        started.elapsed(),
+        screen.len()
+    );
+    assert!(text.starts_with("\x1b[H\x1b[2J"), "{text:?}");
+    assert_eq!(
+        text.matches("\x1b[2J").count(),
+        1,
+        "only the first frame clears: {text:?}"
+    );
+    let second = text
+        .rfind("\x1b[HAccounts in")
+        .expect("the second frame starts at the top");
+    assert!(second > 0 && text[second..].contains("\x1b[K"), "{text:?}");
+    // Ctrl+C from the terminal ends it.
+    master.write_all(&[0x03]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("--watch did not end on Ctrl+C within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    println!("ended by {:?}", status.signal());
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+}
