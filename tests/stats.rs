@@ -184,34 +184,10 @@ fn status_watch_refuses_a_pipe_and_help_gives_every_flag_an_example() {
 #[test]
 fn status_watch_redraws_in_place_on_a_terminal() {
     use std::io::{Read, Write};
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::os::unix::process::ExitStatusExt;
 
     let sb = pool();
-    let ws = nix::libc::winsize {
-        ws_row: 40,
-        ws_col: 140,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&ws, None).expect("openpty");
-    let mut cmd = sb.cmd(["--rotation-status", "--watch"]);
-    cmd.stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(pty.slave.try_clone().unwrap());
-    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn on a pty");
-    drop(cmd);
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
+    let (mut master, mut child) = spawn_on_pty(sb.cmd(["--rotation-status", "--watch"]));
     let mut reader = master.try_clone().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -262,4 +238,71 @@ fn status_watch_redraws_in_place_on_a_terminal() {
     };
     println!("ended by {:?}", status.signal());
     assert_eq!(status.signal(), Some(2), "{status:?}");
+}
+
+/// Starts `cmd` as session leader on a new pseudo-terminal (stdin, stdout and stderr), as a
+/// terminal emulator starts a shell. Returns the master side and the child.
+fn spawn_on_pty(mut cmd: std::process::Command) -> (std::fs::File, std::process::Child) {
+    use std::os::unix::process::CommandExt;
+    let ws = nix::libc::winsize {
+        ws_row: 40,
+        ws_col: 140,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).expect("openpty");
+    cmd.stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave.try_clone().unwrap());
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn on a pty");
+    drop(cmd);
+    drop(pty.slave);
+    (std::fs::File::from(pty.master), child)
+}
+
+/// An interactive session (a terminal on both ends) is one run too.
+#[test]
+fn an_interactive_session_is_counted_as_a_run() {
+    use std::io::Read;
+    let sb = pool();
+    let (mut master, mut child) = spawn_on_pty(sb.cmd(["--approval-mode", "yolo"]));
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = master.read_to_end(&mut all); // EIO once the session's side closes
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let screen = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    println!("session ended {status:?}; screen {screen:?}");
+    assert_eq!(status.code(), Some(0));
+    assert!(screen.contains("answer 1"), "{screen:?}");
+    let runs: Vec<Value> = log_lines(&sb)
+        .into_iter()
+        .filter(|e| e["event"] == "run")
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0]["slot"].as_u64(), runs[0]["code"].as_i64()),
+        (Some(1), Some(0))
+    );
 }
