@@ -572,6 +572,15 @@ impl RunRecord {
             self.attempts.max(1),
             self.started.elapsed(),
         );
+        // A pool that never rotates writes only run lines: the size cap is checked here too
+        // (one stat per run), and the move made under the lock, as every rotation of the log.
+        if std::fs::metadata(&vault.paths.log).is_ok_and(|m| m.len() > audit::MAX_LOG_BYTES)
+            && let Ok(_lock) =
+                crate::vault::RotationLock::acquire(&vault.paths.lock, vault.config.lock_timeout)
+            && let Err(e) = audit::rotate_if_large(&vault.paths.log, audit::MAX_LOG_BYTES)
+        {
+            warn(format!("cannot rotate {}: {e}", vault.paths.log.display()));
+        }
         if let Err(e) = audit::append(&vault.paths.log, &[event]) {
             warn(format!(
                 "cannot append to {}: {e}",

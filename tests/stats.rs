@@ -144,6 +144,30 @@ fn stats_read_the_previous_log_generation_too() {
 }
 
 #[test]
+fn a_log_past_the_size_cap_moves_aside_on_the_next_run() {
+    let sb = pool();
+    assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    let log = sb.qwen_home().join("rotation.log");
+    // Old run lines past the 8 MiB cap (one account, a steady pool: no rotation step runs).
+    let line = fs::read_to_string(&log).unwrap();
+    let line = line.lines().last().unwrap().to_string() + "\n";
+    let copies = (8 << 20) / line.len() + 1;
+    fs::write(&log, line.repeat(copies)).unwrap();
+    assert_eq!(run(&sb, &[]).status.code(), Some(0));
+    let now = fs::read_to_string(&log).unwrap();
+    let old = fs::read_to_string(sb.qwen_home().join("rotation.log.1")).unwrap();
+    println!(
+        "rotation.log.1: {} lines; rotation.log: {} line(s)",
+        old.lines().count(),
+        now.lines().count()
+    );
+    assert_eq!(old.lines().count(), copies);
+    assert_eq!(now.lines().count(), 1, "{now}");
+    let v = stats_json(&sb);
+    assert_eq!(v["runs_total"].as_u64(), Some(copies as u64 + 1));
+}
+
+#[test]
 fn status_watch_refuses_a_pipe_and_help_gives_every_flag_an_example() {
     let sb = pool();
     let out = sb.run(["--rotation-status", "--watch"]);
