@@ -1564,8 +1564,13 @@ fn reconcile(
 ) -> bool {
     let before = st.clone();
     let gone: Vec<usize> = st.slots().filter(|n| !infos.contains_key(n)).collect();
+    let env_pool = infos.values().any(|i| env_source(i).is_some());
     for n in gone {
-        if loud {
+        if loud && env_pool {
+            crate::warn(format!(
+                "account {n} is in state.yaml but no key variable declares it any more; dropped it"
+            ));
+        } else if loud {
             crate::warn(format!(
                 "account {n} is in state.yaml but its file is gone from accounts/; dropped it"
             ));

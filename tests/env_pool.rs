@@ -329,6 +329,14 @@ fn a_changed_key_starts_with_a_clean_slate() {
         log.contains("the key in QWEN_ROTATION_KEYS[1] changed"),
         "{log}"
     );
+    // A key taken out of the list: its account is dropped, and the warning says why.
+    let out = run(cmd(&sb, &mock, &second[0], &["-p", "hi"]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("account 2 is in state.yaml but no key variable declares it any more"),
+        "{err}"
+    );
 }
 
 #[test]
