@@ -263,17 +263,15 @@ fn choose_state(home: &Path) -> StateHome {
     }
 }
 
-/// Creates `dir` (0700) when missing; true when we can write into it.
+/// Creates `dir` (0700) when missing; true when we can write into it. access(2) answers for
+/// the permission bits and for a read-only mount (EROFS) without writing anything.
 fn writable_dir(dir: &Path) -> bool {
-    if vault::ensure_dir(dir).is_err() {
-        return false;
-    }
-    nix::unistd::access(
-        dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .is_ok()
-        && tempfile::tempfile_in(dir).is_ok()
+    vault::ensure_dir(dir).is_ok()
+        && nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
 }
 
 static MEMORY_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
