@@ -10,8 +10,9 @@
 //! - No message formats a value: problems name the variable (and the position in a list), and
 //!   the fix. Keys live only in `Secret`s.
 //! - A slot is identified in state.yaml by its variable and a 32-bit fingerprint of its key
-//!   (`QWEN_ROTATION_KEY_2:1a2b3c4d`): too short to recover or confirm a key, enough for a
-//!   changed key to start with a clean slate.
+//!   (`QWEN_ROTATION_KEY_2:1a2b3c4d`): far too short to recover a key from (every value has
+//!   countless keys behind it), enough for a changed key to start with a clean slate. It does
+//!   not hide whether a key someone already holds is the one in use; state.yaml stays 0600.
 //! - State goes where it can: `QWEN_ROTATION_STATE_DIR` when set, else QWEN_HOME when writable,
 //!   else a private directory for this run only (removed when the process exits normally).
 
