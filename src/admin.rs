@@ -1182,6 +1182,8 @@ struct Runs {
     retried: u64,
     duration_ms: u64,
     last: Option<DateTime<Utc>>,
+    /// Requests the relay sent on this account that were answered (a run may use several).
+    requests: u64,
 }
 
 impl Runs {
@@ -1210,6 +1212,10 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                     r.retried += u64::from(e.attempts.is_some_and(|a| a > 1));
                     r.duration_ms = r.duration_ms.saturating_add(e.duration_ms.unwrap_or(0));
                     r.last = r.last.max(Some(t));
+                }
+                for (n, count) in e.requests.iter().flatten() {
+                    let r = runs.entry(*n).or_default();
+                    r.requests = r.requests.saturating_add(*count);
                 }
             }
             events::ACCOUNT_SWITCH => day.switches += 1,
@@ -1255,6 +1261,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                     "runs": r.map_or(0, |r| r.total),
                     "runs_failed": r.map_or(0, |r| r.failed),
                     "runs_retried": r.map_or(0, |r| r.retried),
+                    "relay_requests": r.map_or(0, |r| r.requests),
                     "run_avg_ms": r.and_then(Runs::average).map(|d| d.as_millis() as u64),
                     "last_run": ts(r.and_then(|r| r.last)),
                     "switches": a.switches_count,
@@ -1348,6 +1355,17 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             ],
             &rows,
             &|_, _, c| c.to_string(),
+        ));
+    }
+    let relayed: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| r.requests > 0)
+        .map(|(n, r)| format!("account {n}: {}", r.requests))
+        .collect();
+    if !relayed.is_empty() {
+        text.push_str(&format!(
+            "Requests answered through the relay: {}.\n",
+            relayed.join(", ")
         ));
     }
     let runs_total: u64 = runs.values().map(|r| r.total).sum();

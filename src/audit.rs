@@ -83,6 +83,9 @@ pub struct Event {
     pub attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// `run` through the relay: the requests each slot answered (slot → count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<std::collections::BTreeMap<usize, u64>>,
 }
 
 impl Event {

@@ -165,7 +165,7 @@ fn interactive_session(
     let mut launch = launch;
     let mut controls = Some(controls);
     let mut controller = controller;
-    let mut record = RunRecord::start();
+    let mut record = RunRecord::start(relay.as_deref());
     for attempt in 1.. {
         record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
         let mut cmd = Command::new(real);
@@ -422,7 +422,7 @@ fn headless(
     let mut auth_retried = false;
     let mut waited = false;
     let mut attempt = 1;
-    let mut record = RunRecord::start();
+    let mut record = RunRecord::start(relay);
     loop {
         record.attempts += 1;
         let may_retry = !modifiers.no_retry
@@ -554,13 +554,16 @@ fn headless(
 struct RunRecord {
     started: Instant,
     attempts: u32,
+    /// The relay's count of answered requests per slot, when it is in the path.
+    served: Option<relay::Served>,
 }
 
 impl RunRecord {
-    fn start() -> RunRecord {
+    fn start(relay: Option<&Relay>) -> RunRecord {
         RunRecord {
             started: Instant::now(),
             attempts: 0,
+            served: relay.map(Relay::served),
         }
     }
 
@@ -572,6 +575,13 @@ impl RunRecord {
             self.attempts.max(1),
             self.started.elapsed(),
         );
+        let event = Event {
+            requests: self
+                .served
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ..event
+        };
         // A pool that never rotates writes only run lines: the size cap is checked here too
         // (one stat per run), and the move made under the lock, as every rotation of the log.
         if std::fs::metadata(&vault.paths.log).is_ok_and(|m| m.len() > audit::MAX_LOG_BYTES)

@@ -162,6 +162,21 @@ fn quota_on_key_1_is_answered_by_key_2_and_no_key_shows_anywhere() {
     )
     .unwrap();
     assert_eq!(stats["accounts"][1]["runs"], 1, "{stats}");
+    // The relay answered the run's one request on account 2.
+    assert_eq!(stats["accounts"][0]["relay_requests"], 0, "{stats}");
+    assert_eq!(stats["accounts"][1]["relay_requests"], 1, "{stats}");
+    let log = fs::read_to_string(sb.qwen_home().join("rotation.log")).unwrap();
+    let run_line = log
+        .lines()
+        .find(|l| l.contains(r#""event":"run""#))
+        .unwrap();
+    println!("run line: {run_line}");
+    assert!(run_line.contains(r#""requests":{"2":1}"#), "{run_line}");
+    let human = text(&run(cmd(&sb, &mock, &list, &["--rotation-stats"])).stdout);
+    assert!(
+        human.contains("Requests answered through the relay: account 2: 1."),
+        "{human}"
+    );
 }
 
 #[test]
