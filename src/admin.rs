@@ -48,6 +48,20 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
     }) {
         crate::warn(problem);
     }
+    // A pool declared in the environment replaces the slot files; a malformed one is bad usage.
+    let paths = if parsed.command == Command::Help {
+        paths.clone()
+    } else {
+        match crate::env_pool::from_env(&paths.home) {
+            Ok(Some(pool)) => crate::env_pool::paths_for(paths.clone(), pool),
+            Ok(None) => paths.clone(),
+            Err(problem) => {
+                eprintln!("qwen-rotation: {problem}");
+                return exit::USAGE;
+            }
+        }
+    };
+    let paths = &paths;
     let ui = Ui::detect(parsed.json);
     let vault = Vault::open(paths.clone(), config);
     match execute(&parsed.command, &vault, &ui) {
@@ -668,6 +682,9 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 }
             }
         }
+        Command::Add(_) | Command::Setup if v.paths.pool.is_some() => {
+            v.files_pool("add").map(|()| 0)
+        }
         Command::Add(a) if a.api_key => add_api_key(v, a, ui),
         Command::Add(a) if a.login => add_login(v, a.label.as_deref(), ui).map(|_| 0),
         Command::Add(a) => add_live(v, a.label.as_deref()),
@@ -866,9 +883,12 @@ fn watch_mode(v: &Vault, n: usize, kind: Option<Kind>) -> (&'static str, Option<
     if !v.config.relay {
         return ("scan", Some("relay: false in rotation.yaml".into()));
     }
-    let slot = std::fs::read(v.paths.api_key_slot(n))
-        .ok()
-        .and_then(|b| vault::check_api_key(&b).ok());
+    let slot = match &v.paths.pool {
+        Some(pool) => pool.slots.get(&n).map(|s| s.api.clone()),
+        None => std::fs::read(v.paths.api_key_slot(n))
+            .ok()
+            .and_then(|b| vault::check_api_key(&b).ok()),
+    };
     let Some(slot) = slot else {
         return ("scan", Some("the slot file cannot be read".into()));
     };
@@ -917,6 +937,8 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
         .collect();
     json!({
         "home": v.paths.home.display().to_string(),
+        "pool": pool_source(v),
+        "state_file": v.paths.state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
         "live_slot": o.live_owner,
@@ -928,6 +950,35 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
         "state_problem": o.state_problem,
         "accounts": accounts,
     })
+}
+
+/// "files" (accounts/ in the home) or "environment" (QWEN_ROTATION_KEYS…).
+fn pool_source(v: &Vault) -> &'static str {
+    if v.paths.pool.is_some() {
+        "environment"
+    } else {
+        "files"
+    }
+}
+
+/// One line on where an environment pool comes from and where its state is kept.
+fn pool_line(v: &Vault) -> Option<String> {
+    let pool = v.paths.pool.as_ref()?;
+    let sources: Vec<&str> = pool.slots.values().map(|s| s.source.as_str()).collect();
+    let state = match &pool.state {
+        crate::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
+        crate::env_pool::StateHome::Dir(d) => {
+            format!("in {} ({})", d.display(), crate::env_pool::STATE_DIR)
+        }
+        crate::env_pool::StateHome::Memory(_) => {
+            "for this process only (no writable QWEN_HOME or QWEN_ROTATION_STATE_DIR)".to_string()
+        }
+    };
+    Some(format!(
+        "accounts come from the environment ({}); slot files in {} are ignored; state is kept {state}",
+        sources.join(", "),
+        v.paths.accounts.display()
+    ))
 }
 
 fn strategy_name(s: Strategy) -> &'static str {
@@ -979,11 +1030,17 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             _ => cell.to_string(),
         }
     };
-    let mut text = format!(
-        "Accounts in {} ({}):\n",
-        v.paths.home.display(),
-        strategy_name(v.config.strategy)
-    );
+    let mut text = match &v.paths.pool {
+        Some(_) => format!(
+            "Accounts from the environment ({}):\n",
+            strategy_name(v.config.strategy)
+        ),
+        None => format!(
+            "Accounts in {} ({}):\n",
+            v.paths.home.display(),
+            strategy_name(v.config.strategy)
+        ),
+    };
     text.push_str(&table(
         &[
             "",
@@ -1027,6 +1084,9 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     }
     for note in notes(o) {
         text.push_str(&format!("{} {note}\n", ui.paint("!", "33")));
+    }
+    if let Some(line) = pool_line(v) {
+        text.push_str(&format!("Note: {line}.\n"));
     }
     text
 }
@@ -1072,23 +1132,38 @@ fn watch(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             "--watch redraws a terminal; run it in one, or use qwen --rotation-status --json in scripts".into(),
         ));
     }
+    // The first frame clears the screen; later ones redraw in place: cursor home, each line
+    // followed by "erase to end of line", then "erase below" (no blank flash between frames).
+    let mut first = true;
     loop {
         let o = v.overview()?;
-        let mut text = String::from("\x1b[H\x1b[2J");
-        text.push_str(&status_text(v, &o, ui));
-        text.push_str(&format!(
+        let mut body = status_text(v, &o, ui);
+        body.push_str(&format!(
             "\n(refreshing every 2s, {}; Ctrl+C to stop)\n",
             Utc::now().format("%H:%M:%S")
         ));
-        out(&text);
+        out(&watch_frame(&body, first));
+        first = false;
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// One `--watch` frame of `body` (see `watch`).
+fn watch_frame(body: &str, first: bool) -> String {
+    let mut frame = String::from(if first { "\x1b[H\x1b[2J" } else { "\x1b[H" });
+    for line in body.lines() {
+        frame.push_str(line);
+        frame.push_str("\x1b[K\n");
+    }
+    frame.push_str("\x1b[J");
+    frame
 }
 
 // -- stats ------------------------------------------------------------------------------------
 
 #[derive(Default)]
 struct Day {
+    runs: u64,
     switches: u64,
     hits: u64,
     exhausted: u64,
@@ -1097,16 +1172,52 @@ struct Day {
     auth: u64,
 }
 
+/// Runs per account, from the `run` lines of rotation.log.
+#[derive(Default)]
+struct Runs {
+    total: u64,
+    /// Ended with a non-zero code (qwen's, or 75 when every account was spent).
+    failed: u64,
+    /// Runs that needed more than one attempt.
+    retried: u64,
+    duration_ms: u64,
+    last: Option<DateTime<Utc>>,
+    /// Requests the relay sent on this account that were answered (a run may use several).
+    requests: u64,
+}
+
+impl Runs {
+    fn average(&self) -> Option<Duration> {
+        (self.total > 0).then(|| Duration::from_millis(self.duration_ms / self.total))
+    }
+}
+
 fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     let o = v.overview()?;
-    let log = audit::read(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let log = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
     let now = o.now;
     let mut cooldowns: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut runs: BTreeMap<usize, Runs> = BTreeMap::new();
     let mut days: BTreeMap<NaiveDate, Day> = BTreeMap::new();
     for e in &log.events {
         let Some(t) = e.time() else { continue };
         let day = days.entry(t.date_naive()).or_default();
         match e.event.as_str() {
+            events::RUN => {
+                day.runs += 1;
+                if let Some(n) = e.slot {
+                    let r = runs.entry(n).or_default();
+                    r.total += 1;
+                    r.failed += u64::from(e.code.is_some_and(|c| c != 0));
+                    r.retried += u64::from(e.attempts.is_some_and(|a| a > 1));
+                    r.duration_ms = r.duration_ms.saturating_add(e.duration_ms.unwrap_or(0));
+                    r.last = r.last.max(Some(t));
+                }
+                for (n, count) in e.requests.iter().flatten() {
+                    let r = runs.entry(*n).or_default();
+                    r.requests = r.requests.saturating_add(*count);
+                }
+            }
             events::ACCOUNT_SWITCH => day.switches += 1,
             events::COOLDOWN | events::NEEDS_LOGIN => {
                 day.hits += 1;
@@ -1141,11 +1252,18 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             .accounts
             .iter()
             .map(|(n, a)| {
+                let r = runs.get(n);
                 json!({
                     "slot": n,
                     "label": a.label,
                     "kind": a.kind.map(Kind::as_str),
                     "status": a.status_at(now).as_str(),
+                    "runs": r.map_or(0, |r| r.total),
+                    "runs_failed": r.map_or(0, |r| r.failed),
+                    "runs_retried": r.map_or(0, |r| r.retried),
+                    "relay_requests": r.map_or(0, |r| r.requests),
+                    "run_avg_ms": r.and_then(Runs::average).map(|d| d.as_millis() as u64),
+                    "last_run": ts(r.and_then(|r| r.last)),
                     "switches": a.switches_count,
                     "hits": { "quota": a.hits.quota, "throttle": a.hits.throttle, "auth": a.hits.auth },
                     "cooldowns": cooldowns.get(n).copied().unwrap_or(0),
@@ -1158,11 +1276,12 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
         let history: Vec<Value> = recent
             .iter()
             .map(|(d, day)| {
-                json!({ "date": d.to_string(), "switches": day.switches, "hits": day.hits,
+                json!({ "date": d.to_string(), "runs": day.runs, "switches": day.switches, "hits": day.hits,
                         "quota": day.quota, "throttle": day.throttle, "auth": day.auth, "exhausted": day.exhausted })
             })
             .collect();
         print_json(&json!({
+            "runs_total": runs.values().map(|r| r.total).sum::<u64>(),
             "switches_total": st.switches_total,
             "last_switch": ts(st.last_switch),
             "current": (st.current_index > 0).then_some(st.current_index),
@@ -1190,9 +1309,22 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 if most > 0 && a.switches_count == most {
                     switches.push_str(" (most used)");
                 }
+                let r = runs.get(n);
                 vec![
                     n.to_string(),
                     a.label.clone().unwrap_or_else(|| "-".into()),
+                    match r {
+                        Some(r) if r.failed > 0 => format!("{} ({} failed)", r.total, r.failed),
+                        Some(r) => r.total.to_string(),
+                        None => "0".into(),
+                    },
+                    r.and_then(Runs::average).map_or_else(
+                        || "-".into(),
+                        |d| match d.as_millis() {
+                            ms @ 0..1000 => format!("{ms}ms"),
+                            _ => format!("{:.1}s", d.as_secs_f64()),
+                        },
+                    ),
                     switches,
                     a.hits.quota.to_string(),
                     a.hits.throttle.to_string(),
@@ -1211,6 +1343,8 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             &[
                 "#",
                 "LABEL",
+                "RUNS",
+                "AVG RUN",
                 "SWITCHES",
                 "QUOTA",
                 "THROTTLE",
@@ -1223,8 +1357,20 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             &|_, _, c| c.to_string(),
         ));
     }
+    let relayed: Vec<String> = runs
+        .iter()
+        .filter(|(_, r)| r.requests > 0)
+        .map(|(n, r)| format!("account {n}: {}", r.requests))
+        .collect();
+    if !relayed.is_empty() {
+        text.push_str(&format!(
+            "Requests answered through the relay: {}.\n",
+            relayed.join(", ")
+        ));
+    }
+    let runs_total: u64 = runs.values().map(|r| r.total).sum();
     text.push_str(&format!(
-        "Total rotations: {}{}.\nCurrent account: {}.\n",
+        "Total runs: {runs_total}. Total rotations: {}{}.\nCurrent account: {}.\n",
         st.switches_total,
         st.last_switch
             .map(|t| format!(" (last {})", relative(Some(t), now)))
@@ -1242,6 +1388,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             .map(|(d, day)| {
                 vec![
                     d.to_string(),
+                    plural(day.runs, "run", "runs"),
                     plural(day.switches, "switch", "switches"),
                     format!(
                         "{} (quota {}, throttle {}, auth {})",
@@ -1258,9 +1405,11 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 ]
             })
             .collect();
-        let t = table(&["DAY", "SWITCHES", "HITS", ""], &rows, &|_, _, c| {
-            c.to_string()
-        });
+        let t = table(
+            &["DAY", "RUNS", "SWITCHES", "HITS", ""],
+            &rows,
+            &|_, _, c| c.to_string(),
+        );
         // Drop the header line: the columns speak for themselves.
         text.push_str(t.split_once('\n').map_or("", |(_, rest)| rest));
     }
@@ -1271,7 +1420,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 // -- log --------------------------------------------------------------------------------------
 
 fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error> {
-    let read = audit::read(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let read = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
     let total = read.events.len();
     let keep = match (tail, ui.json) {
         (Some(0), _) | (None, true) => total,
@@ -1327,6 +1476,16 @@ fn log_line(e: &Event, ui: &Ui) -> String {
     }
     if let Some(l) = &e.label {
         parts.push(format!("[{l}]"));
+    }
+    if let (Some(code), Some(attempts)) = (e.code, e.attempts) {
+        let took = e
+            .duration_ms
+            .map(|ms| format!(", {:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        parts.push(format!(
+            "exit {code}, {}{took}",
+            plural(u64::from(attempts), "attempt", "attempts")
+        ));
     }
     if let Some(r) = &e.reason {
         parts.push(r.clone());
@@ -1970,6 +2129,11 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         }
     }
 
+    // 3b. A pool declared in the environment.
+    if let Some(line) = pool_line(v) {
+        push(&mut f, Finding::new("pool", Level::Info, line), None);
+    }
+
     // 4. The home itself.
     if fs::metadata(&paths.home).is_err() {
         push(
@@ -2002,8 +2166,8 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         paths.log.clone(),
         paths.lock.clone(),
     ];
-    let slots = vault::scan(&paths.accounts).unwrap_or_default();
-    for (n, kinds) in &slots {
+    let slots = vault::scan_slots(paths).unwrap_or_default();
+    for (n, kinds) in slots.iter().filter(|_| paths.pool.is_none()) {
         files.extend(kinds.iter().map(|k| vault::slot_path(paths, *n, *k)));
     }
     for dir in ["backup", "removed"] {
@@ -2463,15 +2627,17 @@ Usage: qwen [qwen's own arguments]          runs the real qwen, rotating account
        qwen --rotation-<command> [options]  manages the accounts (the real qwen does not run)
 
 Per-run modifiers (removed before qwen sees argv):
-  --rotation-account N|LABEL   use this account for this run        qwen --rotation-account 2 -p hi
-  --rotation-no-retry          rotate on a quota hit but do not rerun qwen -p hi --rotation-no-retry
+  --rotation-account N|LABEL   use this account for this run         qwen --rotation-account 2 -p hi
+  --rotation-no-retry          rotate on a quota hit but do not rerun    qwen --rotation-no-retry -p hi
 
 Commands (read commands take --json for machine output):
-  --rotation-help              this text
+  --rotation-help              this text                                 qwen --rotation-help
   --rotation-version           versions of the shim and the real qwen   qwen --rotation-version --json
   --rotation-status            accounts, the live one, cooldowns         qwen --rotation-status
-        (alias --rotation-list; --watch redraws every 2s on a terminal)
-  --rotation-stats             switches, hits, cooldowns, per-day history qwen --rotation-stats
+  --rotation-list              the same as --rotation-status             qwen --rotation-list --json
+  --rotation-status --watch    redraws the status every 2s on a terminal qwen --rotation-status --watch
+  --rotation-stats             runs, switches, hits, cooldowns, last reset and per-day history
+                                                                         qwen --rotation-stats --json
   --rotation-switch N|LABEL    make an account live (clears its cooldown) qwen --rotation-switch work
   --rotation-next              move to the next usable account           qwen --rotation-next
                                (exit 0 switched, 1 none available)
@@ -2484,6 +2650,7 @@ Commands (read commands take --json for machine output):
                                store an API key, read from stdin or a hidden prompt (never argv)
                                printf %s \"$KEY\" | qwen --rotation-add --api-key cp --base-url https://coding-intl.dashscope.aliyuncs.com/v1 --model qwen3-coder-plus
   --rotation-setup             guided capture of several accounts (terminal)
+                                                                         qwen --rotation-setup
   --rotation-remove N|LABEL    remove an account (its file moves to accounts/removed/)
                                                                          qwen --rotation-remove 3
   --rotation-enable N|LABEL    use an account again                      qwen --rotation-enable 3
@@ -2503,6 +2670,11 @@ Exit codes: qwen's own status when it runs · 75 every account exhausted · 127 
 126 real qwen not executable · 2 bad usage (including an account that does not exist) ·
 1 a management command failed (--rotation-next: no other account; --rotation-doctor: problems).
 Environment: QWEN_HOME, QWEN_ROTATION=off (run qwen untouched), QWEN_ROTATION_REAL=/path/to/qwen, NO_COLOR.
+Accounts from the environment (CI secrets; slot files are then ignored, docs/CI.md):
+  QWEN_ROTATION_KEYS=\"$K1,$K2\" or QWEN_ROTATION_KEY_1, QWEN_ROTATION_KEY_2, … one key each;
+  QWEN_ROTATION_BASE_URL[_N], QWEN_ROTATION_MODEL[_N] (default: OPENAI_BASE_URL, OPENAI_MODEL);
+  QWEN_ROTATION_STATE_DIR=DIR keeps state.yaml and rotation.log there (else QWEN_HOME if
+  writable, else for the run only).            QWEN_ROTATION_KEYS=\"$KEY1 $KEY2\" qwen -p hi
 ",
         version = env!("CARGO_PKG_VERSION")
     )

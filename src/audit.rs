@@ -39,6 +39,8 @@ pub mod events {
     pub const STATE_REBUILT: &str = "state_rebuilt";
     pub const INVALID: &str = "invalid";
     pub const BACKUP: &str = "backup";
+    /// One watched run ended: its last slot, exit code, attempts and duration.
+    pub const RUN: &str = "run";
 }
 
 /// One log line. Field names are the seeds' (`timestamp`, `level`, `event`, `from`, `to`,
@@ -73,6 +75,17 @@ pub struct Event {
     pub until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `run`: the exit code the caller saw (128+N for death by signal N).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// `run`: how many times qwen was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// `run` through the relay: the requests each slot answered (slot → count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<std::collections::BTreeMap<usize, u64>>,
 }
 
 impl Event {
@@ -131,6 +144,14 @@ impl Event {
         self
     }
 
+    /// The end of a watched run on `slot` (never its argv or prompt).
+    pub fn run(mut self, code: i32, attempts: u32, duration: std::time::Duration) -> Event {
+        self.code = Some(code);
+        self.attempts = Some(attempts);
+        self.duration_ms = Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
     /// The JSON line, without the newline.
     pub fn to_line(&self) -> String {
         // Serialising a struct of strings and numbers cannot fail; fall back to the bare event.
@@ -174,6 +195,41 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Above this size `rotation.log` becomes `rotation.log.1` (replacing the previous one), so a
+/// busy CI home keeps a bounded log: two generations, read together by `stats` and `log`.
+pub const MAX_LOG_BYTES: u64 = 8 << 20;
+
+/// The previous generation of the log.
+pub fn previous(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    name.into()
+}
+
+/// Moves the log to `rotation.log.1` when it is larger than `max`. Call under `rotation.lock`
+/// (so two processes never rotate at once). A writer that opened the old file just before the
+/// rename finishes its line there: nothing is lost, it is read from `.1`.
+pub fn rotate_if_large(path: &Path, max: u64) -> io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > max => {
+            std::fs::rename(path, previous(path))?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Both generations, oldest first (`rotation.log.1`, then `rotation.log`).
+pub fn read_all(path: &Path) -> io::Result<Read> {
+    let mut old = read(&previous(path))?;
+    let new = read(path)?;
+    old.events.extend(new.events);
+    old.skipped += new.skipped;
+    Ok(old)
 }
 
 /// What reading the log found.
@@ -232,9 +288,10 @@ pub fn parse(bytes: &[u8]) -> Read {
     out
 }
 
-/// Number of `account_switch` lines (must equal `switches_total`).
+/// Number of `account_switch` lines in both generations (equals `switches_total` until the
+/// log has been rotated twice).
 pub fn count_switches(path: &Path) -> io::Result<usize> {
-    Ok(read(path)?
+    Ok(read_all(path)?
         .events
         .iter()
         .filter(|e| e.event == events::ACCOUNT_SWITCH)
@@ -291,5 +348,35 @@ not json\n\xff\xfe\n[1,2]\n{\"event\":\"cooldown\",\"slot\":\"x\"}\n";
         assert_eq!(count_switches(&p).unwrap(), 2);
         assert_eq!(read(&p).unwrap().events.len(), 3);
         assert_eq!(count_switches(&dir.path().join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_large_log_moves_to_its_previous_generation_and_reads_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rotation.log");
+        let now = Utc::now();
+        let switch = Event::new(events::ACCOUNT_SWITCH, now).from(1).to(2);
+        append(&p, &[switch.clone(), switch.clone()]).unwrap();
+        assert!(!rotate_if_large(&p, 1 << 20).unwrap());
+        assert!(rotate_if_large(&p, 10).unwrap());
+        assert!(!p.exists() && previous(&p).exists());
+        append(
+            &p,
+            &[Event::new(events::RUN, now).slot(2).run(
+                0,
+                1,
+                std::time::Duration::from_millis(1500),
+            )],
+        )
+        .unwrap();
+        let all = read_all(&p).unwrap();
+        assert_eq!(all.events.len(), 3);
+        assert_eq!(all.events[2].duration_ms, Some(1500));
+        assert_eq!(count_switches(&p).unwrap(), 2);
+        let line = all.events[2].to_line();
+        assert!(
+            line.contains(r#""event":"run""#) && line.contains(r#""code":0,"attempts":1"#),
+            "{line}"
+        );
     }
 }

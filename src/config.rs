@@ -21,6 +21,10 @@ pub struct Paths {
     pub config: PathBuf,
     pub lock: PathBuf,
     pub settings: PathBuf,
+    /// Our private settings override for qwen (`rotation-settings/`).
+    pub private: PathBuf,
+    /// The pool declared in the environment (`QWEN_ROTATION_KEYS`…); `None`: the slot files.
+    pub pool: Option<std::sync::Arc<crate::env_pool::Pool>>,
 }
 
 impl Paths {
@@ -40,6 +44,8 @@ impl Paths {
             config: home.join("rotation.yaml"),
             lock: home.join("rotation.lock"),
             settings: home.join("settings.json"),
+            private: home.join("rotation-settings"),
+            pool: None,
             home,
         }
     }
@@ -160,7 +166,15 @@ impl Config {
     /// one-line warning that names the file, the line and the fix.
     pub fn load(path: &Path) -> (Config, Option<String>) {
         match std::fs::read_to_string(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), None),
+            // A home that is not there (or is under a file) has no rotation.yaml either.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                (Config::default(), None)
+            }
             Err(e) => (
                 Config::default(),
                 Some(format!(

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod detect;
+pub mod env_pool;
 pub mod error;
 pub mod fault;
 pub mod locate;

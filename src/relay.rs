@@ -18,7 +18,7 @@
 //! (connection pool, system trust store, `HTTPS_PROXY`/`NO_PROXY`). Answers are streamed back
 //! chunk by chunk and flushed per chunk, so server-sent events reach qwen as they arrive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -57,6 +57,9 @@ const MAX_REFUSED_BODY: usize = 1 << 20;
 const MAX_ERROR_BODY: usize = 256 * 1024;
 /// Read size for relaying bodies.
 const CHUNK: usize = 64 * 1024;
+
+/// Successful requests per slot, counted by the relay.
+pub type Served = Arc<Mutex<BTreeMap<usize, u64>>>;
 
 /// What the relay needs to run.
 pub struct Setup {
@@ -101,7 +104,7 @@ impl Relay {
         let addr = listener.local_addr()?;
         // Tries per request: one per slot on disk (the vault's report marks each spent slot,
         // so the loop ends anyway; this bound only guards against a slot coming back at once).
-        let slots = crate::vault::scan(&vault.paths.accounts)
+        let slots = crate::vault::scan_slots(&vault.paths)
             .map(|s| s.len())
             .unwrap_or(0);
         let shared = Arc::new(Shared {
@@ -122,6 +125,7 @@ impl Relay {
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
+            served: Arc::new(Mutex::new(BTreeMap::new())),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -140,6 +144,11 @@ impl Relay {
     /// request has succeeded since).
     pub fn exhausted(&self) -> Option<Option<DateTime<Utc>>> {
         self.shared.state().exhausted
+    }
+
+    /// Successful requests per slot so far (shared: it stays readable after the relay stops).
+    pub fn served(&self) -> Served {
+        Arc::clone(&self.shared.served)
     }
 
     /// The slot the relay is using now.
@@ -407,6 +416,8 @@ struct Shared {
     stop: AtomicBool,
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
+    /// Answers that reached qwen with a 2xx, per slot (the run line in rotation.log).
+    served: Served,
 }
 
 /// What the relay holds between requests. Locked only to read or swap, never across I/O.
@@ -568,6 +579,12 @@ impl Shared {
     /// A 2xx on `slot`: clears the exhausted mark; records the success once per slot change.
     fn succeeded(&self, slot: usize) {
         self.warned_upstream.store(false, Ordering::SeqCst);
+        *self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slot)
+            .or_default() += 1;
         let record = {
             let mut st = self.state();
             st.exhausted = None;

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::audit::{self, Event, events};
 use crate::cli::Modifiers;
 use crate::config::{Config, OnExhausted, Paths, human_duration};
 use crate::detect::{Class, Hit, Patterns};
@@ -21,7 +22,7 @@ use crate::pipes::{self, Attempt, StdinSource, StdoutMode};
 use crate::relay::{self, Relay};
 use crate::signals;
 use crate::vault::{Kind, Launch, Rotation, Vault};
-use crate::{locate, settings, warn};
+use crate::{env_pool, locate, settings, warn};
 
 /// Runs the real qwen with `args`; never returns.
 pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
@@ -32,7 +33,13 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if std::env::var_os("QWEN_ROTATION").is_some_and(|v| v == "off" || v == "0") {
         exec(&real, &args, &[]);
     }
-    let paths = Paths::from_env();
+    let paths = match pool_paths(Paths::from_env()) {
+        Ok(paths) => paths,
+        Err(problem) => {
+            warn(format!("{problem}; running qwen without rotation"));
+            exec(&real, &args, &[])
+        }
+    };
     if !Vault::has_accounts(&paths) {
         if modifiers.account.is_some() {
             warn(
@@ -79,6 +86,20 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         launch,
         relay.as_ref(),
     )
+}
+
+/// The paths for this run: with a pool declared in the environment, its slots and its state
+/// place. The key variables leave our environment first, so neither qwen nor anything it
+/// starts inherits them (the relay, or the attempt's own variables, carry the key).
+fn pool_paths(paths: Paths) -> Result<Paths, String> {
+    let declared = env_pool::from_env(&paths.home);
+    // SAFETY: the run path has started no thread yet (the relay and the signal thread come
+    // later), so nothing reads the environment while it changes.
+    unsafe { env_pool::scrub() };
+    Ok(match declared? {
+        Some(pool) => env_pool::paths_for(paths, pool),
+        None => paths,
+    })
 }
 
 /// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
@@ -144,7 +165,9 @@ fn interactive_session(
     let mut launch = launch;
     let mut controls = Some(controls);
     let mut controller = controller;
+    let mut record = RunRecord::start(relay.as_deref());
     for attempt in 1.. {
+        record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
         let mut cmd = Command::new(real);
         cmd.args(args);
         for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
@@ -218,10 +241,13 @@ fn interactive_session(
             && !outcome.success()
             && !swapped.load(Ordering::SeqCst)
             && attempt < max_attempts;
+        // The slot the session ended on: the relay's, or the last one swapped in on screen.
+        let failed = relay
+            .as_deref()
+            .map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
         let Some(hit) = hit.filter(|_| rerun) else {
-            signals::exit_with(outcome);
+            record.finish(vault, failed, outcome);
         };
-        let failed = relay.as_deref().map_or(launch.slot, Relay::current_slot);
         let who = what(failed, launch_label(failed, &launch), &hit);
         match vault.report(failed, &hit) {
             Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
@@ -229,19 +255,19 @@ fn interactive_session(
             }
             Ok(Rotation::Exhausted { earliest }) => {
                 notice(&who);
-                fail(&Error::Exhausted { earliest });
+                record.fail(vault, failed, &Error::Exhausted { earliest });
             }
             Err(e) => {
                 warn(e);
-                signals::exit_with(outcome);
+                record.finish(vault, failed, outcome);
             }
         }
         launch = match vault.prepare(None) {
             Ok(next) => next,
-            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e @ Error::Exhausted { .. }) => record.fail(vault, failed, &e),
             Err(e) => {
                 warn(e);
-                signals::exit_with(outcome);
+                record.finish(vault, failed, outcome);
             }
         };
         if let Some(relay) = relay.as_deref() {
@@ -396,7 +422,9 @@ fn headless(
     let mut auth_retried = false;
     let mut waited = false;
     let mut attempt = 1;
+    let mut record = RunRecord::start(relay);
     loop {
+        record.attempts += 1;
         let may_retry = !modifiers.no_retry
             && modifiers.account.is_none()
             && attempt < max_attempts
@@ -425,7 +453,8 @@ fn headless(
         };
         if let Some(earliest) = relay.and_then(Relay::exhausted) {
             // The relay already rotated through every key and told qwen so.
-            fail(&Error::Exhausted { earliest });
+            let slot = relay.map_or(launch.slot, Relay::current_slot);
+            record.fail(vault, slot, &Error::Exhausted { earliest });
         }
         // An attempt we stopped did not end on its own: qwen reports these errors with status 1.
         let outcome = if finished.stopped {
@@ -443,7 +472,7 @@ fn headless(
             {
                 warn(e);
             }
-            signals::exit_with(outcome);
+            record.finish(vault, slot, outcome);
         };
 
         let rotation = match vault.report(slot, &hit) {
@@ -451,7 +480,7 @@ fn headless(
             Err(e) => {
                 warn(e);
                 pipes::release(&finished);
-                signals::exit_with(outcome);
+                record.finish(vault, slot, outcome);
             }
         };
         // Could this run go again at all (attempts aside)?
@@ -483,7 +512,7 @@ fn headless(
                     }
                     None => {
                         notice(&who);
-                        fail(&Error::Exhausted { earliest });
+                        record.fail(vault, slot, &Error::Exhausted { earliest });
                     }
                 }
             }
@@ -501,23 +530,89 @@ fn headless(
                     String::new()
                 };
                 notice(&format!("{who}; the next run uses account {to}{why}"));
-                signals::exit_with(outcome);
+                record.finish(vault, slot, outcome);
             }
         }
         auth_retried |= hit.class == Class::Auth;
         launch = match vault.prepare(None) {
             Ok(l) => l,
-            Err(e @ Error::Exhausted { .. }) => fail(&e),
+            Err(e @ Error::Exhausted { .. }) => record.fail(vault, slot, &e),
             Err(e) => {
                 warn(e);
                 pipes::release(&finished);
-                signals::exit_with(finished.outcome);
+                record.finish(vault, slot, finished.outcome);
             }
         };
         if let Some(relay) = relay {
             relay.switch_to(&launch);
         }
         attempt += 1;
+    }
+}
+
+/// One watched run, for its `run` line in rotation.log.
+struct RunRecord {
+    started: Instant,
+    attempts: u32,
+    /// The relay's count of answered requests per slot, when it is in the path.
+    served: Option<relay::Served>,
+}
+
+impl RunRecord {
+    fn start(relay: Option<&Relay>) -> RunRecord {
+        RunRecord {
+            started: Instant::now(),
+            attempts: 0,
+            served: relay.map(Relay::served),
+        }
+    }
+
+    /// Appends the `run` line: one O_APPEND write, no lock, no fsync (a lost line after a power
+    /// cut costs one count in the stats, not a credential).
+    fn write(&self, vault: &Vault, slot: usize, code: i32) {
+        let event = Event::new(events::RUN, chrono::Utc::now()).slot(slot).run(
+            code,
+            self.attempts.max(1),
+            self.started.elapsed(),
+        );
+        let event = Event {
+            requests: self
+                .served
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ..event
+        };
+        // A pool that never rotates writes only run lines: the size cap is checked here too
+        // (one stat per run), and the move made under the lock, as every rotation of the log.
+        if std::fs::metadata(&vault.paths.log).is_ok_and(|m| m.len() > audit::MAX_LOG_BYTES)
+            && let Ok(_lock) =
+                crate::vault::RotationLock::acquire(&vault.paths.lock, vault.config.lock_timeout)
+            && let Err(e) = audit::rotate_if_large(&vault.paths.log, audit::MAX_LOG_BYTES)
+        {
+            warn(format!("cannot rotate {}: {e}", vault.paths.log.display()));
+        }
+        if let Err(e) = audit::append(&vault.paths.log, &[event]) {
+            warn(format!(
+                "cannot append to {}: {e}",
+                vault.paths.log.display()
+            ));
+        }
+    }
+
+    /// Records the run and leaves with qwen's outcome.
+    fn finish(&self, vault: &Vault, slot: usize, outcome: signals::Outcome) -> ! {
+        let code = match outcome {
+            signals::Outcome::Exited(code) => code,
+            signals::Outcome::Signaled(sig) => 128 + sig,
+        };
+        self.write(vault, slot, code);
+        signals::exit_with(outcome)
+    }
+
+    /// Records the run and leaves with the shim's own error (every account exhausted).
+    fn fail(&self, vault: &Vault, slot: usize, e: &Error) -> ! {
+        self.write(vault, slot, e.exit_code());
+        fail(e)
     }
 }
 

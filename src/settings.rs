@@ -164,7 +164,7 @@ pub fn override_env(
     if let (Kind::ApiKey, Some(model)) = (launch.kind, model) {
         set(&mut system, &["model", "name"], Value::String(model));
     }
-    let dir = paths.home.join("rotation-settings");
+    let dir = paths.private.clone();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -396,8 +396,47 @@ fn inspect_slot(paths: &Paths, n: usize, kinds: &[Kind]) -> SlotInfo {
     info
 }
 
-/// Reads every slot in `accounts/`.
+/// The slots of the pool: the environment's when one is declared, else `accounts/`.
+pub fn scan_slots(paths: &Paths) -> io::Result<Scan> {
+    match &paths.pool {
+        Some(pool) => Ok(pool
+            .slots
+            .keys()
+            .map(|n| (*n, vec![Kind::ApiKey]))
+            .collect()),
+        None => scan(&paths.accounts),
+    }
+}
+
+/// A slot of the environment's pool, as `inspect_slot` describes a file. Its `digest` is the
+/// slot's identity (variable and key fingerprint), never the key.
+fn inspect_env_slot(slot: &crate::env_pool::EnvSlot) -> SlotInfo {
+    SlotInfo {
+        kind: Some(Kind::ApiKey),
+        path: PathBuf::from(format!("${}", slot.source)),
+        problem: None,
+        digest: Some(slot.identity()),
+        refresh: None,
+        api: Some(slot.api.clone()),
+        mode: 0o600,
+        foreign_owner: false,
+    }
+}
+
+/// The variable an environment slot's key came from (`None` for a slot file).
+fn env_source(info: &SlotInfo) -> Option<&str> {
+    info.path.to_str()?.strip_prefix('$')
+}
+
+/// Reads every slot of the pool (the environment's, or the files in `accounts/`).
 pub fn inspect_all(paths: &Paths) -> Result<BTreeMap<usize, SlotInfo>> {
+    if let Some(pool) = &paths.pool {
+        return Ok(pool
+            .slots
+            .iter()
+            .map(|(n, slot)| (*n, inspect_env_slot(slot)))
+            .collect());
+    }
     let scanned = scan(&paths.accounts).map_err(|e| Error::io("read", &paths.accounts, e))?;
     Ok(scanned
         .iter()
@@ -803,6 +842,9 @@ impl Vault {
     /// Cheap check for the fast path: is there at least one slot file in `accounts/`?
     /// One `read_dir`, no file opened.
     pub fn has_accounts(paths: &Paths) -> bool {
+        if let Some(pool) = &paths.pool {
+            return !pool.slots.is_empty();
+        }
         let Ok(entries) = fs::read_dir(&paths.accounts) else {
             return false;
         };
@@ -820,7 +862,9 @@ impl Vault {
     /// eligible (for a pin: when the pinned slot is not).
     pub fn prepare(&self, pinned: Option<&str>) -> Result<Launch> {
         let now = Utc::now();
-        if let Ok(scanned) = scan(&self.paths.accounts) {
+        if self.paths.pool.is_none()
+            && let Ok(scanned) = scan(&self.paths.accounts)
+        {
             self.warn_wide_modes(&scanned);
         }
         match self.fast_launch(pinned, now) {
@@ -833,7 +877,7 @@ impl Vault {
 
     /// The lock-free path of `prepare`: `Ok(None)` means "something needs changing".
     fn fast_launch(&self, pinned: Option<&str>, now: DateTime<Utc>) -> Result<Option<Launch>> {
-        let Ok(scanned) = scan(&self.paths.accounts) else {
+        let Ok(scanned) = scan_slots(&self.paths) else {
             return Ok(None);
         };
         let Loaded::Ok(st) = State::load(&self.paths.state) else {
@@ -892,11 +936,26 @@ impl Vault {
                 if matches!(live, LiveFile::Symlink { .. }) {
                     return Ok(None);
                 }
-                let Ok(bytes) = read_bounded(&self.paths.api_key_slot(target)) else {
-                    return Ok(None);
-                };
-                let Ok(api) = check_api_key(&bytes) else {
-                    return Ok(None);
+                let api = match &self.paths.pool {
+                    Some(pool) => match pool.slots.get(&target) {
+                        // A changed key (another identity) goes through reconcile first.
+                        Some(slot)
+                            if account.installed_digest.as_deref()
+                                == Some(slot.identity().as_str()) =>
+                        {
+                            slot.api.clone()
+                        }
+                        _ => return Ok(None),
+                    },
+                    None => {
+                        let Ok(bytes) = read_bounded(&self.paths.api_key_slot(target)) else {
+                            return Ok(None);
+                        };
+                        let Ok(api) = check_api_key(&bytes) else {
+                            return Ok(None);
+                        };
+                        api
+                    }
                 };
                 Ok(Some(api_launch(target, account, api)))
             }
@@ -991,12 +1050,23 @@ impl Vault {
         })
     }
 
+    /// Err(Usage) when the pool is declared in the environment: its accounts are changed there.
+    pub fn files_pool(&self, what: &str) -> Result<()> {
+        match &self.paths.pool {
+            None => Ok(()),
+            Some(_) => Err(Error::Usage(format!(
+                "the accounts come from {} and QWEN_ROTATION_KEY_N, so there is nothing to {what} here; change those variables instead (or unset them to use the slot files)",
+                crate::env_pool::KEYS
+            ))),
+        }
+    }
+
     /// Slots that could take a run now.
     pub fn eligible_count(&self) -> usize {
         let now = Utc::now();
         match State::load(&self.paths.state) {
             Loaded::Ok(st) => st.eligible_count(now),
-            _ => scan(&self.paths.accounts).map(|s| s.len()).unwrap_or(0),
+            _ => scan_slots(&self.paths).map(|s| s.len()).unwrap_or(0),
         }
     }
 
@@ -1090,6 +1160,7 @@ impl Vault {
     /// Refuses content that is not valid credentials and a refresh token already stored.
     /// When `source` is the live file, that file now belongs to the new slot.
     pub fn add_oauth(&self, bytes: &[u8], source: &Path, label: Option<&str>) -> Result<usize> {
+        self.files_pool("add")?;
         let rt = check_oauth(bytes).map_err(|p| Error::Invalid {
             path: source.to_path_buf(),
             problem: p.to_string(),
@@ -1124,6 +1195,7 @@ impl Vault {
 
     /// `--rotation-add --api-key`: store an API-key slot. Refuses a key already stored.
     pub fn add_api_key(&self, slot: &ApiKeySlot, label: Option<&str>) -> Result<usize> {
+        self.files_pool("add")?;
         valid_api_key(slot.key.expose())
             .map_err(|p| Error::Usage(format!("{p}; give the key on stdin or at the prompt")))?;
         ensure_dir(&self.paths.home)?;
@@ -1161,6 +1233,7 @@ impl Vault {
     /// is undone by moving it back). Removing the live slot first syncs its live credentials
     /// back and then switches to the next slot. Returns where the file went.
     pub fn remove(&self, spec: &str) -> Result<PathBuf> {
+        self.files_pool("remove")?;
         self.transact("remove", |tx| {
             let n = tx
                 .st
@@ -1387,12 +1460,26 @@ impl Vault {
             Ok(())
         };
         // One directory fsync makes both renames in the home (live file, state.yaml) durable.
+        // An environment pool may keep state.yaml elsewhere (its live file is never written).
+        let state_dir = self.paths.state.parent().unwrap_or(&self.paths.home);
         if dirty || home_unsynced {
+            fsync_dir(state_dir).map_err(|e| Error::io("sync", state_dir, e))?;
+        }
+        if home_unsynced && state_dir != self.paths.home {
             fsync_dir(&self.paths.home).map_err(|e| Error::io("sync", &self.paths.home, e))?;
         }
         saved?;
         if dirty {
             point(op, "state_written");
+        }
+        if !events.is_empty()
+            && let Err(e) = audit::rotate_if_large(&self.paths.log, audit::MAX_LOG_BYTES)
+        {
+            crate::warn(format!(
+                "cannot rotate {}: {}",
+                self.paths.log.display(),
+                io_reason(&e)
+            ));
         }
         if let Err(e) = audit::append(&self.paths.log, &events) {
             crate::warn(format!(
@@ -1477,8 +1564,13 @@ fn reconcile(
 ) -> bool {
     let before = st.clone();
     let gone: Vec<usize> = st.slots().filter(|n| !infos.contains_key(n)).collect();
+    let env_pool = infos.values().any(|i| env_source(i).is_some());
     for n in gone {
-        if loud {
+        if loud && env_pool {
+            crate::warn(format!(
+                "account {n} is in state.yaml but no key variable declares it any more; dropped it"
+            ));
+        } else if loud {
             crate::warn(format!(
                 "account {n} is in state.yaml but its file is gone from accounts/; dropped it"
             ));
@@ -1503,6 +1595,28 @@ fn reconcile(
             Account::default()
         });
         a.kind = info.kind;
+        if let Some(source) = env_source(info)
+            && a.installed_digest != info.digest
+        {
+            // An environment slot is known by its variable and key fingerprint: another key
+            // under the same number is another account, which starts with a clean slate.
+            if a.installed_digest.is_some() {
+                *a = Account {
+                    label: a.label.take(),
+                    enabled: a.enabled,
+                    ..Account::new(Kind::ApiKey)
+                };
+                a.last_reset = Some(now);
+                a.last_reason = Some(format!("the key in {source} changed"));
+                events.push(
+                    Event::new(events::RESET, now)
+                        .slot(*n)
+                        .reason(format!("the key in {source} changed"))
+                        .trigger("scan"),
+                );
+            }
+            a.installed_digest = info.digest.clone();
+        }
         match (&info.problem, a.status) {
             (Some(problem), s)
                 if s != Status::Invalid || a.last_reason.as_deref() != Some(problem.as_str()) =>

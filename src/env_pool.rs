@@ -1,0 +1,448 @@
+//! The account pool declared in the environment, for CI jobs that hold their keys in secrets.
+//!
+//! `QWEN_ROTATION_KEYS` lists keys separated by commas, spaces or newlines (account 1, 2, … in
+//! that order) and/or `QWEN_ROTATION_KEY_N` holds the key of account N. Base URL and model come
+//! from `QWEN_ROTATION_BASE_URL_N`/`QWEN_ROTATION_MODEL_N`, else `QWEN_ROTATION_BASE_URL`/
+//! `QWEN_ROTATION_MODEL`, else the caller's `OPENAI_BASE_URL`/`OPENAI_MODEL`. When any key
+//! variable is set, this is the pool: slot files in `accounts/` are ignored.
+//!
+//! Invariants:
+//! - No message formats a value: problems name the variable (and the position in a list), and
+//!   the fix. Keys live only in `Secret`s.
+//! - A slot is identified in state.yaml by its variable and a 32-bit fingerprint of its key
+//!   (`QWEN_ROTATION_KEY_2:1a2b3c4d`): far too short to recover a key from (every value has
+//!   countless keys behind it), enough for a changed key to start with a clean slate. It does
+//!   not hide whether a key someone already holds is the one in use; state.yaml stays 0600.
+//! - State goes where it can: `QWEN_ROTATION_STATE_DIR` when set, else QWEN_HOME when writable,
+//!   else a private directory for this run only (removed when the process exits normally).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Paths;
+use crate::vault::{self, ApiKeySlot, DEFAULT_ENV_KEY, Secret};
+
+pub const KEYS: &str = "QWEN_ROTATION_KEYS";
+pub const KEY_PREFIX: &str = "QWEN_ROTATION_KEY_";
+pub const BASE_URL: &str = "QWEN_ROTATION_BASE_URL";
+pub const MODEL: &str = "QWEN_ROTATION_MODEL";
+pub const STATE_DIR: &str = "QWEN_ROTATION_STATE_DIR";
+
+/// One account from the environment.
+#[derive(Debug, Clone)]
+pub struct EnvSlot {
+    /// Where its key came from: `QWEN_ROTATION_KEY_2`, or `QWEN_ROTATION_KEYS[2]`.
+    pub source: String,
+    pub api: ApiKeySlot,
+}
+
+impl EnvSlot {
+    /// `source:fingerprint`, what state.yaml keeps to tell a changed key.
+    pub fn identity(&self) -> String {
+        format!("{}:{}", self.source, fingerprint(self.api.key.expose()))
+    }
+}
+
+/// Where state.yaml, rotation.log and rotation.lock live for an environment pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateHome {
+    /// QWEN_HOME (writable).
+    Home,
+    /// `QWEN_ROTATION_STATE_DIR`.
+    Dir(PathBuf),
+    /// A private directory kept for this run only.
+    Memory(PathBuf),
+}
+
+/// The pool as declared.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub slots: BTreeMap<usize, EnvSlot>,
+    pub state: StateHome,
+}
+
+/// 32 bits of FNV-1a over a domain-separated key, as 8 hex digits.
+fn fingerprint(key: &str) -> String {
+    let full = vault::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
+    full[..8].to_string()
+}
+
+/// The variables that hold keys (removed from qwen's environment).
+pub fn key_variables(vars: &[(OsString, OsString)]) -> Vec<OsString> {
+    vars.iter()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| k == KEYS || k.starts_with(KEY_PREFIX))
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Reads the pool from `vars` (the process environment in production). `Ok(None)`: no key
+/// variable is set. Err: one line naming the variable and the fix (never a value).
+pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, EnvSlot>>, String> {
+    let text = |name: &str| -> Result<Option<String>, String> {
+        match vars.iter().find(|(k, _)| k == name) {
+            None => Ok(None),
+            Some((_, v)) => v
+                .to_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| format!("{name} is not UTF-8 text; set it to plain ASCII")),
+        }
+    };
+    let mut keys: BTreeMap<usize, (String, String)> = BTreeMap::new();
+    if let Some(list) = text(KEYS)? {
+        let items: Vec<&str> = list
+            .split(|c: char| c == ',' || c.is_ascii_whitespace())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Err(format!(
+                "{KEYS} is set but holds no key; put one or more keys in it (separated by commas, spaces or newlines), or unset it"
+            ));
+        }
+        for (i, item) in items.iter().enumerate() {
+            let source = format!("{KEYS}[{}]", i + 1);
+            check_key(&source, item)?;
+            keys.insert(i + 1, (source, item.to_string()));
+        }
+    }
+    let mut overrides: Vec<(String, usize)> = Vec::new();
+    for (k, _) in vars {
+        let Some(name) = k.to_str() else { continue };
+        for prefix in [
+            KEY_PREFIX,
+            &format!("{BASE_URL}_") as &str,
+            &format!("{MODEL}_"),
+        ] {
+            let Some(suffix) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let n = slot_number(suffix).ok_or_else(|| {
+                format!("{name} does not end in an account number; name it {prefix}1, {prefix}2, …")
+            })?;
+            if prefix == KEY_PREFIX {
+                let value = text(name)?.unwrap_or_default();
+                if let Some((other, _)) = keys.get(&n) {
+                    return Err(format!(
+                        "{name} and {other} both declare account {n}; keep one of them (or number the single variables after the list)"
+                    ));
+                }
+                check_key(name, &value)?;
+                keys.insert(n, (name.to_string(), value));
+            } else {
+                overrides.push((name.to_string(), n));
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    for (name, n) in &overrides {
+        if !keys.contains_key(n) {
+            return Err(format!(
+                "{name} is set but no key declares account {n}; set {KEY_PREFIX}{n} or remove {name}"
+            ));
+        }
+    }
+    let caller = |name: &str| -> Result<Option<(String, String)>, String> {
+        Ok(text(name)?
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(|v| (name.to_string(), v)))
+    };
+    let default_url = match caller(BASE_URL)? {
+        Some(found) => Some(found),
+        None => caller("OPENAI_BASE_URL")?,
+    };
+    let default_model = match caller(MODEL)? {
+        Some(found) => Some(found),
+        None => caller("OPENAI_MODEL")?,
+    };
+    let mut slots = BTreeMap::new();
+    for (n, (source, key)) in keys {
+        let url = caller(&format!("{BASE_URL}_{n}"))?.or_else(|| default_url.clone());
+        if let Some((name, u)) = &url {
+            check_url(name, u)?;
+        }
+        let model = caller(&format!("{MODEL}_{n}"))?.or_else(|| default_model.clone());
+        if let Some((name, m)) = &model
+            && m.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "{name} contains spaces or control characters; set it to a model name such as qwen3-coder-plus"
+            ));
+        }
+        slots.insert(
+            n,
+            EnvSlot {
+                source,
+                api: ApiKeySlot {
+                    key: Secret::new(key),
+                    base_url: url.map(|(_, u)| u),
+                    model: model.map(|(_, m)| m),
+                    env_key: DEFAULT_ENV_KEY.into(),
+                },
+            },
+        );
+    }
+    Ok(Some(slots))
+}
+
+fn slot_number(text: &str) -> Option<usize> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) || text.starts_with('0') {
+        return None;
+    }
+    text.parse().ok().filter(|n| *n <= 10_000)
+}
+
+fn check_key(source: &str, key: &str) -> Result<(), String> {
+    let fix = "set it to the key alone, without quotes, spaces or line breaks";
+    if key.trim().is_empty() {
+        return Err(format!("{source} is empty; {fix}, or unset it"));
+    }
+    vault::valid_api_key(key).map_err(|problem| {
+        let problem = problem.strip_prefix("the key ").unwrap_or(problem);
+        format!("{source} {problem}; {fix}")
+    })
+}
+
+fn check_url(name: &str, url: &str) -> Result<(), String> {
+    let fix = "set it to the provider's base URL, e.g. https://dashscope-intl.aliyuncs.com/compatible-mode/v1";
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit('@').next().unwrap_or("");
+        !host.is_empty() && !host.starts_with(':')
+    }) && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name} is not an http(s) URL; {fix}"))
+    }
+}
+
+/// The pool from this process's environment, with its state place chosen (and created).
+/// `Ok(None)`: no key variable is set (the pool is the slot files).
+pub fn from_env(home: &Path) -> Result<Option<Pool>, String> {
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let Some(slots) = parse(&vars)? else {
+        return Ok(None);
+    };
+    let state = choose_state(home);
+    Ok(Some(Pool { slots, state }))
+}
+
+/// `QWEN_ROTATION_STATE_DIR` when set (and usable), else QWEN_HOME when writable, else memory.
+fn choose_state(home: &Path) -> StateHome {
+    let mut why_not = Vec::new();
+    if let Some(dir) = std::env::var_os(STATE_DIR).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if writable_dir(&dir) {
+            return StateHome::Dir(dir);
+        }
+        why_not.push(format!("{STATE_DIR} ({})", dir.display()));
+    } else if writable_dir(home) {
+        return StateHome::Home;
+    } else {
+        why_not.push(home.display().to_string());
+    }
+    match memory_dir() {
+        Ok(dir) => {
+            eprintln!(
+                "qwen-rotation: note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
+                why_not.join(", ")
+            );
+            StateHome::Memory(dir)
+        }
+        // Not even a temporary directory: the run falls back to qwen without rotation.
+        Err(_) => StateHome::Memory(PathBuf::from("/nonexistent/qwen-rotation-state")),
+    }
+}
+
+/// Creates `dir` (0700) when missing; true when we can write into it. access(2) answers for
+/// the permission bits and for a read-only mount (EROFS) without writing anything.
+fn writable_dir(dir: &Path) -> bool {
+    vault::ensure_dir(dir).is_ok()
+        && nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
+}
+
+static MEMORY_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_memory_dirs() {
+    if let Ok(dirs) = MEMORY_DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A private (0700) directory in the temporary directory, removed at exit(3). A run that dies
+/// by a signal leaves it behind; it holds no secret (state.yaml and the log never do).
+fn memory_dir() -> std::io::Result<PathBuf> {
+    let dir = tempfile::Builder::new()
+        .prefix("qwen-rotation-state-")
+        .tempdir()?
+        .keep();
+    let mut dirs = MEMORY_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if dirs.is_empty() {
+        // SAFETY: registers a plain function with no captured state; it only removes paths.
+        unsafe {
+            nix::libc::atexit(remove_memory_dirs);
+        }
+    }
+    dirs.push(dir.clone());
+    Ok(dir)
+}
+
+/// `paths` for `pool`: state, log and lock (and our settings override) in the chosen place.
+pub fn paths_for(paths: Paths, pool: Pool) -> Paths {
+    let dir = match &pool.state {
+        StateHome::Home => None,
+        StateHome::Dir(d) | StateHome::Memory(d) => Some(d.clone()),
+    };
+    let mut paths = paths;
+    if let Some(dir) = dir {
+        paths.state = dir.join("state.yaml");
+        paths.log = dir.join("rotation.log");
+        paths.lock = dir.join("rotation.lock");
+        paths.private = dir.join("rotation-settings");
+    }
+    paths.pool = Some(Arc::new(pool));
+    paths
+}
+
+/// Removes every key variable from this process's environment, so no child inherits one.
+///
+/// # Safety
+/// Call before any other thread starts (set_var/remove_var race with getenv in other threads).
+pub unsafe fn scrub() {
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for k in key_variables(&vars) {
+        // SAFETY: the caller guarantees no other thread reads the environment now.
+        unsafe { std::env::remove_var(&k) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn no_key_variable_means_no_pool() {
+        assert!(
+            parse(&env(&[("OPENAI_BASE_URL", "http://x/v1")]))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_list_and_numbered_keys_make_the_slots() {
+        let slots = parse(&env(&[
+            (KEYS, "sk-a1,sk-b2\n sk-c3\n"),
+            ("QWEN_ROTATION_KEY_5", "sk-e5"),
+            ("OPENAI_BASE_URL", "https://p.example/v1"),
+            ("QWEN_ROTATION_BASE_URL_5", "http://127.0.0.1:9/v1"),
+            ("QWEN_ROTATION_MODEL", "m-all"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(slots.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 5]);
+        assert_eq!(slots[&2].api.key.expose(), "sk-b2");
+        assert_eq!(slots[&2].source, "QWEN_ROTATION_KEYS[2]");
+        assert_eq!(
+            slots[&1].api.base_url.as_deref(),
+            Some("https://p.example/v1")
+        );
+        assert_eq!(
+            slots[&5].api.base_url.as_deref(),
+            Some("http://127.0.0.1:9/v1")
+        );
+        assert_eq!(slots[&5].api.model.as_deref(), Some("m-all"));
+        let id = slots[&5].identity();
+        assert!(id.starts_with("QWEN_ROTATION_KEY_5:") && !id.contains("sk-e5"));
+        assert_eq!(id.len(), "QWEN_ROTATION_KEY_5:".len() + 8);
+    }
+
+    #[test]
+    fn bad_variables_are_named_and_never_quoted() {
+        for (vars, must) in [
+            (
+                vec![(KEYS, " , \n")],
+                "QWEN_ROTATION_KEYS is set but holds no key",
+            ),
+            (
+                vec![("QWEN_ROTATION_KEY_2", "")],
+                "QWEN_ROTATION_KEY_2 is empty",
+            ),
+            (
+                vec![("QWEN_ROTATION_KEY_1", "sk-se\u{7}cret")],
+                "QWEN_ROTATION_KEY_1 contains spaces or non-printable",
+            ),
+            (
+                vec![("QWEN_ROTATION_KEY_x", "sk-secret")],
+                "QWEN_ROTATION_KEY_x does not end in an account number",
+            ),
+            (
+                vec![(KEYS, "sk-secret"), ("QWEN_ROTATION_KEY_1", "sk-secret2")],
+                "both declare account 1",
+            ),
+            (
+                vec![
+                    ("QWEN_ROTATION_KEY_1", "sk-secret"),
+                    ("QWEN_ROTATION_BASE_URL_1", "ftp://secret"),
+                ],
+                "QWEN_ROTATION_BASE_URL_1 is not an http(s) URL",
+            ),
+            (
+                vec![
+                    ("QWEN_ROTATION_KEY_1", "sk-secret"),
+                    ("OPENAI_BASE_URL", "http:// secret"),
+                ],
+                "OPENAI_BASE_URL is not an http(s) URL",
+            ),
+            (
+                vec![
+                    ("QWEN_ROTATION_KEY_1", "sk-secret"),
+                    ("QWEN_ROTATION_MODEL_3", "m"),
+                ],
+                "no key declares account 3",
+            ),
+        ] {
+            let err = parse(&env(&vars)).unwrap_err();
+            assert!(err.contains(must), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn key_variables_are_the_ones_to_scrub() {
+        let vars = env(&[
+            (KEYS, "a"),
+            ("QWEN_ROTATION_KEY_3", "b"),
+            ("QWEN_ROTATION_BASE_URL", "http://x"),
+            ("OPENAI_API_KEY", "c"),
+        ]);
+        assert_eq!(
+            key_variables(&vars),
+            vec![OsString::from(KEYS), OsString::from("QWEN_ROTATION_KEY_3")]
+        );
+    }
+}
