@@ -162,6 +162,7 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
         .append(true)
         .mode(0o600)
         .open(path)?;
+    crate::vault::keep_owner(Some(&file), path);
     for e in events {
         let mut line = e.to_line();
         line.push('\n');

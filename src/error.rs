@@ -114,7 +114,17 @@ impl fmt::Display for Error {
                 path,
                 source,
             } => {
-                write!(f, "cannot {action} {}: {source}", path.display())
+                write!(f, "cannot {action} {}: {source}", path.display())?;
+                match source.kind() {
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                        write!(f, "; free some space on that disk")
+                    }
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => write!(
+                        f,
+                        "; check its owner and permissions with qwen --rotation-doctor"
+                    ),
+                    _ => Ok(()),
+                }
             }
             Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),
             Error::LockTimeout { path, seconds } => write!(

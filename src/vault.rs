@@ -366,7 +366,17 @@ fn inspect_slot(paths: &Paths, n: usize, kinds: &[Kind]) -> SlotInfo {
     };
     match fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_symlink() => {
-            info.problem = Some("the slot file is a symlink; slots must be regular files".into());
+            // Never read or written through: a sync-back would land in the link's target,
+            // wherever that is. The fix puts a copy of the target in the link's place.
+            let target = fs::read_link(&path).unwrap_or_default();
+            let (target, path) = (
+                crate::error::printable(&target.to_string_lossy()),
+                crate::error::printable(&path.to_string_lossy()),
+            );
+            info.problem = Some(format!(
+                "the slot file is a symlink to {target}; slots must be regular files: \
+                 cp --remove-destination {target} {path}"
+            ));
             return info;
         }
         Ok(m) => {
@@ -545,10 +555,31 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(fail)?;
+    keep_owner(Some(tmp.as_file()), path);
     tmp.write_all(bytes).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+/// Run as root in a home that belongs to someone else (a container with the user's home
+/// mounted, `sudo` keeping HOME), what we create would belong to root, and its 0600 / 0700 would
+/// lock the owner's own qwen (and the owner's own runs of this shim) out of it. So what we create
+/// takes the owner of the directory it is in. Best effort: without the privilege to give a file
+/// away (not root), the directory is ours anyway or nothing changes.
+pub fn keep_owner(file: Option<&File>, path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(owner) = fs::metadata(dir) else {
+        return;
+    };
+    if owner.uid() == nix::unistd::geteuid().as_raw() {
+        return;
+    }
+    let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
+    let _ = match file {
+        Some(f) => std::os::unix::fs::fchown(f, uid, gid),
+        None => std::os::unix::fs::lchown(path, uid, gid),
+    };
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -572,6 +603,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create", dir, e))?;
+    keep_owner(None, dir);
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io("chmod", dir, e))
 }
@@ -638,6 +670,7 @@ impl RotationLock {
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io("open the lock", path, e))?;
+        keep_owner(Some(&file), path);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(200);
         loop {
@@ -679,6 +712,7 @@ impl QwenLock {
                 .open(path)
             {
                 Ok(mut f) => {
+                    keep_owner(Some(&f), path);
                     // Our signature lets a later run remove the file at once when we crashed.
                     let _ = f.write_all(holder_signature().as_bytes());
                     let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
@@ -1414,8 +1448,11 @@ impl Vault {
             Loaded::Missing => (State::default(), true),
             Loaded::Corrupt(problem) => {
                 let copy = self.paths.state.with_extension("yaml.corrupt");
-                let kept = fs::copy(&self.paths.state, &copy)
-                    .and_then(|_| fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)))
+                // A fresh 0600 file renamed into place: a link already at that name is replaced,
+                // never written through (fs::copy would follow it).
+                let kept = fs::read(&self.paths.state)
+                    .map_err(|e| Error::io("read", &self.paths.state, e))
+                    .and_then(|bytes| write_atomic(&copy, &bytes))
                     .is_ok();
                 let where_ = if kept {
                     format!("kept a copy as {}", copy.display())
