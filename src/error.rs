@@ -123,6 +123,9 @@ impl fmt::Display for Error {
                         f,
                         "; check its owner and permissions with qwen --rotation-doctor"
                     ),
+                    io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => {
+                        write!(f, "; move what is in its place out of the way")
+                    }
                     _ => Ok(()),
                 }
             }

@@ -621,6 +621,14 @@ fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
     candidate
 }
 
+/// Can `path` be opened and read as a file?
+fn readable_file(path: &Path) -> io::Result<()> {
+    if File::open(path)?.metadata()?.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::IsADirectory));
+    }
+    Ok(())
+}
+
 /// Group or other may read, write or enter it.
 pub fn too_open(mode: u32) -> bool {
     mode & 0o077 != 0
@@ -1373,6 +1381,14 @@ impl Vault {
         point(op, "locked");
         let now = Utc::now();
         let mut events = Vec::new();
+        // A state.yaml we cannot read (a directory in its place, another user's 0600 file) is
+        // not corrupt text: a rebuild would replace what we could not even look at, and its
+        // write would fail anyway. The transaction fails; the caller warns once.
+        if let Err(e) = readable_file(&self.paths.state)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(Error::io("read", &self.paths.state, e));
+        }
         let (mut st, mut dirty) = self.load_locked(now, &mut events);
         let infos = inspect_all(&self.paths)?;
         // A state without a valid current slot (new or rebuilt): prefer the account whose
