@@ -198,6 +198,38 @@ fn a_symlinked_live_file_becomes_a_regular_file_and_its_target_is_never_written(
     assert!(log.contains("symlink"), "the migration is logged: {log}");
 }
 
+#[test]
+fn a_symlinked_rotation_log_is_never_appended_through() {
+    let sb = Sandbox::new(FAKE);
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    fs::create_dir_all(sb.path("elsewhere")).unwrap();
+    let target = sb.path("elsewhere/precious.txt");
+    fs::write(&target, "not a log\n").unwrap();
+    std::os::unix::fs::symlink(&target, sb.qwen_home().join("rotation.log")).unwrap();
+    let before = fingerprint(&target);
+
+    let mut cmd = sb.cmd(["-p", "hi"]);
+    cmd.env("FAIL", "1");
+    let out = output_within(cmd, Duration::from_secs(60));
+    println!("run: {:?}\n{}", out.status, text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "answer 2\n");
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rotation.log") && w[0].contains("symbolic link"),
+        "{w:?}"
+    );
+    assert_eq!(
+        fingerprint(&target),
+        before,
+        "the link's target is untouched"
+    );
+    // The rotation itself happened.
+    assert!(sb.live_creds().unwrap().contains("tok_two"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // A home that belongs to another user
 // ---------------------------------------------------------------------------------------------
