@@ -175,6 +175,87 @@ fn bad_usage_through_the_binary_exits_2_with_one_line_and_qwen_does_not_run() {
     assert!(checked > 0, "the generator produced no bad usage");
 }
 
+/// A management command with hostile arguments: values, flags, control characters, non-ASCII.
+fn admin_argv() -> impl Strategy<Value = Vec<String>> {
+    let command = proptest::sample::select(cli::COMMANDS.to_vec());
+    let extra = prop_oneof![
+        3 => proptest::sample::select(vec![
+            "1", "2", "9", "0", "-1", "all", "work", "--json", "--tail", "x", "--fix", "--api-key",
+            "--login", "--base-url", "ftp://x", "--model", "--env-key", "1BAD", "", " ",
+        ])
+        .prop_map(str::to_string),
+        1 => "[a-z\n\t\x1b\\[;0-9é✕]{0,12}",
+    ];
+    (command, proptest::collection::vec(extra, 0..4)).prop_map(|(c, rest)| {
+        let mut v = vec![c.to_string()];
+        v.extend(rest);
+        v
+    })
+}
+
+#[test]
+fn management_commands_with_hostile_arguments_never_panic_or_echo_control_characters() {
+    let sb = sandbox::Sandbox::new(r#"echo ran > "$SANDBOX/ran"; exit 0"#);
+    let mut runner = runner(64);
+    let codes = std::sync::Mutex::new(std::collections::BTreeMap::<i32, usize>::new());
+    runner
+        .run(&admin_argv(), |argv| {
+            // Fresh slots each time: `remove` and `disable` must not starve later cases.
+            let _ = fs::remove_dir_all(sb.qwen_home());
+            sb.add_oauth_slot(1, "tok_one");
+            sb.add_oauth_slot(2, "tok_two");
+            let out = sandbox::output_within(sb.cmd(&argv), Duration::from_secs(30));
+            let err = String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code().unwrap_or(-1);
+            *codes.lock().unwrap().entry(code).or_default() += 1;
+            prop_assert!(
+                [0, 1, 2, 75].contains(&code),
+                "{:?}: exit {} (documented: 0, 1, 2, 75)\n{}",
+                argv,
+                code,
+                err
+            );
+            prop_assert!(!err.contains("panicked"), "{:?}: {}", argv, err);
+            prop_assert!(
+                !err.contains('\x1b') && !String::from_utf8_lossy(&out.stdout).contains('\x1b'),
+                "{:?} echoes an escape sequence: {:?}",
+                argv,
+                err
+            );
+            if code == 2 {
+                // One line says what is wrong; only indented example lines may follow it
+                // (`--rotation-setup` without a terminal lists the commands to use instead).
+                prop_assert!(err.starts_with("qwen-rotation: "), "{}", err);
+                prop_assert!(
+                    err.lines().skip(1).all(|l| l.starts_with("  ")),
+                    "{:?}: {:?}",
+                    argv,
+                    err
+                );
+            }
+            prop_assert!(!sb.path("ran").exists(), "qwen ran for {:?}", argv);
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "management argv through the binary, by exit code: {:?}",
+        codes.into_inner().unwrap()
+    );
+}
+
+#[test]
+fn an_account_name_with_control_characters_is_refused_in_one_escaped_line() {
+    let sb = sandbox::Sandbox::new(r#"echo ran > "$SANDBOX/ran"; exit 0"#);
+    sb.add_oauth_slot(1, "tok_one");
+    let out = sb.run(["--rotation-account", "work\n\x1b[2Jx", "-p", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{:?}: {err:?}", out.status.code());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains(r"work\n\u{1b}[2Jx"), "{err:?}");
+    assert!(!sb.path("ran").exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // state.yaml
 // ---------------------------------------------------------------------------------------------
@@ -606,24 +687,25 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
-#[test]
-fn the_shim_relays_256_mib_without_newlines_in_bounded_memory() {
+/// Runs the shim with `args` over a fake that prints `stdout_mib` MiB of `x` and `stderr_mib` MiB
+/// of `y`, no line break anywhere, then waits for the test to read the shim's peak memory.
+/// Returns (seconds of flood, peak RSS in KiB).
+fn flood(args: &[&str], stdout_mib: u64, stderr_mib: u64) -> (f64, u64) {
     const MIB: u64 = 1 << 20;
-    let size = 256 * MIB;
-    // 256 MiB on stdout, then 256 MiB on stderr, no line break; then qwen waits for the test
-    // to read the shim's peak memory before it exits.
     let sb = sandbox::Sandbox::new(&format!(
-        r#"head -c {size} /dev/zero | tr '\0' 'x'
-head -c {size} /dev/zero | tr '\0' 'y' >&2
+        r#"head -c {out} /dev/zero | tr '\0' 'x'
+head -c {err} /dev/zero | tr '\0' 'y' >&2
 echo flooded > "$SANDBOX/flooded"
 while [ ! -e "$SANDBOX/go" ]; do sleep 0.01; done
-exit 7"#
+exit 7"#,
+        out = stdout_mib * MIB,
+        err = stderr_mib * MIB
     ));
     sb.add_oauth_slot(1, "tok_one");
     sb.add_oauth_slot(2, "tok_two");
     let start = Instant::now();
     let mut child = sb
-        .cmd(["-p", "hi"])
+        .cmd(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -647,18 +729,39 @@ exit 7"#
     let out = count(Box::new(child.stdout.take().unwrap()), b'x');
     let err = count(Box::new(child.stderr.take().unwrap()), b'y');
     sandbox::await_file(&sb.path("flooded"), Duration::from_secs(240));
-    let flood_time = start.elapsed();
+    let seconds = start.elapsed().as_secs_f64();
     let hwm = vm_hwm_kib(child.id());
     fs::write(sb.path("go"), "").unwrap();
     let status = child.wait().unwrap();
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    println!(
-        "256 MiB + 256 MiB without newlines through the shim: {flood_time:?}, peak RSS {} KiB",
-        hwm
+    assert_eq!(status.code(), Some(7), "{args:?}");
+    assert_eq!(
+        out,
+        (stdout_mib * MIB, 0),
+        "{args:?}: stdout bytes (x, other)"
     );
-    assert_eq!(status.code(), Some(7));
-    assert_eq!(out, (size, 0), "stdout bytes (x, other)");
-    assert_eq!(err.0, size, "stderr bytes");
-    assert_eq!(err.1, 0, "nothing but qwen's stderr: {err:?}");
+    assert_eq!(
+        err,
+        (stderr_mib * MIB, 0),
+        "{args:?}: stderr bytes (y, other)"
+    );
+    (seconds, hwm)
+}
+
+#[test]
+fn the_shim_relays_256_mib_without_newlines_in_bounded_memory() {
+    let (secs, hwm) = flood(&["-p", "hi"], 256, 256);
+    println!("text: 256 MiB stdout + 256 MiB stderr, no newline: {secs:.1}s, peak RSS {hwm} KiB");
     assert!(hwm < 64 * 1024, "peak RSS {hwm} KiB for a 512 MiB flood");
+}
+
+#[test]
+fn held_json_output_stays_bounded_by_the_hold_limit() {
+    // json and stream-json output is held back until its fate is known, up to 64 MiB
+    // (pipes.rs HOLD_LIMIT); beyond that it is released and memory stops growing.
+    for format in ["json", "stream-json"] {
+        let (secs, hwm) = flood(&["-p", "hi", "--output-format", format], 256, 0);
+        println!("{format}: 256 MiB stdout, no newline: {secs:.1}s, peak RSS {hwm} KiB");
+        assert!(hwm < 200 * 1024, "{format}: peak RSS {hwm} KiB");
+    }
 }
