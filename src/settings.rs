@@ -168,7 +168,8 @@ pub fn override_env(
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
+        .create(&dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     crate::vault::keep_owner(None, &dir);
     let file = dir.join(format!("system-settings-{}.json", launch.slot));
     let text = serde_json::to_string_pretty(&system).unwrap_or_default();

@@ -593,7 +593,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         Ok(_) => {
             return Err(Error::Invalid {
                 path: dir.to_path_buf(),
-                problem: "exists but is not a directory".into(),
+                problem: "exists but is not a directory; move it out of the way".into(),
             });
         }
         Err(_) => {}

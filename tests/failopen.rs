@@ -364,3 +364,79 @@ fn a_rotation_lock_held_past_the_timeout_warns_once_and_qwen_runs() {
     );
     drop(holder);
 }
+
+#[test]
+fn a_settings_override_that_cannot_be_written_warns_once_and_qwen_runs() {
+    let sb = Sandbox::new(FAKE);
+    let accounts = sb.qwen_home().join("accounts");
+    fs::create_dir_all(&accounts).unwrap();
+    fs::set_permissions(&accounts, fs::Permissions::from_mode(0o700)).unwrap();
+    for n in 1..=2 {
+        let p = accounts.join(format!("api_key_{n}.json"));
+        fs::write(
+            &p,
+            format!(
+                r#"{{"api_key":"sk-test-{n}","base_url":"http://127.0.0.1:9/v1","model":"m{n}"}}"#
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // A file where the private settings directory goes.
+    fs::write(sb.qwen_home().join("rotation-settings"), "in the way").unwrap();
+    let out = run(&sb, "");
+    assert_one_warning_and_qwen_untouched(
+        "rotation-settings is a file",
+        &out,
+        1,
+        &["auth-type override", "rotation-settings"],
+    );
+    assert!(
+        !text(&out.stderr).contains("sk-test"),
+        "no key in the output"
+    );
+}
+
+/// Run 2 refreshes the login (a new refresh token, as qwen does) and reports a spent quota.
+const REFRESHING_FAKE: &str = r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
+if [ $n = 2 ]; then
+  (umask 077; printf '%s' '{"access_token":"acc-new","refresh_token":"ref-new","token_type":"Bearer","resource_url":"http://127.0.0.1:9","expiry_date":4102444800000}' > "$QWEN_HOME/oauth_creds.json")
+  printf '%s\n' "[API Error: 429 Free allocated quota exceeded.]" >&2; exit 1
+fi
+echo "answer $n"; echo "diag $n" >&2; exit 3"#;
+
+#[test]
+fn a_backup_that_cannot_be_kept_warns_once_and_keeps_the_refreshed_login() {
+    let sb = Sandbox::new(REFRESHING_FAKE);
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    let out = run(&sb, "");
+    assert_eq!(text(&out.stdout), "answer 1\n", "{}", text(&out.stderr));
+    // A file where the backups go: the sync-back of the refreshed login cannot keep the old one.
+    fs::write(sb.qwen_home().join("accounts/backup"), "in the way").unwrap();
+    let out = run(&sb, "");
+    let err = text(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with(WARNING)).collect();
+    println!(
+        "backup in the way: exit {:?}, warnings {warnings:?}",
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| !l.starts_with(WARNING))
+            .collect::<Vec<_>>(),
+        vec![QUOTA]
+    );
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("backup") && warnings[0].contains("out of the way"),
+        "{warnings:?}"
+    );
+    // Nothing lost: the refreshed login stays live, the slot keeps its last good content.
+    assert!(sb.live_creds().unwrap().contains("ref-new"));
+    assert_eq!(
+        fs::read_to_string(sb.qwen_home().join("accounts/oauth_creds_1.json")).unwrap(),
+        sandbox::creds("tok_one")
+    );
+}
