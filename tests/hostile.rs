@@ -642,6 +642,42 @@ fn a_quota_report_is_found_wherever_the_reads_cut_it() {
 }
 
 #[test]
+fn an_error_block_on_screen_is_found_wherever_the_reads_cut_it() {
+    // A raw terminal transcript of qwen 0.12 drawing its quota error (escape sequences, box
+    // drawing, redraws), cut into up to 40 reads at random places.
+    let raw = fs::read(format!(
+        "{}/tests/fixtures/screen_raw_oauth_quota_0.12.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let patterns = Patterns::defaults();
+    let mut runner = runner(256);
+    let found = AtomicUsize::new(0);
+    runner
+        .run(&proptest::collection::vec(any::<usize>(), 1..40), |cuts| {
+            let mut d = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+            let mut hits = 0;
+            let mut class = None;
+            for c in chunks(&raw, &cuts) {
+                if let Some(h) = d.feed(&c) {
+                    hits += 1;
+                    class = Some(h.class);
+                }
+                prop_assert!(d.buffered() <= Detector::MAX_BUFFERED);
+            }
+            prop_assert_eq!(hits, 1, "one hit for one error block, cut at {:?}", cuts);
+            prop_assert_eq!(class, Some(Class::Quota));
+            found.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "screen transcripts found across random cuts: {}",
+        found.into_inner()
+    );
+}
+
+#[test]
 fn a_huge_line_without_newline_keeps_the_window_bounded() {
     let patterns = Patterns::defaults();
     // MiB per case: invalid UTF-8 is the slow path of the normaliser in a debug build, so it
