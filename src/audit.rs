@@ -13,7 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -171,6 +171,12 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
             ),
             _ => e,
         })?;
+    // A hard link to a file elsewhere is refused as well.
+    if file.metadata()?.nlink() > 1 {
+        return Err(io::Error::other(
+            "it has other hard links, which the log never writes through; remove it and a new log starts",
+        ));
+    }
     crate::vault::keep_owner(Some(&file), path);
     for e in events {
         let mut line = e.to_line();

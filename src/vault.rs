@@ -567,17 +567,28 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// lock the owner's own qwen (and the owner's own runs of this shim) out of it. So what we create
 /// takes the owner of the directory it is in. Best effort: without the privilege to give a file
 /// away (not root), the directory is ours anyway or nothing changes.
+///
+/// Only a file of ours with a single link is given away (`file`: one we just created, or our
+/// lock or log): never one reached through a hard link that the home's owner planted to a file
+/// elsewhere (/etc/shadow, say). `file: None` is a directory we just created (lchown: a link
+/// put in its place is not followed).
 pub fn keep_owner(file: Option<&File>, path: &Path) {
     let dir = path.parent().unwrap_or(Path::new("."));
     let Ok(owner) = fs::metadata(dir) else {
         return;
     };
-    if owner.uid() == nix::unistd::geteuid().as_raw() {
+    let me = nix::unistd::geteuid().as_raw();
+    if owner.uid() == me {
         return;
     }
     let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
     let _ = match file {
-        Some(f) => std::os::unix::fs::fchown(f, uid, gid),
+        Some(f) => match f.metadata() {
+            Ok(m) if m.is_file() && m.nlink() == 1 && m.uid() == me => {
+                std::os::unix::fs::fchown(f, uid, gid)
+            }
+            _ => Ok(()),
+        },
         None => std::os::unix::fs::lchown(path, uid, gid),
     };
 }
@@ -670,14 +681,24 @@ pub struct RotationLock {
 
 impl RotationLock {
     pub fn acquire(path: &Path, timeout: Duration) -> Result<RotationLock> {
+        // O_NOFOLLOW: a symlink in the lock's place is refused, not followed (run as root,
+        // it would create or open any file the link names).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
-            .map_err(|e| Error::io("open the lock", path, e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => Error::Invalid {
+                    path: path.to_path_buf(),
+                    problem: "is a symbolic link; remove it (the lock is recreated as a file)"
+                        .into(),
+                },
+                _ => Error::io("open the lock", path, e),
+            })?;
         keep_owner(Some(&file), path);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(200);

@@ -280,6 +280,76 @@ fn a_home_owned_by_another_user_keeps_its_owner_and_doctor_says_so() {
 }
 
 #[test]
+fn links_planted_in_a_foreign_home_never_reach_a_file_elsewhere() {
+    if !root("links_planted_in_a_foreign_home_never_reach_a_file_elsewhere") {
+        return;
+    }
+    let sb = Sandbox::new(FAKE);
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    chown_tree(&sb.qwen_home(), 65534);
+    // root's files outside the home, and the home's owner's links to them.
+    fs::create_dir_all(sb.path("elsewhere")).unwrap();
+    let victim = sb.path("elsewhere/victim");
+    fs::write(&victim, "root's file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let missing = sb.path("elsewhere/not-there");
+    let home = sb.qwen_home();
+    std::os::unix::fs::symlink(&missing, home.join("rotation.lock")).unwrap();
+    fs::hard_link(&victim, home.join("rotation.log")).unwrap();
+    let before = fingerprint(&victim);
+    let owner = |p: &Path| fs::metadata(p).unwrap().uid();
+
+    // The lock is a link: no rotation this run, qwen runs, one warning.
+    let mut cmd = sb.cmd(["-p", "hi"]);
+    cmd.env("FAIL", "");
+    let out = output_within(cmd, Duration::from_secs(60));
+    println!("lock is a symlink: {:?}\n{}", out.status, text(&out.stderr));
+    assert_eq!(text(&out.stdout), "answer 1\n");
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rotation.lock") && w[0].contains("symbolic link"),
+        "{w:?}"
+    );
+    assert!(!missing.exists(), "the link's target was created");
+
+    // With the lock fixed, a rotation runs; the hard-linked log is refused, never appended to.
+    fs::remove_file(home.join("rotation.lock")).unwrap();
+    let mut cmd = sb.cmd(["-p", "hi"]);
+    cmd.env("FAIL", "2");
+    let out = output_within(cmd, Duration::from_secs(60));
+    println!(
+        "log is a hard link: {:?}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "answer 3\n");
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rotation.log") && w[0].contains("hard links"),
+        "{w:?}"
+    );
+
+    assert_eq!(
+        fingerprint(&victim),
+        before,
+        "the file elsewhere is untouched"
+    );
+    assert_eq!(
+        owner(&victim),
+        0,
+        "the file elsewhere still belongs to root"
+    );
+    assert_eq!(
+        owner(&home.join("rotation.lock")),
+        65534,
+        "the new lock is the home owner's"
+    );
+}
+
+#[test]
 fn nobody_running_against_a_home_it_cannot_read_still_gets_qwen_and_one_warning() {
     if !root("nobody_running_against_a_home_it_cannot_read_still_gets_qwen_and_one_warning") {
         return;
