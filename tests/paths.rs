@@ -332,6 +332,12 @@ fn links_planted_in_a_foreign_home_never_reach_a_file_elsewhere() {
         "{w:?}"
     );
 
+    // doctor --fix names the hard link and repairs nothing through it.
+    let doctor = sb.run(["--rotation-doctor", "--fix"]);
+    let said = text(&doctor.stdout);
+    println!("doctor --fix:\n{said}");
+    assert!(said.contains("rotation.log has 2 hard links"), "{said}");
+
     assert_eq!(
         fingerprint(&victim),
         before,
