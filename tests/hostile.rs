@@ -719,6 +719,40 @@ fn a_huge_line_without_newline_keeps_the_window_bounded() {
     }
 }
 
+#[test]
+fn an_error_block_that_never_ends_keeps_the_screen_detector_bounded() {
+    // An interactive screen: a `✕` block opens and 32 MiB follow without a line break.
+    let patterns = Patterns::defaults();
+    let mut d = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+    let _ = d.feed("\r\n✕ ".as_bytes());
+    let block: Vec<u8> = "quota ✕ exceeded ─│ "
+        .bytes()
+        .cycle()
+        .take(64 * 1024)
+        .collect();
+    let start = Instant::now();
+    let mut most = 0;
+    for _ in 0..512 {
+        let _ = d.feed(&block);
+        most = most.max(d.buffered());
+        assert!(most <= Detector::MAX_BUFFERED, "{most}");
+    }
+    // The screen goes on: a real error block is still found after it.
+    let raw = fs::read(format!(
+        "{}/tests/fixtures/screen_raw_oauth_quota_0.12.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    d.rearm();
+    let hit = d.feed(b"\r\n").or_else(|| d.feed(&raw));
+    assert_eq!(hit.map(|h| h.class), Some(Class::Quota));
+    println!(
+        "32 MiB in one open block: {:?}, largest buffer {most} bytes (bound {})",
+        start.elapsed(),
+        Detector::MAX_BUFFERED
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The shim under a flood
 // ---------------------------------------------------------------------------------------------
