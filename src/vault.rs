@@ -547,7 +547,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let fail = |e: io::Error| Error::io("write", path, e);
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(fail)?;
@@ -556,7 +556,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(fail)?;
     keep_owner(Some(tmp.as_file()), path);
-    tmp.write_all(bytes).map_err(fail)?;
+    // Through the File: NamedTempFile's own Write adds its random name to every error.
+    tmp.as_file().write_all(bytes).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())

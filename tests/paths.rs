@@ -499,7 +499,9 @@ echo done
                 assert!(err.contains("Free allocated quota exceeded"), "{err}");
                 assert_eq!(w.len(), 1, "{phase}: {err}");
                 assert!(
-                    w[0].contains("No space left on device") && w[0].contains("free some space"),
+                    w[0].contains("No space left on device")
+                        && w[0].contains("free some space")
+                        && !w[0].contains(".qwen-rotation-"),
                     "{w:?}"
                 );
                 assert_eq!(live, creds("tok_one"), "no switch without the state");
