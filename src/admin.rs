@@ -2186,6 +2186,28 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         if meta.file_type().is_symlink() {
             continue;
         }
+        // A hard link shares its inode with a file elsewhere: a chmod here would change that
+        // file too (run as root, a planted link to /etc/passwd). Say so; repair nothing.
+        if meta.is_file() && meta.nlink() > 1 {
+            push(
+                &mut f,
+                Finding::new(
+                    "permissions",
+                    Level::Problem,
+                    format!(
+                        "{} has {} hard links: it is also a file elsewhere",
+                        path.display(),
+                        meta.nlink()
+                    ),
+                )
+                .fix(format!(
+                    "replace it with a copy of its own: cp {0} {0}.copy && mv {0}.copy {0}",
+                    path.display()
+                )),
+                None,
+            );
+            continue;
+        }
         if meta.uid() != uid {
             push(
                 &mut f,

@@ -13,7 +13,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -173,7 +173,9 @@ pub fn class_name(class: Class) -> &'static str {
     }
 }
 
-/// Appends `events`, one `write(2)` per line, creating the log 0600 when missing.
+/// Appends `events`, one `write(2)` per line, creating the log 0600 when missing. A symlink in
+/// the log's place is refused (O_NOFOLLOW), never appended through: run as root, a link to
+/// any file would otherwise get our lines.
 pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -182,7 +184,21 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => io::Error::other(
+                "it is a symbolic link, which the log never writes through; remove it and a new log starts",
+            ),
+            _ => e,
+        })?;
+    // A hard link to a file elsewhere is refused as well.
+    if file.metadata()?.nlink() > 1 {
+        return Err(io::Error::other(
+            "it has other hard links, which the log never writes through; remove it and a new log starts",
+        ));
+    }
+    crate::vault::keep_owner(Some(&file), path);
     for e in events {
         let mut line = e.to_line();
         line.push('\n');

@@ -142,8 +142,10 @@ fn flag_name(a: &OsStr) -> String {
         .to_string()
 }
 
-/// "unknown flag --rotation-stauts; did you mean --rotation-status?"
+/// "unknown flag --rotation-stauts; did you mean --rotation-status?" The flag is quoted with
+/// its control characters escaped: the message stays one line whatever was typed.
 pub fn unknown_flag(name: &str) -> String {
+    let shown = crate::error::printable(name);
     let best = COMMANDS
         .iter()
         .chain(MODIFIERS)
@@ -152,9 +154,9 @@ pub fn unknown_flag(name: &str) -> String {
         .filter(|(d, _)| *d <= 3);
     match best {
         Some((_, c)) => {
-            format!("unknown flag {name}; did you mean {c}? (see qwen --rotation-help)")
+            format!("unknown flag {shown}; did you mean {c}? (see qwen --rotation-help)")
         }
-        None => format!("unknown flag {name}; see qwen --rotation-help for the flags"),
+        None => format!("unknown flag {shown}; see qwen --rotation-help for the flags"),
     }
 }
 
@@ -247,6 +249,8 @@ mod tests {
         assert!(err.contains("did you mean --rotation-doctor?"), "{err}");
         let err = parse(&os(&["--rotation-xyzzy-plugh"])).unwrap_err();
         assert!(err.contains("see qwen --rotation-help"), "{err}");
+        let err = parse(&os(&["--rotation-st\natus\x1b[2J"])).unwrap_err();
+        assert!(err.contains(r"--rotation-st\natus\u{1b}[2J"), "{err}");
     }
 
     #[test]

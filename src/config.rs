@@ -200,7 +200,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        yaml_serde::from_str::<Config>(text).map_err(|e| e.to_string())
+        // The message may quote a key the user wrote: keep it on one line.
+        yaml_serde::from_str::<Config>(text).map_err(|e| crate::error::printable(&e.to_string()))
     }
 }
 
@@ -320,6 +321,8 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_line() {
         let err = Config::parse("strategy: round-robin\nstratgy: fill-first\n").unwrap_err();
         assert!(err.contains("stratgy") && err.contains("line 2"), "{err}");
+        let err = Config::parse("\"stra\\ntegy\": x\n").unwrap_err();
+        assert!(err.contains(r"stra\ntegy") && !err.contains('\n'), "{err}");
         let err = Config::parse("throttle_cooldown: soon\n").unwrap_err();
         assert!(err.contains("not a duration"), "{err}");
     }

@@ -114,7 +114,20 @@ impl fmt::Display for Error {
                 path,
                 source,
             } => {
-                write!(f, "cannot {action} {}: {source}", path.display())
+                write!(f, "cannot {action} {}: {source}", path.display())?;
+                match source.kind() {
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                        write!(f, "; free some space on that disk")
+                    }
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => write!(
+                        f,
+                        "; check its owner and permissions with qwen --rotation-doctor"
+                    ),
+                    io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => {
+                        write!(f, "; move what is in its place out of the way")
+                    }
+                    _ => Ok(()),
+                }
             }
             Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),
             Error::LockTimeout { path, seconds } => write!(
@@ -124,7 +137,8 @@ impl fmt::Display for Error {
             ),
             Error::NoSuchSlot(which) => write!(
                 f,
-                "no account {which}; list them with `qwen --rotation-status`"
+                "no account {}; list them with `qwen --rotation-status`",
+                printable(which)
             ),
             Error::Exhausted { earliest: Some(t) } => write!(
                 f,
@@ -145,3 +159,18 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` with its control characters (line breaks, escapes, NUL) written as escapes, so a
+/// message that quotes what a user typed or wrote stays on one line and cannot drive the
+/// terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

@@ -430,6 +430,10 @@ fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> St
     let mut buf = vec![0u8; 64 * 1024];
     // stream-json: lines held until the gate opens.
     let mut gate_open = mode == StdoutMode::Text;
+    // stream-json: held text before this offset is complete lines already judged. Only lines
+    // completed by a new read are judged, so a long line arriving in many reads costs linear
+    // time, not a rescan of everything held on every read.
+    let mut judged = 0;
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -446,7 +450,13 @@ fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> St
             gate_open = match mode {
                 StdoutMode::Json => r.held.len() > HOLD_LIMIT,
                 StdoutMode::StreamJson => {
-                    stream_gate_opens(&r.held, patterns) || r.held.len() > HOLD_LIMIT
+                    let completed = chunk.iter().rposition(|&b| b == b'\n');
+                    let opens =
+                        completed.is_some() && stream_gate_opens(&r.held[judged..], patterns);
+                    if let Some(at) = completed {
+                        judged = r.held.len() - n + at + 1;
+                    }
+                    opens || r.held.len() > HOLD_LIMIT
                 }
                 _ => true,
             };
@@ -595,4 +605,55 @@ pub fn release(f: &Finished) {
 /// Is `fd` a terminal?
 pub fn is_terminal(fd: BorrowedFd<'_>) -> bool {
     nix::unistd::isatty(fd).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A reader that returns the given chunks one read at a time.
+    struct Reads(VecDeque<Vec<u8>>);
+
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(c) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            buf[..c.len()].copy_from_slice(&c);
+            Ok(c.len())
+        }
+    }
+
+    fn stream(chunks: &[&str]) -> StdoutResult {
+        let reads = Reads(chunks.iter().map(|c| c.as_bytes().to_vec()).collect());
+        relay_stdout(reads, StdoutMode::StreamJson, &Patterns::defaults())
+    }
+
+    const INIT: &str = "{\"type\":\"system\",\"subtype\":\"init\"}\n";
+    const ERROR: &str = "{\"type\":\"result\",\"is_error\":true,\"result\":\"[API Error: 429 Free allocated quota exceeded.]\"}\n";
+
+    #[test]
+    fn stream_json_gate_opens_on_an_answer_line_completed_across_reads() {
+        // The answer's line ends in a later read, together with the start of the next line.
+        let r = stream(&[
+            &INIT[..10],
+            &INIT[10..],
+            "{\"type\":\"assis",
+            "tant\",\"message\":{}}",
+            "\n{\"type\":\"res",
+        ]);
+        assert!(r.committed);
+        assert!(r.held.is_empty());
+    }
+
+    #[test]
+    fn stream_json_gate_stays_shut_for_init_and_error_lines_in_any_reads() {
+        let whole = format!("{INIT}{ERROR}");
+        for cut in 1..whole.len() {
+            let r = stream(&[&whole[..cut], &whole[cut..]]);
+            assert!(!r.committed, "cut at {cut}");
+            assert_eq!(r.held, whole.as_bytes(), "cut at {cut}");
+        }
+    }
 }

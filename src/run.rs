@@ -41,6 +41,16 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         }
     };
     if !Vault::has_accounts(&paths) {
+        // Accounts that exist but cannot be read (another user's home, a chmod) would silently
+        // turn rotation off: say so once. Missing (no accounts configured) stays silent.
+        if let Err(e) = std::fs::read_dir(&paths.accounts)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn(format!(
+                "{}; running qwen without rotation",
+                Error::io("read", &paths.accounts, e)
+            ));
+        }
         if modifiers.account.is_some() {
             warn(
                 "--rotation-account ignored: no accounts are configured (add one with qwen --rotation-add)",

@@ -168,7 +168,9 @@ pub fn override_env(
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
+        .create(&dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    crate::vault::keep_owner(None, &dir);
     let file = dir.join(format!("system-settings-{}.json", launch.slot));
     let text = serde_json::to_string_pretty(&system).unwrap_or_default();
     // Most runs find the file as they left it: write only when it changed.
@@ -177,6 +179,7 @@ pub fn override_env(
         tmp.write_all(text.as_bytes())?;
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(0o600))?;
+        crate::vault::keep_owner(Some(tmp.as_file()), &file);
         tmp.persist(&file).map_err(|e| e.error)?;
     }
     let defaults = std::env::var_os(SYSTEM_DEFAULTS_VAR)

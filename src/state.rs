@@ -232,11 +232,7 @@ impl State {
         if text.trim().is_empty() {
             return Ok(State::default());
         }
-        yaml_serde::from_str::<State>(text).map_err(|e| {
-            // yaml errors carry a location, not the content; still, keep only the first line.
-            let msg = e.to_string();
-            msg.lines().next().unwrap_or("unreadable").to_string()
-        })
+        yaml_serde::from_str::<State>(text).map_err(|e| without_quotes(&e.to_string()))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -420,6 +416,35 @@ impl State {
             a.switches_count += 1;
             a.last_used = Some(now);
         }
+    }
+}
+
+/// A YAML error as one line without what it quotes: `invalid type: string "…", expected …`
+/// would otherwise echo the file's text (a token pasted into the wrong file, say) into a warning.
+fn without_quotes(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '`' => {
+                // Skip to the closing quote (a backslash escapes the next character).
+                let mut escaped = false;
+                for q in chars.by_ref() {
+                    match q {
+                        '\\' if !escaped => escaped = true,
+                        q if q == c && !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+                out.push_str("(…)");
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    match out.trim() {
+        "" => "unreadable".to_string(),
+        t => t.to_string(),
     }
 }
 
@@ -669,6 +694,23 @@ accounts:                     # Per-account stats
         assert!(State::parse("{{{{").is_err());
         assert!(State::parse("accounts: 7\n").is_err());
         assert_eq!(State::parse("  \n").unwrap(), State::default());
+    }
+
+    #[test]
+    fn a_corrupt_state_problem_never_quotes_the_file() {
+        for text in [
+            "SeCrEt-token\n",
+            "accounts: \"SeCrEt\\\" more\"\n",
+            "current_index: [`SeCrEt`]\naccounts: 'SeCrEt'\n",
+            "- SeCrEt\n",
+        ] {
+            let problem = State::parse(text).unwrap_err();
+            assert!(!problem.contains("SeCrEt"), "{problem}");
+            assert!(
+                !problem.contains('\n') && !problem.is_empty(),
+                "{problem:?}"
+            );
+        }
     }
 
     #[test]

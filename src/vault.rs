@@ -366,7 +366,17 @@ fn inspect_slot(paths: &Paths, n: usize, kinds: &[Kind]) -> SlotInfo {
     };
     match fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_symlink() => {
-            info.problem = Some("the slot file is a symlink; slots must be regular files".into());
+            // Never read or written through: a sync-back would land in the link's target,
+            // wherever that is. The fix puts a copy of the target in the link's place.
+            let target = fs::read_link(&path).unwrap_or_default();
+            let (target, path) = (
+                crate::error::printable(&target.to_string_lossy()),
+                crate::error::printable(&path.to_string_lossy()),
+            );
+            info.problem = Some(format!(
+                "the slot file is a symlink to {target}; slots must be regular files: \
+                 cp --remove-destination {target} {path}"
+            ));
             return info;
         }
         Ok(m) => {
@@ -576,7 +586,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let fail = |e: io::Error| Error::io("write", path, e);
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(fail)?;
@@ -584,10 +594,43 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o600))
         .map_err(fail)?;
-    tmp.write_all(bytes).map_err(fail)?;
+    keep_owner(Some(tmp.as_file()), path);
+    // Through the File: NamedTempFile's own Write adds its random name to every error.
+    tmp.as_file().write_all(bytes).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+/// Run as root in a home that belongs to someone else (a container with the user's home
+/// mounted, `sudo` keeping HOME), what we create would belong to root, and its 0600 / 0700 would
+/// lock the owner's own qwen (and the owner's own runs of this shim) out of it. So what we create
+/// takes the owner of the directory it is in. Best effort: without the privilege to give a file
+/// away (not root), the directory is ours anyway or nothing changes.
+///
+/// Only a file of ours with a single link is given away (`file`: one we just created, or our
+/// lock or log): never one reached through a hard link that the home's owner planted to a file
+/// elsewhere (/etc/shadow, say). `file: None` is a directory we just created (lchown: a link
+/// put in its place is not followed).
+pub fn keep_owner(file: Option<&File>, path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(owner) = fs::metadata(dir) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if owner.uid() == me {
+        return;
+    }
+    let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
+    let _ = match file {
+        Some(f) => match f.metadata() {
+            Ok(m) if m.is_file() && m.nlink() == 1 && m.uid() == me => {
+                std::os::unix::fs::fchown(f, uid, gid)
+            }
+            _ => Ok(()),
+        },
+        None => std::os::unix::fs::lchown(path, uid, gid),
+    };
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -601,7 +644,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         Ok(_) => {
             return Err(Error::Invalid {
                 path: dir.to_path_buf(),
-                problem: "exists but is not a directory".into(),
+                problem: "exists but is not a directory; move it out of the way".into(),
             });
         }
         Err(_) => {}
@@ -611,6 +654,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create", dir, e))?;
+    keep_owner(None, dir);
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io("chmod", dir, e))
 }
@@ -626,6 +670,14 @@ fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
         n += 1;
     }
     candidate
+}
+
+/// Can `path` be opened and read as a file?
+fn readable_file(path: &Path) -> io::Result<()> {
+    if File::open(path)?.metadata()?.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::IsADirectory));
+    }
+    Ok(())
 }
 
 /// Group or other may read, write or enter it.
@@ -669,14 +721,25 @@ pub struct RotationLock {
 
 impl RotationLock {
     pub fn acquire(path: &Path, timeout: Duration) -> Result<RotationLock> {
+        // O_NOFOLLOW: a symlink in the lock's place is refused, not followed (run as root,
+        // it would create or open any file the link names).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
-            .map_err(|e| Error::io("open the lock", path, e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => Error::Invalid {
+                    path: path.to_path_buf(),
+                    problem: "is a symbolic link; remove it (the lock is recreated as a file)"
+                        .into(),
+                },
+                _ => Error::io("open the lock", path, e),
+            })?;
+        keep_owner(Some(&file), path);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(200);
         loop {
@@ -718,6 +781,7 @@ impl QwenLock {
                 .open(path)
             {
                 Ok(mut f) => {
+                    keep_owner(Some(&f), path);
                     // Our signature lets a later run remove the file at once when we crashed.
                     let _ = f.write_all(holder_signature().as_bytes());
                     let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
@@ -1412,6 +1476,14 @@ impl Vault {
         point(op, "locked");
         let now = Utc::now();
         let mut events = Vec::new();
+        // A state.yaml we cannot read (a directory in its place, another user's 0600 file) is
+        // not corrupt text: a rebuild would replace what we could not even look at, and its
+        // write would fail anyway. The transaction fails; the caller warns once.
+        if let Err(e) = readable_file(&self.paths.state)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(Error::io("read", &self.paths.state, e));
+        }
         let (mut st, mut dirty) = self.load_locked(now, &mut events);
         let infos = inspect_all(&self.paths)?;
         // A state without a valid current slot (new or rebuilt): prefer the account whose
@@ -1501,8 +1573,11 @@ impl Vault {
             Loaded::Missing => (State::default(), true),
             Loaded::Corrupt(problem) => {
                 let copy = self.paths.state.with_extension("yaml.corrupt");
-                let kept = fs::copy(&self.paths.state, &copy)
-                    .and_then(|_| fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)))
+                // A fresh 0600 file renamed into place: a link already at that name is replaced,
+                // never written through (fs::copy would follow it).
+                let kept = fs::read(&self.paths.state)
+                    .map_err(|e| Error::io("read", &self.paths.state, e))
+                    .and_then(|bytes| write_atomic(&copy, &bytes))
                     .is_ok();
                 let where_ = if kept {
                     format!("kept a copy as {}", copy.display())
