@@ -51,6 +51,8 @@ pub enum Error {
     },
     /// Anything else, already phrased for the user.
     Other(String),
+    /// A bug: code of ours panicked inside [`guarded`]; `at` is the source location.
+    Internal { at: String },
 }
 
 impl Error {
@@ -130,6 +132,10 @@ impl fmt::Display for Error {
                 }
             }
             Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Error::Internal { at } => write!(
+                f,
+                "internal error at {at} (a bug in qwen-rotation; please report it with `qwen --rotation-version`)"
+            ),
             Error::LockTimeout { path, seconds } => write!(
                 f,
                 "{} is held by another process for more than {seconds}s; see `qwen --rotation-doctor`",
@@ -173,4 +179,43 @@ pub fn printable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Runs `f`, turning a panic inside it into [`Error::Internal`], so the caller's fail-open path
+/// (one warning, then qwen runs) handles a bug like any other failure. While `f` runs, the panic
+/// message is not printed: it could quote data (a file's contents) and it would be a second
+/// message; the location alone is kept. Locks and temporary files are released by their
+/// guards as the panic unwinds.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    use std::cell::{Cell, RefCell};
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::Once;
+    thread_local! {
+        static GUARDED: Cell<bool> = const { Cell::new(false) };
+        static PANICKED_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(Cell::get) {
+                let at = info.location().map_or_else(
+                    || "an unknown place".into(),
+                    |l| format!("{}:{}", l.file(), l.line()),
+                );
+                PANICKED_AT.with(|p| *p.borrow_mut() = Some(at));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    result.unwrap_or_else(|_| {
+        let at = PANICKED_AT
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| "an unknown place".into());
+        Err(Error::Internal { at })
+    })
 }

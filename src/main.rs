@@ -20,7 +20,12 @@ fn main() {
                     nix::sys::signal::SigHandler::SigDfl,
                 );
             }
-            std::process::exit(admin::run(&args, &Paths::from_env()))
+            let code = qwen_rotation::error::guarded(|| Ok(admin::run(&args, &Paths::from_env())))
+                .unwrap_or_else(|bug| {
+                    eprintln!("qwen-rotation: {bug}");
+                    qwen_rotation::error::exit::FAILURE
+                });
+            std::process::exit(code)
         }
         Err(usage) => {
             eprintln!("qwen-rotation: {usage}");

@@ -925,6 +925,10 @@ impl Vault {
     /// slot for this run without moving `current_index`. Err(Exhausted) when nothing is
     /// eligible (for a pin: when the pinned slot is not).
     pub fn prepare(&self, pinned: Option<&str>) -> Result<Launch> {
+        crate::error::guarded(|| self.prepare_unguarded(pinned))
+    }
+
+    fn prepare_unguarded(&self, pinned: Option<&str>) -> Result<Launch> {
         let now = Utc::now();
         if self.paths.pool.is_none()
             && let Ok(scanned) = scan(&self.paths.accounts)
@@ -1058,6 +1062,10 @@ impl Vault {
 
     /// The rotation step (DESIGN.md), compare-and-swap on `failed`.
     pub fn report(&self, failed: usize, hit: &Hit) -> Result<Rotation> {
+        crate::error::guarded(|| self.report_unguarded(failed, hit))
+    }
+
+    fn report_unguarded(&self, failed: usize, hit: &Hit) -> Result<Rotation> {
         // Lock-free answer for the N-1 losers of a compare-and-swap: another process already
         // moved to a usable slot and marked `failed` at least this strongly, so the locked step
         // would change nothing. (A state read is a whole file: every write is a rename.)

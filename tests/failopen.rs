@@ -458,3 +458,67 @@ fn a_backup_that_cannot_be_kept_warns_once_and_keeps_the_refreshed_login() {
         sandbox::creds("tok_one")
     );
 }
+
+/// A bug (a panic in our code, injected with the `fault-injection` feature) is one more internal
+/// error: one warning naming the place, qwen's run untouched, the locks released on the way out.
+/// CI runs these with `cargo test --features fault-injection --test failopen a_panic`.
+#[cfg(feature = "fault-injection")]
+mod panics {
+    use super::*;
+
+    fn run_with_fault(sb: &Sandbox, fail: &str, fault: &str) -> Output {
+        let mut cmd = sb.cmd(["-p", "hi"]);
+        cmd.env("FAIL", fail).env("QWEN_ROTATION_FAULT", fault);
+        output_within(cmd, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_panic_while_preparing_the_account_warns_once_and_qwen_runs() {
+        // A fresh pool: the first run takes the lock to install account 1, and panics there.
+        let sb = pool();
+        let out = run_with_fault(&sb, "", "prepare.locked:panic");
+        assert_one_warning_and_qwen_untouched(
+            "panic in prepare",
+            &out,
+            1,
+            &["internal error at src/", "please report it"],
+        );
+        assert!(!text(&out.stderr).contains("panicked"), "no panic message");
+        // The lock went with the panic: the next run installs account 1 and rotates.
+        let out = run(&sb, "2");
+        assert!(
+            text(&out.stderr).contains("switched to account 2"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "answer 3\n");
+    }
+
+    #[test]
+    fn a_panic_in_the_rotation_step_warns_once_and_passes_qwens_failure_through() {
+        let sb = pool();
+        assert_eq!(run(&sb, "").status.code(), Some(3), "account 1 installed");
+        let out = run_with_fault(&sb, "2", "rotate.qwen_locked:panic");
+        let err = text(&out.stderr);
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with(WARNING)).collect();
+        println!(
+            "panic in rotate: exit {:?}, warnings {warnings:?}",
+            out.status.code()
+        );
+        assert_eq!(out.status.code(), Some(1), "qwen's own failure\n{err}");
+        assert!(
+            err.contains(QUOTA),
+            "qwen's error reaches the caller\n{err}"
+        );
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(warnings[0].contains("internal error at src/"), "{err}");
+        assert!(!err.contains("panicked"), "no panic message\n{err}");
+        // Neither lock is left behind: the next quota hit rotates at once.
+        assert!(!sb.qwen_home().join("oauth_creds.lock").exists());
+        let out = run(&sb, "3");
+        let err = text(&out.stderr);
+        assert!(err.contains("switched to account 2"), "{err}");
+        assert_eq!(text(&out.stdout), "answer 4\n");
+        assert!(sb.live_creds().unwrap().contains("tok_two"));
+    }
+}
