@@ -2151,8 +2151,38 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         return (f, repairs, real_json);
     }
 
-    // 5. Permissions and ownership.
+    // 5. Permissions and ownership. Every file belongs to the home's owner (what the shim keeps
+    // when root works in another user's home, as in a container with a mounted home).
     let uid = nix::unistd::geteuid().as_raw();
+    let owner = fs::metadata(&paths.home).map_or(uid, |m| m.uid());
+    if owner != uid {
+        let (level, line) = if uid == 0 {
+            (
+                Level::Info,
+                format!(
+                    "{} belongs to user {owner}; running as root, files written there keep that owner",
+                    paths.home.display()
+                ),
+            )
+        } else {
+            (
+                Level::Problem,
+                format!(
+                    "{} belongs to user {owner} (you are {uid}): its files may be unreadable or unwritable for you",
+                    paths.home.display()
+                ),
+            )
+        };
+        let finding = Finding::new("permissions", level, line);
+        let finding = if uid == 0 {
+            finding
+        } else {
+            finding.fix(format!(
+                "run qwen as user {owner}, or point QWEN_HOME at a home of your own"
+            ))
+        };
+        push(&mut f, finding, None);
+    }
     let mut wide = 0;
     let dirs = [
         paths.home.clone(),
@@ -2208,19 +2238,19 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
             );
             continue;
         }
-        if meta.uid() != uid {
+        if meta.uid() != owner {
             push(
                 &mut f,
                 Finding::new(
                     "permissions",
                     Level::Problem,
                     format!(
-                        "{} belongs to user {} (you are {uid})",
+                        "{} belongs to user {}, the home to user {owner}",
                         path.display(),
                         meta.uid()
                     ),
                 )
-                .fix(format!("chown $(id -u) {}", path.display())),
+                .fix(format!("chown {owner} {}", path.display())),
                 None,
             );
         }
@@ -2351,16 +2381,30 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
             None
         }
         Loaded::Corrupt(problem) => {
-            push(
-                &mut f,
-                Finding::new(
-                    "state",
-                    Level::Problem,
-                    format!("{} is unreadable: {problem}", paths.state.display()),
-                )
-                .fix("rebuild it from accounts/ (a .corrupt copy is kept)"),
-                Some(Repair::Vault),
+            let finding = Finding::new(
+                "state",
+                Level::Problem,
+                format!("{} is unreadable: {problem}", paths.state.display()),
             );
+            // A file we may not read is not corrupt: rebuilding it would lose its counters.
+            let denied = fs::File::open(&paths.state)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            if denied {
+                push(
+                    &mut f,
+                    finding.fix(format!(
+                        "it is not yours to read: give it to the home's owner (as root: chown {owner} {})",
+                        paths.state.display()
+                    )),
+                    None,
+                );
+            } else {
+                push(
+                    &mut f,
+                    finding.fix("rebuild it from accounts/ (a .corrupt copy is kept)"),
+                    Some(Repair::Vault),
+                );
+            }
             None
         }
     };
@@ -2537,8 +2581,11 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     if let Some(p) = config_problem {
         push(
             &mut f,
-            Finding::new("config", Level::Problem, p)
-                .fix("fix the line named, or delete rotation.yaml to use the defaults"),
+            Finding::new("config", Level::Problem, p.clone()).fix(if p.starts_with("cannot read") {
+                "give rotation.yaml back to the home's owner (see the permissions lines), or delete it to use the defaults"
+            } else {
+                "fix the line named, or delete rotation.yaml to use the defaults"
+            }),
             None,
         );
     }

@@ -313,6 +313,19 @@ fn a_state_yaml_it_cannot_read_is_left_alone_with_one_warning() {
         std::os::unix::fs::MetadataExt::uid(&fs::metadata(&state).unwrap()),
         0
     );
+    // doctor calls it a question of ownership, not a corrupt file to rebuild.
+    let doctor = output_within(
+        as_nobody(&sb.cmd(["--rotation-doctor"])),
+        Duration::from_secs(60),
+    );
+    let said = text(&doctor.stdout);
+    println!("doctor as nobody:\n{said}");
+    assert!(
+        said.contains("state.yaml belongs to user 0, the home to user 65534"),
+        "{said}"
+    );
+    assert!(said.contains("not yours to read"), "{said}");
+    assert!(!said.contains("rebuild it"), "{said}");
 }
 
 #[test]

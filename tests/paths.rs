@@ -275,8 +275,27 @@ fn a_home_owned_by_another_user_keeps_its_owner_and_doctor_says_so() {
     let doctor = sb.run(["--rotation-doctor"]);
     let said = text(&doctor.stdout);
     println!("doctor as root:\n{said}");
-    assert!(said.contains("belongs to user 65534"), "{said}");
-    assert!(said.contains("chown"), "{said}");
+    // Files that keep the home's owner are as they should be: doctor says whose home it is and
+    // proposes no chown (one to root would lock the owner out).
+    assert!(
+        said.contains(
+            "belongs to user 65534; running as root, files written there keep that owner"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("chown"), "{said}");
+    // A file of root's in that home is the problem, and the fix gives it back to the owner.
+    let log = sb.qwen_home().join("rotation.log");
+    let lines = fs::read(&log).unwrap();
+    fs::remove_file(&log).unwrap();
+    fs::write(&log, lines).unwrap();
+    fs::set_permissions(&log, fs::Permissions::from_mode(0o600)).unwrap();
+    let said = text(&sb.run(["--rotation-doctor"]).stdout);
+    assert!(
+        said.contains("rotation.log belongs to user 0, the home to user 65534"),
+        "{said}"
+    );
+    assert!(said.contains("chown 65534"), "{said}");
 }
 
 #[test]
