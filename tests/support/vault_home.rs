@@ -43,6 +43,26 @@ pub fn refreshed(name: &str, generation: u32) -> String {
     )
 }
 
+/// The account a credentials file belongs to, when it is one whole, valid login: it passes
+/// the vault's own check and its access token is that account's (`acc-NAME` or a refresh of
+/// it, `acc-NAME-rN`). `None` for anything torn, mixed or foreign.
+pub fn account_of(text: &str) -> Option<String> {
+    qwen_rotation::vault::check_oauth(text.as_bytes()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let who = v["refresh_token"]
+        .as_str()?
+        .strip_prefix(&format!("{SECRET_MARK}-ref-"))?
+        .to_string();
+    let access = v["access_token"]
+        .as_str()?
+        .strip_prefix(&format!("{SECRET_MARK}-acc-"))?;
+    let own = access == who
+        || access
+            .strip_prefix(&format!("{who}-r"))
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
+    own.then_some(who)
+}
+
 pub fn api_key_json(name: &str) -> String {
     format!(
         r#"{{"api_key":"{}","base_url":"http://127.0.0.1:9/v1","model":"m-{name}"}}"#,
