@@ -257,6 +257,45 @@ fn throttle_is_short_and_auth_needs_login() {
     );
 }
 
+#[test]
+fn an_auth_report_that_lost_the_race_does_not_lock_out_the_launched_oauth_slot() {
+    // A run launched on slot 1; before its qwen read the live file, another process moved on
+    // to slot 2 (a switch, or a rotation that left slot 1 usable). The run's auth failure may
+    // be slot 2's: slot 1 must stay usable. An API key, in the child's own environment, is
+    // known to be the one that failed: it is marked.
+    let h = Home::with_oauth(3);
+    let v = h.vault();
+    v.prepare(None).unwrap();
+    v.switch("2").unwrap();
+    assert_eq!(
+        v.report(1, &hit(Class::Auth)).unwrap(),
+        Rotation::AlreadyRotated { to: 2 }
+    );
+    let st = h.state();
+    assert_eq!(st.accounts[&1].status, Status::Healthy);
+    assert_eq!(st.accounts[&1].hits.auth, 0);
+    assert_eq!(h.count("needs_login"), 0);
+    // The same failure seen while slot 2 is live marks slot 2 and rotates.
+    assert_eq!(
+        v.report(2, &hit(Class::Auth)).unwrap(),
+        Rotation::Switched { from: 2, to: 3 }
+    );
+    assert_eq!(h.state().accounts[&2].status, Status::NeedsLogin);
+    // A quota report that lost the race still cools its slot down (it expires by itself).
+    v.report(1, &hit(Class::Quota)).unwrap();
+    assert_eq!(h.state().accounts[&1].status, Status::CoolingDown);
+    h.assert_counters_match();
+
+    let h = Home::new();
+    h.put_api(1, "a");
+    h.put_api(2, "b");
+    let v = h.vault();
+    v.prepare(None).unwrap();
+    v.switch("2").unwrap();
+    v.report(1, &hit(Class::Auth)).unwrap();
+    assert_eq!(h.state().accounts[&1].status, Status::NeedsLogin);
+}
+
 /// Rewrites state.yaml through a closure (a hand edit, or time passing).
 fn edit_state(h: &Home, f: impl FnOnce(&mut qwen_rotation::state::State)) {
     let mut st = h.state();
