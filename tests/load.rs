@@ -310,7 +310,8 @@ fn a_thousand_sequential_runs_give_every_caller_the_right_answer() {
     // Every account spent for an hour: the first run tries each, then ends with 75; the next
     // one ends with 75 at once.
     set_config(&sb, SPENDING);
-    sb.run(["--rotation-reset", "all"]);
+    let out = sb.run(["--rotation-reset", "all"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     for id in 1000..1002 {
         let case = spent_case(id);
         let (out, took) = run(&sb, &case);
