@@ -354,11 +354,16 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
     let mut stopping = false;
     // The streams end with the child; a descendant that keeps a pipe open past the child's exit
     // (a daemon started by a tool) must not keep us waiting: give the pipes a bounded drain.
+    // The bound applies only while such a descendant can exist: with no process left that could
+    // hold a pipe, the streams are merely late (a caller that has not read its stdout yet, or
+    // relay threads a busy machine has not scheduled) and cutting them off would lose output
+    // qwen already wrote.
     let drain = Duration::from_secs(2);
     while pending > 0 || outcome.is_none() {
         let event = if outcome.is_some() {
             match rx.recv_timeout(drain) {
                 Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) if !children_left() => continue,
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         } else {
@@ -400,6 +405,22 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
         stdout_closed: out.closed,
         stopped: stopping,
     })
+}
+
+/// Is a descendant of the attempt still running? Asked only once the attempt's own child is
+/// reaped, so every child left is a descendant re-parented to us (we are the subreaper,
+/// signals::become_subreaper): those that have exited are reaped here, and "none running"
+/// means no process can still hold a pipe of the attempt.
+fn children_left() -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            // ECHILD: no child at all.
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Blocks until `pid` terminates (stops and continues are not terminations).

@@ -1076,15 +1076,20 @@ impl Vault {
         {
             let mut probe = st.clone();
             let c = &self.config;
-            if !probe.mark(
-                failed,
-                hit.class,
-                hit.reset_at,
-                "",
-                now,
-                c.quota_cooldown,
-                c.throttle_cooldown,
-            ) {
+            // An OAuth auth report that lost the race marks nothing (`Tx::doubtful`).
+            let doubtful = hit.class == Class::Auth
+                && st.accounts.get(&failed).and_then(|a| a.kind) == Some(Kind::OAuth);
+            if doubtful
+                || !probe.mark(
+                    failed,
+                    hit.class,
+                    hit.reset_at,
+                    "",
+                    now,
+                    c.quota_cooldown,
+                    c.throttle_cooldown,
+                )
+            {
                 return Ok(Rotation::AlreadyRotated {
                     to: st.current_index,
                 });
@@ -2302,15 +2307,17 @@ impl Tx<'_> {
         let current = self.st.current_index;
         // 2. Compare-and-swap: someone already moved on; only make sure `failed` is marked.
         if current != failed {
-            if self.st.mark(
-                failed,
-                hit.class,
-                hit.reset_at,
-                &reason_text,
-                now,
-                quota_cd,
-                throttle_cd,
-            ) {
+            if !self.doubtful(failed, hit)
+                && self.st.mark(
+                    failed,
+                    hit.class,
+                    hit.reset_at,
+                    &reason_text,
+                    now,
+                    quota_cd,
+                    throttle_cd,
+                )
+            {
                 self.dirty = true;
                 self.log_mark(failed, hit);
             }
@@ -2394,6 +2401,18 @@ impl Tx<'_> {
                 Ok(Rotation::Exhausted { earliest })
             }
         }
+    }
+
+    /// An auth failure reported on an OAuth slot after another process moved the live file
+    /// away from it proves nothing about that slot: qwen reads `oauth_creds.json` when it
+    /// starts, and a run launched on `failed` may have started after the swap and failed on
+    /// the account installed since. needs_login is permanent (only a person or a successful
+    /// run clears it), so it waits for a failure seen while `failed` is live. Cooldowns expire
+    /// by themselves and an API key is in the child's own environment: those are marked.
+    fn doubtful(&self, failed: usize, hit: &Hit) -> bool {
+        hit.class == Class::Auth
+            && self.kind(failed) == Some(Kind::OAuth)
+            && self.st.current_index != failed
     }
 
     fn log_mark(&mut self, n: usize, hit: &Hit) {

@@ -43,6 +43,26 @@ pub fn refreshed(name: &str, generation: u32) -> String {
     )
 }
 
+/// The account a credentials file belongs to, when it is one whole, valid login: it passes
+/// the vault's own check and its access token is that account's (`acc-NAME` or a refresh of
+/// it, `acc-NAME-rN`). `None` for anything torn, mixed or foreign.
+pub fn account_of(text: &str) -> Option<String> {
+    qwen_rotation::vault::check_oauth(text.as_bytes()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let who = v["refresh_token"]
+        .as_str()?
+        .strip_prefix(&format!("{SECRET_MARK}-ref-"))?
+        .to_string();
+    let access = v["access_token"]
+        .as_str()?
+        .strip_prefix(&format!("{SECRET_MARK}-acc-"))?;
+    let own = access == who
+        || access
+            .strip_prefix(&format!("{who}-r"))
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
+    own.then_some(who)
+}
+
 pub fn api_key_json(name: &str) -> String {
     format!(
         r#"{{"api_key":"{}","base_url":"http://127.0.0.1:9/v1","model":"m-{name}"}}"#,
@@ -191,6 +211,68 @@ impl Home {
         );
         out
     }
+}
+
+/// What `assert_log_matches_state` counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub switches: u64,
+    pub quota: u64,
+    pub throttle: u64,
+    pub auth: u64,
+}
+
+/// The counters in state.yaml equal the lines in rotation.log, in total and per slot:
+/// `switches_total` = `account_switch` lines, each slot's `switches_count` = lines switching
+/// to it, its `hits` = its `cooldown` lines per class and its `needs_login` lines. For a home
+/// whose slots were never removed (a re-added number starts its counters afresh).
+pub fn assert_log_matches_state(paths: &Paths) -> Counts {
+    let text = fs::read_to_string(&paths.state).expect("state.yaml");
+    let st = State::parse(&text).expect("state.yaml parses");
+    let log = audit::read(&paths.log).expect("rotation.log");
+    assert_eq!(log.skipped, 0, "every line of rotation.log parses");
+    let events = log.events;
+    let lines = |name: &str, f: &dyn Fn(&Event) -> bool| {
+        events.iter().filter(|e| e.event == name && f(e)).count() as u64
+    };
+    let mut counts = Counts {
+        switches: st.switches_total,
+        ..Counts::default()
+    };
+    assert_eq!(
+        st.switches_total,
+        lines("account_switch", &|_| true),
+        "switches_total vs account_switch lines"
+    );
+    for (n, a) in &st.accounts {
+        let n = *n;
+        let class =
+            |c: &'static str| move |e: &Event| e.slot == Some(n) && e.class.as_deref() == Some(c);
+        assert_eq!(
+            a.switches_count,
+            lines("account_switch", &|e| e.to == Some(n)),
+            "slot {n} switches_count"
+        );
+        assert_eq!(
+            a.hits.quota,
+            lines("cooldown", &class("quota")),
+            "slot {n} quota hits"
+        );
+        assert_eq!(
+            a.hits.throttle,
+            lines("cooldown", &class("throttle")),
+            "slot {n} throttle hits"
+        );
+        assert_eq!(
+            a.hits.auth,
+            lines("needs_login", &|e| e.slot == Some(n)),
+            "slot {n} auth hits"
+        );
+        counts.quota += a.hits.quota;
+        counts.throttle += a.hits.throttle;
+        counts.auth += a.hits.auth;
+    }
+    counts
 }
 
 pub fn name(i: usize) -> String {
