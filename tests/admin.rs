@@ -492,8 +492,7 @@ fn path_dirs(h: &Home) -> (PathBuf, PathBuf) {
         fs::create_dir_all(&bin).unwrap();
         fs::create_dir_all(&real).unwrap();
         std::os::unix::fs::symlink(SHIM, bin.join("qwen")).unwrap();
-        fs::write(real.join("qwen"), "#!/bin/sh\necho fake\n").unwrap();
-        fs::set_permissions(real.join("qwen"), fs::Permissions::from_mode(0o755)).unwrap();
+        write_fake(&real.join("qwen"), "echo fake");
     }
     (bin, real)
 }
@@ -809,18 +808,14 @@ fn on_terminal(
 /// qwen home it was given, after checking that home is the temporary one set up for it.
 fn fake_login_qwen(h: &Home) {
     path_dirs(h);
-    let script = r#"#!/bin/sh
-[ -n "$QWEN_HOME" ] && [ "$QWEN_HOME" = "$HOME/.qwen" ] || exit 3
+    let script = r#"[ -n "$QWEN_HOME" ] && [ "$QWEN_HOME" = "$HOME/.qwen" ] || exit 3
 grep -q '"qwen-oauth"' "$QWEN_HOME/settings.json" || exit 4
 [ -z "$OPENAI_API_KEY" ] || exit 5
 [ -t 0 ] && [ -t 1 ] || exit 6
 n=$(cat "$COUNTER" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$COUNTER"
 printf '{"access_token":"SeCrEt-acc-login%s","refresh_token":"SeCrEt-ref-login%s","token_type":"Bearer"}' $n $n > "$QWEN_HOME/oauth_creds.json"
-echo "fake qwen: logged in"
-"#;
-    let p = h.dir.path().join("real/qwen");
-    fs::write(&p, script).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+echo "fake qwen: logged in""#;
+    write_fake(&h.dir.path().join("real/qwen"), script);
 }
 
 #[test]
@@ -861,7 +856,7 @@ fn add_login_uses_a_temporary_home_and_leaves_the_live_login_alone() {
         .collect();
     assert!(leftovers.is_empty(), "the temporary home is removed");
     // qwen exiting without a login adds nothing.
-    fs::write(h.dir.path().join("real/qwen"), "#!/bin/sh\nexit 0\n").unwrap();
+    write_fake(&h.dir.path().join("real/qwen"), "exit 0");
     let Some(out) = on_terminal(
         &h,
         "--rotation-add --login",
@@ -982,7 +977,7 @@ fn a_real_qwen_reads_the_credentials_the_vault_installed() {
 fn a_run_warns_once_about_readable_credentials_but_not_about_qwens_own_home_mode() {
     let h = Home::with_oauth(2);
     let (_, real) = path_dirs(&h);
-    fs::write(real.join("qwen"), "#!/bin/sh\necho answer\n").unwrap();
+    write_fake(&real.join("qwen"), "echo answer");
     fs::set_permissions(h.paths.home.as_path(), fs::Permissions::from_mode(0o755)).unwrap();
     let run = |h: &Home| {
         let out = doctor_cmd(h, &["-p", "hello"]);

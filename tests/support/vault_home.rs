@@ -284,6 +284,18 @@ pub fn write600(path: &Path, text: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A fake program at `path` running `body` (sh). The file is written by cp(1), never held open
+/// for writing by the test process: a child forked meanwhile by another test thread would keep
+/// that descriptor until its exec, and running the file would then fail with ETXTBSY.
+pub fn write_fake(path: &Path, body: &str) {
+    let source = path.with_extension("source");
+    fs::write(&source, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let _ = fs::remove_file(path);
+    let copied = Command::new("cp").arg(&source).arg(path).status().unwrap();
+    assert!(copied.success(), "cp to {}", path.display());
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 pub fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
 }
