@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use sandbox::{Sandbox, output_within};
+use sandbox::{Sandbox, as_nobody, output_within, root};
 
 /// Counts its runs; the runs listed in $FAIL report a spent quota (status 1); the others
 /// answer on stdout, say something on stderr and exit 3.
@@ -178,40 +178,6 @@ fn a_corrupt_state_whose_copy_cannot_be_kept_warns_once_and_qwen_runs() {
         "{}",
         text(&out.stderr)
     );
-}
-
-/// Changing owners and users needs root; without it the test says it did not run.
-fn root(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED: {test} needs root (chown, setpriv)");
-    }
-    root
-}
-
-/// `cmd` (from `Sandbox::cmd`) run as the unprivileged user `nobody` via setpriv(1).
-fn as_nobody(cmd: &Command) -> Command {
-    let mut c = Command::new("/usr/bin/setpriv");
-    c.args([
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(cmd.get_program())
-    .args(cmd.get_args())
-    .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        c.current_dir(dir);
-    }
-    c
 }
 
 /// A sandbox `nobody` can use: everything reachable, the qwen home nobody's own.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use sandbox::{Sandbox, creds, output_within};
+use sandbox::{Sandbox, as_nobody, creds, output_within, root};
 
 /// Counts its runs; the runs listed in $FAIL report a spent quota; others answer.
 const FAKE: &str = r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
@@ -52,40 +52,6 @@ fn fingerprint(p: &Path) -> (Vec<u8>, u32, i64, i64) {
         m.mtime(),
         m.mtime_nsec(),
     )
-}
-
-/// Changing owners and users needs root; without it the test says it did not run.
-fn root(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED: {test} needs root (chown, setpriv)");
-    }
-    root
-}
-
-/// `cmd` (from `Sandbox::cmd`) run as the unprivileged user `nobody` via setpriv(1).
-fn as_nobody(cmd: &Command) -> Command {
-    let mut c = Command::new("/usr/bin/setpriv");
-    c.args([
-        "--reuid",
-        "65534",
-        "--regid",
-        "65534",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(cmd.get_program())
-    .args(cmd.get_args())
-    .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        c.current_dir(dir);
-    }
-    c
 }
 
 /// Lets `nobody` reach the sandbox (the tempdir is 0700 root).

@@ -255,3 +255,37 @@ pub fn kill(sig: &str, pid: u32) {
         .expect("run kill");
     assert!(status.success(), "kill -s {sig} {pid}");
 }
+
+/// Changing owners and users needs root; without it the test says it did not run.
+pub fn root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: {test} needs root (chown, setpriv)");
+    }
+    root
+}
+
+/// `cmd` (from `Sandbox::cmd`) run as the unprivileged user `nobody` via setpriv(1).
+pub fn as_nobody(cmd: &Command) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args())
+    .env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
+}
