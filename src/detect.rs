@@ -243,7 +243,25 @@ struct Entry {
     /// False for qwen's bare `[API Error: NNN` shapes: within a class, a phrase that says what
     /// happened names the hit better than the status code does.
     specific: bool,
-    re: Regex,
+    /// The pattern's own regex, compiled the first time the alternation matches: most runs never
+    /// see an error, and compiling every entry at start-up was most of the shim's start-up work.
+    source: String,
+    user: bool,
+    re: OnceLock<Option<Regex>>,
+}
+
+impl Entry {
+    fn regex(&self) -> Option<&Regex> {
+        self.re
+            .get_or_init(|| {
+                if self.user {
+                    user_regex(&self.source).ok()
+                } else {
+                    default_regex(&self.source).ok()
+                }
+            })
+            .as_ref()
+    }
 }
 
 /// The compiled pattern set (defaults, extended or replaced by `rotation.yaml`).
@@ -251,8 +269,10 @@ struct Entry {
 pub struct Patterns {
     entries: Vec<Entry>,
     /// Every pattern in one alternation: the fast first pass over streamed text. `None` when the
-    /// set is empty (`mode: replace` with no entries).
-    any: Option<Regex>,
+    /// set is empty (`mode: replace` with no entries). Compiled on first use: a run whose qwen
+    /// prints nothing never pays for it.
+    any: OnceLock<Option<Regex>>,
+    combined: String,
 }
 
 impl Patterns {
@@ -264,7 +284,8 @@ impl Patterns {
             // fallback, chosen over a panic (fail open: qwen still runs).
             Arc::new(Patterns::build(default_sources()).unwrap_or(Patterns {
                 entries: Vec::new(),
-                any: None,
+                any: OnceLock::new(),
+                combined: String::new(),
             }))
         }))
     }
@@ -324,16 +345,14 @@ impl Patterns {
         self.entries.is_empty()
     }
 
+    /// The entries' own regexes are compiled when first needed: user patterns were compiled
+    /// once already by `from_config` (which names a bad one), the defaults by a test. The
+    /// alternation is compiled here only when user patterns could make it too large.
     fn build(sources: Vec<Source>) -> Result<Patterns, String> {
         let mut entries = Vec::with_capacity(sources.len());
         let mut combined = String::new();
+        let any_user = sources.iter().any(|s| s.user);
         for s in sources {
-            let re = if s.user {
-                user_regex(&s.regex)
-            } else {
-                default_regex(&s.regex)
-            }
-            .map_err(|e| format!("patterns.{} {:?}: {e}", s.class.key(), s.name))?;
             if !combined.is_empty() {
                 combined.push('|');
             }
@@ -347,32 +366,48 @@ impl Patterns {
                 class: s.class,
                 name: s.name,
                 specific,
-                re,
+                source: s.regex,
+                user: s.user,
+                re: OnceLock::new(),
             });
         }
-        let any = if entries.is_empty() {
-            None
-        } else {
-            Some(
-                RegexBuilder::new(&combined)
-                    .size_limit(COMBINED_REGEX_SIZE)
-                    .build()
-                    .map_err(|e| {
-                        format!(
-                            "patterns: together they are too large to compile: {}",
-                            one_line(&e)
-                        )
-                    })?,
-            )
+        let patterns = Patterns {
+            entries,
+            any: OnceLock::new(),
+            combined,
         };
-        Ok(Patterns { entries, any })
+        if any_user {
+            let any = patterns
+                .compile_any()
+                .map_err(|e| format!("patterns: together they are too large to compile: {e}"))?;
+            let _ = patterns.any.set(any);
+        }
+        Ok(patterns)
+    }
+
+    fn compile_any(&self) -> Result<Option<Regex>, String> {
+        if self.entries.is_empty() {
+            return Ok(None);
+        }
+        RegexBuilder::new(&self.combined)
+            .size_limit(COMBINED_REGEX_SIZE)
+            .build()
+            .map(Some)
+            .map_err(|e| one_line(&e))
+    }
+
+    /// The alternation of every pattern, None for an empty set.
+    fn any(&self) -> Option<&Regex> {
+        self.any
+            .get_or_init(|| self.compile_any().ok().flatten())
+            .as_ref()
     }
 
     /// The winning entry for normalised text: the highest class present (precedence), within it
     /// a specific phrase over a bare status shape, then the phrase that starts first (ties: list
     /// order).
     fn best(&self, text: &[u8]) -> Option<(Class, usize)> {
-        if !self.any.as_ref()?.is_match(text) {
+        if !self.any()?.is_match(text) {
             return None;
         }
         let mut best: Option<((u8, bool), usize, usize)> = None; // (tier, start, entry)
@@ -381,7 +416,7 @@ impl Patterns {
             if best.is_some_and(|(t, _, _)| t > tier) {
                 continue;
             }
-            if let Some(m) = e.re.find(text) {
+            if let Some(m) = e.regex().and_then(|re| re.find(text)) {
                 let better = match best {
                     None => true,
                     Some((t, start, _)) => tier > t || m.start() < start,
@@ -1175,11 +1210,13 @@ impl Detector {
                 self.floor = end;
                 self.scanned = end;
             }
-            let any = self.patterns.any.as_ref()?;
             let from = self.floor.max(self.scanned.saturating_sub(OVERLAP as u64));
-            if from > self.end() {
+            // Nothing new since the last scan (or nothing at all): no match can start here, and
+            // a run whose qwen printed nothing never compiles the alternation.
+            if from >= self.end() {
                 return None;
             }
+            let any = self.patterns.any()?;
             let from_rel = self.rel(from);
             self.scanned = self.end();
             let m = any.find_at(&self.window, from_rel)?;
@@ -1738,6 +1775,11 @@ mod tests {
     fn defaults_compile() {
         let p = Patterns::build(default_sources()).expect("defaults compile");
         assert_eq!(p.entries.len(), DEFAULTS.len());
+        // Compiled lazily in the shim: every one must compile, together and alone.
+        assert!(p.compile_any().expect("the alternation compiles").is_some());
+        for e in &p.entries {
+            assert!(e.regex().is_some(), "{} compiles", e.name);
+        }
         assert!(!Patterns::defaults().is_empty());
     }
 
