@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use sandbox::secrets::{SECRET_MARK, assert_clean, assert_home_clean, secret};
+use sandbox::secrets::{SECRET_MARK, assert_clean, assert_home_clean, home_leaks, leak, secret};
 use sandbox::{Sandbox, output_within};
 
 /// Fails the runs whose live account matches `$FAIL_ON` with `$MESSAGE` on stderr; otherwise
@@ -77,32 +77,26 @@ fn run_failing(sb: &Sandbox, fail_on: &str, message: &str) -> Output {
 }
 
 #[test]
-fn the_scan_finds_a_planted_secret_in_output_files_and_terminals() {
+fn the_scan_finds_a_planted_secret_in_output_and_files() {
     let planted = format!("note: {}", secret("tok_one"));
-    let caught = |f: Box<dyn FnOnce() + std::panic::UnwindSafe>| {
-        let err = std::panic::catch_unwind(f).expect_err("the scan must fail");
-        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(msg.contains("leaks a secret"), "{msg}");
-        assert!(
-            !msg.contains(SECRET_MARK),
-            "the report repeats the secret: {msg}"
-        );
-    };
-    let text = planted.clone();
-    caught(Box::new(move || assert_clean("stdout", text.as_bytes())));
+    let finding = leak("stdout", planted.as_bytes()).expect("the scan finds it");
+    assert!(finding.contains("stdout leaks a secret"), "{finding}");
+    assert!(
+        !finding.contains(SECRET_MARK),
+        "the report repeats the secret: {finding}"
+    );
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("rotation.log"), &planted).unwrap();
-    let home = dir.path().to_path_buf();
-    caught(Box::new(move || assert_home_clean(&home)));
+    assert_eq!(home_leaks(dir.path()).len(), 1, "rotation.log");
     fs::remove_file(dir.path().join("rotation.log")).unwrap();
     fs::create_dir(dir.path().join("rotation-settings")).unwrap();
     fs::write(dir.path().join("rotation-settings/settings.json"), &planted).unwrap();
-    let home = dir.path().to_path_buf();
-    caught(Box::new(move || assert_home_clean(&home)));
+    assert_eq!(home_leaks(dir.path()).len(), 1, "the settings overlay");
     // Credentials are where secrets belong: not a finding.
     fs::remove_dir_all(dir.path().join("rotation-settings")).unwrap();
     fs::write(dir.path().join("oauth_creds.json"), &planted).unwrap();
-    assert_home_clean(dir.path());
+    assert!(home_leaks(dir.path()).is_empty());
+    assert!(leak("stdout", b"REPLY-FROM-tok_one").is_none());
 }
 
 #[test]
