@@ -2300,26 +2300,13 @@ impl Tx<'_> {
     /// The rotation step, after the lock and the state read (DESIGN.md steps 2–6).
     fn rotate(&mut self, failed: usize, hit: &Hit) -> Result<Rotation> {
         let now = self.now;
-        let cfg = &self.vault.config;
-        let (quota_cd, throttle_cd, strategy) =
-            (cfg.quota_cooldown, cfg.throttle_cooldown, cfg.strategy);
+        let strategy = self.vault.config.strategy;
         let reason_text = format!("{}: {}", audit::class_name(hit.class), hit.phrase);
         let current = self.st.current_index;
         // 2. Compare-and-swap: someone already moved on; only make sure `failed` is marked.
         if current != failed {
-            if !self.doubtful(failed, hit)
-                && self.st.mark(
-                    failed,
-                    hit.class,
-                    hit.reset_at,
-                    &reason_text,
-                    now,
-                    quota_cd,
-                    throttle_cd,
-                )
-            {
-                self.dirty = true;
-                self.log_mark(failed, hit);
+            if !self.doubtful(failed, hit) {
+                self.mark(failed, hit, &reason_text);
             }
             return Ok(if self.st.eligible(current, now) {
                 Rotation::AlreadyRotated { to: current }
@@ -2352,30 +2339,12 @@ impl Tx<'_> {
                     phrase: hit.phrase.clone(),
                     reset_at: None,
                 };
-                if self
-                    .st
-                    .mark(failed, Class::Auth, None, why, now, quota_cd, throttle_cd)
-                {
-                    self.dirty = true;
-                    self.log_mark(failed, &auth);
-                }
+                self.mark(failed, &auth, why);
                 marked = true;
             }
         }
         // 4. Mark the failed slot.
-        if !marked
-            && self.st.mark(
-                failed,
-                hit.class,
-                hit.reset_at,
-                &reason_text,
-                now,
-                quota_cd,
-                throttle_cd,
-            )
-        {
-            self.dirty = true;
-            self.log_mark(failed, hit);
+        if !marked && self.mark(failed, hit, &reason_text) {
             marked = true;
         }
         // 5–6. Pick and install the next slot.
@@ -2413,6 +2382,27 @@ impl Tx<'_> {
         hit.class == Class::Auth
             && self.kind(failed) == Some(Kind::OAuth)
             && self.st.current_index != failed
+    }
+
+    /// Marks slot `n` for `hit` (cooldown or needs_login) and logs it; false when that changed
+    /// nothing (already marked at least as strongly).
+    fn mark(&mut self, n: usize, hit: &Hit, reason: &str) -> bool {
+        let cfg = &self.vault.config;
+        let (quota_cd, throttle_cd) = (cfg.quota_cooldown, cfg.throttle_cooldown);
+        let changed = self.st.mark(
+            n,
+            hit.class,
+            hit.reset_at,
+            reason,
+            self.now,
+            quota_cd,
+            throttle_cd,
+        );
+        if changed {
+            self.dirty = true;
+            self.log_mark(n, hit);
+        }
+        changed
     }
 
     fn log_mark(&mut self, n: usize, hit: &Hit) {
