@@ -17,12 +17,10 @@ use qwen_rotation::vault::Vault;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 
-/// Every fixture token starts with this, so one scan finds any leak.
-pub const SECRET_MARK: &str = "SeCrEt";
+#[path = "secrets.rs"]
+pub mod secrets;
 
-pub fn token(name: &str) -> String {
-    format!("{SECRET_MARK}-{name}")
-}
+pub use secrets::{SECRET_MARK, secret as token};
 
 /// OAuth credentials in qwen's shape; both tokens are fixture secrets.
 pub fn creds(name: &str) -> String {
@@ -179,8 +177,7 @@ impl Home {
     /// Every file we wrote, scanned for fixture tokens (slot files and the live file and
     /// backups excepted: they are where tokens belong).
     pub fn assert_no_secrets_in_our_files(&self) {
-        assert_clean("state.yaml", &self.state_text());
-        assert_clean("rotation.log", &self.log_text());
+        secrets::assert_home_clean(&self.paths.home);
     }
 
     /// Runs the shim with this home as QWEN_HOME (and HOME), in a clean environment.
@@ -302,14 +299,7 @@ pub fn mode(path: &Path) -> u32 {
 
 /// Panics (without echoing the secret) when `text` holds a fixture token.
 pub fn assert_clean(what: &str, text: &str) {
-    if let Some(at) = text.find(SECRET_MARK) {
-        let start = text[..at]
-            .char_indices()
-            .rev()
-            .nth(40)
-            .map_or(0, |(i, _)| i);
-        panic!("{what} leaks a secret near: {:?}", &text[start..at]);
-    }
+    secrets::assert_clean(what, text.as_bytes());
 }
 
 pub fn stdout(out: &Output) -> String {
