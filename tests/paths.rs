@@ -72,6 +72,15 @@ fn chown_tree(p: &Path, uid: u32) {
     assert!(st.success());
 }
 
+/// A file outside the qwen home (0644, to see a chmod through a link), what a link points at.
+fn outside(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
+    fs::create_dir_all(sb.path("elsewhere")).unwrap();
+    let path = sb.path("elsewhere").join(name);
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
 // ---------------------------------------------------------------------------------------------
 // Symlinks
 // ---------------------------------------------------------------------------------------------
@@ -82,10 +91,7 @@ fn a_symlinked_slot_is_invalid_skipped_and_its_target_never_written() {
     sb.add_oauth_slot(1, "tok_one");
     sb.add_oauth_slot(3, "tok_three");
     // Slot 2 is a link to a file outside the home (a wider mode, to see a chmod through it).
-    fs::create_dir_all(sb.path("elsewhere")).unwrap();
-    let target = sb.path("elsewhere/creds.json");
-    fs::write(&target, creds("tok_two")).unwrap();
-    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    let target = outside(&sb, "creds.json", &creds("tok_two"));
     std::os::unix::fs::symlink(&target, slot(&sb, 2)).unwrap();
     let before = fingerprint(&target);
 
@@ -147,10 +153,7 @@ fn a_symlinked_live_file_becomes_a_regular_file_and_its_target_is_never_written(
     sb.add_oauth_slot(1, "tok_one");
     sb.add_oauth_slot(2, "tok_two");
     // The live file links to a copy of slot 1 outside the home (an old tool's layout).
-    fs::create_dir_all(sb.path("elsewhere")).unwrap();
-    let target = sb.path("elsewhere/live.json");
-    fs::write(&target, creds("tok_one")).unwrap();
-    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    let target = outside(&sb, "live.json", &creds("tok_one"));
     let live = sb.qwen_home().join("oauth_creds.json");
     std::os::unix::fs::symlink(&target, &live).unwrap();
     let before = fingerprint(&target);
@@ -178,9 +181,7 @@ fn a_symlinked_rotation_log_is_never_appended_through() {
     let sb = Sandbox::new(FAKE);
     sb.add_oauth_slot(1, "tok_one");
     sb.add_oauth_slot(2, "tok_two");
-    fs::create_dir_all(sb.path("elsewhere")).unwrap();
-    let target = sb.path("elsewhere/precious.txt");
-    fs::write(&target, "not a log\n").unwrap();
+    let target = outside(&sb, "precious.txt", "not a log\n");
     std::os::unix::fs::symlink(&target, sb.qwen_home().join("rotation.log")).unwrap();
     let before = fingerprint(&target);
 
@@ -274,10 +275,7 @@ fn links_planted_in_a_foreign_home_never_reach_a_file_elsewhere() {
     sb.add_oauth_slot(2, "tok_two");
     chown_tree(&sb.qwen_home(), 65534);
     // root's files outside the home, and the home's owner's links to them.
-    fs::create_dir_all(sb.path("elsewhere")).unwrap();
-    let victim = sb.path("elsewhere/victim");
-    fs::write(&victim, "root's file\n").unwrap();
-    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let victim = outside(&sb, "victim", "root's file\n");
     let missing = sb.path("elsewhere/not-there");
     let home = sb.qwen_home();
     std::os::unix::fs::symlink(&missing, home.join("rotation.lock")).unwrap();
