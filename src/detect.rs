@@ -235,7 +235,7 @@ const USER_REGEX_SIZE: usize = 1 << 20;
 /// Bound on the combined regex.
 const COMBINED_REGEX_SIZE: usize = 32 << 20;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     class: Class,
     /// What a [`Hit`] reports: the default's name, or a user pattern's source text.
@@ -273,6 +273,9 @@ pub struct Patterns {
     /// prints nothing never pays for it.
     any: OnceLock<Option<Regex>>,
     combined: String,
+    /// "Now", for a reset time without a year: `Utc::now` but in tests, which pin the date the
+    /// recorded transcripts were seen on.
+    clock: fn() -> DateTime<Utc>,
 }
 
 impl Patterns {
@@ -286,6 +289,7 @@ impl Patterns {
                 entries: Vec::new(),
                 any: OnceLock::new(),
                 combined: String::new(),
+                clock: Utc::now,
             }))
         }))
     }
@@ -332,7 +336,22 @@ impl Patterns {
 
     /// Classifies one complete message (already normalised or not).
     pub fn classify(&self, text: &str) -> Option<Hit> {
-        self.classify_at(text, Utc::now())
+        self.classify_at(text, self.now())
+    }
+
+    /// The same patterns reading "now" from `clock`.
+    pub fn with_clock(&self, clock: fn() -> DateTime<Utc>) -> Arc<Patterns> {
+        Arc::new(Patterns {
+            entries: self.entries.clone(),
+            any: self.any.clone(),
+            combined: self.combined.clone(),
+            clock,
+        })
+    }
+
+    /// The current time as these patterns see it.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
     }
 
     /// [`Patterns::classify`] with the clock given (a reset time without a year needs "now").
@@ -375,6 +394,7 @@ impl Patterns {
             entries,
             any: OnceLock::new(),
             combined,
+            clock: Utc::now,
         };
         if any_user {
             let any = patterns
@@ -1163,8 +1183,10 @@ impl Detector {
             Anchor::Plain => self.held.and_then(|(start, _)| {
                 let s = self.rel(start);
                 let e = (s + MAX_MESSAGE).min(self.window.len());
-                self.patterns
-                    .judge(&self.window[self.message_start(start)..e], Utc::now())
+                self.patterns.judge(
+                    &self.window[self.message_start(start)..e],
+                    self.patterns.now(),
+                )
             }),
             Anchor::Screen if self.block_open => {
                 let live = contains(&self.block, COUNTDOWN);
@@ -1268,9 +1290,10 @@ impl Detector {
         let (start, _) = self.held.take()?;
         let s = self.rel(start);
         let stop = stop.clamp(s, (s + MAX_MESSAGE).min(self.window.len()));
-        let hit = self
-            .patterns
-            .judge(&self.window[self.message_start(start)..stop], Utc::now())?;
+        let hit = self.patterns.judge(
+            &self.window[self.message_start(start)..stop],
+            self.patterns.now(),
+        )?;
         self.decided = Some(hit.clone());
         self.tentative = None;
         Some(hit)
@@ -1367,7 +1390,7 @@ impl Detector {
     }
 
     fn judge_block(&self) -> Option<(Hit, u64)> {
-        let hit = self.patterns.judge(&self.block, Utc::now())?;
+        let hit = self.patterns.judge(&self.block, self.patterns.now())?;
         Some((hit, fingerprint(&self.block)))
     }
 
@@ -1421,11 +1444,20 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// A message this late after its reset time still means "reset at that time", not "next year".
 const RESET_GRACE: TimeDelta = TimeDelta::days(1);
 
+/// How far ahead a reset without a year may lie. Providers word daily, weekly and monthly
+/// quotas this way; a `MM-DD` further ahead than a month is a message read long after its date
+/// (or a garbled one), not a quota that lasts most of a year.
+const YEARLESS_HORIZON: TimeDelta = TimeDelta::days(31);
+
 /// The reset time a message announces: Coding Plan's `will reset at 11-30 09:25:00 UTC` (no
 /// year: the first such instant not more than a day before `now` — this year, or next year
 /// across New Year; a message read up to a day late still gives the past instant rather than
 /// one a year away) and ISO-8601 forms (`resets at 2026-11-30T09:25:00Z`, `reset time:
 /// 2026-11-30 17:25:00+08:00`). A time without a zone is UTC.
+///
+/// A year-less instant more than [`YEARLESS_HORIZON`] ahead gives `None`: the message names no
+/// usable reset, so the account gets the configured `quota_cooldown`, as for a message without
+/// one (benching it for eleven months, or silently for the 31-day cap, would be a guess).
 pub fn parse_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     static RE: OnceLock<Option<regex::Regex>> = OnceLock::new();
     let re = RE
@@ -1468,10 +1500,10 @@ fn reset_from(c: &regex::Captures<'_>, now: DateTime<Utc>) -> Option<DateTime<Ut
         return at(y, num("mo")?, num("d")?);
     }
     let (mo, d) = (num("mo2")?, num("d2")?);
-    // Up to four years ahead so 02-29 finds its leap year.
-    (now.year() - 1..=now.year() + 4)
+    (now.year() - 1..=now.year() + 1)
         .filter_map(|y| at(y, mo, d))
         .find(|t| *t >= now - RESET_GRACE)
+        .filter(|t| *t <= now + YEARLESS_HORIZON)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1491,7 +1523,7 @@ pub fn classify_http(status: u16, body: &str, patterns: &Patterns) -> Option<Hit
         reset_at: if class == Class::Auth {
             None
         } else {
-            parse_reset(body, Utc::now())
+            parse_reset(body, patterns.now())
         },
     };
     match status {
@@ -1616,8 +1648,10 @@ mod tests {
         };
     }
 
+    /// The default patterns on the day the recorded transcripts were seen (their year-less
+    /// `11-30 09:25:00` reset is five days ahead), so no test depends on today's date.
     fn pats() -> Arc<Patterns> {
-        Patterns::defaults()
+        Patterns::defaults().with_clock(|| utc(2026, 11, 25, 12, 0, 0))
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
@@ -2887,15 +2921,32 @@ mod tests {
             Some(utc(2026, 12, 31, 23, 59, 0)),
             "printed before New Year, read after"
         );
-        // More than a day old: next year.
+        // Up to a month ahead is a reset; 02-29 in a leap year.
         assert_eq!(
-            parse_reset(text, utc(2027, 1, 3, 0, 0, 0)),
-            Some(utc(2028, 1, 1, 9, 25, 0))
+            parse_reset(text, utc(2026, 12, 2, 0, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
         );
-        // 02-29 waits for a leap year.
+        assert_eq!(
+            parse_reset("will reset at 02-29 00:00:00 UTC", utc(2028, 2, 1, 0, 0, 0)),
+            Some(utc(2028, 2, 29, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn reset_times_without_a_year_further_than_a_month_are_no_reset() {
+        let text = "will reset at 01-01 09:25:00 UTC";
+        // More than a day old: the next 01-01 is a year away, so the message names no reset.
+        assert_eq!(parse_reset(text, utc(2027, 1, 3, 0, 0, 0)), None);
+        assert_eq!(parse_reset(text, utc(2026, 11, 30, 9, 0, 0)), None);
+        // 02-29 outside a leap year's February: no such day within a month.
         assert_eq!(
             parse_reset("will reset at 02-29 00:00:00 UTC", utc(2026, 3, 1, 0, 0, 0)),
-            Some(utc(2028, 2, 29, 0, 0, 0))
+            None
+        );
+        // A year given explicitly is taken as written (the cooldown cap applies later).
+        assert_eq!(
+            parse_reset("resets at 2027-06-01T00:00:00Z", utc(2026, 12, 6, 0, 0, 0)),
+            Some(utc(2027, 6, 1, 0, 0, 0))
         );
     }
 

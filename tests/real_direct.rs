@@ -139,10 +139,8 @@ fn v024_coding_plan_quota_fails_fast() {
     assert_eq!(out.code(), 1, "{}", out.dump());
     assert_eq!(out.stdout(), "");
     assert!(
-        out.stderr().starts_with(
-            "Quota exhausted: Your token-plan 1-week quota has been exhausted. \
-             The quota will reset at 11-30 09:25:00 UTC."
-        ),
+        out.stderr()
+            .starts_with(&format!("Quota exhausted: {}", mock::coding_plan_message())),
         "{}",
         out.dump()
     );

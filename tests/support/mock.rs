@@ -25,11 +25,12 @@
 //! reads a bearer token, so recorded tokens and answers name the account, not its secret.
 #![allow(dead_code)]
 
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,8 +80,34 @@ impl Behaviour {
 }
 
 pub const QUOTA_MESSAGE: &str = "Free allocated quota exceeded.";
-pub const CODING_PLAN_MESSAGE: &str =
-    "Your token-plan 1-week quota has been exhausted. The quota will reset at 11-30 09:25:00 UTC.";
+/// The reset the Coding Plan answer announces: 09:25:00 UTC three days after the mock first
+/// answers, so the year-less `MM-DD` form always names a near future instant, whatever today's
+/// date (a fixed `11-30` made the suite pass only in November).
+pub fn coding_plan_reset() -> DateTime<Utc> {
+    static RESET: LazyLock<DateTime<Utc>> = LazyLock::new(|| {
+        let day = Utc::now().date_naive() + chrono::Days::new(3);
+        day.and_hms_opt(9, 25, 0).expect("a valid time").and_utc()
+    });
+    *RESET
+}
+
+/// The reset as Coding Plan words it (`11-30 09:25:00`).
+pub fn coding_plan_reset_words() -> String {
+    coding_plan_reset().format("%m-%d %H:%M:%S").to_string()
+}
+
+/// The reset as the shim records it (`2026-11-30T09:25:00Z`).
+pub fn coding_plan_reset_stamp() -> String {
+    coding_plan_reset().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Coding Plan's quota message, as the provider words it.
+pub fn coding_plan_message() -> String {
+    format!(
+        "Your token-plan 1-week quota has been exhausted. The quota will reset at {} UTC.",
+        coding_plan_reset_words()
+    )
+}
 pub const THROTTLE_MESSAGE: &str = "Requests rate limit exceeded, please try again later.";
 
 /// The answer text for a successful request with this token.
@@ -512,7 +539,7 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
             429,
             retry_headers,
             &error(
-                CODING_PLAN_MESSAGE,
+                &coding_plan_message(),
                 "insufficient_quota",
                 "insufficient_quota",
             ),
