@@ -834,7 +834,7 @@ exit 7"#,
     let seconds = start.elapsed().as_secs_f64();
     let hwm = vm_hwm_kib(child.id());
     fs::write(sb.path("go"), "").unwrap();
-    let status = child.wait().unwrap();
+    let status = sandbox::child::wait_within(child, Duration::from_secs(60), "the shim");
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(status.code(), Some(7), "{args:?}");
     assert_eq!(

@@ -669,7 +669,7 @@ fn a_caller_that_reads_late_still_gets_every_byte() {
     std::thread::sleep(late);
     let mut stdout = Vec::new();
     std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    let status = child.wait().unwrap();
+    let status = sandbox::child::wait_within(&mut child, RUN_LIMIT, "the shim");
     let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     println!(
         "late reader: read {} of {BYTES} bytes {late:?} after qwen exited; status {status:?}",

@@ -13,6 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use sandbox::child::{collect_within, wait_within};
 use sandbox::{Sandbox, await_file, kill, output_within, read_until};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -130,7 +131,7 @@ fn binary_stdin_reaches_the_child_with_eof() {
         let mut stdin = child.stdin.take().unwrap();
         let feed = data.clone();
         let writer = std::thread::spawn(move || stdin.write_all(&feed));
-        let out = child.wait_with_output().unwrap();
+        let out = collect_within(child, 60 * SECOND, "the shim");
         writer.join().unwrap().unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, b"done\n", "cat saw EOF and finished");
@@ -189,7 +190,7 @@ fn sigterm_and_sighup_sent_to_the_shim_reach_qwen() {
             let mut child = sb.spawn(&["x"]);
             await_file(&sb.path("ready"), 10 * SECOND);
             kill(sig, child.id());
-            let status = child.wait().unwrap();
+            let status = wait_within(&mut child, 30 * SECOND, "the shim");
             assert_eq!(
                 status.code(),
                 Some(7),
@@ -212,7 +213,10 @@ fn sigint_sent_to_the_shim_reaches_qwen_once() {
     kill("INT", child.id());
     await_file(&sb.path("signals"), 10 * SECOND);
     kill("TERM", child.id());
-    assert_eq!(child.wait().unwrap().code(), Some(7));
+    assert_eq!(
+        wait_within(&mut child, 30 * SECOND, "the shim").code(),
+        Some(7)
+    );
     assert_eq!(sb.read("signals"), "INT\nTERM\n");
 }
 
@@ -221,7 +225,7 @@ fn the_fast_path_replaces_the_shim_process() {
     let sb = Sandbox::new(r#"echo $$ > "$SANDBOX/pid""#);
     let child = sb.cmd(["x"]).spawn().unwrap();
     let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let out = collect_within(child, 60 * SECOND, "the shim");
     assert!(out.status.success());
     assert_eq!(
         sb.read("pid").trim(),
@@ -233,7 +237,7 @@ fn the_fast_path_replaces_the_shim_process() {
     sb.add_oauth_slot(1, "tok_one");
     let child = sb.cmd(["x"]).env("QWEN_ROTATION", "off").spawn().unwrap();
     let pid = child.id();
-    child.wait_with_output().unwrap();
+    collect_within(child, 60 * SECOND, "the shim");
     assert_eq!(sb.read("pid").trim(), pid.to_string());
 }
 
@@ -248,7 +252,7 @@ fn a_partial_line_shows_at_once_on_the_relay_path() {
     read_until(stdout, "partial-out", 10 * SECOND);
     read_until(stderr, "partial-err", 10 * SECOND);
     fs::write(sb.path("go"), "").unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(wait_within(&mut child, 30 * SECOND, "the shim").success());
 }
 
 #[test]
@@ -282,7 +286,7 @@ fn a_gigabyte_of_output_keeps_memory_flat() {
             peak_kib = peak_kib.max(rss_kib(pid));
         }
     }
-    assert!(child.wait().unwrap().success());
+    assert!(wait_within(&mut child, 30 * SECOND, "the shim").success());
     assert_eq!(total, 1 << 30);
     assert_eq!(err_reader.join().unwrap(), 1 << 28);
     println!("relay of 1 GiB stdout + 256 MiB stderr: shim peak RSS {peak_kib} KiB");
@@ -335,7 +339,7 @@ fn a_closed_stdout_reaches_qwen_as_it_would_without_the_shim() {
         let mut first = [0u8; 2];
         out.read_exact(&mut first).unwrap();
         drop(out);
-        let status = child.wait().unwrap();
+        let status = wait_within(&mut child, 30 * SECOND, "the shim");
         assert_eq!(
             status.signal(),
             Some(13),
@@ -355,7 +359,7 @@ wait"#;
         let pid = await_file(&sb.path("grandchild"), 10 * SECOND);
         let grandchild: u32 = pid.trim().parse().unwrap();
         kill("TERM", child.id());
-        let status = child.wait().unwrap();
+        let status = wait_within(&mut child, 30 * SECOND, "the shim");
         assert_eq!(status.signal(), Some(15), "{status:?}");
         if sb.qwen_home().join("accounts").exists() {
             // Relay path: the whole tree got the signal.
@@ -390,4 +394,39 @@ fn wait_gone(pid: u32) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A suite started under `nohup`, or from a shell that ignores SIGINT, hands those ignored
+/// dispositions to every process it starts (they survive execve). The signal tests above run
+/// again in such a test process, and must still pass and must not hang.
+#[test]
+fn signal_tests_pass_when_the_suite_itself_ignores_hup_and_int() {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "--test-threads=1",
+        "sigterm_and_sighup_sent_to_the_shim_reach_qwen",
+        "sigint_sent_to_the_shim_reaches_qwen_once",
+        "child_killed_by_a_signal_kills_the_shim_with_the_same_signal",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            use nix::sys::signal::{SigHandler, Signal, signal};
+            for s in [Signal::SIGHUP, Signal::SIGINT] {
+                let _ = signal(s, SigHandler::SigIgn);
+            }
+            Ok(())
+        });
+    }
+    let out = collect_within(c.spawn().unwrap(), 120 * SECOND, "the inner test run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("3 passed"),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -567,7 +567,7 @@ fn every_file_0600_every_dir_0700(mask: u32) {
                     .unwrap()
                     .write_all(input.as_bytes())
                     .unwrap();
-                child.wait_with_output().unwrap()
+                sandbox::child::collect_within(child, Duration::from_secs(60), "the shim")
             }
         };
         println!(

@@ -56,7 +56,7 @@ fn add_api_key(sb: &Sandbox, label: &str) {
         .unwrap()
         .write_all(secret(label).as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sandbox::child::collect_within(child, Duration::from_secs(60), "the shim");
     assert_clean("--rotation-add --api-key stdout", &out.stdout);
     assert_clean("--rotation-add --api-key stderr", &out.stderr);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -3,6 +3,10 @@
 //! Use with `#[path = "support/pty.rs"] mod pty;` (benches: `"../tests/support/pty.rs"`).
 #![allow(dead_code)]
 
+#[path = "child.rs"]
+#[allow(clippy::duplicate_mod)] // each support module may be loaded beside the others
+mod child;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +43,8 @@ pub fn spawn_on_pty(
     cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
         .stderr(Stdio::from(pty.slave));
+    // A terminal emulator starts its shell with default dispositions, whatever ours are.
+    child::default_signals(&mut cmd);
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -12,6 +12,9 @@
 //! the files the shim writes beside the credentials are scanned for it.
 #![allow(dead_code)]
 
+#[path = "child.rs"]
+#[allow(clippy::duplicate_mod)] // each support module may be loaded beside the others
+pub mod child;
 #[path = "secrets.rs"]
 pub mod secrets;
 
@@ -411,6 +414,7 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        child::default_signals(&mut cmd);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

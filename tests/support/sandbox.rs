@@ -5,6 +5,9 @@
 //! fixture secrets (support/secrets.rs).
 #![allow(dead_code)]
 
+#[path = "child.rs"]
+#[allow(clippy::duplicate_mod)] // each support module may be loaded beside the others
+pub mod child;
 #[path = "secrets.rs"]
 pub mod secrets;
 
@@ -125,6 +128,7 @@ impl Sandbox {
             .env("SANDBOX", self.dir.path())
             .current_dir(self.path("work"))
             .stdin(Stdio::null());
+        child::default_signals(&mut c);
         c
     }
 
@@ -176,26 +180,10 @@ pub fn creds(token: &str) -> String {
 /// Spawns `cmd` with piped output and waits, failing the test after `limit`.
 pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn shim");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => {
-            let out = out.expect("wait");
-            secrets::assert_clean("the shim's stdout", &out.stdout);
-            secrets::assert_clean("the shim's stderr", &out.stderr);
-            out
-        }
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("the shim did not finish within {limit:?}");
-        }
-    }
+    let out = child::collect_within(cmd.spawn().expect("spawn shim"), limit, "the shim");
+    secrets::assert_clean("the shim's stdout", &out.stdout);
+    secrets::assert_clean("the shim's stderr", &out.stderr);
+    out
 }
 
 /// Reads from `r` until `needle` has been seen, or fails after `limit`. Returns what was read.

@@ -17,6 +17,9 @@ use qwen_rotation::vault::Vault;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 
+#[path = "child.rs"]
+#[allow(clippy::duplicate_mod)] // each support module may be loaded beside the others
+pub mod child;
 #[path = "secrets.rs"]
 pub mod secrets;
 
@@ -190,6 +193,7 @@ impl Home {
             .env("QWEN_HOME", &self.paths.home)
             .env("NO_COLOR", "1")
             .current_dir(self.dir.path());
+        child::default_signals(&mut c);
         c
     }
 
@@ -315,22 +319,7 @@ pub fn stderr(out: &Output) -> String {
 pub fn run_within(mut cmd: Command, limit: Duration) -> Output {
     use std::process::Stdio;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("output"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("timed out after {limit:?}");
-        }
-    }
+    child::collect_within(cmd.spawn().expect("spawn"), limit, "the shim")
 }
 
 /// Like `Home::cmd(..).output()` but feeding `input` on stdin.
@@ -342,21 +331,9 @@ pub fn run_with_stdin(mut cmd: Command, input: &[u8], limit: Duration) -> Output
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input);
+        // From a thread: a shim that never reads must not block the test before its deadline.
+        let input = input.to_vec();
+        std::thread::spawn(move || stdin.write_all(&input));
     }
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("output"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("timed out after {limit:?}");
-        }
-    }
+    child::collect_within(child, limit, "the shim")
 }
