@@ -253,10 +253,10 @@ fn choose_state(home: &Path) -> StateHome {
     }
     match memory_dir() {
         Ok(dir) => {
-            eprintln!(
-                "qwen-rotation: note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
+            crate::error::say(format_args!(
+                "note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
                 why_not.join(", ")
-            );
+            ));
             StateHome::Memory(dir)
         }
         // Not even a temporary directory: the run falls back to qwen without rotation.

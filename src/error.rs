@@ -166,6 +166,22 @@ impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Writes one message of ours to stderr, prefixed `qwen-rotation: ` so the user knows who spoke.
+///
+/// Every line the shim writes to stderr goes through here (or [`say_raw`]). The write may fail
+/// and is then dropped: a caller whose stderr is a closed pipe gets EPIPE (Rust ignores SIGPIPE,
+/// so write(2) returns the error instead of killing us), and `eprintln!` would panic on it, in
+/// the middle of a rotation, before the retry that would have answered the caller.
+pub fn say(line: impl fmt::Display) {
+    say_raw(format_args!("qwen-rotation: {line}"));
+}
+
+/// [`say`] without the prefix: a continuation or a blank line of a longer message.
+pub fn say_raw(line: impl fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
 /// `text` with its control characters (line breaks, escapes, NUL) written as escapes, so a
 /// message that quotes what a user typed or wrote stays on one line and cannot drive the
 /// terminal.

@@ -22,13 +22,13 @@ fn main() {
             }
             let code = qwen_rotation::error::guarded(|| Ok(admin::run(&args, &Paths::from_env())))
                 .unwrap_or_else(|bug| {
-                    eprintln!("qwen-rotation: {bug}");
+                    qwen_rotation::error::say(bug);
                     qwen_rotation::error::exit::FAILURE
                 });
             std::process::exit(code)
         }
         Err(usage) => {
-            eprintln!("qwen-rotation: {usage}");
+            qwen_rotation::error::say(usage);
             std::process::exit(qwen_rotation::error::exit::USAGE)
         }
     }

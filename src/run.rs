@@ -648,7 +648,7 @@ fn launch_label(slot: usize, launch: &Launch) -> Option<String> {
 }
 
 fn notice(line: &str) {
-    eprintln!("qwen-rotation: {line}");
+    crate::error::say(line);
 }
 
 /// Time until `t`, when that is within `max`.
@@ -747,7 +747,7 @@ fn spawn_error(real: &Path, e: io::Error) -> Error {
 
 /// Reports a failure of the shim itself and exits with its code.
 pub fn fail(e: &Error) -> ! {
-    eprintln!("qwen-rotation: {e}");
+    crate::error::say(e);
     std::process::exit(e.exit_code())
 }
 
