@@ -31,14 +31,24 @@ const TAIL: &str = "Z1x2C3v4B5n6M7a8S9d0";
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Tells the test the run is live, then waits for `go`: the run stays up while the test looks.
-/// Before that it reads its parent's (the shim's) environment as any tool could.
+/// Tells the test the run is live, then waits for `go` (at most about a minute): the run stays
+/// up while the test looks. Before that it reads its parent's (the shim's) environment as any
+/// tool could.
 const FAKE: &str = r#"tr '\0' '\n' < /proc/$PPID/environ > "$SANDBOX/parent.environ" 2>/dev/null
 echo $? > "$SANDBOX/parent.rc"
 cat /proc/$PPID/mem > /dev/null 2> "$SANDBOX/parent.mem"
 echo ready > "$SANDBOX/ready"
-while [ ! -e "$SANDBOX/go" ]; do sleep 0.01; done
+i=0; while [ ! -e "$SANDBOX/go" ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done
 echo answered"#;
+
+/// Lets the fake finish when the test ends, a failing one included.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, "");
+    }
+}
 
 fn pool_sandbox(mock: &Mock) -> (Sandbox, Vec<String>, Command) {
     let sb = Sandbox::new(FAKE);
@@ -143,6 +153,7 @@ fn pool_keys_are_in_no_environ_of_the_run_while_it_is_live() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let release = Release(sb.path("go"));
     await_file(&sb.path("ready"), DEADLINE);
     let shim = child.id();
     let read = assert_no_key_in_any_environ(shim, &keys);
@@ -170,7 +181,7 @@ fn pool_keys_are_in_no_environ_of_the_run_while_it_is_live() {
     for k in &keys {
         assert!(!from_child.contains(k.as_str()), "a key read by the child");
     }
-    fs::write(sb.path("go"), "").unwrap();
+    drop(release);
     let out = finish(child, DEADLINE);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "answered\n");
