@@ -101,8 +101,16 @@ impl StdinSource {
                 // /dev/null and other devices: nothing to replay, and reading them is harmless.
                 StdinSource::Inherit
             }
-            // No thread for the copy (EAGAIN): qwen reads the pipe itself, and no retry replays it.
-            Ok(_) => StdinPump::start(limit).map_or(StdinSource::Unreplayable, StdinSource::Pumped),
+            Ok(_) => match StdinPump::start(limit) {
+                Ok(pump) => StdinSource::Pumped(pump),
+                // No thread for the copy (EAGAIN): qwen reads the pipe itself, unreplayable.
+                Err(e) => {
+                    crate::warn(format!(
+                        "cannot start a thread to keep a copy of stdin ({e}); this run will not be retried"
+                    ));
+                    StdinSource::Unreplayable
+                }
+            },
             Err(_) => StdinSource::Inherit,
         }
     }

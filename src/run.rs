@@ -548,7 +548,7 @@ fn headless(
             }
             Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } => {
                 pipes::release(&finished);
-                let why = if !stdin.replayable() {
+                let why = if matches!(stdin, StdinSource::Pumped(_)) && !stdin.replayable() {
                     format!(
                         " (not retried: stdin was larger than stdin_limit, {} bytes, so it cannot be replayed)",
                         config.stdin_limit

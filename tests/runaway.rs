@@ -6,6 +6,7 @@
 mod sandbox;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -98,10 +99,15 @@ fn an_override_naming_the_shim_is_refused_with_127() {
 #[test]
 fn a_shim_that_cannot_start_threads_or_processes_still_runs_qwen() {
     // Builtins only: the fake cannot fork either.
-    let sb = Sandbox::new("echo fake ran\nexit 3");
+    let sb = Sandbox::new("read -r line\necho \"fake ran: $line\"\nexit 3");
     sb.add_oauth_slot(1, "tok_one");
     sb.add_oauth_slot(2, "tok_two");
     let mut cmd = sb.cmd(["-p", "hi"]);
+    // Piped stdin, which the shim would copy on a thread to replay it: qwen must still get it.
+    let (input, mut feed) = std::io::pipe().unwrap();
+    feed.write_all(b"the prompt\n").unwrap();
+    drop(feed);
+    cmd.stdin(input);
     // RLIMIT_NPROC binds every user but root: as root the run becomes nobody first (the limit
     // is set after the uid change, so the exec itself is not refused, execve(2) EAGAIN).
     if nix::unistd::geteuid().is_root() {
@@ -134,11 +140,12 @@ fn a_shim_that_cannot_start_threads_or_processes_still_runs_qwen() {
     println!("under RLIMIT_NPROC=1: {:?}\n{err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(3), "qwen's own status: {out:?}");
-    assert_eq!(text(&out.stdout), "fake ran\n");
+    assert_eq!(text(&out.stdout), "fake ran: the prompt\n");
     assert!(
         err.lines()
             .all(|l| l.starts_with("qwen-rotation: warning: ")),
         "{err}"
     );
     assert!(err.contains("running qwen without rotation"), "{err}");
+    assert!(err.contains("a copy of stdin"), "{err}");
 }
