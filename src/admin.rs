@@ -35,7 +35,7 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
     let parsed = match parse(args) {
         Ok(p) => p,
         Err(usage) => {
-            eprintln!("qwen-rotation: {usage}");
+            crate::error::say(usage);
             return exit::USAGE;
         }
     };
@@ -56,7 +56,7 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
             Ok(Some(pool)) => crate::env_pool::paths_for(paths.clone(), pool),
             Ok(None) => paths.clone(),
             Err(problem) => {
-                eprintln!("qwen-rotation: {problem}");
+                crate::error::say(problem);
                 return exit::USAGE;
             }
         }
@@ -86,7 +86,7 @@ fn fail(e: &Error, paths: &Paths) -> i32 {
         }
         _ => String::new(),
     };
-    eprintln!("qwen-rotation: {e}{hint}");
+    crate::error::say(format_args!("{e}{hint}"));
     match e {
         Error::NoSuchSlot(_) => exit::USAGE,
         other => other.exit_code(),
@@ -675,8 +675,8 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
                     Ok(0)
                 }
                 None => {
-                    eprintln!(
-                        "qwen-rotation: no other account is available (all cooling down, disabled or needing login); qwen --rotation-status shows each"
+                    crate::error::say(
+                        "no other account is available (all cooling down, disabled or needing login); qwen --rotation-status shows each",
                     );
                     Ok(exit::FAILURE)
                 }
@@ -1549,9 +1549,9 @@ fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize, Error> {
         login_settings(&v.paths.settings),
     )
     .map_err(|e| Error::io("write", qwen_home.join("settings.json"), e))?;
-    eprintln!(
-        "qwen-rotation: starting qwen in a temporary home: log in to the account to add, then quit qwen (/quit).\n\
-         Your current login is not touched."
+    crate::error::say(
+        "starting qwen in a temporary home: log in to the account to add, then quit qwen (/quit).\n\
+         Your current login is not touched.",
     );
     let mut cmd = std::process::Command::new(&real.path);
     cmd.env("HOME", tmp.path()).env("QWEN_HOME", &qwen_home);
@@ -1758,7 +1758,7 @@ fn prompt_secret(prompt: &str) -> io::Result<Option<String>> {
             _ => {}
         }
     };
-    eprintln!();
+    crate::error::say_raw("");
     Ok(result)
 }
 
@@ -1766,13 +1766,13 @@ fn prompt_secret(prompt: &str) -> io::Result<Option<String>> {
 
 fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     if !ui.tty_in || !ui.tty_out {
-        eprintln!(
-            "qwen-rotation: --rotation-setup is interactive and needs a terminal; from a script, add accounts one at a time:\n\
+        crate::error::say(format_args!(
+            "--rotation-setup is interactive and needs a terminal; from a script, add accounts one at a time:\n\
              \x20 qwen --rotation-add LABEL                       capture the login in {}\n\
              \x20 printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL --base-url URL --model M\n\
              \x20 (on a terminal: qwen --rotation-add --login LABEL logs in to another account)",
             v.paths.live_creds.display()
-        );
+        ));
         return Ok(exit::USAGE);
     }
     out(&format!(
@@ -1812,13 +1812,13 @@ fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
         let label = match label.map(|l| label_arg(&l)).transpose() {
             Ok(l) => l,
             Err(p) => {
-                eprintln!("qwen-rotation: {p}");
+                crate::error::say(p);
                 continue;
             }
         };
         match add_login(v, label.as_deref(), ui) {
             Ok(_) => added += 1,
-            Err(e) => eprintln!("qwen-rotation: {e}"),
+            Err(e) => crate::error::say(e),
         }
     }
     let o = v.overview()?;

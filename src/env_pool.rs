@@ -253,10 +253,10 @@ fn choose_state(home: &Path) -> StateHome {
     }
     match memory_dir() {
         Ok(dir) => {
-            eprintln!(
-                "qwen-rotation: note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
+            crate::error::say(format_args!(
+                "note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
                 why_not.join(", ")
-            );
+            ));
             StateHome::Memory(dir)
         }
         // Not even a temporary directory: the run falls back to qwen without rotation.
@@ -320,16 +320,90 @@ pub fn paths_for(paths: Paths, pool: Pool) -> Paths {
     paths
 }
 
-/// Removes every key variable from this process's environment, so no child inherits one.
+/// Removes every key variable from this process's environment, so no child inherits one, and
+/// wipes them from the environment block the kernel shows as `/proc/<pid>/environ`.
+///
+/// unsetenv(3) only drops the pointer from `environ`: the `NAME=value` strings stay where
+/// execve(2) put them, between `env_start` and `env_end` of our memory, and proc(5) shows that
+/// range, not `environ`, to anyone allowed to read it (the same user without the non-dumpable
+/// flag; root always). A tool qwen runs (`cat /proc/$PPID/environ` from a shell two levels
+/// down) would read the real keys there for the whole run. So the entries are overwritten with
+/// NUL bytes in place. Copies made by setenv(3) live on the heap, outside that range, and are
+/// left to libc (glibc keeps them in a lookup tree that a wipe would corrupt); `parse` reads
+/// through `std::env`, so none exists for these names before this runs.
 ///
 /// # Safety
 /// Call before any other thread starts (set_var/remove_var race with getenv in other threads).
 pub unsafe fn scrub() {
     let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    for k in key_variables(&vars) {
+    let names = key_variables(&vars);
+    for k in &names {
         // SAFETY: the caller guarantees no other thread reads the environment now.
-        unsafe { std::env::remove_var(&k) };
+        unsafe { std::env::remove_var(k) };
     }
+    if !names.is_empty() {
+        // SAFETY: as above; no other thread exists to hold a pointer into the block.
+        unsafe { wipe_initial_environment(&names) };
+    }
+}
+
+/// Overwrites every entry of the initial environment block named in `names` with NUL bytes.
+///
+/// # Safety
+/// No other thread may read the environment meanwhile, and nothing may hold a pointer to an
+/// entry named in `names` (they were just unset).
+unsafe fn wipe_initial_environment(names: &[OsString]) {
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| environment_block(&stat))
+    else {
+        // No /proc: nobody can read an environment through it either.
+        return;
+    };
+    let base = std::ptr::with_exposed_provenance_mut::<u8>(start);
+    // SAFETY: [env_start, env_end) is the block execve(2) copied onto our initial stack; it stays
+    // mapped and writable for the life of the process, and no reference into it exists (libc
+    // keeps raw pointers, the entries we touch are no longer among them).
+    let block = unsafe { std::slice::from_raw_parts(base, end - start) };
+    for range in entries_named(block, names) {
+        for i in range {
+            // SAFETY: `i` lies inside the block (entries_named returns ranges within it).
+            // Volatile: the kernel reads these bytes, not the program, so the compiler must not
+            // treat the stores as dead.
+            unsafe { std::ptr::write_volatile(base.add(i), 0) };
+        }
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `env_start` and `env_end` (fields 50 and 51 of /proc/self/stat, proc_pid_stat(5)).
+fn environment_block(stat: &str) -> Option<(usize, usize)> {
+    // The command name is in parentheses and may contain spaces or ')': fields follow the last
+    // ')', starting with field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(50 - 3);
+    let start: usize = fields.next()?.parse().ok()?;
+    let end: usize = fields.next()?.parse().ok()?;
+    (start != 0 && end > start).then_some((start, end))
+}
+
+/// The byte ranges of the `NAME=value` entries of `block` (NUL-separated) whose NAME is one of
+/// `names`, NUL excluded. Every entry counts, a repeated name included.
+fn entries_named(block: &[u8], names: &[OsString]) -> Vec<std::ops::Range<usize>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = Vec::new();
+    let mut at = 0;
+    for entry in block.split(|b| *b == 0) {
+        let named = names.iter().any(|n| {
+            let n = n.as_bytes();
+            entry.len() > n.len() && entry.starts_with(n) && entry[n.len()] == b'='
+        });
+        if named {
+            found.push(at..at + entry.len());
+        }
+        at += entry.len() + 1;
+    }
+    found
 }
 
 #[cfg(test)]
@@ -430,6 +504,44 @@ mod tests {
             assert!(!err.contains("secret"), "{err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn entries_of_the_named_variables_are_found_in_the_block() {
+        let block = b"A=1\0QWEN_ROTATION_KEYS=sk-a,sk-b\0QWEN_ROTATION_KEYSX=keep\0QWEN_ROTATION_KEY_2=sk-c\0QWEN_ROTATION_KEYS=again\0\0";
+        let names = [OsString::from(KEYS), OsString::from("QWEN_ROTATION_KEY_2")];
+        let found: Vec<&[u8]> = entries_named(block, &names)
+            .into_iter()
+            .map(|r| &block[r])
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                &b"QWEN_ROTATION_KEYS=sk-a,sk-b"[..],
+                b"QWEN_ROTATION_KEY_2=sk-c",
+                b"QWEN_ROTATION_KEYS=again"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_environment_block_is_read_from_proc_stat() {
+        // Field 3 is the state; field N holds N*10 after it. The name holds ") " itself.
+        let fields: Vec<String> = (3..=52)
+            .map(|n| {
+                if n == 3 {
+                    "S".into()
+                } else {
+                    (n * 10).to_string()
+                }
+            })
+            .collect();
+        let stat = format!("42 (a) b) {}", fields.join(" "));
+        assert_eq!(environment_block(&stat), Some((500, 510)));
+        assert_eq!(environment_block("1 (x) S 0"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (start, end) = environment_block(&own).expect("our own block");
+        assert!(end > start);
     }
 
     #[test]

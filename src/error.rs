@@ -18,7 +18,7 @@ pub mod exit {
     pub const EXHAUSTED: i32 = 75;
     /// The real qwen was found but could not be executed.
     pub const NOT_EXECUTABLE: i32 = 126;
-    /// No real qwen was found.
+    /// No real qwen was found (or `QWEN_ROTATION_REAL` names the shim itself).
     pub const NOT_FOUND: i32 = 127;
 }
 
@@ -31,6 +31,8 @@ pub enum Error {
         searched: Vec<PathBuf>,
         override_path: Option<PathBuf>,
     },
+    /// `QWEN_ROTATION_REAL` names the shim itself (a link or a copy of it), not the real qwen.
+    RealIsShim { path: PathBuf },
     /// The real qwen exists but exec failed.
     RealNotExecutable { path: PathBuf, source: io::Error },
     /// Reading or writing a file of ours failed.
@@ -67,7 +69,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit::USAGE,
-            Error::RealNotFound { .. } => exit::NOT_FOUND,
+            Error::RealNotFound { .. } | Error::RealIsShim { .. } => exit::NOT_FOUND,
             Error::RealNotExecutable { .. } => exit::NOT_EXECUTABLE,
             Error::Exhausted { .. } => exit::EXHAUSTED,
             _ => exit::FAILURE,
@@ -106,6 +108,12 @@ impl fmt::Display for Error {
                     }
                 )
             }
+            Error::RealIsShim { path } => write!(
+                f,
+                "QWEN_ROTATION_REAL={} is this qwen-rotation shim (or a copy of it), not the real qwen; \
+                 point it at the real qwen's own file or unset it",
+                path.display()
+            ),
             Error::RealNotExecutable { path, source } => write!(
                 f,
                 "cannot run the real qwen at {}: {source}; fix its permissions (chmod +x) or set QWEN_ROTATION_REAL",
@@ -165,6 +173,22 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes one message of ours to stderr, prefixed `qwen-rotation: ` so the user knows who spoke.
+///
+/// Every line the shim writes to stderr goes through here (or [`say_raw`]). The write may fail
+/// and is then dropped: a caller whose stderr is a closed pipe gets EPIPE (Rust ignores SIGPIPE,
+/// so write(2) returns the error instead of killing us), and `eprintln!` would panic on it, in
+/// the middle of a rotation, before the retry that would have answered the caller.
+pub fn say(line: impl fmt::Display) {
+    say_raw(format_args!("qwen-rotation: {line}"));
+}
+
+/// [`say`] without the prefix: a continuation or a blank line of a longer message.
+pub fn say_raw(line: impl fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
 
 /// `text` with its control characters (line breaks, escapes, NUL) written as escapes, so a
 /// message that quotes what a user typed or wrote stays on one line and cannot drive the

@@ -32,6 +32,6 @@ pub fn warn(message: impl std::fmt::Display) {
         .map(|mut said| said.insert(line.clone()))
         .unwrap_or(true);
     if first {
-        eprintln!("qwen-rotation: warning: {line}");
+        error::say(format_args!("warning: {line}"));
     }
 }

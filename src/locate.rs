@@ -5,7 +5,8 @@
 //! inode (a hard link), when it sits in the directory we were run from, or when its first bytes
 //! are our own build's (another copy of the shim elsewhere on PATH). A `qwen` started from inside
 //! a qwen run (a tool calling `qwen`) reaches the shim again and walks PATH the same way, so it
-//! lands on the same real qwen: there is no loop to break.
+//! lands on the same real qwen: there is no loop to break. `QWEN_ROTATION_REAL` is checked the
+//! same way (by identity and by content) and refused when it names a shim.
 
 use std::ffi::OsString;
 use std::fs;
@@ -56,6 +57,7 @@ pub fn find(
     me: Option<&Path>,
     argv0: Option<&Path>,
 ) -> Result<Located> {
+    let self_id = me.and_then(Identity::of);
     if let Some(p) = override_path.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if !p.is_file() {
@@ -64,6 +66,12 @@ pub fn find(
                 override_path: Some(p),
             });
         }
+        // The override gets the same identity check as PATH: `QWEN_ROTATION_REAL=$(command -v
+        // qwen)` names the shim, and running it would start the next shim, which reads the same
+        // variable, without end (a chain of thousands of processes until fork fails).
+        if self_id.as_ref().is_some_and(|me| me.same_file(&p)) || is_shim_copy(&p) {
+            return Err(Error::RealIsShim { path: p });
+        }
         return Ok(Located {
             path: p,
             via: Via::Override,
@@ -71,7 +79,6 @@ pub fn find(
             skipped: Vec::new(),
         });
     }
-    let self_id = me.and_then(Identity::of);
     // The directory we were run from, when argv[0] names one (a shim run by absolute path).
     let run_dir = argv0
         .filter(|a| a.components().count() > 1)

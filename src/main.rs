@@ -7,6 +7,9 @@ use qwen_rotation::config::Paths;
 use qwen_rotation::{admin, run};
 
 fn main() {
+    // First, before any secret is read: no other process of the user can read our memory or
+    // environment, and no crash of ours can dump them (signals.rs).
+    qwen_rotation::signals::keep_memory_private();
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     match cli::parse(&argv) {
         Ok(Invocation::Run { args, modifiers }) => run::main(args, modifiers),
@@ -22,13 +25,13 @@ fn main() {
             }
             let code = qwen_rotation::error::guarded(|| Ok(admin::run(&args, &Paths::from_env())))
                 .unwrap_or_else(|bug| {
-                    eprintln!("qwen-rotation: {bug}");
+                    qwen_rotation::error::say(bug);
                     qwen_rotation::error::exit::FAILURE
                 });
             std::process::exit(code)
         }
         Err(usage) => {
-            eprintln!("qwen-rotation: {usage}");
+            qwen_rotation::error::say(usage);
             std::process::exit(qwen_rotation::error::exit::USAGE)
         }
     }

@@ -76,6 +76,8 @@ pub enum StdinSource {
     Seekable { offset: u64 },
     /// A pipe or socket: pumped through a bounded copy.
     Pumped(Arc<StdinPump>),
+    /// A pipe or socket that could not be pumped: inherited, and never replayed.
+    Unreplayable,
 }
 
 impl StdinSource {
@@ -99,7 +101,16 @@ impl StdinSource {
                 // /dev/null and other devices: nothing to replay, and reading them is harmless.
                 StdinSource::Inherit
             }
-            Ok(_) => StdinSource::Pumped(StdinPump::start(limit)),
+            Ok(_) => match StdinPump::start(limit) {
+                Ok(pump) => StdinSource::Pumped(pump),
+                // No thread for the copy (EAGAIN): qwen reads the pipe itself, unreplayable.
+                Err(e) => {
+                    crate::warn(format!(
+                        "cannot start a thread to keep a copy of stdin ({e}); this run will not be retried"
+                    ));
+                    StdinSource::Unreplayable
+                }
+            },
             Err(_) => StdinSource::Inherit,
         }
     }
@@ -108,6 +119,7 @@ impl StdinSource {
     pub fn replayable(&self) -> bool {
         match self {
             StdinSource::Pumped(p) => !p.overflowed(),
+            StdinSource::Unreplayable => false,
             _ => true,
         }
     }
@@ -131,7 +143,7 @@ struct PumpState {
 }
 
 impl StdinPump {
-    fn start(limit: u64) -> Arc<StdinPump> {
+    fn start(limit: u64) -> io::Result<Arc<StdinPump>> {
         let pump = Arc::new(StdinPump {
             state: Mutex::new(PumpState {
                 data: Vec::new(),
@@ -144,8 +156,7 @@ impl StdinPump {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         });
         let p = Arc::clone(&pump);
-        thread::spawn(move || p.fill());
-        pump
+        thread::Builder::new().spawn(move || p.fill()).map(|_| pump)
     }
 
     pub fn overflowed(&self) -> bool {
@@ -290,7 +301,7 @@ pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
         Stdio::piped()
     });
     match a.stdin {
-        StdinSource::Inherit => {
+        StdinSource::Inherit | StdinSource::Unreplayable => {
             cmd.stdin(Stdio::inherit());
         }
         StdinSource::Seekable { offset } => {
@@ -303,41 +314,79 @@ pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
             cmd.stdin(Stdio::piped());
         }
     }
-    let mut child = cmd.spawn()?;
-    let pid = Pid::from_raw(child.id() as i32);
+    // Every thread of the attempt starts before the child: when one cannot (EAGAIN from
+    // clone(2) under RLIMIT_NPROC), nothing has run yet and the caller can still run qwen.
     let (tx, rx) = mpsc::channel::<Event>();
-
-    if let (StdinSource::Pumped(pump), Some(sink)) = (a.stdin, child.stdin.take()) {
-        let pump = Arc::clone(pump);
-        thread::spawn(move || pump.feed(sink));
-    }
-    let mut pending = 1;
-    if let Some(out) = child.stdout.take() {
-        pending += 1;
+    let feed = match a.stdin {
+        StdinSource::Pumped(pump) => {
+            let pump = Arc::clone(pump);
+            Some(Standby::spawn(move |sink| pump.feed(sink))?)
+        }
+        _ => None,
+    };
+    let relay_out = if a.stdout == StdoutMode::Inherit {
+        None
+    } else {
         let (tx, mode, patterns) = (tx.clone(), a.stdout, Arc::clone(&a.patterns));
-        thread::spawn(move || {
+        Some(Standby::spawn(move |out| {
             let r = relay_stdout(out, mode, &patterns);
             let _ = tx.send(Event::StdoutDone(r));
-        });
-    }
-    if let Some(err) = child.stderr.take() {
+        })?)
+    };
+    let relay_err = {
         let (tx, patterns) = (tx.clone(), Arc::clone(&a.patterns));
-        thread::spawn(move || {
+        Standby::spawn(move |err| {
             let r = relay_stderr(err, patterns, &tx);
             let _ = tx.send(Event::StderrDone(r));
-        });
-    }
-    {
+        })?
+    };
+    let waiter = {
         let tx = tx.clone();
-        thread::spawn(move || {
+        Standby::spawn(move |pid| {
             let _ = tx.send(Event::Exited(wait_for(pid)));
-        });
-    }
+        })?
+    };
     drop(tx);
+    let mut child = cmd.spawn()?;
+    let pid = Pid::from_raw(child.id() as i32);
+
+    if let (Some(feed), Some(sink)) = (feed, child.stdin.take()) {
+        feed.start(sink);
+    }
+    let mut pending = 1;
+    if let (Some(relay_out), Some(out)) = (relay_out, child.stdout.take()) {
+        pending += 1;
+        relay_out.start(out);
+    }
+    if let Some(err) = child.stderr.take() {
+        relay_err.start(err);
+    }
+    waiter.start(pid);
     // `child` is not waited through std: `wait_for` reaps it by pid.
     drop(child);
 
     collect(rx, pending, &a)
+}
+
+/// A thread started before the value it works on exists: it waits for [`Standby::start`], then
+/// runs its job on the value; dropped unstarted, it ends without running it. This lets a run
+/// start every thread it needs before it starts anything that cannot be undone.
+struct Standby<T>(Sender<T>);
+
+impl<T: Send + 'static> Standby<T> {
+    fn spawn(job: impl FnOnce(T) + Send + 'static) -> io::Result<Standby<T>> {
+        let (tx, rx) = mpsc::channel::<T>();
+        thread::Builder::new().spawn(move || {
+            if let Ok(value) = rx.recv() {
+                job(value);
+            }
+        })?;
+        Ok(Standby(tx))
+    }
+
+    fn start(self, value: T) {
+        let _ = self.0.send(value);
+    }
 }
 
 fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Result<Finished> {

@@ -213,7 +213,7 @@ fn interactive_session(
             );
             let relay = relay.clone();
             let vault = Vault::open(paths.clone(), config.clone());
-            std::thread::spawn(move || {
+            let swapping = std::thread::Builder::new().spawn(move || {
                 if hot_swap(
                     &vault,
                     relay.as_deref(),
@@ -225,6 +225,11 @@ fn interactive_session(
                     retried.store(true, Ordering::SeqCst);
                 }
             });
+            if let Err(e) = swapping {
+                warn(format!(
+                    "cannot start a thread to switch accounts ({e}); the session continues on the same account"
+                ));
+            }
         };
         let this_controls = match controls.take() {
             Some(c) => c,
@@ -459,6 +464,18 @@ fn headless(
         });
         let finished = match finished {
             Ok(f) => f,
+            // Out of processes or memory before anything ran: qwen itself still can (exec needs
+            // no new process); stdin is untouched unless a copy of it was being pumped.
+            Err(e)
+                if record.attempts == 1
+                    && out_of_resources(&e)
+                    && !matches!(stdin, StdinSource::Pumped(_)) =>
+            {
+                warn(format!(
+                    "cannot start qwen under the shim ({e}); running qwen without rotation"
+                ));
+                exec(real, args, &attempt_env(vault, &launch, None))
+            }
             Err(e) => fail(&spawn_error(real, e)),
         };
         if let Some(earliest) = relay.and_then(Relay::exhausted) {
@@ -531,7 +548,7 @@ fn headless(
             }
             Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to } => {
                 pipes::release(&finished);
-                let why = if !stdin.replayable() {
+                let why = if matches!(stdin, StdinSource::Pumped(_)) && !stdin.replayable() {
                     format!(
                         " (not retried: stdin was larger than stdin_limit, {} bytes, so it cannot be replayed)",
                         config.stdin_limit
@@ -648,7 +665,7 @@ fn launch_label(slot: usize, launch: &Launch) -> Option<String> {
 }
 
 fn notice(line: &str) {
-    eprintln!("qwen-rotation: {line}");
+    crate::error::say(line);
 }
 
 /// Time until `t`, when that is within `max`.
@@ -732,6 +749,14 @@ fn exec(real: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> ! {
     fail(&spawn_error(real, e))
 }
 
+/// EAGAIN (RLIMIT_NPROC, a full pid table) or ENOMEM from fork(2) or pthread_create(3).
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EAGAIN | nix::libc::ENOMEM)
+    )
+}
+
 fn spawn_error(real: &Path, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::NotFound => Error::RealNotFound {
@@ -747,7 +772,7 @@ fn spawn_error(real: &Path, e: io::Error) -> Error {
 
 /// Reports a failure of the shim itself and exits with its code.
 pub fn fail(e: &Error) -> ! {
-    eprintln!("qwen-rotation: {e}");
+    crate::error::say(e);
     std::process::exit(e.exit_code())
 }
 
@@ -762,13 +787,13 @@ fn forward_signals(interrupted: Arc<AtomicBool>) {
     use signal_hook::iterator::SignalsInfo;
     use signal_hook::iterator::exfiltrator::WithOrigin;
     use signal_hook::low_level::siginfo::Cause;
-    let Ok(mut signals) =
-        SignalsInfo::<WithOrigin>::new([SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2])
-    else {
-        warn("cannot watch signals; a kill aimed at the shim will not reach qwen");
-        return;
-    };
-    std::thread::spawn(move || {
+    // The thread starts first and the handlers go in only once it runs: a handler without its
+    // thread would swallow every kill (signal-hook keeps SIG_DFL from acting after unregister).
+    let (hand_over, handed) = std::sync::mpsc::channel::<SignalsInfo<WithOrigin>>();
+    let watching = std::thread::Builder::new().spawn(move || {
+        let Ok(mut signals) = handed.recv() else {
+            return;
+        };
         for origin in signals.forever() {
             if matches!(origin.signal, SIGTERM | SIGHUP | SIGINT | SIGQUIT) {
                 interrupted.store(true, Ordering::SeqCst);
@@ -781,6 +806,17 @@ fn forward_signals(interrupted: Arc<AtomicBool>) {
             }
         }
     });
+    let signals = watching.and_then(|_| {
+        SignalsInfo::<WithOrigin>::new([SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2])
+    });
+    match signals {
+        Ok(signals) => {
+            let _ = hand_over.send(signals);
+        }
+        Err(e) => warn(format!(
+            "cannot watch signals ({e}); a kill aimed at the shim will not reach qwen"
+        )),
+    }
 }
 
 #[cfg(test)]

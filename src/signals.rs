@@ -47,6 +47,10 @@ pub fn exit_with(outcome: Outcome) -> ! {
         Outcome::Exited(code) => std::process::exit(code),
         Outcome::Signaled(sig) => {
             if let Ok(s) = Signal::try_from(sig) {
+                // SIGABRT, SIGSEGV, SIGQUIT… dump core by default, and our memory holds every
+                // key of the pool: the re-raise must end us without a core file (the child is
+                // gone, so its own limit was never lowered).
+                no_core_dump();
                 // SAFETY: resetting a disposition to SIG_DFL installs no Rust code as a handler.
                 unsafe {
                     let _ = signal::signal(s, SigHandler::SigDfl);
@@ -58,6 +62,35 @@ pub fn exit_with(outcome: Outcome) -> ! {
             }
             std::process::exit(128 + sig)
         }
+    }
+}
+
+/// Keeps this process's memory to itself: not dumpable (prctl(2), PR_SET_DUMPABLE 0).
+///
+/// The shim holds real keys (the pool's, a slot's) in its memory for the whole run. Non-dumpable,
+/// its /proc/<pid>/{environ,mem,maps,fd} belong to root and ptrace(2) attach is refused to
+/// processes of the same user without CAP_SYS_PTRACE: a tool qwen runs cannot read them. It
+/// also means no core dump, whatever `core_pattern` says (a pipe handler included). execve(2)
+/// resets the flag, so qwen itself stays dumpable as it would be without the shim.
+pub fn keep_memory_private() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = nix::sys::prctl::set_dumpable(false);
+    }
+}
+
+/// Makes sure this process dumps no core: non-dumpable and RLIMIT_CORE 0 (for a file
+/// `core_pattern`, the limit alone already suffices; the flag covers a pipe handler, which
+/// ignores the limit, core(5)). Call only once no child is left to start: children inherit it.
+fn no_core_dump() {
+    keep_memory_private();
+    let zero = nix::libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit(2) only reads the struct we pass.
+    unsafe {
+        nix::libc::setrlimit(nix::libc::RLIMIT_CORE, &zero);
     }
 }
 

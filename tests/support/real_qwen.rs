@@ -394,6 +394,13 @@ impl Sandbox {
     }
 
     fn spawn(&self, program: &str, args: &[&str], stdin: Option<&[u8]>, direct: bool) -> Output {
+        let cmd = self.command(program, args, stdin.is_some(), direct);
+        run_with_timeout(cmd, stdin.map(<[u8]>::to_vec), self.timeout)
+    }
+
+    /// The command `run` (or `run_direct`) starts, for a test that watches the run while it is
+    /// live: its own process group, piped output, the sandbox's environment.
+    pub fn command(&self, program: &str, args: &[&str], stdin: bool, direct: bool) -> Command {
         let path = self.path_var(direct);
         // Resolve via the child's PATH, as execvp would in the caller's shell.
         let exe = std::env::split_paths(&path)
@@ -406,11 +413,7 @@ impl Sandbox {
             .env_clear()
             .env("PATH", &path)
             .env("HOME", &self.home)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -418,7 +421,7 @@ impl Sandbox {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        run_with_timeout(cmd, stdin.map(<[u8]>::to_vec), self.timeout)
+        cmd
     }
 }
 
