@@ -607,6 +607,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     // Through the File: NamedTempFile's own Write adds its random name to every error.
     tmp.as_file().write_all(bytes).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
+    // A SIGKILL here leaves the temporary behind (the crash tests sweep it up).
+    crate::fault::point("write.temp_synced");
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
 }
