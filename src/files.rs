@@ -95,11 +95,12 @@ fn size_name(bytes: u64) -> String {
 }
 
 /// Why `text` (YAML or JSON) nests too deeply to be handed to a parser, or `None`. A cheap,
-/// conservative pre-scan: flow brackets (`[` `{`) outside quoted strings and comments are
-/// counted per document position, and a block line's indentation (spaces plus `- `/`? `
-/// indicators, each of which opens a level) is measured; a file a parser could nest more than
-/// `max` levels deep always exceeds one of the two. It can only over-count (a bracket inside
-/// a plain scalar), which is harmless for files that nest a handful of levels.
+/// conservative pre-scan: flow brackets (`[` `{`) that open a node (at a line's start or after
+/// `:` `,` `-` `?` or another bracket; outside quoted strings and comments) are counted, and a
+/// block line's indentation (spaces plus `- `/`? `/`: ` indicators, each of which opens a
+/// level) is measured; a file a parser could nest more than `max` levels deep exceeds one of
+/// the two. A bracket inside plain text (`reason: a [b`) opens nothing and is not counted, so
+/// a long state.yaml of such reasons is never taken for a deep one.
 pub fn too_deep(text: &str, max: usize) -> Option<String> {
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
@@ -108,7 +109,9 @@ pub fn too_deep(text: &str, max: usize) -> Option<String> {
         if quote.is_none() && depth == 0 && block_indent(line) > 2 * max {
             return Some(format!("it is indented more than {} columns deep", 2 * max));
         }
-        let mut prev = ' ';
+        // The last character that is not a space: where a node may start.
+        let mut prev = '\n';
+        let mut after_space = true;
         for c in line.chars() {
             match quote {
                 Some(q) => match c {
@@ -119,22 +122,29 @@ pub fn too_deep(text: &str, max: usize) -> Option<String> {
                     c if c == q && !escaped => quote = None,
                     _ => {}
                 },
-                None => match c {
-                    '#' if prev.is_whitespace() => break,
-                    // A quote opens a string only where a scalar starts (`it's` is plain text).
-                    '"' | '\'' if " \t[{,:".contains(prev) => quote = Some(c),
-                    '[' | '{' => {
-                        depth += 1;
-                        if depth > max {
-                            return Some(format!("it nests deeper than {max} levels"));
+                None => {
+                    let node_start = "\n:,-?[{".contains(prev);
+                    match c {
+                        '#' if after_space => break,
+                        // A quote opens a string only where a node starts (`it's`, `a 'b` are
+                        // plain text): text can never hide a bracket from the count.
+                        '"' | '\'' if node_start => quote = Some(c),
+                        '[' | '{' if node_start => {
+                            depth += 1;
+                            if depth > max {
+                                return Some(format!("it nests deeper than {max} levels"));
+                            }
                         }
+                        ']' | '}' => depth = depth.saturating_sub(1),
+                        _ => {}
                     }
-                    ']' | '}' => depth = depth.saturating_sub(1),
-                    _ => {}
-                },
+                }
             }
             escaped = false;
-            prev = c;
+            after_space = c.is_whitespace();
+            if !after_space {
+                prev = c;
+            }
         }
     }
     None
@@ -165,6 +175,11 @@ mod tests {
         assert!(too_deep("a: [1, [2, {b: [3]}]]\n", 3).is_some());
         assert_eq!(too_deep("a: \"[[[[[[\"\nb: '{{{{'\n# [[[[[\n", 2), None);
         assert!(too_deep("a: it's\nb: [[[[\n", 3).is_some());
+        assert!(too_deep("a:[[[[\n", 3).is_some());
+        assert!(too_deep("a: [x 'y, [[[[\n", 3).is_some());
+        assert!(too_deep("- - [\n  [\n   {x: [1]}]]\n", 3).is_some());
+        let reasons = "  last_reason: quota [429 from the provider\n".repeat(200);
+        assert_eq!(too_deep(&reasons, MAX_NESTING), None);
         assert!(too_deep(&"[".repeat(100_000), MAX_NESTING).is_some());
         assert!(too_deep(&format!("{}x: 1\n", " ".repeat(200)), MAX_NESTING).is_some());
         assert!(too_deep(&format!("{}x\n", "- ".repeat(100)), MAX_NESTING).is_some());
