@@ -1665,11 +1665,7 @@ impl Vault {
             Loaded::Missing => (State::default(), true),
             Loaded::Corrupt(problem) => {
                 let copy = self.paths.state.with_extension("yaml.corrupt");
-                // The file itself moves aside (whatever its size; `transact` checked it is a
-                // regular file): a link already at that name is replaced, never written
-                // through, and the copy keeps no wider mode than 0600.
-                let kept = fs::rename(&self.paths.state, &copy).is_ok()
-                    && fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).is_ok();
+                let kept = keep_corrupt(&self.paths.state, &copy);
                 let where_ = if kept {
                     format!("kept a copy as {}", copy.display())
                 } else {
@@ -1688,6 +1684,28 @@ impl Vault {
                 (State::default(), true)
             }
         }
+    }
+}
+
+/// Keeps a corrupt state.yaml as `copy` (0600). A regular file with a single link moves aside
+/// whole, whatever its size (an oversized one could not be read back); its mode is set through
+/// a descriptor opened without following links, and only while it still has one link, so a
+/// chmod never reaches a file elsewhere (run as root in another user's home). A symlink or a
+/// hard link is copied instead, as a fresh 0600 file; a link already at `copy` is replaced,
+/// never written through.
+fn keep_corrupt(state: &Path, copy: &Path) -> bool {
+    let private = |f: File| {
+        f.metadata().is_ok_and(|m| m.nlink() == 1)
+            && f.set_permissions(fs::Permissions::from_mode(0o600)).is_ok()
+    };
+    match fs::symlink_metadata(state) {
+        Ok(m) if m.is_file() && m.nlink() == 1 => {
+            fs::rename(state, copy).is_ok() && files::open_regular(copy, true).is_ok_and(private)
+        }
+        _ => read_bounded(state)
+            .map_err(|e| Error::io("read", state, e))
+            .and_then(|bytes| write_atomic(copy, &bytes))
+            .is_ok(),
     }
 }
 

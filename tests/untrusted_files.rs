@@ -255,6 +255,40 @@ fn a_deeply_nested_state_yaml_is_kept_as_corrupt_and_rebuilt_at_once() {
 }
 
 #[test]
+fn a_corrupt_state_yaml_that_links_elsewhere_is_copied_and_the_other_file_left_alone() {
+    for how in ["symlink", "hard link"] {
+        let sb = pool();
+        let outside = sb.path("outside.yaml");
+        fs::write(&outside, brackets()).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o644)).unwrap();
+        let state = sb.qwen_home().join("state.yaml");
+        match how {
+            "symlink" => std::os::unix::fs::symlink(&outside, &state).unwrap(),
+            _ => fs::hard_link(&outside, &state).unwrap(),
+        }
+        let out = run(&sb, "");
+        assert_qwen_ran(how, &out, 1);
+        assert!(
+            text(&out.stderr).contains("kept a copy"),
+            "{how}: {}",
+            text(&out.stderr)
+        );
+        let copy = sb.qwen_home().join("state.yaml.corrupt");
+        let meta = fs::symlink_metadata(&copy).unwrap();
+        assert!(meta.is_file(), "{how}: the copy is a file of its own");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{how}");
+        assert_eq!(fs::read_to_string(&copy).unwrap(), brackets(), "{how}");
+        let theirs = fs::metadata(&outside).unwrap();
+        assert_eq!(
+            theirs.permissions().mode() & 0o777,
+            0o644,
+            "{how}: not chmodded"
+        );
+        assert_eq!(fs::read_to_string(&outside).unwrap(), brackets(), "{how}");
+    }
+}
+
+#[test]
 fn a_deeply_nested_or_huge_slot_file_is_an_invalid_slot_and_qwen_runs() {
     let sb = pool();
     let accounts = sb.qwen_home().join("accounts");
