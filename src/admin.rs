@@ -2284,11 +2284,12 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
             );
         }
         let mode = meta.mode() & 0o7777;
-        if vault::too_open(mode) && *path == paths.home {
+        if vault::too_open(mode) && mode & 0o022 == 0 && *path == paths.home {
             // qwen itself creates its home 0755. What protects a credential is the file's own
-            // 0600 (checked below, a problem when wider); a listable home only shows names.
-            // So a note with the fix, not a verdict that flips after a plain `qwen --version`.
-            // Adding an account makes the home 0700 (vault::make_private).
+            // 0600 (checked below, a problem when wider); a home others may only list shows
+            // them names. So a note with the fix, not a verdict that flips after a plain
+            // `qwen -p`; adding an account makes the home 0700 (vault::make_private). A home
+            // others may write to is a problem: they could swap the files in it.
             wide += 1;
             push(
                 &mut f,
@@ -2296,8 +2297,9 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                     "permissions",
                     Level::Info,
                     format!(
-                        "{} is {mode:04o} (qwen's default): other users can list its names; the files with credentials are what must be 0600",
-                        path.display()
+                        "{} is {mode:04o}{}: other users can list its names; the files with credentials are what must be 0600",
+                        path.display(),
+                        if mode == 0o755 { " (qwen's default)" } else { "" }
                     ),
                 )
                 .fix(format!("chmod 700 {}", path.display())),
@@ -2435,8 +2437,8 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                 format!("{} is unreadable: {problem}", paths.state.display()),
             );
             // A file we may not read is not corrupt: rebuilding it would lose its counters.
-            let denied = files::open_regular(&paths.state, false)
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            let opened = files::open_regular(&paths.state, false);
+            let denied = opened.is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
             if denied {
                 push(
                     &mut f,
@@ -2444,6 +2446,14 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                         "it is not yours to read: give it to the home's owner (as root: chown {owner} {})",
                         paths.state.display()
                     )),
+                    None,
+                );
+            } else if problem.starts_with("cannot read") {
+                // Not a file at all (a FIFO, a device): the problem names the `mv`; runs
+                // refuse it rather than rebuild over it.
+                push(
+                    &mut f,
+                    finding.fix("move it out of the way; the next run rebuilds it from accounts/"),
                     None,
                 );
             } else {

@@ -120,8 +120,49 @@ fn a_fifo_as_state_yaml_warns_once_and_qwen_runs() {
         "{}",
         text(&status.stdout)
     );
+    let doctor = shim(&sb, &["--rotation-doctor", "--fix"], "");
+    let said = text(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("named pipe (FIFO)") && said.contains("fix: move it out of the way"),
+        "{said}"
+    );
     // Left alone: a FIFO is not corrupt text to rebuild over.
     assert!(fs::symlink_metadata(&state).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn a_home_others_may_list_is_a_note_one_they_may_write_to_a_problem() {
+    let sb = pool();
+    // Installed: the live file exists, so the home's mode is doctor's only finding.
+    assert_qwen_ran("first run", &run(&sb, ""), 1);
+    let home = sb.qwen_home();
+    for (mode, code, tag) in [
+        (0o755, 0, "note"),
+        (0o750, 0, "note"),
+        (0o777, 1, "PROBLEM"),
+    ] {
+        fs::set_permissions(&home, fs::Permissions::from_mode(mode)).unwrap();
+        let doctor = shim(&sb, &["--rotation-doctor"], "");
+        let said = text(&doctor.stdout);
+        let line = said
+            .lines()
+            .find(|l| l.contains(&format!("{} is {mode:04o}", home.display())))
+            .unwrap_or_else(|| panic!("{mode:o}: {said}"));
+        println!("home {mode:04o}: exit {:?}: {line}", doctor.status.code());
+        assert_eq!(doctor.status.code(), Some(code), "{mode:o}: {said}");
+        assert!(line.trim_start().starts_with(tag), "{mode:o}: {line}");
+        assert!(
+            said.contains(&format!("fix: chmod 700 {}", home.display())),
+            "{said}"
+        );
+    }
+    let fixed = shim(&sb, &["--rotation-doctor", "--fix"], "");
+    assert_eq!(fixed.status.code(), Some(0), "{}", text(&fixed.stdout));
+    assert_eq!(
+        fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
