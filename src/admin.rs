@@ -27,7 +27,9 @@ use crate::audit::{self, Event, events};
 use crate::cli;
 use crate::config::{Config, Paths, Strategy, human_duration};
 use crate::error::{Error, exit};
+use crate::files;
 use crate::state::{Account, Loaded, State, Status, rfc3339};
+use crate::text::{acts_on_terminal, printable, redact_url};
 use crate::vault::{self, ApiKeySlot, Kind, LiveFile, Overview, Secret, Vault};
 
 /// Runs one management command; returns the exit code.
@@ -323,7 +325,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
             {
                 return Err(format!(
                     "--base-url must be an http:// or https:// URL, not `{}`; e.g. --base-url https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-                    shown(u)
+                    shown(&redact_url(u))
                 ));
             }
             let env_key = value("--env-key");
@@ -436,7 +438,11 @@ fn shown(text: &str) -> String {
     if looks_like_key(text) {
         return "<hidden: looks like a key>".into();
     }
-    let mut s: String = text.chars().filter(|c| !c.is_control()).take(40).collect();
+    let mut s: String = text
+        .chars()
+        .filter(|c| !acts_on_terminal(*c))
+        .take(40)
+        .collect();
     if text.chars().count() > 40 {
         s.push('…');
     }
@@ -491,7 +497,7 @@ fn label_arg(text: &str) -> Result<String, String> {
     if t.is_empty() || t.chars().count() > 40 {
         return Err("a label has 1 to 40 characters; e.g. work or personal@example.com".into());
     }
-    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if t.chars().any(char::is_whitespace) || printable(t) != t {
         return Err(format!(
             "the label `{}` contains spaces or control characters; use e.g. work-2",
             shown(t)
@@ -567,10 +573,24 @@ fn out(text: &str) {
     let _ = o.flush();
 }
 
+/// `--json` keeps every value exact (a script matches the label it wrote), so labels and
+/// reasons are not rewritten: JSON escaping carries them. serde_json escapes only C0 controls;
+/// DEL, C1 controls and bidi marks are escaped here too (`\u009b`), so the document piped to a
+/// terminal drives nothing either. Outside strings pretty JSON holds only ASCII punctuation,
+/// digits, letters, spaces and newlines, so every such character is inside a string, where
+/// `\uXXXX` means the same character.
 fn print_json(v: &Value) {
-    let mut text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
-    text.push('\n');
-    out(&text);
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+    let mut safe = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if c != '\n' && acts_on_terminal(c) {
+            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            safe.push(c);
+        }
+    }
+    safe.push('\n');
+    out(&safe);
 }
 
 /// "2m ago", "in 4h 12m", "never".
@@ -750,7 +770,7 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
             let (_, n) = resolve(v, spec)?;
             v.set_label(spec, label.as_deref())?;
             match label {
-                Some(l) => out(&format!("Account {n} is labelled {l}.\n")),
+                Some(l) => out(&format!("Account {n} is labelled {}.\n", printable(l))),
                 None => out(&format!("Account {n} has no label now.\n")),
             }
             Ok(0)
@@ -835,7 +855,7 @@ fn version(ui: &Ui) -> Result<i32, Error> {
 fn real_qwen_version(path: &Path) -> Option<String> {
     let real = fs::canonicalize(path).ok()?;
     for dir in real.ancestors().skip(1).take(6) {
-        let Ok(text) = fs::read_to_string(dir.join("package.json")) else {
+        let Ok(text) = files::read_text(&dir.join("package.json"), files::MAX_OWN_FILE) else {
             continue;
         };
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
@@ -885,7 +905,7 @@ fn watch_mode(v: &Vault, n: usize, kind: Option<Kind>) -> (&'static str, Option<
     }
     let slot = match &v.paths.pool {
         Some(pool) => pool.slots.get(&n).map(|s| s.api.clone()),
-        None => std::fs::read(v.paths.api_key_slot(n))
+        None => vault::read_slot(&v.paths.api_key_slot(n))
             .ok()
             .and_then(|b| vault::check_api_key(&b).ok()),
     };
@@ -1006,7 +1026,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             vec![
                 live.to_string(),
                 n.to_string(),
-                a.label.clone().unwrap_or_else(|| "-".into()),
+                a.shown_label().unwrap_or_else(|| "-".into()),
                 a.kind.map_or("?", Kind::human).to_string(),
                 watch_mode(v, *n, a.kind).0.to_string(),
                 effective_status(a, now).to_string(),
@@ -1083,7 +1103,8 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
         }
     }
     for note in notes(o) {
-        text.push_str(&format!("{} {note}\n", ui.paint("!", "33")));
+        // Notes quote reasons and problems from hand-editable files.
+        text.push_str(&format!("{} {}\n", ui.paint("!", "33"), printable(&note)));
     }
     if let Some(line) = pool_line(v) {
         text.push_str(&format!("Note: {line}.\n"));
@@ -1094,10 +1115,15 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
 /// Problems worth a line under the status table.
 fn notes(o: &Overview) -> Vec<String> {
     let mut notes = Vec::new();
-    if let Some(p) = &o.state_problem {
-        notes.push(format!(
+    match &o.state_problem {
+        // Not corrupt text: what is in its place (a FIFO, another user's file) is left alone.
+        Some(p) if p.starts_with("cannot read") => notes.push(format!(
+            "state.yaml is unreadable ({p}); runs go without rotation until it is fixed"
+        )),
+        Some(p) => notes.push(format!(
             "state.yaml is unreadable ({p}); the next run rebuilds it (a copy is kept)"
-        ));
+        )),
+        None => {}
     }
     for (n, a) in &o.state.accounts {
         match a.status_at(o.now) {
@@ -1312,7 +1338,7 @@ fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 let r = runs.get(n);
                 vec![
                     n.to_string(),
-                    a.label.clone().unwrap_or_else(|| "-".into()),
+                    a.shown_label().unwrap_or_else(|| "-".into()),
                     match r {
                         Some(r) if r.failed > 0 => format!("{} ({} failed)", r.total, r.failed),
                         Some(r) => r.total.to_string(),
@@ -1454,15 +1480,17 @@ fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// One event as a line. Every text field comes from rotation.log, which anyone with the
+/// home's permissions can edit: each is shown through `printable`.
 fn log_line(e: &Event, ui: &Ui) -> String {
     let when = e.time().map_or_else(
-        || e.timestamp.clone(),
+        || printable(&e.timestamp),
         |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
     );
     let mut parts = vec![
         when,
         ui.paint(
-            &format!("{:<16}", e.event),
+            &format!("{:<16}", printable(&e.event)),
             if e.level == "WARN" { "33" } else { "1" },
         ),
     ];
@@ -1475,7 +1503,7 @@ fn log_line(e: &Event, ui: &Ui) -> String {
         parts.push(format!("account {s}"));
     }
     if let Some(l) = &e.label {
-        parts.push(format!("[{l}]"));
+        parts.push(format!("[{}]", printable(l)));
     }
     if let (Some(code), Some(attempts)) = (e.code, e.attempts) {
         let took = e
@@ -1488,16 +1516,16 @@ fn log_line(e: &Event, ui: &Ui) -> String {
         ));
     }
     if let Some(r) = &e.reason {
-        parts.push(r.clone());
+        parts.push(printable(r));
     }
     if let (Some(c), Some(p)) = (&e.class, &e.phrase) {
-        parts.push(format!("({c}: {p})"));
+        parts.push(printable(&format!("({c}: {p})")));
     }
     if let Some(u) = &e.until {
-        parts.push(format!("until {u}"));
+        parts.push(format!("until {}", printable(u)));
     }
     if let Some(t) = &e.trigger {
-        parts.push(format!("by {t}"));
+        parts.push(format!("by {}", printable(t)));
     }
     parts.join("  ")
 }
@@ -1574,7 +1602,7 @@ fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize, Error> {
         .wait()
         .map_err(|e| Error::io("wait for", &real.path, e))?;
     let creds = qwen_home.join("oauth_creds.json");
-    let bytes = match fs::read(&creds) {
+    let bytes = match files::read_regular(&creds, files::MAX_OWN_FILE, true) {
         Ok(b) => b,
         Err(_) => {
             return Err(Error::Other(format!(
@@ -1594,7 +1622,7 @@ fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize, Error> {
 /// The settings for the login home: the person's own settings (so proxies and the like keep
 /// working) with the OAuth login selected.
 fn login_settings(user_settings: &Path) -> String {
-    let mut v: Value = fs::read_to_string(user_settings)
+    let mut v: Value = files::read_text(user_settings, files::MAX_OWN_FILE)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .filter(Value::is_object)
@@ -1687,11 +1715,11 @@ fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error> {
         describe(&o.state, n),
         slot.base_url
             .as_ref()
-            .map(|u| format!(" for {u}"))
+            .map(|u| format!(" for {}", redact_url(u)))
             .unwrap_or_default(),
         slot.model
             .as_ref()
-            .map(|m| format!(" (model {m})"))
+            .map(|m| format!(" (model {})", printable(m)))
             .unwrap_or_default(),
         slot.env_key
     );
@@ -1952,13 +1980,14 @@ fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
                 (Level::Info, _) => ("note", "36"),
                 (Level::Problem, _) => ("PROBLEM", "31"),
             };
+            // Findings quote file names, labels and reasons: shown escaped, one line each.
             text.push_str(&format!(
                 "  {}  {}\n",
                 ui.paint(&format!("{tag:<7}"), color),
-                f.message
+                printable(&f.message)
             ));
             if let Some(fix) = f.fix.as_ref().filter(|_| !f.fixed) {
-                text.push_str(&format!("           fix: {fix}\n"));
+                text.push_str(&format!("           fix: {}\n", printable(fix)));
             }
         }
         text.push_str(&match (problems, fixed) {
@@ -2098,9 +2127,9 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
         && let Some(home) = std::env::home_dir()
     {
         let dot = home.join(".qwen");
-        let same = fs::canonicalize(&qh)
-            .ok()
-            .is_some_and(|a| fs::canonicalize(&dot).ok() == Some(a));
+        // Before the first run neither exists: the same path is then the same home.
+        let resolved = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.components().collect());
+        let same = resolved(Path::new(&qh)) == resolved(&dot);
         if !same {
             let old = real_version
                 .as_deref()
@@ -2255,7 +2284,28 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
             );
         }
         let mode = meta.mode() & 0o7777;
-        if vault::too_open(mode) {
+        if vault::too_open(mode) && mode & 0o022 == 0 && *path == paths.home {
+            // qwen itself creates its home 0755. What protects a credential is the file's own
+            // 0600 (checked below, a problem when wider); a home others may only list shows
+            // them names. So a note with the fix, not a verdict that flips after a plain
+            // `qwen -p`; adding an account makes the home 0700 (vault::make_private). A home
+            // others may write to is a problem: they could swap the files in it.
+            wide += 1;
+            push(
+                &mut f,
+                Finding::new(
+                    "permissions",
+                    Level::Info,
+                    format!(
+                        "{} is {mode:04o}{}: other users can list its names; the files with credentials are what must be 0600",
+                        path.display(),
+                        if mode == 0o755 { " (qwen's default)" } else { "" }
+                    ),
+                )
+                .fix(format!("chmod 700 {}", path.display())),
+                Some(Repair::Chmod(path.clone(), 0o700)),
+            );
+        } else if vault::too_open(mode) {
             wide += 1;
             push(
                 &mut f,
@@ -2387,8 +2437,8 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                 format!("{} is unreadable: {problem}", paths.state.display()),
             );
             // A file we may not read is not corrupt: rebuilding it would lose its counters.
-            let denied = fs::File::open(&paths.state)
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            let opened = files::open_regular(&paths.state, false);
+            let denied = opened.is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
             if denied {
                 push(
                     &mut f,
@@ -2396,6 +2446,14 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
                         "it is not yours to read: give it to the home's owner (as root: chown {owner} {})",
                         paths.state.display()
                     )),
+                    None,
+                );
+            } else if problem.starts_with("cannot read") {
+                // Not a file at all (a FIFO, a device): the problem names the `mv`; runs
+                // refuse it rather than rebuild over it.
+                push(
+                    &mut f,
+                    finding.fix("move it out of the way; the next run rebuilds it from accounts/"),
                     None,
                 );
             } else {
@@ -2581,10 +2639,10 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     if let Some(p) = config_problem {
         push(
             &mut f,
-            Finding::new("config", Level::Problem, p.clone()).fix(if p.starts_with("cannot read") {
+            Finding::new("config", Level::Problem, p.clone()).fix(if p.contains("ermission denied") {
                 "give rotation.yaml back to the home's owner (see the permissions lines), or delete it to use the defaults"
             } else {
-                "fix the line named, or delete rotation.yaml to use the defaults"
+                "fix what is named, or move rotation.yaml away to use the defaults"
             }),
             None,
         );
@@ -2636,7 +2694,7 @@ fn lock_holders(path: &Path) -> Vec<String> {
 
 /// API-key slots need qwen to pick OpenAI-compatible auth from the environment.
 fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
-    let Ok(text) = fs::read_to_string(&paths.settings) else {
+    let Ok(text) = files::read_text(&paths.settings, files::MAX_OWN_FILE) else {
         return;
     };
     let Ok(v) = serde_json::from_str::<Value>(&text) else {

@@ -39,6 +39,8 @@ pub mod events {
     pub const STATE_REBUILT: &str = "state_rebuilt";
     pub const INVALID: &str = "invalid";
     pub const BACKUP: &str = "backup";
+    /// Temporaries of a write that was killed midway were removed (under the lock).
+    pub const TEMP_REMOVED: &str = "temp_removed";
     /// One watched run ended: its last slot, exit code, attempts and duration.
     pub const RUN: &str = "run";
 }
@@ -184,16 +186,22 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        // O_NONBLOCK: a FIFO in the log's place (no reader: ENXIO) never blocks the open.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(nix::libc::ELOOP) => io::Error::other(
                 "it is a symbolic link, which the log never writes through; remove it and a new log starts",
             ),
+            Some(nix::libc::ENXIO) => not_a_file(),
             _ => e,
         })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
     // A hard link to a file elsewhere is refused as well.
-    if file.metadata()?.nlink() > 1 {
+    if meta.nlink() > 1 {
         return Err(io::Error::other(
             "it has other hard links, which the log never writes through; remove it and a new log starts",
         ));
@@ -211,6 +219,10 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn not_a_file() -> io::Error {
+    io::Error::other("it is not a regular file; move it out of the way and a new log starts")
 }
 
 /// Above this size `rotation.log` becomes `rotation.log.1` (replacing the previous one), so a
@@ -259,7 +271,7 @@ pub struct Read {
 /// Reads the whole log (missing → empty). Only the last `MAX_READ` bytes are looked at.
 pub fn read(path: &Path) -> io::Result<Read> {
     const MAX_READ: u64 = 64 << 20;
-    let bytes = match std::fs::File::open(path) {
+    let bytes = match crate::files::open_regular(path, false) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::default()),
         Err(e) => return Err(e),
         Ok(f) => {

@@ -165,7 +165,9 @@ impl Config {
     /// Reads `rotation.yaml`. Missing file: defaults, no warning. Broken file: defaults and a
     /// one-line warning that names the file, the line and the fix.
     pub fn load(path: &Path) -> (Config, Option<String>) {
-        match std::fs::read_to_string(path) {
+        // Bounded and non-blocking (see `files`): a FIFO, a 1 GiB file or 100,000 `[` in its
+        // place cost a warning, never a stalled qwen.
+        match crate::files::read_text(path, crate::files::MAX_OWN_FILE) {
             // A home that is not there (or is under a file) has no rotation.yaml either.
             Err(e)
                 if matches!(
@@ -199,6 +201,9 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         if text.trim().is_empty() {
             return Ok(Config::default());
+        }
+        if let Some(problem) = crate::files::too_deep(text, crate::files::MAX_NESTING) {
+            return Err(problem);
         }
         // The message may quote a key the user wrote: keep it on one line.
         yaml_serde::from_str::<Config>(text).map_err(|e| crate::error::printable(&e.to_string()))

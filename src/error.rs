@@ -190,20 +190,7 @@ pub fn say_raw(line: impl fmt::Display) {
     let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
-/// `text` with its control characters (line breaks, escapes, NUL) written as escapes, so a
-/// message that quotes what a user typed or wrote stays on one line and cannot drive the
-/// terminal.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+pub use crate::text::printable;
 
 /// Runs `f`, turning a panic inside it into [`Error::Internal`], so the caller's fail-open path
 /// (one warning, then qwen runs) handles a bug like any other failure. While `f` runs, the panic

@@ -10,6 +10,7 @@ pub mod detect;
 pub mod env_pool;
 pub mod error;
 pub mod fault;
+pub mod files;
 pub mod locate;
 pub mod pipes;
 pub mod pty;
@@ -18,6 +19,7 @@ pub mod run;
 pub mod settings;
 pub mod signals;
 pub mod state;
+pub mod text;
 pub mod vault;
 
 /// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct

@@ -176,12 +176,19 @@ impl Account {
         self.enabled && self.kind.is_some() && self.status_at(now) == Status::Healthy
     }
 
-    /// "account 3" or "account 3 (work)".
+    /// "account 3" or "account 3 (work)", safe to print (see `shown_label`).
     pub fn describe(&self, n: usize) -> String {
-        match &self.label {
+        match self.shown_label() {
             Some(l) => format!("account {n} ({l})"),
             None => format!("account {n}"),
         }
+    }
+
+    /// The label as it may be printed: state.yaml is hand-editable, so a label may hold escape
+    /// sequences (OSC 52 clipboard writes, screen clears) or line breaks that forge a line;
+    /// those are shown escaped, never sent to the terminal.
+    pub fn shown_label(&self) -> Option<String> {
+        self.label.as_deref().map(crate::text::printable)
     }
 }
 
@@ -232,6 +239,9 @@ impl State {
         if text.trim().is_empty() {
             return Ok(State::default());
         }
+        if let Some(problem) = crate::files::too_deep(text, crate::files::MAX_NESTING) {
+            return Err(problem);
+        }
         yaml_serde::from_str::<State>(text).map_err(|e| without_quotes(&e.to_string()))
     }
 
@@ -244,9 +254,12 @@ impl State {
         }
     }
 
+    /// Reads state.yaml without blocking on what is in its place and within the bounds of
+    /// `files` (1 MiB, nesting 64): anything else is `Corrupt`, never a stalled run.
     pub fn load(path: &Path) -> Loaded {
-        match std::fs::read(path) {
+        match crate::files::read_regular(path, crate::files::MAX_OWN_FILE, false) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded::Missing,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Loaded::Corrupt(e.to_string()),
             Err(e) => Loaded::Corrupt(format!("cannot read it: {e}")),
             Ok(bytes) => match std::str::from_utf8(&bytes) {
                 Err(_) => Loaded::Corrupt("it is not UTF-8 text".into()),

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +39,7 @@ use crate::audit::{self, Event, events};
 use crate::config::{Config, Paths, Strategy};
 use crate::detect::{Class, Hit};
 use crate::error::{Error, Result};
+use crate::files;
 use crate::state::{Account, Loaded, State, Status};
 
 /// A credential value. `Debug` and `Display` never show it.
@@ -117,6 +118,7 @@ impl<'de> Deserialize<'de> for Kind {
 pub struct Launch {
     /// 1-based slot number.
     pub slot: usize,
+    /// Safe to print (`Account::shown_label`): it is only ever shown, in notices.
     pub label: Option<String>,
     pub kind: Kind,
     /// API-key slots: the variables to inject into the child (key, base URL, model).
@@ -156,11 +158,18 @@ pub const DEFAULT_ENV_KEY: &str = "OPENAI_API_KEY";
 /// qwen 0.12 treats its `oauth_creds.lock` as stale after 10 s (0.24: 35 s).
 const QWEN_LOCK_STALE: Duration = Duration::from_secs(10);
 /// Credential files are a few hundred bytes; anything past this is not one.
-const MAX_CRED_BYTES: u64 = 1 << 20;
+const MAX_CRED_BYTES: u64 = files::MAX_OWN_FILE;
 /// Backups kept in `accounts/backup/` (oldest pruned first).
 const MAX_BACKUPS: usize = 20;
 /// Prefix of our temp files, so `doctor` can recognise leftovers of a crash.
 pub const TEMP_PREFIX: &str = ".qwen-rotation-";
+
+/// A name `replace_file` gives its temporaries: `TEMP_PREFIX` and tempfile's 6 random
+/// alphanumeric characters, nothing else (so no other file is ever taken for one).
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
 
 /// `oauth_creds_3.json` → (3, OAuth); `api_key_2.json` → (2, ApiKey).
 pub fn parse_slot_name(name: &str) -> Option<(usize, Kind)> {
@@ -385,7 +394,7 @@ fn inspect_slot(paths: &Paths, n: usize, kinds: &[Kind]) -> SlotInfo {
         }
         Err(_) => {}
     }
-    let bytes = match read_bounded(&path) {
+    let bytes = match read_slot(&path) {
         Ok(b) => b,
         Err(e) => {
             info.problem = Some(format!("cannot read it: {}", io_reason(&e)));
@@ -598,6 +607,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     // Through the File: NamedTempFile's own Write adds its random name to every error.
     tmp.as_file().write_all(bytes).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
+    // A SIGKILL here leaves the temporary behind (the crash tests sweep it up).
+    crate::fault::point("write.temp_synced");
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
 }
@@ -659,6 +670,23 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("chmod", dir, e))
 }
 
+/// `ensure_dir`, and an existing `dir` that group or other may enter is made 0700: adding an
+/// account puts credentials in the qwen home, which the real qwen creates 0755. Only a real
+/// directory is changed (never through a symlink), and only one that is ours, or any when we
+/// are root (the shim keeps the home's owner, see `keep_owner`).
+pub fn make_private(dir: &Path) -> Result<()> {
+    ensure_dir(dir)?;
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.is_dir() && too_open(meta.mode()) && (meta.uid() == me || me == 0) {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod", dir, e))?;
+    }
+    Ok(())
+}
+
 /// `dir/<stem>.<UTC time><suffix>`, with `-2`, `-3`… added until no file has that name.
 /// Callers hold `rotation.lock`, so no other process of ours picks the same name meanwhile.
 fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
@@ -672,12 +700,9 @@ fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
     candidate
 }
 
-/// Can `path` be opened and read as a file?
+/// Can `path` be opened and read as a file? (Without blocking: see `files`.)
 fn readable_file(path: &Path) -> io::Result<()> {
-    if File::open(path)?.metadata()?.is_dir() {
-        return Err(io::Error::from(io::ErrorKind::IsADirectory));
-    }
-    Ok(())
+    files::open_regular(path, false).map(drop)
 }
 
 /// Group or other may read, write or enter it.
@@ -685,18 +710,16 @@ pub fn too_open(mode: u32) -> bool {
     mode & 0o077 != 0
 }
 
+/// The live file (or what its symlink points at): a regular file of at most 1 MiB, read
+/// without blocking (see `files`).
 fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    File::open(path)?
-        .take(MAX_CRED_BYTES + 1)
-        .read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_CRED_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "larger than 1 MiB",
-        ));
-    }
-    Ok(buf)
+    files::read_regular(path, MAX_CRED_BYTES, false)
+}
+
+/// A slot file: as `read_bounded`, and a symlink in its place is refused, never read through
+/// (a sync-back would land in the link's target).
+pub fn read_slot(path: &Path) -> io::Result<Vec<u8>> {
+    files::read_regular(path, MAX_CRED_BYTES, true)
 }
 
 /// An io error's reason without the OS error number noise.
@@ -848,7 +871,7 @@ pub fn qwen_lock_is_stale(path: &Path) -> bool {
     if age.is_some_and(|a| a >= QWEN_LOCK_STALE) {
         return true;
     }
-    let Ok(text) = fs::read_to_string(path) else {
+    let Ok(text) = files::read_text(path, 4096) else {
         return false;
     };
     let Some(rest) = text.strip_prefix("qwen-rotation pid=") else {
@@ -948,6 +971,10 @@ impl Vault {
         let Ok(scanned) = scan_slots(&self.paths) else {
             return Ok(None);
         };
+        // Credential copies left by a killed write: the locked path removes them.
+        if !self.leftover_temporaries().is_empty() {
+            return Ok(None);
+        }
         let Loaded::Ok(st) = State::load(&self.paths.state) else {
             return Ok(None);
         };
@@ -987,14 +1014,14 @@ impl Vault {
                 let live_ok = matches!(&live, LiveFile::Regular { bytes, .. }
                     if st.live_slot == Some(target) && installed == Some(digest(bytes).as_str()));
                 let slot_ok = live_ok
-                    && read_bounded(&self.paths.oauth_slot(target))
+                    && read_slot(&self.paths.oauth_slot(target))
                         .is_ok_and(|b| installed == Some(digest(&b).as_str()));
                 if !slot_ok {
                     return Ok(None);
                 }
                 Ok(Some(Launch {
                     slot: target,
-                    label: account.label.clone(),
+                    label: account.shown_label(),
                     kind: Kind::OAuth,
                     env: Vec::new(),
                     api: None,
@@ -1016,7 +1043,7 @@ impl Vault {
                         _ => return Ok(None),
                     },
                     None => {
-                        let Ok(bytes) = read_bounded(&self.paths.api_key_slot(target)) else {
+                        let Ok(bytes) = read_slot(&self.paths.api_key_slot(target)) else {
                             return Ok(None);
                         };
                         let Ok(api) = check_api_key(&bytes) else {
@@ -1242,8 +1269,8 @@ impl Vault {
             path: source.to_path_buf(),
             problem: p.to_string(),
         })?;
-        ensure_dir(&self.paths.home)?;
-        ensure_dir(&self.paths.accounts)?;
+        make_private(&self.paths.home)?;
+        make_private(&self.paths.accounts)?;
         self.transact("add", |tx| {
             if let Some((n, _)) = tx.infos.iter().find(|(_, i)| i.refresh.as_ref() == Some(&rt)) {
                 let who = tx.st.accounts.get(n).map_or_else(|| format!("account {n}"), |a| a.describe(*n));
@@ -1275,8 +1302,8 @@ impl Vault {
         self.files_pool("add")?;
         valid_api_key(slot.key.expose())
             .map_err(|p| Error::Usage(format!("{p}; give the key on stdin or at the prompt")))?;
-        ensure_dir(&self.paths.home)?;
-        ensure_dir(&self.paths.accounts)?;
+        make_private(&self.paths.home)?;
+        make_private(&self.paths.accounts)?;
         self.transact("add", |tx| {
             if let Some((n, _)) = tx
                 .infos
@@ -1489,6 +1516,12 @@ impl Vault {
         point(op, "locked");
         let now = Utc::now();
         let mut events = Vec::new();
+        let swept = self.sweep_temporaries();
+        if swept > 0 {
+            events.push(Event::new(events::TEMP_REMOVED, now).reason(format!(
+                "removed {swept} leftover temporary file(s) of an interrupted write"
+            )));
+        }
         // A state.yaml we cannot read (a directory in its place, another user's 0600 file) is
         // not corrupt text: a rebuild would replace what we could not even look at, and its
         // write would fail anyway. The transaction fails; the caller warns once.
@@ -1578,6 +1611,52 @@ impl Vault {
         result
     }
 
+    /// The directories our temporaries are written in, all guarded by `rotation.lock`: its own
+    /// directory (the home, or an environment pool's state dir) and, for the slot files,
+    /// `accounts/` and `accounts/backup/`.
+    fn temp_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![
+            self.paths
+                .lock
+                .parent()
+                .unwrap_or(&self.paths.home)
+                .to_path_buf(),
+        ];
+        if self.paths.pool.is_none() {
+            dirs.push(self.paths.accounts.clone());
+            dirs.push(self.paths.accounts.join("backup"));
+        }
+        dirs
+    }
+
+    /// Our temporaries left in `temp_dirs` (see `is_temp_name`).
+    fn leftover_temporaries(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for dir in self.temp_dirs() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            found.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_str().is_some_and(is_temp_name))
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.path()),
+            );
+        }
+        found
+    }
+
+    /// Removes the temporaries a process killed in the middle of a write left behind (each a
+    /// full 0600 credential copy). Call only under `rotation.lock`: every temporary is written
+    /// under it, so while we hold it none of them is in use, whatever its age.
+    fn sweep_temporaries(&self) -> usize {
+        self.leftover_temporaries()
+            .into_iter()
+            .filter(|p| fs::remove_file(p).is_ok())
+            .count()
+    }
+
     /// Reads state.yaml under the lock. Corrupt: keep a `.corrupt` copy, warn, start empty
     /// (reconcile then rebuilds it from `accounts/`). The bool says "must be written".
     fn load_locked(&self, now: DateTime<Utc>, events: &mut Vec<Event>) -> (State, bool) {
@@ -1586,12 +1665,7 @@ impl Vault {
             Loaded::Missing => (State::default(), true),
             Loaded::Corrupt(problem) => {
                 let copy = self.paths.state.with_extension("yaml.corrupt");
-                // A fresh 0600 file renamed into place: a link already at that name is replaced,
-                // never written through (fs::copy would follow it).
-                let kept = fs::read(&self.paths.state)
-                    .map_err(|e| Error::io("read", &self.paths.state, e))
-                    .and_then(|bytes| write_atomic(&copy, &bytes))
-                    .is_ok();
+                let kept = keep_corrupt(&self.paths.state, &copy);
                 let where_ = if kept {
                     format!("kept a copy as {}", copy.display())
                 } else {
@@ -1613,6 +1687,28 @@ impl Vault {
     }
 }
 
+/// Keeps a corrupt state.yaml as `copy` (0600). A regular file with a single link moves aside
+/// whole, whatever its size (an oversized one could not be read back); its mode is set through
+/// a descriptor opened without following links, and only while it still has one link, so a
+/// chmod never reaches a file elsewhere (run as root in another user's home). A symlink or a
+/// hard link is copied instead, as a fresh 0600 file; a link already at `copy` is replaced,
+/// never written through.
+fn keep_corrupt(state: &Path, copy: &Path) -> bool {
+    let private = |f: File| {
+        f.metadata().is_ok_and(|m| m.nlink() == 1)
+            && f.set_permissions(fs::Permissions::from_mode(0o600)).is_ok()
+    };
+    match fs::symlink_metadata(state) {
+        Ok(m) if m.is_file() && m.nlink() == 1 => {
+            fs::rename(state, copy).is_ok() && files::open_regular(copy, true).is_ok_and(private)
+        }
+        _ => read_bounded(state)
+            .map_err(|e| Error::io("read", state, e))
+            .and_then(|bytes| write_atomic(copy, &bytes))
+            .is_ok(),
+    }
+}
+
 fn api_launch(n: usize, account: &Account, api: ApiKeySlot) -> Launch {
     let env = api.env();
     let target = api.base_url.clone().map(|base_url| ApiTarget {
@@ -1623,7 +1719,7 @@ fn api_launch(n: usize, account: &Account, api: ApiKeySlot) -> Launch {
     });
     Launch {
         slot: n,
-        label: account.label.clone(),
+        label: account.shown_label(),
         kind: Kind::ApiKey,
         env,
         api: target,
@@ -2008,7 +2104,7 @@ impl Tx<'_> {
 
     /// Keeps a copy of `path` in `accounts/backup/` (pruned to the newest few).
     fn backup(&mut self, path: &Path, stem: &str) -> Result<()> {
-        let Ok(bytes) = fs::read(path) else {
+        let Ok(bytes) = read_bounded(path) else {
             return Ok(());
         };
         let dir = self.vault.paths.accounts.join("backup");
@@ -2064,7 +2160,7 @@ impl Tx<'_> {
         if live == Live::Owned(n) && self.st.live_slot == Some(n) && info.digest == installed {
             return Ok(());
         }
-        let bytes = read_bounded(&info.path).map_err(|e| Error::io("read", &info.path, e))?;
+        let bytes = read_slot(&info.path).map_err(|e| Error::io("read", &info.path, e))?;
         if let Err(problem) = check_oauth(&bytes) {
             return Err(Error::Invalid {
                 path: info.path,
@@ -2289,7 +2385,7 @@ impl Tx<'_> {
             }
             _ => Ok(Launch {
                 slot: target,
-                label: account.label,
+                label: account.shown_label(),
                 kind: Kind::OAuth,
                 env: Vec::new(),
                 api: None,

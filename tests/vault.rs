@@ -747,6 +747,73 @@ fn helper_report_quota_hit() {
     }
 }
 
+/// A SIGKILL between writing a temporary and renaming it leaves a full credential copy under
+/// our temp name; the next operation (the lock-free run path included) removes it under the
+/// lock and leaves every other file alone. Built with `--features fault-injection` only.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_crash_in_the_middle_of_a_write_leaves_a_temporary_the_next_run_removes() {
+    let h = Home::with_oauth(3);
+    let v = h.vault();
+    v.prepare(None).unwrap();
+    let temps = || -> Vec<std::path::PathBuf> {
+        [h.paths.home.clone(), h.paths.accounts.clone()]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(qwen_rotation::vault::is_temp_name)
+            })
+            .collect()
+    };
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_report_quota_hit",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VAULT_HELPER_HOME", &h.paths.home)
+        .env("VAULT_HELPER_OP", "switch")
+        .env("QWEN_ROTATION_FAULT", "write.temp_synced")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "the point was not reached");
+    let left = temps();
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed write left its temporary: {left:?}"
+    );
+    assert_eq!(mode(&left[0]), 0o600);
+    let others = || -> Vec<std::path::PathBuf> {
+        [h.paths.home.clone(), h.paths.accounts.clone()]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+            // The killed process's qwen lock is stale, and removed as such.
+            .filter(|p| !left.contains(p) && *p != h.paths.qwen_lock)
+            .collect()
+    };
+    let before = others();
+    let launch = v.prepare(None).unwrap();
+    assert_eq!(
+        temps(),
+        Vec::<std::path::PathBuf>::new(),
+        "swept by the next run"
+    );
+    let after = others();
+    for p in &before {
+        assert!(after.contains(p), "{} was removed", p.display());
+    }
+    assert_eq!(h.live().as_deref(), h.slot(launch.slot).as_deref());
+    assert!(
+        h.log_text()
+            .contains("removed 1 leftover temporary file(s)")
+    );
+}
+
 /// Crash (SIGKILL) at every step of the rotation step and of add/remove/switch: afterwards the
 /// live file is one whole account, every slot is intact, state.yaml loads, no lock is held,
 /// and the next operation succeeds. Built with `--features fault-injection` only.
