@@ -139,8 +139,9 @@ pub struct Config {
     pub auto_retry: bool,
     /// API-key slots: sit in the request path (loopback relay) instead of scanning output.
     pub relay: bool,
-    /// Headless `text` output to a pipe or file: hold it until qwen ends (bounded), so a quota
-    /// hit after the answer started can still be retried (`--rotation-hold` for one run).
+    /// Headless `text` output to a pipe or file, in an attempt that may be retried: hold it until
+    /// qwen ends (bounded), so a quota hit after the answer started is still retried
+    /// (`--rotation-hold` for one run).
     pub hold_text_output: bool,
     pub patterns: PatternConfig,
 }
