@@ -8,6 +8,8 @@
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
 # --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
 # (and ~/.bashrc, ~/.zshrc when present); QWEN_ROTATION_PROFILE=FILE names another file.
+# --uninstall removes the shim, its PATH line, and the real qwen only when --with-qwen installed
+# it (recorded in PREFIX/installed-qwen); a qwen installed otherwise is kept.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
         --write-profile) write_profile=1 ;;
         --doctor) doctor=1 ;;
         --uninstall) uninstall=1 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
     esac
     shift
@@ -47,6 +49,10 @@ done
 
 bindir="$prefix/bin"
 target="$bindir/qwen"
+# What --with-qwen installed, for --uninstall: the npm prefix it installed the real qwen into
+# (`beside-the-shim`: PREFIX/npm, a directory of ours).
+manifest="$prefix/installed-qwen"
+qwen_package="@qwen-code/qwen-code"
 path_line="export PATH=\"$bindir:\$PATH\"  $profile_tag"
 
 profiles() {
@@ -64,11 +70,54 @@ profiles() {
 
 is_shim() { [ -f "$1" ] && grep -q "$marker" "$1" 2>/dev/null; }
 
+# The real qwen: first `qwen` on PATH that is not in our directory.
+real_qwen() {
+    old_ifs=$IFS
+    IFS=:
+    for d in $PATH; do
+        [ "$d" = "$bindir" ] && continue
+        if [ -x "$d/qwen" ] && ! is_shim "$d/qwen"; then
+            IFS=$old_ifs
+            echo "$d/qwen"
+            return 0
+        fi
+    done
+    IFS=$old_ifs
+    return 1
+}
+
+# Removes the real qwen that --with-qwen installed, when the manifest records it; never another.
+uninstall_real_qwen() {
+    if [ ! -f "$manifest" ]; then
+        if real=$(real_qwen); then
+            say "kept the real qwen $real (install.sh did not install it)"
+        fi
+        return 0
+    fi
+    from=$(sed -n 's/^npm_prefix=//p' "$manifest" | tail -n 1)
+    if [ "$from" = beside-the-shim ]; then
+        # Beside the shim, in a directory of ours: nothing else lives there.
+        rm -rf "$prefix/npm"
+        say "removed the real qwen that --with-qwen installed in $prefix/npm"
+    else
+        case "$from" in
+            /*) ;;
+            *) die "$manifest names no npm prefix; remove it once the real qwen is dealt with" ;;
+        esac
+        if command -v npm >/dev/null 2>&1 \
+            && npm uninstall -g --no-audit --no-fund --prefix "$from" "$qwen_package" >/dev/null; then
+            say "removed the real qwen that --with-qwen installed: npm uninstall -g --prefix $from $qwen_package"
+        else
+            die "could not remove the real qwen that --with-qwen installed; run: npm uninstall -g --prefix $from $qwen_package, then ./install.sh --uninstall again"
+        fi
+    fi
+    rm -f "$manifest"
+}
+
 if [ "$uninstall" = 1 ]; then
     if [ -e "$target" ]; then
         is_shim "$target" || die "$target is not the qwen-rotation shim; leaving it alone"
         rm -f "$target"
-        rmdir "$bindir" "$prefix" 2>/dev/null || true
         say "removed $target"
     fi
     for f in $(profiles); do
@@ -83,6 +132,8 @@ if [ "$uninstall" = 1 ]; then
             say "removed the PATH line from $f"
         fi
     done
+    uninstall_real_qwen
+    rmdir "$bindir" "$prefix" 2>/dev/null || true
     say "accounts and state under ~/.qwen are kept"
     exit 0
 fi
@@ -100,11 +151,21 @@ if [ -e "$target" ] && ! is_shim "$target"; then
     die "$target exists and is not the qwen-rotation shim; choose another --prefix"
 fi
 
+# Builds the shim and prints the path of the executable cargo made. cargo names it in its JSON
+# messages, wherever CARGO_TARGET_DIR, build.target-dir or a --target triple put it; its own
+# progress and any compiler error go to stderr as usual.
+build_shim() {
+    artifacts=$(cd "$here" && cargo build --release --locked --message-format=json-render-diagnostics) \
+        || die "cargo build failed (its messages are above); fix that, or pass --binary FILE"
+    built=$(printf '%s\n' "$artifacts" | sed -n 's|.*"executable":"\([^"]*/qwen\)".*|\1|p' | tail -n 1)
+    [ -n "$built" ] || die "cargo reported no qwen executable; pass --binary FILE (e.g. target/release/qwen)"
+    echo "$built"
+}
+
 if [ -z "$binary" ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) or pass --binary FILE"
-    say "building the shim with cargo (release)"
-    (cd "$here" && cargo build --release --locked --quiet)
-    binary="$here/target/release/qwen"
+    say "building the shim with cargo build --release (a first build takes a few minutes; cargo's progress follows)"
+    binary=$(build_shim)
 fi
 [ -f "$binary" ] || die "$binary does not exist"
 is_shim "$binary" || die "$binary is not a qwen-rotation shim build"
@@ -117,25 +178,15 @@ chmod 755 "$tmp"
 mv -f "$tmp" "$target"
 say "installed $target"
 
-# The real qwen: first `qwen` on PATH that is not in our directory.
-real_qwen() {
-    old_ifs=$IFS
-    IFS=:
-    for d in $PATH; do
-        [ "$d" = "$bindir" ] && continue
-        if [ -x "$d/qwen" ] && ! is_shim "$d/qwen"; then
-            IFS=$old_ifs
-            echo "$d/qwen"
-            return 0
-        fi
-    done
-    IFS=$old_ifs
-    return 1
+# Notes that install.sh installed the real qwen into npm prefix $1 (or `beside-the-shim`), so
+# --uninstall removes it.
+record_real_qwen() {
+    printf '# install.sh --with-qwen installed the real qwen here; ./install.sh --uninstall removes it\nnpm_prefix=%s\n' "$1" > "$manifest"
 }
 
 if [ -n "$with_qwen" ] && ! real_qwen >/dev/null; then
     command -v npm >/dev/null 2>&1 || die "--with-qwen needs npm (install Node.js 20 or later)"
-    spec="@qwen-code/qwen-code"
+    spec="$qwen_package"
     node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
     if [ "$with_qwen" = latest ] && [ "$node_major" -lt 22 ]; then
         # qwen's latest releases declare engines.node >= 22 and do not run on older Node.js.
@@ -147,11 +198,13 @@ if [ -n "$with_qwen" ] && ! real_qwen >/dev/null; then
     if [ -w "$npm_prefix" ] || { [ ! -e "$npm_prefix" ] && [ "$(id -u)" = 0 ]; }; then
         say "installing the real qwen: npm install -g $spec"
         npm install -g --no-audit --no-fund "$spec" >/dev/null
+        record_real_qwen "$npm_prefix"
     else
         # npm's global prefix is not ours to write: keep the real qwen beside the shim's
         # directory, and put it on PATH *after* everything else.
         say "installing the real qwen into $prefix/npm (npm's global prefix $npm_prefix is not writable)"
         npm install -g --no-audit --no-fund --prefix "$prefix/npm" "$spec" >/dev/null
+        record_real_qwen beside-the-shim
         path_line="export PATH=\"$bindir:\$PATH:$prefix/npm/bin\"  $profile_tag"
         PATH="$PATH:$prefix/npm/bin"
     fi

@@ -2756,6 +2756,9 @@ Usage: qwen [qwen's own arguments]          runs the real qwen, rotating account
 Per-run modifiers (removed before qwen sees argv):
   --rotation-account N|LABEL   use this account for this run         qwen --rotation-account 2 -p hi
   --rotation-no-retry          rotate on a quota hit but do not rerun    qwen --rotation-no-retry -p hi
+  --rotation-hold              piped text output: hold it until qwen ends, so a quota hit after
+                               the answer started is retried (rotation.yaml: hold_text_output)
+                                                                         qwen --rotation-hold -p hi > out.txt
 
 Commands (read commands take --json for machine output):
   --rotation-help              this text                                 qwen --rotation-help

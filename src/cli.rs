@@ -27,6 +27,9 @@ pub struct Modifiers {
     pub account: Option<String>,
     /// `--rotation-no-retry`: rotate on a hit, but do not run again.
     pub no_retry: bool,
+    /// `--rotation-hold`: hold text output until qwen ends, so a late quota hit can be retried
+    /// (as `hold_text_output: true` in rotation.yaml).
+    pub hold: bool,
 }
 
 /// The management commands, for routing and "did you mean".
@@ -50,7 +53,11 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// The per-run modifiers.
-pub const MODIFIERS: &[&str] = &["--rotation-account", "--rotation-no-retry"];
+pub const MODIFIERS: &[&str] = &[
+    "--rotation-account",
+    "--rotation-no-retry",
+    "--rotation-hold",
+];
 
 const PREFIX: &[u8] = b"--rotation-";
 
@@ -93,12 +100,8 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation, String> {
             .and_then(|s| s.split_once('='))
             .map(|(_, v)| v.to_string());
         match name.as_str() {
-            "--rotation-no-retry" => {
-                if inline.is_some() {
-                    return Err("--rotation-no-retry takes no value; write it alone".into());
-                }
-                modifiers.no_retry = true;
-            }
+            "--rotation-no-retry" => modifiers.no_retry = switch(&name, inline)?,
+            "--rotation-hold" => modifiers.hold = switch(&name, inline)?,
             "--rotation-account" => {
                 let value = match inline {
                     Some(v) => v,
@@ -132,6 +135,14 @@ pub fn parse(argv: &[OsString]) -> Result<Invocation, String> {
         i += 1;
     }
     Ok(Invocation::Run { args, modifiers })
+}
+
+/// A modifier that is on by being written: `--rotation-hold=yes` is a usage error.
+fn switch(name: &str, inline: Option<String>) -> Result<bool, String> {
+    match inline {
+        Some(_) => Err(format!("{name} takes no value; write it alone")),
+        None => Ok(true),
+    }
 }
 
 /// `--rotation-x=value` → `--rotation-x`.
@@ -216,10 +227,12 @@ mod tests {
             "2",
             "--rotation-no-retry",
             "-y",
+            "--rotation-hold",
         ]);
         assert_eq!(args, os(&["-p", "hi", "-y"]));
         assert_eq!(m.account.as_deref(), Some("2"));
         assert!(m.no_retry);
+        assert!(m.hold);
         let (args, m) = run(&["--rotation-account=work", "x"]);
         assert_eq!(args, os(&["x"]));
         assert_eq!(m.account.as_deref(), Some("work"));
@@ -259,6 +272,8 @@ mod tests {
         assert!(parse(&os(&["--rotation-account", "--rotation-no-retry"])).is_err());
         assert!(parse(&os(&["--rotation-account="])).is_err());
         assert!(parse(&os(&["--rotation-no-retry=1"])).is_err());
+        let err = parse(&os(&["--rotation-hold=yes"])).unwrap_err();
+        assert_eq!(err, "--rotation-hold takes no value; write it alone");
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct Config {
     pub auto_retry: bool,
     /// API-key slots: sit in the request path (loopback relay) instead of scanning output.
     pub relay: bool,
+    /// Headless `text` output to a pipe or file, in an attempt that may be retried: hold it until
+    /// qwen ends (bounded), so a quota hit after the answer started is still retried
+    /// (`--rotation-hold` for one run).
+    pub hold_text_output: bool,
     pub patterns: PatternConfig,
 }
 
@@ -156,6 +160,7 @@ impl Default for Config {
             stop_grace: Duration::from_secs(2),
             auto_retry: true,
             relay: true,
+            hold_text_output: false,
             patterns: PatternConfig::default(),
         }
     }
@@ -307,17 +312,19 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.strategy, Strategy::RoundRobin);
         assert_eq!(c.stdin_limit, 64 << 20);
+        assert!(!c.hold_text_output, "text output streams unless asked");
     }
 
     #[test]
     fn config_reads_every_kind_of_value() {
         let c = Config::parse(
-            "strategy: fill-first\nthrottle_cooldown: 2m\nmax_attempts: 3\npatterns:\n  mode: replace\n  quota: ['out of juice']\n",
+            "strategy: fill-first\nthrottle_cooldown: 2m\nmax_attempts: 3\nhold_text_output: true\npatterns:\n  mode: replace\n  quota: ['out of juice']\n",
         )
         .unwrap();
         assert_eq!(c.strategy, Strategy::FillFirst);
         assert_eq!(c.throttle_cooldown, Duration::from_secs(120));
         assert_eq!(c.max_attempts, 3);
+        assert!(c.hold_text_output);
         assert_eq!(c.patterns.mode, PatternMode::Replace);
         assert_eq!(c.patterns.quota, vec!["out of juice".to_string()]);
     }

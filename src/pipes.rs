@@ -8,6 +8,10 @@
 //! - stdout, `text` format: relayed live. The first byte commits the attempt: a retry would
 //!   repeat what the caller already has, so a committed attempt is never retried (qwen prints
 //!   its quota errors before any answer, so this costs nothing in practice).
+//! - stdout, held `text` (opt-in, `hold_text_output` / `--rotation-hold`, for an attempt that may
+//!   be retried): held like `json` until exit, so an agentic run that printed part of its answer
+//!   and then hit the quota on a later request is retried without the caller seeing the part.
+//!   Held text is never classified (an answer may quote a quota phrase); stderr decides.
 //! - stdout, `json`: qwen prints one document at the end, so holding it until exit delays
 //!   nothing; a quota error in json mode exits 0 with the error as the result (QWEN_FACTS §2),
 //!   so the held document is what is classified.
@@ -43,6 +47,8 @@ pub enum StdoutMode {
     /// Our stdout is a terminal: the child gets it directly.
     Inherit,
     Text,
+    /// `text`, held until the attempt ends (bounded by `HOLD_LIMIT`).
+    HeldText,
     Json,
     StreamJson,
 }
@@ -64,6 +70,15 @@ impl StdoutMode {
             Some("json") => StdoutMode::Json,
             Some("stream-json") => StdoutMode::StreamJson,
             _ => StdoutMode::Text,
+        }
+    }
+
+    /// `Text` becomes `HeldText` when `hold` is asked for; every other mode stays itself (a
+    /// terminal is never held: the person reads the answer as it arrives).
+    pub fn held(self, hold: bool) -> StdoutMode {
+        match self {
+            StdoutMode::Text if hold => StdoutMode::HeldText,
+            other => other,
         }
     }
 }
@@ -250,7 +265,8 @@ pub struct Finished {
     pub hit: Option<Hit>,
     /// Some stdout already reached the caller.
     pub committed: bool,
-    /// stdout not yet released (json, stream-json): the caller gets it unless a retry follows.
+    /// stdout not yet released (json, stream-json, held text): the caller gets it unless a retry
+    /// follows.
     pub held_stdout: Vec<u8>,
     /// stderr held back from the matching line on: released unless a retry replaces it.
     pub held_stderr: Vec<u8>,
@@ -282,8 +298,11 @@ struct StderrResult {
 const PARTIAL_LINE_WAIT_MS: u16 = 20;
 /// A partial stderr line longer than this is released without waiting for its end.
 const PARTIAL_LINE_LIMIT: usize = 8 * 1024;
-/// Held json output beyond this is released (and the attempt committed): memory stays bounded.
-const HOLD_LIMIT: usize = 64 << 20;
+/// Held json or text output beyond this is released (and the attempt committed): memory stays
+/// bounded. The rest then streams live, and a quota hit later in that attempt ends the run as
+/// without the hold (qwen's error shown, the next run uses the next account): retrying would
+/// repeat what the caller already has.
+pub const HOLD_LIMIT: usize = 64 << 20;
 /// Error text kept for a possible release; beyond it the block is dropped (a retry replaces it).
 const HELD_STDERR_LIMIT: usize = 1 << 20;
 
@@ -518,7 +537,7 @@ fn relay_stdout(mut src: impl Read, mode: StdoutMode, patterns: &Patterns) -> St
         if !gate_open {
             r.held.extend_from_slice(chunk);
             gate_open = match mode {
-                StdoutMode::Json => r.held.len() > HOLD_LIMIT,
+                StdoutMode::Json | StdoutMode::HeldText => r.held.len() > HOLD_LIMIT,
                 StdoutMode::StreamJson => {
                     let completed = chunk.iter().rposition(|&b| b == b'\n');
                     let opens =

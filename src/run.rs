@@ -430,6 +430,9 @@ fn headless(
     } else {
         StdoutMode::from_args(args)
     };
+    // Text output held until qwen ends, when asked: only for an attempt that may be retried
+    // (holding one that cannot be only delays the answer).
+    let hold = modifiers.hold || config.hold_text_output;
     let max_attempts = match config.max_attempts {
         0 => vault.eligible_count().max(1),
         n => n,
@@ -456,7 +459,7 @@ fn headless(
             args,
             env: attempt_env(vault, &launch, relay),
             stdin: &stdin,
-            stdout,
+            stdout: stdout.held(hold && may_retry),
             patterns: Arc::clone(&patterns),
             stop_on,
             stop_grace: config.stop_grace,
