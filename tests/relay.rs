@@ -946,7 +946,7 @@ fn switch_to_follows_a_rotation_made_elsewhere() {
 /// Runs one test of this file alone in a child process with `env` set: the relay reads the
 /// proxy variables when it starts, and changing the environment of this multi-threaded test
 /// process would race the other tests.
-fn in_child(test: &str, env: &[(&str, &str)]) {
+fn in_child(test: &str, env: &[(&str, &str)]) -> String {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("RELAY_TEST_CHILD", "1");
@@ -972,6 +972,7 @@ fn in_child(test: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    text
 }
 
 #[test]
@@ -1065,10 +1066,21 @@ const FLOOD: usize = 2000;
 /// still gets its answer, and the relay's descriptors and memory stay bounded. Before the cap
 /// each connection held a thread and three descriptors and each announced body got a 1 MiB
 /// buffer (about 700 MiB for this flood).
+///
+/// The relay runs in a child process of its own, so its descriptors and memory are measured
+/// without the other tests of this file.
 #[test]
 fn a_flood_of_hostile_connections_never_locks_out_the_run_and_stays_bounded() {
+    let text = in_child("flood_child", &[]);
+    for line in text.lines().filter(|l| l.contains("flood:")) {
+        println!("{}", &line[line.find("flood:").unwrap_or(0)..]);
+    }
+}
+
+#[test]
+fn flood_child() {
     use std::process::{Command, Stdio};
-    if std::env::var_os("RELAY_TEST_CHILD").is_some() {
+    if std::env::var_os("RELAY_TEST_CHILD").is_none() {
         return;
     }
     let mock = Mock::start();
@@ -1169,7 +1181,7 @@ fn a_flood_of_hostile_connections_never_locks_out_the_run_and_stays_bounded() {
     // 512 connections at most (one descriptor each), plus the run's own and the upstream pool.
     assert!(fds <= 512 + 32, "the relay held {fds} more descriptors");
     // Each held connection costs its thread's touched stack and a read buffer; no body buffer.
-    assert!(rss < 96 * 1024, "the relay grew by {rss} KiB");
+    assert!(rss < 64 * 1024, "the relay grew by {rss} KiB");
     assert_eq!(
         mock.requests().len(),
         served + 2,
