@@ -441,10 +441,13 @@ fn headless(
     let mut record = RunRecord::start(relay);
     if let Some(relay) = relay {
         // Once the relay has answered "every key is spent", nothing qwen retries can succeed
-        // (qwen 0.12 retries that answer for about a minute): stop the attempt at once; the
-        // loop below then ends the run with exit 75.
-        let grace = config.stop_grace;
-        relay.on_exhausted(Box::new(move || signals::stop_tree(grace)));
+        // (qwen 0.12 retries that answer for about a minute): the attempt is stopped at once and
+        // the loop below ends the run with exit 75. KILL, not TERM: the run's result is decided,
+        // and on TERM qwen 0.12.0 prints "Operation cancelled." and takes up to 2 s more
+        // (measured) before the shim's own message could follow.
+        relay.on_exhausted(Box::new(|| {
+            signals::signal_tree(nix::sys::signal::Signal::SIGKILL)
+        }));
     }
     loop {
         record.attempts += 1;

@@ -694,6 +694,14 @@ fn all_keys_spent_ends_soon_after_the_relay_knows(version: Version) {
         "the run ended {after:.1?} after the relay knew every key was spent\n{}",
         out.dump()
     );
+    // The shim's lines only: qwen, stopped, adds nothing (no "Operation cancelled.").
+    assert!(
+        out.stderr()
+            .lines()
+            .all(|l| l.starts_with("qwen-rotation:")),
+        "{}",
+        out.dump()
+    );
     assert_no_leaks(&sb, &out, &keys);
 }
 
