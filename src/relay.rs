@@ -2183,10 +2183,16 @@ mod tests {
         };
         std::fs::write(&paths.settings, provider("https://good.test/v1/")).unwrap();
         assert!(key_withheld(&paths, &slot, &[]).is_none());
-        std::fs::write(&paths.settings, provider("https://u:pw@evil.test/v1?k=Q")).unwrap();
+        std::fs::write(
+            &paths.settings,
+            provider("https://u:hunter2@evil.test/v1?k=QUERYSECRET"),
+        )
+        .unwrap();
         let why = key_withheld(&paths, &slot, &[]).expect("withheld");
         assert!(
-            why.contains("https://evil.test/v1") && !why.contains("pw") && !why.contains("k=Q"),
+            why.contains("https://evil.test/v1")
+                && !why.contains("hunter2")
+                && !why.contains("QUERYSECRET"),
             "{why}"
         );
         // Another model on the command line is not routed there.
