@@ -6,28 +6,39 @@
 //! request (each move goes through [`Vault::report`], the one rotation step with its lock, its
 //! log line and its counters), and every other answer reaches qwen unchanged and unbuffered. The
 //! real keys never leave this process except in the `Authorization` header sent upstream; the
-//! per-run token never leaves it except in qwen's environment.
+//! per-run token never leaves it except in qwen's environment (wherever qwen puts it in a
+//! request, a header, the query, the path or the body, it is dropped or replaced before the
+//! request goes upstream).
 //!
 //! Why it exists (DESIGN.md, "Request-level rotation"): qwen 0.24 retries a plain 429 for about
 //! an hour and never re-reads its key, so output scanning alone is slow and needs a restart. In
 //! the request path a quota answer is seen in milliseconds and the same request is re-sent on
 //! the next key; qwen, headless or interactive, only sees the answer that worked.
 //!
+//! Anyone on this machine can connect to the port, so the relay assumes hostile local clients:
+//! at most [`MAX_CONNS`] connections are held, of which a quarter may not have shown
+//! the token (the oldest of those is dropped for a newcomer, so a flood of token-less
+//! connections never locks qwen out), a request head must arrive whole within [`HEAD_TIMEOUT`]
+//! (a total, not an idle timeout each byte resets: slowloris), and a request without the token
+//! is answered from its head alone, before any byte of its body is read into memory. A panic in
+//! a connection thread still answers the request it was serving (a 502 qwen shows and gives up
+//! on), and a notice that cannot be printed never stops a request.
+//!
 //! Shape: plain std threads, one per connection (undici keeps a few connections alive and
 //! reuses them), HTTP/1.1 with keep-alive; upstream through one `ureq` agent per proxy route
 //! (connection pool, system trust store, `HTTPS_PROXY`/`NO_PROXY`). Answers are streamed back
 //! chunk by chunk and flushed per chunk, so server-sent events reach qwen as they arrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -47,14 +58,31 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Request line plus headers.
 const MAX_HEAD: u64 = 64 * 1024;
 const MAX_HEADERS: usize = 256;
+/// A new connection's request head, or the next head on a connection that never showed the
+/// token, must arrive whole within this long from the connection's start. qwen writes its request
+/// the moment it has connected; a client that trickles one byte at a time (slowloris) is cut off.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections held at once: one thread and one file descriptor each (qwen keeps a handful).
+/// Lower under a low open-file limit: a quarter of it, so the rest of the run keeps its own.
+const MAX_CONNS: usize = 512;
+/// Of those, a quarter may be connections that have not (yet) shown the run's token. A new
+/// connection past that drops the oldest such one: qwen's own connection shows its token in its
+/// first milliseconds, a hostile one never does, so a flood only ever pushes out the flood.
+const PENDING_SHARE: usize = 4;
+/// After refusing a request, its unread bytes are drained (into a small reused buffer, never
+/// kept) for at most this long and this many bytes, so that closing does not reset the
+/// connection under the refusal (a close with unread data sends RST, and the client may lose
+/// the answer it has not read yet).
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+const REFUSED_DRAIN: usize = 1 << 20;
 /// A request body is kept in memory so it can be re-sent on the next key. Chat requests carry
 /// the whole conversation (a few MB with images); past this the client gets a 413.
 const MAX_BODY: usize = 256 << 20;
-/// The body of a refused request is read (and dropped) only up to this size.
-const MAX_REFUSED_BODY: usize = 1 << 20;
 /// Error answers are read whole to classify them. Provider error bodies are a few hundred
 /// bytes; a larger one is passed through unclassified.
 const MAX_ERROR_BODY: usize = 256 * 1024;
+/// What stands in for the run's token wherever qwen put it in a request's path or body.
+const REDACTED: &str = "[redacted]";
 /// Read size for relaying bodies.
 const CHUNK: usize = 64 * 1024;
 
@@ -113,6 +141,8 @@ impl Relay {
             vault,
             patterns,
             notify,
+            token_at: regex::bytes::Regex::new(&regex::escape(token.expose()))
+                .map_err(io::Error::other)?,
             token: token.clone(),
             routes: Routes::from_env(),
             state: Mutex::new(State {
@@ -122,10 +152,11 @@ impl Relay {
             }),
             warned_upstream: AtomicBool::new(false),
             warned_vault: AtomicBool::new(false),
+            warned_bug: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
+            conns: Mutex::new(Conns::new()),
             served: Arc::new(Mutex::new(BTreeMap::new())),
+            on_exhausted: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -144,6 +175,17 @@ impl Relay {
     /// request has succeeded since).
     pub fn exhausted(&self) -> Option<Option<DateTime<Utc>>> {
         self.shared.state().exhausted
+    }
+
+    /// Calls `stop` each time the relay answers "every key is spent" (after the answer is
+    /// written). A headless run stops its attempt there: qwen 0.12 retries that answer for about
+    /// a minute and nothing it could retry can succeed, and the run ends with [`Self::exhausted`].
+    pub fn on_exhausted(&self, stop: Box<dyn Fn() + Send + Sync>) {
+        *self
+            .shared
+            .on_exhausted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(stop);
     }
 
     /// Successful requests per slot so far (shared: it stays readable after the relay stops).
@@ -224,10 +266,9 @@ impl Drop for Relay {
         }
         // Connection threads blocked reading from qwen end now; one streaming an answer ends at
         // its next write. Not joined: a thread waiting on a slow provider must not hold us up.
-        let conns =
-            std::mem::take(&mut *self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, conn) in conns {
-            let _ = conn.shutdown(Shutdown::Both);
+        let open = std::mem::take(&mut self.shared.conns().open);
+        for (_, conn) in open {
+            let _ = conn.stream.shutdown(Shutdown::Both);
         }
     }
 }
@@ -252,6 +293,59 @@ pub fn relay_possible_for(
     model: Option<&str>,
     args: &[OsString],
 ) -> Result<(), String> {
+    let from_args = model_from_args(args)?;
+    match fixed_base_url(paths, from_args, model) {
+        Some(fixed) => Err(format!(
+            "{} fixes the base URL of model `{}` (modelProviders.{}), so qwen would send its \
+             requests past the relay",
+            fixed.file.display(),
+            fixed.model,
+            fixed.provider
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why `launch`'s real key must stay out of qwen's environment when qwen talks to the provider
+/// itself (no relay): qwen's settings send the model it will use to another endpoint than the
+/// slot's own base URL, and qwen would send the key there. A workspace's `.qwen/settings.json`
+/// is a repository's content, not the user's choice: it must not get a key by naming a model.
+/// For a slot stored without a base URL (qwen's settings choose it), only an entry in the
+/// workspace file is foreign.
+pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option<String> {
+    if launch.kind != Kind::ApiKey {
+        return None;
+    }
+    let api = launch.api.as_ref();
+    let slot_model = launch
+        .env
+        .iter()
+        .find(|(k, _)| k == "OPENAI_MODEL")
+        .map(|(_, v)| v.expose().to_string());
+    let from_args = model_from_args(args).unwrap_or(None);
+    let fixed = fixed_base_url(paths, from_args, slot_model.as_deref())?;
+    let same = |base: &str| base.trim_end_matches('/') == fixed.base_url.trim_end_matches('/');
+    let foreign = match api {
+        Some(api) => !same(&api.base_url),
+        None => fixed.workspace,
+    };
+    foreign.then(|| {
+        format!(
+            "{} sends model `{}` to {} (modelProviders.{}), not to the base URL of account {}: \
+             qwen runs without that key and without rotation; remove that entry, or run qwen \
+             outside that directory",
+            fixed.file.display(),
+            fixed.model,
+            shown_url(&fixed.base_url),
+            fixed.provider,
+            launch.slot
+        )
+    })
+}
+
+/// The model named on the command line; Err when the command line itself points qwen at
+/// another endpoint or key.
+fn model_from_args(args: &[OsString]) -> Result<Option<String>, String> {
     let mut from_args = None;
     let mut it = args.iter().map(|a| a.to_string_lossy());
     while let Some(arg) = it.next() {
@@ -275,7 +369,25 @@ pub fn relay_possible_for(
             _ => {}
         }
     }
+    Ok(from_args)
+}
+
+/// A `modelProviders` entry that fixes the base URL of the model qwen will use.
+struct Fixed {
+    file: PathBuf,
+    /// The file is the workspace's `.qwen/settings.json`.
+    workspace: bool,
+    provider: String,
+    model: String,
+    base_url: String,
+}
+
+/// The first settings entry (in qwen's precedence) that fixes the base URL of the model qwen
+/// resolves: `from_args`, else settings `model.name`, else `model` (the slot's), else the
+/// environment's `OPENAI_MODEL`/`QWEN_MODEL`.
+fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>) -> Option<Fixed> {
     let cwd = std::env::current_dir().ok();
+    let workspace = cwd.as_deref().map(|c| c.join(".qwen/settings.json"));
     let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
         .into_iter()
         .filter_map(|p| {
@@ -295,13 +407,10 @@ pub fn relay_possible_for(
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     };
-    let Some(selected) = from_args
+    let selected = from_args
         .or(from_settings)
         .or_else(|| model.map(str::to_string))
-        .or_else(from_env)
-    else {
-        return Ok(());
-    };
+        .or_else(from_env)?;
     for (path, doc) in &docs {
         let Some(providers) = doc.get("modelProviders").and_then(|v| v.as_object()) else {
             continue;
@@ -310,22 +419,24 @@ pub fn relay_possible_for(
             let Some(entries) = entries.as_array() else {
                 continue;
             };
-            let fixed = entries.iter().any(|e| {
-                e.get("id").and_then(|v| v.as_str()) == Some(selected.as_str())
-                    && e.get("baseUrl")
-                        .and_then(|v| v.as_str())
-                        .is_some_and(|u| !u.trim().is_empty())
+            let base_url = entries.iter().find_map(|e| {
+                (e.get("id").and_then(|v| v.as_str()) == Some(selected.as_str()))
+                    .then(|| e.get("baseUrl").and_then(|v| v.as_str()))
+                    .flatten()
+                    .filter(|u| !u.trim().is_empty())
             });
-            if fixed {
-                return Err(format!(
-                    "{} fixes the base URL of model `{selected}` (modelProviders.{provider}), so qwen \
-                     would send its requests past the relay",
-                    path.display()
-                ));
+            if let Some(base_url) = base_url {
+                return Some(Fixed {
+                    file: path.clone(),
+                    workspace: workspace.as_ref() == Some(path),
+                    provider: provider.clone(),
+                    model: selected,
+                    base_url: base_url.trim().to_string(),
+                });
             }
         }
     }
-    Ok(())
+    None
 }
 
 /// The settings files qwen merges, highest precedence first: system (QWEN_CODE_SYSTEM_SETTINGS_PATH
@@ -404,6 +515,8 @@ struct Shared {
     patterns: Arc<Patterns>,
     notify: Box<dyn Fn(String) + Send + Sync>,
     token: Secret,
+    /// Finds the token in anything qwen sends (a literal search), so it is never forwarded.
+    token_at: regex::bytes::Regex,
     routes: Routes,
     state: Mutex<State>,
     max_tries: usize,
@@ -413,11 +526,66 @@ struct Shared {
     /// One warning per outage, not one per request qwen retries (it retries 5xx ~28 times).
     warned_upstream: AtomicBool,
     warned_vault: AtomicBool,
+    warned_bug: AtomicBool,
     stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    next_conn: AtomicU64,
+    conns: Mutex<Conns>,
     /// Answers that reached qwen with a 2xx, per slot (the run line in rotation.log).
     served: Served,
+    /// See [`Relay::on_exhausted`].
+    on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+/// The connections the relay holds, oldest first (ids only grow).
+struct Conns {
+    next: u64,
+    open: BTreeMap<u64, Open>,
+    max: usize,
+    max_pending: usize,
+}
+
+struct Open {
+    stream: Arc<TcpStream>,
+    /// It has carried a request with the run's token.
+    trusted: bool,
+}
+
+impl Conns {
+    /// Sized by this process's open-file limit (see [`MAX_CONNS`]).
+    fn new() -> Conns {
+        let max = open_files_limit().map_or(MAX_CONNS, |n| (n / 4).clamp(16, MAX_CONNS));
+        Conns {
+            next: 0,
+            open: BTreeMap::new(),
+            max,
+            max_pending: max / PENDING_SHARE,
+        }
+    }
+
+    /// Registers a new connection, making room first (see [`PENDING_SHARE`]); None when every
+    /// held connection is trusted and the table is full (the newcomer is closed).
+    fn admit(&mut self, stream: &Arc<TcpStream>) -> Option<u64> {
+        let pending = self.open.values().filter(|c| !c.trusted).count();
+        if pending >= self.max_pending || self.open.len() >= self.max {
+            let oldest = self
+                .open
+                .iter()
+                .find(|(_, c)| !c.trusted)
+                .map(|(id, _)| *id);
+            // Shut down, not just forgotten: its thread wakes from its read and ends.
+            let evicted = self.open.remove(&oldest?)?;
+            let _ = evicted.stream.shutdown(Shutdown::Both);
+        }
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(
+            id,
+            Open {
+                stream: Arc::clone(stream),
+                trusted: false,
+            },
+        );
+        Some(id)
+    }
 }
 
 /// What the relay holds between requests. Locked only to read or swap, never across I/O.
@@ -472,15 +640,64 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `text` with the run's token replaced (a request path).
+    fn scrub(&self, text: &str) -> String {
+        match self.token_at.find(text.as_bytes()) {
+            None => text.to_string(),
+            Some(_) => text.replace(self.token.expose(), REDACTED),
+        }
+    }
+
+    /// A query string without the parameters that carry the run's token (`?api_key=…`, the
+    /// way some clients pass a key); None when nothing is left.
+    fn scrub_query(&self, query: &str) -> Option<String> {
+        if !self.token_at.is_match(query.as_bytes()) {
+            return Some(query.to_string());
+        }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !self.token_at.is_match(p.as_bytes()))
+            .collect();
+        (!kept.is_empty()).then(|| kept.join("&"))
+    }
+
+    fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shows a notice. Printing it may fail (`eprintln!` panics when the caller closed our
+    /// stderr: EPIPE); the request being served must not die with it, so a failure is dropped.
+    fn say(&self, line: String) {
+        let _ = crate::error::guarded(|| {
+            (self.notify)(line);
+            Ok(())
+        });
+    }
+
     fn warn_upstream(&self, line: String) {
         if !self.warned_upstream.swap(true, Ordering::SeqCst) {
-            (self.notify)(line);
+            self.say(line);
         }
     }
 
     fn warn_vault(&self, line: String) {
         if !self.warned_vault.swap(true, Ordering::SeqCst) {
-            (self.notify)(line);
+            self.say(line);
+        }
+    }
+
+    /// Marks connection `id` as the run's own: it is never dropped for a newcomer.
+    fn trust(&self, id: u64) {
+        if let Some(open) = self.conns().open.get_mut(&id) {
+            open.trusted = true;
+        }
+    }
+
+    /// The relay answered "every key is spent": the run may stop its attempt now.
+    fn exhausted_answered(&self) {
+        let hook = self.on_exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stop) = hook.as_ref() {
+            stop();
         }
     }
 
@@ -545,7 +762,7 @@ impl Shared {
                     st.blocked = Some(Blocked::Exhausted { earliest });
                     st.exhausted = Some(earliest);
                 }
-                (self.notify)(format!("{what}; no other account is left"));
+                self.say(format!("{what}; no other account is left"));
                 Next::Answer(exhausted_answer(earliest))
             }
             Ok(launch) => match Active::from_launch(&launch) {
@@ -562,7 +779,7 @@ impl Shared {
                         ours
                     };
                     if moved_here {
-                        (self.notify)(format!("{what}; switched to {}", active.who()));
+                        self.say(format!("{what}; switched to {}", active.who()));
                     }
                     Next::Slot(active)
                 }
@@ -634,6 +851,8 @@ struct Answer {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
+    /// "Every key is spent" ([`exhausted_answer`]).
+    all_spent: bool,
 }
 
 fn openai_error(status: u16, message: &str, kind: &str, code: &str) -> Answer {
@@ -642,6 +861,7 @@ fn openai_error(status: u16, message: &str, kind: &str, code: &str) -> Answer {
         status,
         headers: vec![("content-type", "application/json".into())],
         body: body.to_string().into_bytes(),
+        all_spent: false,
     }
 }
 
@@ -664,6 +884,7 @@ fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
     );
     let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
     answer.headers.push(("x-should-retry", "false".into()));
+    answer.all_spent = true;
     answer
 }
 
@@ -702,7 +923,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             break;
         }
         let conn = match conn {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on a full table.
                 if !matches!(
@@ -714,28 +935,37 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                 continue;
             }
         };
-        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = conn.try_clone() {
-            shared
-                .conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, clone);
-        }
-        let shared = Arc::clone(shared);
+        // Full of the run's own connections: the newcomer is closed (dropped here).
+        let Some(id) = shared.conns().admit(&conn) else {
+            continue;
+        };
+        let ours = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name("qwen-relay-conn".into())
             .spawn(move || {
-                let _ = serve_connection(&shared, conn);
-                shared
-                    .conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                // Unregistered however the thread ends (a panic outside a request included).
+                let _registered = Registered { shared: &ours, id };
+                let _ = serve_connection(&ours, id, &conn);
             });
         if spawned.is_err() {
+            // No thread (a process or memory limit): the connection is closed unanswered.
+            if let Some(open) = shared.conns().open.remove(&id) {
+                let _ = open.stream.shutdown(Shutdown::Both);
+            }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A connection's place in [`Shared::conns`], given up when its thread ends.
+struct Registered<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.shared.conns().open.remove(&self.id);
     }
 }
 
@@ -759,14 +989,20 @@ impl Incoming {
     }
 }
 
-fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
+fn serve_connection(shared: &Shared, id: u64, conn: &TcpStream) -> io::Result<()> {
     // Each SSE chunk is one write; without TCP_NODELAY Nagle would hold small ones back.
     conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    let mut out = conn.try_clone()?;
-    let mut reader = BufReader::with_capacity(CHUNK, conn);
+    let mut reader = BufReader::with_capacity(CHUNK, FromQwen::new(conn));
+    let mut out = ToQwen::new(conn);
+    let mut trusted = false;
     loop {
-        let mut req = match read_head(&mut reader) {
+        // Until the token is seen, the whole head has a total deadline; qwen's own keep-alive
+        // connection may then sit idle between requests.
+        reader.get_mut().deadline =
+            Some(Instant::now() + if trusted { IDLE_TIMEOUT } else { HEAD_TIMEOUT });
+        let head = read_head(&mut reader);
+        reader.get_mut().deadline = None;
+        let mut req = match head {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -776,7 +1012,8 @@ fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
                     "invalid_request_error",
                     "bad_request",
                 );
-                return write_answer(&mut out, &answer, "GET", true);
+                write_answer(&mut out, &answer, "GET", true)?;
+                return refuse_rest(conn);
             }
             Err(e) => return Err(e),
         };
@@ -784,16 +1021,13 @@ fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
             return Ok(());
         }
         if !authorized(&req, &shared.token) {
-            // A small body is read first so that closing does not reset the connection under
-            // our answer; a large one is not: nobody without the token makes us buffer it.
-            let small = req
-                .header("content-length")
-                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
-                .is_some_and(|n| n <= MAX_REFUSED_BODY);
-            if small {
-                let _ = read_body(&mut reader, &req);
-            }
-            return write_answer(&mut out, &refused_answer(), &req.method, true);
+            // Answered from the head alone: nobody without the token makes us read its body.
+            write_answer(&mut out, &refused_answer(), &req.method, true)?;
+            return refuse_rest(conn);
+        }
+        if !trusted {
+            trusted = true;
+            shared.trust(id);
         }
         if req
             .header("expect")
@@ -810,14 +1044,125 @@ fn serve_connection(shared: &Shared, conn: TcpStream) -> io::Result<()> {
                     "invalid_request_error",
                     "bad_request",
                 );
-                return write_answer(&mut out, &answer, &req.method, true);
+                write_answer(&mut out, &answer, &req.method, true)?;
+                return refuse_rest(conn);
             }
             Err(e) => return Err(e),
         }
-        let keep = relay_request(shared, &req, &mut out)?;
-        if !keep || req.close {
+        if !serve_request(shared, &req, &mut out)? || req.close {
             return Ok(());
         }
+    }
+}
+
+/// [`relay_request`], with a panic in it (a bug) still answering qwen: a 502 it shows and gives
+/// up on, when nothing of the answer was written yet; otherwise the connection closes, which
+/// tells qwen the answer broke off. Either way qwen never waits for an answer that will not come.
+fn serve_request(shared: &Shared, req: &Incoming, out: &mut ToQwen<'_>) -> io::Result<bool> {
+    out.started = false;
+    let bug = match crate::error::guarded(|| Ok(relay_request(shared, req, out))) {
+        Ok(served) => return served,
+        Err(bug) => bug,
+    };
+    if !shared.warned_bug.swap(true, Ordering::SeqCst) {
+        shared.say(format!("request relay: {bug}"));
+    }
+    if out.started {
+        return Ok(false);
+    }
+    let mut answer = openai_error(
+        502,
+        "qwen-rotation relay: internal error while relaying this request (a bug in qwen-rotation; please report it with qwen --rotation-version)",
+        "relay_error",
+        "relay_internal_error",
+    );
+    answer.headers.push(("x-should-retry", "false".into()));
+    write_answer(out, &answer, &req.method, true).map(|()| false)
+}
+
+/// After a refusal: no more writes, and the request's unread bytes are drained for a moment
+/// (into a small buffer, dropped) so closing does not reset the connection under the answer.
+fn refuse_rest(conn: &TcpStream) -> io::Result<()> {
+    conn.shutdown(Shutdown::Write)?;
+    let deadline = Instant::now() + REFUSED_LINGER;
+    let mut sink = [0u8; 8192];
+    let mut drained = 0;
+    while drained < REFUSED_DRAIN {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        conn.set_read_timeout(Some(left))?;
+        match (&*conn).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
+}
+
+/// The read side of a connection from qwen: within `deadline` in total when one is set (request
+/// heads), else within [`IDLE_TIMEOUT`] per read (bodies). The socket option is set only when it
+/// changes, so a body costs no extra system call per read.
+struct FromQwen<'a> {
+    stream: &'a TcpStream,
+    deadline: Option<Instant>,
+    applied: Option<Duration>,
+}
+
+impl<'a> FromQwen<'a> {
+    fn new(stream: &'a TcpStream) -> FromQwen<'a> {
+        FromQwen {
+            stream,
+            deadline: None,
+            applied: None,
+        }
+    }
+}
+
+impl Read for FromQwen<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                left
+            }
+            None => IDLE_TIMEOUT,
+        };
+        if self.applied != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.applied = Some(timeout);
+        }
+        (&*self.stream).read(buf)
+    }
+}
+
+/// The write side of a connection to qwen; `started` once a byte of the current answer went out.
+struct ToQwen<'a> {
+    stream: &'a TcpStream,
+    started: bool,
+}
+
+impl<'a> ToQwen<'a> {
+    fn new(stream: &'a TcpStream) -> ToQwen<'a> {
+        ToQwen {
+            stream,
+            started: false,
+        }
+    }
+}
+
+impl Write for ToQwen<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.started = true;
+        (&*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.stream).flush()
     }
 }
 
@@ -1003,7 +1348,8 @@ fn read_body(reader: &mut impl BufRead, req: &Incoming) -> io::Result<Vec<u8>> {
 
 /// Sends `req` upstream, rotating as needed, and writes the answer to qwen. Ok(false) when the
 /// connection to qwen must be closed (an answer whose end cannot be told otherwise).
-fn relay_request(shared: &Shared, req: &Incoming, out: &mut TcpStream) -> io::Result<bool> {
+fn relay_request(shared: &Shared, req: &Incoming, out: &mut ToQwen<'_>) -> io::Result<bool> {
+    crate::fault::point("relay.request");
     if req.method.eq_ignore_ascii_case("CONNECT") {
         let answer = openai_error(
             405,
@@ -1015,15 +1361,20 @@ fn relay_request(shared: &Shared, req: &Incoming, out: &mut TcpStream) -> io::Re
     }
     let mut active = match shared.start_slot() {
         Ok(a) => a,
-        Err(answer) => {
-            return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
-        }
+        Err(answer) => return answer_own(shared, out, &answer, req),
     };
     let mut tries = 0;
     let mut auth_moved = false;
     loop {
         tries += 1;
-        let url = upstream_url(&active.target.base_url, &req.path, req.query.as_deref());
+        let url = upstream_url(
+            &active.target.base_url,
+            &shared.scrub(&req.path),
+            req.query
+                .as_deref()
+                .and_then(|q| shared.scrub_query(q))
+                .as_deref(),
+        );
         let response = match send(shared, req, &active, &url) {
             Ok(r) => r,
             Err(e) => {
@@ -1080,10 +1431,7 @@ fn relay_request(shared: &Shared, req: &Incoming, out: &mut TcpStream) -> io::Re
                         continue;
                     }
                     Next::Slot(_) => {}
-                    Next::Answer(answer) => {
-                        return write_answer(out, &answer, &req.method, req.close)
-                            .map(|()| !req.close);
-                    }
+                    Next::Answer(answer) => return answer_own(shared, out, &answer, req),
                     Next::PassThrough => {}
                 }
             }
@@ -1110,6 +1458,21 @@ fn relay_request(shared: &Shared, req: &Incoming, out: &mut TcpStream) -> io::Re
             ),
         };
     }
+}
+
+/// Writes an answer the relay made itself; one that says every key is spent then lets the run
+/// stop its attempt ([`Relay::on_exhausted`]).
+fn answer_own(
+    shared: &Shared,
+    out: &mut ToQwen<'_>,
+    answer: &Answer,
+    req: &Incoming,
+) -> io::Result<bool> {
+    let written = write_answer(out, answer, &req.method, req.close);
+    if answer.all_spent {
+        shared.exhausted_answered();
+    }
+    written.map(|()| !req.close)
 }
 
 /// `base` + the request path without the relay's `/v1`: what qwen would have requested had it
@@ -1173,7 +1536,6 @@ fn send(
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
     use ureq::http::{HeaderName, HeaderValue};
     let listed = connection_listed(&req.headers);
-    let token = shared.token.expose().as_bytes();
     let mut builder = ureq::http::Request::builder()
         .method(req.method.as_str())
         .uri(url);
@@ -1182,7 +1544,7 @@ fn send(
         // the provider never sees it.
         if hop_by_hop(name)
             || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
-            || value.windows(token.len()).any(|w| w == token)
+            || shared.token_at.is_match(value)
         {
             continue;
         }
@@ -1207,6 +1569,10 @@ fn send(
         active.target.model.as_deref(),
     );
     let body: &[u8] = rewritten.as_deref().unwrap_or(&req.body);
+    // The token in the body (a tool that printed qwen's environment into the conversation):
+    // the provider never sees it.
+    let scrubbed = shared.token_at.replace_all(body, REDACTED.as_bytes());
+    let body: &[u8] = &scrubbed;
     if body.is_empty()
         && req.header("content-length").is_none()
         && req.header("transfer-encoding").is_none()
@@ -1319,7 +1685,12 @@ fn head_common(head: &mut String, close: bool) {
     }
 }
 
-fn write_answer(out: &mut TcpStream, answer: &Answer, method: &str, close: bool) -> io::Result<()> {
+fn write_answer(
+    out: &mut impl Write,
+    answer: &Answer,
+    method: &str,
+    close: bool,
+) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", answer.status, reason(answer.status));
     for (k, v) in &answer.headers {
         let _ = write!(head, "{k}: {v}\r\n");
@@ -1339,7 +1710,7 @@ fn write_answer(out: &mut TcpStream, answer: &Answer, method: &str, close: bool)
 /// passed on at once (chunked encoding when the provider gave no length). Ok(false) when the
 /// connection must close: qwen asked so, or the provider's body broke off.
 fn stream_answer(
-    out: &mut TcpStream,
+    out: &mut impl Write,
     status: u16,
     headers: &ureq::http::HeaderMap,
     method: &str,
@@ -1555,6 +1926,17 @@ fn agent(proxy: Option<ureq::Proxy>) -> ureq::Agent {
         .max_idle_age(Duration::from_secs(60))
         .build();
     ureq::Agent::new_with_config(config)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from /proc/self/limits ("Max open files").
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `n` random bytes from the kernel, as hex.
@@ -1776,6 +2158,48 @@ mod tests {
         }
         assert!(relay_possible_for(&paths, None, &args(&["-p", "--", "--openai-api-key"])).is_ok());
         assert!(relay_possible_for(&paths, None, &args(&["-p", "hello"])).is_ok());
+    }
+
+    #[test]
+    fn a_key_is_withheld_only_from_an_endpoint_other_than_its_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        let launch = |base: Option<&str>| Launch {
+            slot: 1,
+            label: None,
+            kind: Kind::ApiKey,
+            env: vec![("OPENAI_MODEL".into(), Secret::new("m1".to_string()))],
+            api: base.map(|b| ApiTarget {
+                base_url: b.into(),
+                key: Secret::new("sk-x".to_string()),
+                model: Some("m1".into()),
+                env_key: "OPENAI_API_KEY".into(),
+            }),
+        };
+        let slot = launch(Some("https://good.test/v1"));
+        assert!(key_withheld(&paths, &slot, &[]).is_none());
+        let provider = |url: &str| {
+            format!(r#"{{"modelProviders":{{"openai":[{{"id":"m1","baseUrl":"{url}"}}]}}}}"#)
+        };
+        std::fs::write(&paths.settings, provider("https://good.test/v1/")).unwrap();
+        assert!(key_withheld(&paths, &slot, &[]).is_none());
+        std::fs::write(
+            &paths.settings,
+            provider("https://u:hunter2@evil.test/v1?k=QUERYSECRET"),
+        )
+        .unwrap();
+        let why = key_withheld(&paths, &slot, &[]).expect("withheld");
+        assert!(
+            why.contains("https://evil.test/v1")
+                && !why.contains("hunter2")
+                && !why.contains("QUERYSECRET"),
+            "{why}"
+        );
+        // Another model on the command line is not routed there.
+        let args = [OsString::from("--model"), OsString::from("m2")];
+        assert!(key_withheld(&paths, &slot, &args).is_none());
+        // A slot without a base URL follows the user's own settings.
+        assert!(key_withheld(&paths, &launch(None), &[]).is_none());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         None => exec(&real, &args, &[]),
     };
 
+    if relay::key_withheld(&vault.paths, &launch, &args).is_some() {
+        // qwen's settings would send the key elsewhere. Its failure without the key is not the
+        // account's: nothing is rotated or marked (attempt_env leaves the key out, and says so).
+        let env = attempt_env(&vault, &launch, None, &args);
+        exec(&real, &args, &env);
+    }
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     if interactive {
         interactive_session(&vault, &real, &args, patterns, launch);
@@ -180,7 +186,7 @@ fn interactive_session(
         record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
         let mut cmd = Command::new(real);
         cmd.args(args);
-        for (k, v) in attempt_env(vault, &launch, relay.as_deref()) {
+        for (k, v) in attempt_env(vault, &launch, relay.as_deref(), args) {
             cmd.env(k, v);
         }
         let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
@@ -245,7 +251,7 @@ fn interactive_session(
                 warn(format!(
                     "cannot set up the terminal relay ({e}); running qwen without live rotation"
                 ));
-                exec(real, args, &attempt_env(vault, &launch, None))
+                exec(real, args, &attempt_env(vault, &launch, None, args))
             }
         };
         let hit = exit_detector
@@ -441,6 +447,16 @@ fn headless(
     let mut waited = false;
     let mut attempt = 1;
     let mut record = RunRecord::start(relay);
+    if let Some(relay) = relay {
+        // Once the relay has answered "every key is spent", nothing qwen retries can succeed
+        // (qwen 0.12 retries that answer for about a minute): the attempt is stopped at once and
+        // the loop below ends the run with exit 75. KILL, not TERM: the run's result is decided,
+        // and on TERM qwen 0.12.0 prints "Operation cancelled." and takes up to 2 s more
+        // (measured) before the shim's own message could follow.
+        relay.on_exhausted(Box::new(|| {
+            signals::signal_tree(nix::sys::signal::Signal::SIGKILL)
+        }));
+    }
     loop {
         record.attempts += 1;
         let may_retry = !modifiers.no_retry
@@ -457,7 +473,7 @@ fn headless(
         let finished = pipes::run(Attempt {
             program: real,
             args,
-            env: attempt_env(vault, &launch, relay),
+            env: attempt_env(vault, &launch, relay, args),
             stdin: &stdin,
             stdout: stdout.held(hold && may_retry),
             patterns: Arc::clone(&patterns),
@@ -717,8 +733,13 @@ fn child_env(launch: &Launch) -> Vec<(OsString, OsString)> {
 
 /// Everything an attempt on `launch` adds to the environment: the slot's variables (or the
 /// relay's), and the auth-type override when the slot's kind is not what qwen's settings select.
-fn attempt_env(vault: &Vault, launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
-    let mut env = slot_env(launch, relay);
+fn attempt_env(
+    vault: &Vault,
+    launch: &Launch,
+    relay: Option<&Relay>,
+    args: &[OsString],
+) -> Vec<(OsString, OsString)> {
+    let mut env = slot_env(vault, launch, relay, args);
     let selected = settings::Selected::read(&vault.paths);
     if let Some(why) = settings::blocked(launch, &selected) {
         warn(why);
@@ -735,10 +756,22 @@ fn attempt_env(vault: &Vault, launch: &Launch, relay: Option<&Relay>) -> Vec<(Os
 
 /// With the relay in the path, qwen gets the relay's address and the run's own token in place
 /// of the provider's URL and the real key: the real key never enters qwen's environment.
-fn slot_env(launch: &Launch, relay: Option<&Relay>) -> Vec<(OsString, OsString)> {
-    relay
-        .and_then(|r| r.child_env(launch))
-        .unwrap_or_else(|| child_env(launch))
+/// Without it, the real key goes in only when qwen will send it to the slot's own base URL.
+fn slot_env(
+    vault: &Vault,
+    launch: &Launch,
+    relay: Option<&Relay>,
+    args: &[OsString],
+) -> Vec<(OsString, OsString)> {
+    if let Some(env) = relay.and_then(|r| r.child_env(launch)) {
+        return env;
+    }
+    let mut env = child_env(launch);
+    if let Some(why) = relay::key_withheld(&vault.paths, launch, args) {
+        warn(why);
+        env.retain(|(k, _)| k == "OPENAI_BASE_URL" || k == "OPENAI_MODEL");
+    }
+    env
 }
 
 /// Replaces this process with the real qwen.

@@ -654,3 +654,68 @@ fn token_refreshed_by_qwen_is_synced_back_to_its_slot_before_switching() {
     assert_eq!(account(&sb, 1)["status"], "cooling_down");
     assert_eq!(sb.live_token().as_deref(), Some("tok2_ok"));
 }
+
+// ---------------------------------------------------------------- every key spent, on every version
+
+/// Every key spent, default settings (qwen's own retries on): the run ends with exit 75 and the
+/// shim's message within seconds of the relay answering "all spent" — the mock's last quota
+/// answer is the moment the relay knows. Before, 0.12.0 retried that answer for 63–73 s.
+fn all_keys_spent_ends_soon_after_the_relay_knows(version: Version) {
+    let mock = Mock::start();
+    let Some(sb) = Sandbox::new(version) else {
+        return;
+    };
+    sb.write_settings(Some("openai"), serde_json::json!({}));
+    let keys = ["key1_quota", "key2_quota"];
+    for (i, k) in keys.iter().enumerate() {
+        sb.add_api_key_via_shim(&format!("key{}", i + 1), k, &mock.base_url(), "mock-model");
+    }
+    let started = std::time::Instant::now();
+    let out = sb.run(&["-p", "hello"], None);
+    let exited = started + out.elapsed;
+    assert_eq!(out.code(), 75, "{}", out.dump());
+    assert_eq!(out.stdout(), "");
+    assert!(
+        out.stderr().contains("all accounts exhausted"),
+        "{}",
+        out.dump()
+    );
+    let last_quota = mock
+        .chat_requests()
+        .into_iter()
+        .filter(|r| r.token == "key2_quota")
+        .map(|r| r.at)
+        .max()
+        .expect("key 2 was tried");
+    let after = exited.saturating_duration_since(last_quota);
+    println!(
+        "qwen {}: exit 75 {after:.2?} after the last quota answer ({:.1?} in all, {} requests)",
+        version.as_str(),
+        out.elapsed,
+        mock.chat_requests().len()
+    );
+    assert!(
+        after < Duration::from_secs(5),
+        "the run ended {after:.1?} after the relay knew every key was spent\n{}",
+        out.dump()
+    );
+    // The shim's lines only: qwen, stopped, adds nothing (no "Operation cancelled.").
+    assert!(
+        out.stderr()
+            .lines()
+            .all(|l| l.starts_with("qwen-rotation:")),
+        "{}",
+        out.dump()
+    );
+    assert_no_leaks(&sb, &out, &keys);
+}
+
+#[test]
+fn api_keys_all_spent_on_qwen_0_12_end_within_seconds() {
+    all_keys_spent_ends_soon_after_the_relay_knows(Version::V0_12);
+}
+
+#[test]
+fn api_keys_all_spent_on_qwen_0_24_end_within_seconds() {
+    all_keys_spent_ends_soon_after_the_relay_knows(Version::V0_24);
+}

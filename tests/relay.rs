@@ -942,7 +942,7 @@ fn switch_to_follows_a_rotation_made_elsewhere() {
 /// Runs one test of this file alone in a child process with `env` set: the relay reads the
 /// proxy variables when it starts, and changing the environment of this multi-threaded test
 /// process would race the other tests.
-fn in_child(test: &str, env: &[(&str, &str)]) {
+fn in_child(test: &str, env: &[(&str, &str)]) -> String {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("RELAY_TEST_CHILD", "1");
@@ -968,6 +968,7 @@ fn in_child(test: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    text
 }
 
 #[test]
@@ -1023,4 +1024,466 @@ fn a_refused_request_is_not_buffered() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(mock.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile local clients: anyone on this machine can connect to the relay's port
+// ---------------------------------------------------------------------------------------------
+
+/// `127.0.0.1:PORT` of the relay.
+fn relay_addr(relay: &Relay) -> String {
+    relay
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string()
+}
+
+/// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} not in /proc/self/status"))
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// How many hostile connections the flood attempts.
+const FLOOD: usize = 2000;
+
+/// 2,000 token-less connections (idle ones, slowloris heads that never end, and requests that
+/// announce a 1,000,000-byte body and send 64 KiB of it) from another process, as fast as it
+/// can open them: every request of the run (on its kept-alive connection and on fresh ones)
+/// still gets its answer, and the relay's descriptors and memory stay bounded. Before the cap
+/// each connection held a thread and three descriptors and each announced body got a 1 MiB
+/// buffer (about 700 MiB for this flood).
+///
+/// The relay runs in a child process of its own, so its descriptors and memory are measured
+/// without the other tests of this file.
+#[test]
+fn a_flood_of_hostile_connections_never_locks_out_the_run_and_stays_bounded() {
+    let text = in_child("flood_child", &[]);
+    for line in text.lines().filter(|l| l.contains("flood:")) {
+        println!("{}", &line[line.find("flood:").unwrap_or(0)..]);
+    }
+}
+
+#[test]
+fn flood_child() {
+    use std::process::{Command, Stdio};
+    if std::env::var_os("RELAY_TEST_CHILD").is_none() {
+        return;
+    }
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let token = f.token();
+    assert_eq!(f.chat(false).status, 200);
+    let mut kept = Conn::open(&f.relay);
+    let ask = |c: &mut Conn| {
+        let started = Instant::now();
+        let r = c.roundtrip(
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            &chat_body(false),
+        );
+        assert_eq!(r.status, 200, "a request of the run failed: {}", r.text());
+        started.elapsed()
+    };
+    ask(&mut kept);
+    let (fds_before, rss_before) = (open_fds(), status_kib("VmRSS"));
+
+    // The flood comes from a child process, with its open-file limit raised to the hard limit
+    // (2,000 sockets of its own); its sockets do not count against ours.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "hostile_client_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RELAY_TEST_CHILD", "1")
+        .env("RELAY_HOSTILE_ADDR", relay_addr(&f.relay))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let (mut peak_fds, mut peak_rss, mut served, mut slowest) = (0, 0, 0, Duration::ZERO);
+    let mut sample = |served: &mut usize, took: Duration| {
+        *served += 1;
+        slowest = slowest.max(took);
+        peak_fds = peak_fds.max(open_fds());
+        peak_rss = peak_rss.max(status_kib("VmRSS"));
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let summary = loop {
+        assert!(Instant::now() < deadline, "the flood did not end in 120 s");
+        // The harness prints the child's line after its own "test … … ".
+        if let Ok(line) = lines.try_recv()
+            && let Some(at) = line.find("flood done")
+        {
+            break line[at..].to_string();
+        }
+        // The run's requests while the flood runs: fresh connections and the kept one.
+        let took = ask(&mut Conn::open(&f.relay));
+        sample(&mut served, took);
+        let took = ask(&mut kept);
+        sample(&mut served, took);
+    };
+    let during = served;
+    // The flood's connections are still open (slowloris ones still trickling): more requests.
+    for _ in 0..20 {
+        let took = ask(&mut Conn::open(&f.relay));
+        sample(&mut served, took);
+    }
+    drop(child.stdin.take());
+    let ended = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < ended, "the hostile child did not exit");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (fds, rss) = (
+        peak_fds - fds_before.min(peak_fds),
+        peak_rss.saturating_sub(rss_before),
+    );
+    println!(
+        "flood: {summary}; run's requests answered: {served} ({during} during the flood), \
+         slowest {slowest:.1?}; relay side: +{fds} descriptors at peak, RSS {} -> peak {} KiB \
+         (+{rss} KiB), VmHWM {} KiB",
+        rss_before,
+        peak_rss,
+        status_kib("VmHWM")
+    );
+    assert!(
+        during > 0,
+        "no request of the run was made during the flood"
+    );
+    // 512 connections at most (one descriptor each), plus the run's own and the upstream pool.
+    assert!(fds <= 512 + 32, "the relay held {fds} more descriptors");
+    // Each held connection costs its thread's touched stack and a read buffer; no body buffer.
+    assert!(rss < 64 * 1024, "the relay grew by {rss} KiB");
+    assert_eq!(
+        mock.requests().len(),
+        served + 2,
+        "a hostile request reached the provider"
+    );
+}
+
+/// The hostile side of the flood test (run alone in a child process).
+#[test]
+fn hostile_client_child() {
+    let Ok(addr) = std::env::var("RELAY_HOSTILE_ADDR") else {
+        return;
+    };
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let started = Instant::now();
+    let (mut connected, mut failed, mut slow) = (0, 0, Vec::new());
+    let mut held = Vec::new();
+    let body = vec![b'x'; 64 * 1024];
+    for i in 0..FLOOD {
+        let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            failed += 1;
+            continue;
+        };
+        connected += 1;
+        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+        let mut w = &s;
+        match i % 3 {
+            0 => {}
+            1 => {
+                let _ = w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n");
+                slow.push(s.try_clone().ok());
+            }
+            _ => {
+                let _ = w.write_all(
+                    b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n",
+                );
+                let _ = w.write_all(&body);
+            }
+        }
+        held.push(s);
+    }
+    println!(
+        "flood done: {FLOOD} attempted, {connected} connected, {failed} failed, in {:.1?}",
+        started.elapsed()
+    );
+    // Slowloris: one byte per slow connection every 200 ms, until the parent closes our stdin
+    // (bounded to 60 s).
+    let (tx, done) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end && done.recv_timeout(Duration::from_millis(200)).is_err() {
+        for s in slow.iter().flatten() {
+            let _ = (&*s).write_all(b"x");
+        }
+    }
+}
+
+/// A slowloris head (a header line every 300 ms, never the end of the head) is cut off once the
+/// head deadline passes, whatever the bytes keep arriving; before, each byte reset a 300 s
+/// idle timeout and such a connection was held for ever.
+#[test]
+fn a_head_trickled_line_by_line_is_cut_off_at_the_head_deadline() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let s = TcpStream::connect(relay_addr(&f.relay)).unwrap();
+    let started = Instant::now();
+    (&s).write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let cut = loop {
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(25),
+            "the relay still held a trickling head after {elapsed:.1?}"
+        );
+        let mut buf = [0u8; 256];
+        match (&s).read(&mut buf) {
+            Ok(0) => break elapsed,
+            Ok(_) => panic!("the relay answered a head that never ended"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break elapsed,
+        }
+        if (&s).write_all(b"x-a: b\r\n").is_err() {
+            break started.elapsed();
+        }
+    };
+    println!("a trickling head was cut off after {cut:.1?}");
+    assert!(
+        cut >= Duration::from_secs(9),
+        "cut off too early: {cut:.1?}"
+    );
+    assert!(mock.requests().is_empty());
+}
+
+/// A token-less request that announces a body is refused from its head: nothing of the body is
+/// waited for (before, a body up to 1 MiB was read into a buffer first; never sending it kept
+/// the refusal waiting for the 300 s idle timeout).
+#[test]
+fn a_token_less_request_is_refused_before_its_body_is_read() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let mut c = Conn::open(&f.relay);
+    c.r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    c.w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let r = c.response();
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(mock.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run's token never leaves for the provider
+// ---------------------------------------------------------------------------------------------
+
+/// qwen (or a tool that printed its environment into the conversation) may put the run's token
+/// in a query string, another header or the body: the provider sees none of them, and the rest
+/// of the request unchanged. Before, a query and a body were forwarded as they came.
+#[test]
+fn the_run_token_never_reaches_the_provider_in_a_query_a_header_or_a_body() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let token = f.token();
+    let body = serde_json::json!({
+        "model": "mock-model",
+        "messages": [{"role": "user", "content": format!("my key is {token}, keep it")}],
+    })
+    .to_string();
+    let mut c = Conn::open(&f.relay);
+    let head = format!(
+        "POST /v1/chat/completions?api_key={token}&api-version=1 HTTP/1.1\r\n\
+         authorization: Bearer {token}\r\nx-api-key: {token}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    c.w.write_all(head.as_bytes()).unwrap();
+    c.w.write_all(body.as_bytes()).unwrap();
+    let r = c.response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let query_only = format!("/v1/chat/completions?key={token}");
+    let r = c.roundtrip("POST", &query_only, Some(&token), &chat_body(false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.roundtrip("GET", &format!("/v1/{token}/models"), Some(&token), b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let seen = mock.requests();
+    assert_eq!(seen[0].path, "/v1/chat/completions?api-version=1");
+    assert_eq!(
+        seen[0].prompt.as_deref(),
+        Some("my key is [redacted], keep it")
+    );
+    assert_eq!(seen[1].path, "/v1/chat/completions");
+    assert_eq!(seen[2].path, "/v1/[redacted]/models");
+    for s in &seen {
+        assert!(
+            !format!("{s:?}").contains(&token),
+            "the provider saw the run's token: {s:?}"
+        );
+    }
+    f.assert_mock_never_saw_the_token(&mock);
+}
+
+/// The relay's own messages name a base URL without its `user:password@` and its query
+/// (`?api_key=…`), in the answer qwen gets and in the notice the person reads.
+#[test]
+fn relay_messages_never_show_the_userinfo_or_query_of_a_base_url() {
+    let f = fixture(&[(
+        key(1, "ok"),
+        "http://user:hunter2@127.0.0.1:9/v1?api_key=QUERYSECRET".into(),
+        Some("m"),
+    )]);
+    let r = f.chat(false);
+    assert_eq!(r.status, 502, "{}", r.text());
+    let shown = format!("{} {:?}", r.text(), f.notices());
+    assert!(shown.contains("http://127.0.0.1:9/v1"), "{shown}");
+    for secret in ["hunter2", "user:", "QUERYSECRET", "api_key"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bugs and broken streams never leave qwen waiting
+// ---------------------------------------------------------------------------------------------
+
+/// A notice that cannot be printed (`eprintln!` panics on a closed stderr: EPIPE) does not stop
+/// the quota switch it reports: qwen gets key 2's answer. Before, the connection thread died
+/// with the notice and qwen waited for an answer until its own timeout.
+#[test]
+fn a_notice_that_cannot_be_printed_does_not_stop_a_quota_switch() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join(".qwen");
+    let paths = Paths::at(&home);
+    private_dir(&home);
+    private_dir(&paths.accounts);
+    for (i, b) in ["quota", "ok"].iter().enumerate() {
+        let doc = serde_json::json!({"api_key": key(i + 1, b), "base_url": mock.base_url(), "env_key": "OPENAI_API_KEY"});
+        private_file(&paths.api_key_slot(i + 1), doc.to_string().as_bytes());
+    }
+    let vault = Vault::open(paths.clone(), Config::default());
+    let relay = Relay::start(Setup {
+        vault: Vault::open(paths.clone(), Config::default()),
+        patterns: Patterns::defaults(),
+        launch: vault.prepare(None).unwrap(),
+        notify: Box::new(|_| panic!("failed printing to stderr: Broken pipe (os error 32)")),
+    })
+    .unwrap();
+    let mut c = Conn::open(&relay);
+    c.r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let token = relay.token.expose().to_string();
+    let r = c.roundtrip(
+        "POST",
+        "/v1/chat/completions",
+        Some(&token),
+        &chat_body(false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(&format!("REPLY-FROM-{}", key(2, "ok"))));
+    assert_eq!(relay.current_slot(), 2);
+}
+
+/// The answer "every key is spent" lets the run stop its attempt: `on_exhausted` is called once
+/// the answer is written (run.rs stops qwen there instead of letting qwen 0.12 retry it for a
+/// minute).
+#[test]
+fn the_all_spent_answer_calls_on_exhausted() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota", "quota"]);
+    let (tx, called) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    f.relay.on_exhausted(Box::new(move || {
+        let _ = tx.lock().unwrap().send(Instant::now());
+    }));
+    let r = f.chat(false);
+    let answered = Instant::now();
+    assert_eq!(r.status, 429, "{}", r.text());
+    let at = called
+        .recv_timeout(Duration::from_secs(5))
+        .expect("on_exhausted was called");
+    assert!(at <= answered);
+    assert!(f.relay.exhausted().is_some());
+    // qwen's retry of it: answered the same way, the hook called again.
+    assert_eq!(f.chat(false).status, 429);
+    called
+        .recv_timeout(Duration::from_secs(5))
+        .expect("called for the retry too");
+}
+
+/// A panic in a connection thread (a bug, injected with the `fault-injection` feature) still
+/// answers the request at once: a 502 with an OpenAI-shaped error qwen shows and gives up on;
+/// the next request is served. Before, the socket stayed open and qwen waited ~2 minutes.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panic_in_a_connection_thread_still_answers_the_request() {
+    in_child(
+        "panicking_relay_child",
+        &[("QWEN_ROTATION_FAULT", "relay.request@1:panic")],
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn panicking_relay_child() {
+    if std::env::var_os("RELAY_TEST_CHILD").is_none() {
+        return;
+    }
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok"]);
+    let mut c = Conn::open(&f.relay);
+    c.r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let r = c.roundtrip(
+        "POST",
+        "/v1/chat/completions",
+        Some(&f.token()),
+        &chat_body(false),
+    );
+    println!(
+        "the panicking request was answered in {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), "relay_internal_error");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    assert!(
+        f.notices()
+            .iter()
+            .any(|n| n.contains("request relay: internal error at src/")),
+        "{:?}",
+        f.notices()
+    );
+    assert!(!r.text().contains("injected"), "{}", r.text());
+    assert_eq!(f.chat(false).status, 200);
 }
