@@ -391,7 +391,9 @@ fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>)
     let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
         .into_iter()
         .filter_map(|p| {
-            let text = std::fs::read_to_string(&p).ok()?;
+            // Untrusted (a repository's): never block on it, never read more than a settings
+            // file can hold.
+            let text = crate::files::read_text(&p, crate::files::MAX_OWN_FILE).ok()?;
             let doc = serde_json::from_str(&strip_json_comments(&text)).ok()?;
             Some((p, doc))
         })

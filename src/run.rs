@@ -493,7 +493,7 @@ fn headless(
                 warn(format!(
                     "cannot start qwen under the shim ({e}); running qwen without rotation"
                 ));
-                exec(real, args, &attempt_env(vault, &launch, None))
+                exec(real, args, &attempt_env(vault, &launch, None, args))
             }
             Err(e) => fail(&spawn_error(real, e)),
         };

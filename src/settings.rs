@@ -83,8 +83,11 @@ fn system_settings_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(SYSTEM_SETTINGS_DEFAULT))
 }
 
+/// A settings file as JSON (comments allowed, as qwen allows them). A workspace's file is
+/// untrusted content: read without blocking (a FIFO there must not hang every run) and at most
+/// `MAX_OWN_FILE` bytes; anything else reads as empty settings.
 fn read_json(path: &Path) -> Value {
-    fs::read_to_string(path)
+    crate::files::read_text(path, crate::files::MAX_OWN_FILE)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&strip_comments(&t)).ok())
         .filter(Value::is_object)
@@ -174,7 +177,8 @@ pub fn override_env(
     let file = dir.join(format!("system-settings-{}.json", launch.slot));
     let text = serde_json::to_string_pretty(&system).unwrap_or_default();
     // Most runs find the file as they left it: write only when it changed.
-    if fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+    let current = crate::files::read_text(&file, crate::files::MAX_OWN_FILE).ok();
+    if current.as_deref() != Some(text.as_str()) {
         let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
         tmp.write_all(text.as_bytes())?;
         tmp.as_file()
