@@ -74,6 +74,23 @@ fn warnings(out: &Output) -> Vec<String> {
 
 // ---------------------------------------------------------------- FIFOs (never block in open)
 
+/// A repository is untrusted content: a FIFO as its `.qwen/settings.json` (read on every run
+/// with API keys, to see where qwen would send the model) must not hang the run.
+#[test]
+fn a_fifo_as_a_workspace_settings_json_does_not_hang_a_run_with_api_keys() {
+    let sb = Sandbox::new(FAKE);
+    fs::create_dir_all(sb.path("work/.qwen")).unwrap();
+    mkfifo(&sb.path("work/.qwen/settings.json"));
+    let mut cmd = sb.cmd(["-p", "hi"]);
+    cmd.env("QWEN_ROTATION_KEYS", "sk-fifo-one,sk-fifo-two")
+        .env("QWEN_ROTATION_BASE_URL", "http://127.0.0.1:9/v1")
+        .env("FAIL", "");
+    let started = Instant::now();
+    let out = output_within(cmd, DEADLINE);
+    println!("FIFO workspace settings: run took {:?}", started.elapsed());
+    assert_qwen_ran("FIFO workspace settings.json", &out, 1);
+}
+
 #[test]
 fn a_fifo_as_a_slot_neither_hangs_a_run_nor_status() {
     let sb = pool();
