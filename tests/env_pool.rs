@@ -444,7 +444,6 @@ fn real_qwen_0_24_rotates_keys_from_the_environment() {
     let tokens = mock.tokens();
     assert_eq!(tokens.first(), Some(&keys[0]), "{tokens:?}");
     assert!(tokens[1..].iter().all(|t| *t == keys[1]), "{tokens:?}");
-    assert!(out.elapsed < Duration::from_secs(30), "{}", out.dump());
     for k in &keys {
         assert!(!out.stderr().contains(k.as_str()), "{}", out.dump());
     }

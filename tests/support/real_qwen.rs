@@ -194,7 +194,9 @@ impl Sandbox {
             shim_dir,
             real_dir,
             env: Vec::new(),
-            timeout: Duration::from_secs(60),
+            // A deadline against a hang, not a speed target: two real qwen starts on a loaded
+            // 2-core machine have taken over a minute.
+            timeout: Duration::from_secs(180),
         };
         if version == Version::V0_24 {
             let qh = sandbox.qwen_home.clone();
