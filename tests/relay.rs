@@ -1422,15 +1422,15 @@ fn the_all_spent_answer_calls_on_exhausted() {
     let (tx, called) = mpsc::channel();
     let tx = Mutex::new(tx);
     f.relay.on_exhausted(Box::new(move || {
-        let _ = tx.lock().unwrap().send(Instant::now());
+        let _ = tx.lock().unwrap().send(());
     }));
     let r = f.chat(false);
-    let answered = Instant::now();
+    // The answer arrives whole first (the hook runs once it is written, so the client may read
+    // it before or after the hook's call), then the hook.
     assert_eq!(r.status, 429, "{}", r.text());
-    let at = called
+    called
         .recv_timeout(Duration::from_secs(5))
         .expect("on_exhausted was called");
-    assert!(at <= answered);
     assert!(f.relay.exhausted().is_some());
     // qwen's retry of it: answered the same way, the hook called again.
     assert_eq!(f.chat(false).status, 429);
