@@ -21,7 +21,7 @@ use super::upstream::relay_request;
 /// A new connection's request head, or the next head on a connection that never showed the
 /// token, must arrive whole within this long from the connection's start. qwen writes its request
 /// the moment it has connected; a client that trickles one byte at a time (slowloris) is cut off.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// After refusing a request, its unread bytes are drained (into a small reused buffer, never
 /// kept) for at most this long and this many bytes, so that closing does not reset the
 /// connection under the refusal (a close with unread data sends RST, and the client may lose

@@ -18,7 +18,7 @@ use super::proxy::Routes;
 
 /// Connections held at once: one thread and one file descriptor each (qwen keeps a handful).
 /// Lower under a low open-file limit: a quarter of it, so the rest of the run keeps its own.
-const MAX_CONNS: usize = 512;
+pub(super) const MAX_CONNS: usize = 512;
 /// Of those, a quarter may be connections that have not (yet) shown the run's token. A new
 /// connection past that drops the oldest such one: qwen's own connection shows its token in its
 /// first milliseconds, a hostile one never does, so a flood only ever pushes out the flood.
