@@ -1,0 +1,353 @@
+//! Whether the relay can stand in qwen's request path, and whether a slot's real key may go to
+//! qwen at all: qwen's argv and every settings file it merges are read for a fixed base URL.
+//! Invariant: a repository's settings file is read bounded and never gets a key by naming a model.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::config::Paths;
+use crate::vault::{Kind, Launch};
+
+use super::upstream::shown_url;
+
+/// Err(reason) when the relay cannot be put in qwen's request path (qwen's settings fix the
+/// provider's base URL): run.rs then falls back to output scanning.
+pub fn relay_possible(paths: &Paths) -> Result<(), String> {
+    relay_possible_for(paths, None, &[])
+}
+
+/// [`relay_possible`] knowing the model the slot injects as `OPENAI_MODEL` and qwen's argv.
+///
+/// - `--openai-base-url`/`--openaiBaseUrl` beats `OPENAI_BASE_URL`, and `--openai-api-key`
+///   beats the key variable: qwen would go past the relay, or bring a key the relay refuses.
+/// - qwen picks a `modelProviders` entry by the model it resolved (`--model`/`-m`, then
+///   settings `model.name`, then `OPENAI_MODEL`/`QWEN_MODEL`; QWEN_FACTS_APIKEY.md §1), and such
+///   an entry's `baseUrl` beats `OPENAI_BASE_URL`: requests for that model would go straight to
+///   the provider with the relay's token as the key. Every settings file qwen merges is looked
+///   at (system, workspace `.qwen/settings.json`, user); one matching entry is enough to say no.
+pub fn relay_possible_for(
+    paths: &Paths,
+    model: Option<&str>,
+    args: &[OsString],
+) -> Result<(), String> {
+    let from_args = model_from_args(args)?;
+    match fixed_base_url(paths, from_args, model) {
+        Some(fixed) => Err(format!(
+            "{} fixes the base URL of model `{}` (modelProviders.{}), so qwen would send its \
+             requests past the relay",
+            fixed.file.display(),
+            fixed.model,
+            fixed.provider
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why `launch`'s real key must stay out of qwen's environment when qwen talks to the provider
+/// itself (no relay): qwen's settings send the model it will use to another endpoint than the
+/// slot's own base URL, and qwen would send the key there. A workspace's `.qwen/settings.json`
+/// is a repository's content, not the user's choice: it must not get a key by naming a model.
+/// For a slot stored without a base URL (qwen's settings choose it), only an entry in the
+/// workspace file is foreign.
+pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option<String> {
+    if launch.kind != Kind::ApiKey {
+        return None;
+    }
+    let api = launch.api.as_ref();
+    let slot_model = launch
+        .env
+        .iter()
+        .find(|(k, _)| k == "OPENAI_MODEL")
+        .map(|(_, v)| v.expose().to_string());
+    let from_args = model_from_args(args).unwrap_or(None);
+    let fixed = fixed_base_url(paths, from_args, slot_model.as_deref())?;
+    let same = |base: &str| base.trim_end_matches('/') == fixed.base_url.trim_end_matches('/');
+    let foreign = match api {
+        Some(api) => !same(&api.base_url),
+        None => fixed.workspace,
+    };
+    foreign.then(|| {
+        format!(
+            "{} sends model `{}` to {} (modelProviders.{}), not to the base URL of account {}: \
+             qwen runs without that key and without rotation; remove that entry, or run qwen \
+             outside that directory",
+            fixed.file.display(),
+            fixed.model,
+            shown_url(&fixed.base_url),
+            fixed.provider,
+            launch.slot
+        )
+    })
+}
+
+/// The model named on the command line; Err when the command line itself points qwen at
+/// another endpoint or key.
+fn model_from_args(args: &[OsString]) -> Result<Option<String>, String> {
+    let mut from_args = None;
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.to_string(), None),
+        };
+        match name.as_str() {
+            "--" => break,
+            "--openai-base-url" | "--openaiBaseUrl" => {
+                return Err(format!(
+                    "{name} on the command line sends qwen's requests past the relay"
+                ));
+            }
+            "--openai-api-key" | "--openaiApiKey" => {
+                return Err(format!(
+                    "{name} on the command line gives qwen a key of its own"
+                ));
+            }
+            "--model" | "-m" => from_args = inline.or_else(|| it.next().map(|v| v.to_string())),
+            _ => {}
+        }
+    }
+    Ok(from_args)
+}
+
+/// A `modelProviders` entry that fixes the base URL of the model qwen will use.
+struct Fixed {
+    file: PathBuf,
+    /// The file is the workspace's `.qwen/settings.json`.
+    workspace: bool,
+    provider: String,
+    model: String,
+    base_url: String,
+}
+
+/// The first settings entry (in qwen's precedence) that fixes the base URL of the model qwen
+/// resolves: `from_args`, else settings `model.name`, else `model` (the slot's), else the
+/// environment's `OPENAI_MODEL`/`QWEN_MODEL`.
+fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>) -> Option<Fixed> {
+    let cwd = std::env::current_dir().ok();
+    let workspace = cwd.as_deref().map(|c| c.join(".qwen/settings.json"));
+    let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
+        .into_iter()
+        .filter_map(|p| {
+            // Untrusted (a repository's): never block on it, never read more than a settings
+            // file can hold.
+            let text = crate::files::read_text(&p, crate::files::MAX_OWN_FILE).ok()?;
+            let doc = serde_json::from_str(&strip_json_comments(&text)).ok()?;
+            Some((p, doc))
+        })
+        .collect();
+    let from_settings = docs.iter().find_map(|(_, d)| {
+        d.pointer("/model/name")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    });
+    let from_env = || {
+        ["OPENAI_MODEL", "QWEN_MODEL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    };
+    let selected = from_args
+        .or(from_settings)
+        .or_else(|| model.map(str::to_string))
+        .or_else(from_env)?;
+    for (path, doc) in &docs {
+        let Some(providers) = doc.get("modelProviders").and_then(|v| v.as_object()) else {
+            continue;
+        };
+        for (provider, entries) in providers {
+            let Some(entries) = entries.as_array() else {
+                continue;
+            };
+            let base_url = entries.iter().find_map(|e| {
+                (e.get("id").and_then(|v| v.as_str()) == Some(selected.as_str()))
+                    .then(|| e.get("baseUrl").and_then(|v| v.as_str()))
+                    .flatten()
+                    .filter(|u| !u.trim().is_empty())
+            });
+            if let Some(base_url) = base_url {
+                return Some(Fixed {
+                    file: path.clone(),
+                    workspace: workspace.as_ref() == Some(path),
+                    provider: provider.clone(),
+                    model: selected,
+                    base_url: base_url.trim().to_string(),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The settings files qwen merges, highest precedence first: system (QWEN_CODE_SYSTEM_SETTINGS_PATH
+/// or /etc/qwen-code/settings.json), workspace (`<cwd>/.qwen/settings.json`), user.
+fn settings_files(paths: &Paths, cwd: Option<&Path>) -> Vec<PathBuf> {
+    let system = std::env::var_os("QWEN_CODE_SYSTEM_SETTINGS_PATH")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || PathBuf::from("/etc/qwen-code/settings.json"),
+            PathBuf::from,
+        );
+    let mut files = vec![system];
+    if let Some(cwd) = cwd {
+        let workspace = cwd.join(".qwen/settings.json");
+        if workspace != paths.settings {
+            files.push(workspace);
+        }
+    }
+    files.push(paths.settings.clone());
+    files
+}
+
+/// qwen reads its settings with strip-json-comments: `//` and `/* */` outside strings.
+fn strip_json_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_string = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{ApiTarget, Secret};
+
+    #[test]
+    fn argv_that_bypasses_the_relay_rules_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        for bad in [
+            &["-p", "hi", "--openai-base-url", "https://x.test/v1"][..],
+            &["--openaiBaseUrl=https://x.test/v1"],
+            &["--openai-api-key", "k"],
+            &["--openaiApiKey=k"],
+        ] {
+            let err = relay_possible_for(&paths, None, &args(bad)).unwrap_err();
+            assert!(!err.contains("x.test") && !err.contains("=k"), "{err}");
+        }
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "--", "--openai-api-key"])).is_ok());
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "hello"])).is_ok());
+    }
+
+    #[test]
+    fn a_key_is_withheld_only_from_an_endpoint_other_than_its_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        let launch = |base: Option<&str>| Launch {
+            slot: 1,
+            label: None,
+            kind: Kind::ApiKey,
+            env: vec![("OPENAI_MODEL".into(), Secret::new("m1".to_string()))],
+            api: base.map(|b| ApiTarget {
+                base_url: b.into(),
+                key: Secret::new("sk-x".to_string()),
+                model: Some("m1".into()),
+                env_key: "OPENAI_API_KEY".into(),
+            }),
+        };
+        let slot = launch(Some("https://good.test/v1"));
+        assert!(key_withheld(&paths, &slot, &[]).is_none());
+        let provider = |url: &str| {
+            format!(r#"{{"modelProviders":{{"openai":[{{"id":"m1","baseUrl":"{url}"}}]}}}}"#)
+        };
+        std::fs::write(&paths.settings, provider("https://good.test/v1/")).unwrap();
+        assert!(key_withheld(&paths, &slot, &[]).is_none());
+        std::fs::write(
+            &paths.settings,
+            provider("https://u:hunter2@evil.test/v1?k=QUERYSECRET"),
+        )
+        .unwrap();
+        let why = key_withheld(&paths, &slot, &[]).expect("withheld");
+        assert!(
+            why.contains("https://evil.test/v1")
+                && !why.contains("hunter2")
+                && !why.contains("QUERYSECRET"),
+            "{why}"
+        );
+        // Another model on the command line is not routed there.
+        let args = [OsString::from("--model"), OsString::from("m2")];
+        assert!(key_withheld(&paths, &slot, &args).is_none());
+        // A slot without a base URL follows the user's own settings.
+        assert!(key_withheld(&paths, &launch(None), &[]).is_none());
+    }
+
+    #[test]
+    fn settings_comments_are_stripped_outside_strings() {
+        let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
+        let doc: serde_json::Value = serde_json::from_str(&strip_json_comments(text)).unwrap();
+        assert_eq!(doc["a"], "x//y");
+        assert_eq!(doc["b"], "/*z*/");
+    }
+
+    #[test]
+    fn a_model_provider_with_a_base_url_rules_the_relay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://coding.dashscope.aliyuncs.com/v1","envKey":"K"}]}}"#,
+        )
+        .unwrap();
+        let err = relay_possible_for(&paths, Some("m1"), &[]).unwrap_err();
+        assert!(err.contains("settings.json") && err.contains("m1"), "{err}");
+        assert!(relay_possible_for(&paths, Some("m2"), &[]).is_ok());
+        // settings' model.name selects the provider entry whatever the slot says.
+        std::fs::write(
+            &paths.settings,
+            r#"{"model":{"name":"m1"},"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://x.test/v1"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m2"), &[]).is_err());
+        // `--model` beats settings.
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(relay_possible_for(&paths, None, &args(&["-p", "x", "--model", "m2"])).is_ok());
+        assert!(relay_possible_for(&paths, None, &args(&["--model=m1"])).is_err());
+        // An entry without a base URL only names the key variable: the relay still works.
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","envKey":"K"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
+    }
+}

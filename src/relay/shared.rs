@@ -1,0 +1,374 @@
+//! What every connection thread shares: the slot the relay holds, the rotation step through
+//! the vault, and the table of open connections.
+//! Invariant: the state is locked only to read or swap, never across I/O.
+
+use std::collections::BTreeMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use crate::detect::{Class, Hit, Patterns};
+use crate::error::Error;
+use crate::vault::{ApiTarget, Kind, Launch, Rotation, Secret, Vault};
+
+use super::http::{Answer, exhausted_answer, unservable_answer};
+use super::proxy::Routes;
+
+/// Connections held at once: one thread and one file descriptor each (qwen keeps a handful).
+/// Lower under a low open-file limit: a quarter of it, so the rest of the run keeps its own.
+pub(super) const MAX_CONNS: usize = 512;
+/// Of those, a quarter may be connections that have not (yet) shown the run's token. A new
+/// connection past that drops the oldest such one: qwen's own connection shows its token in its
+/// first milliseconds, a hostile one never does, so a flood only ever pushes out the flood.
+const PENDING_SHARE: usize = 4;
+/// What stands in for the run's token wherever qwen put it in a request's path or body.
+pub(super) const REDACTED: &str = "[redacted]";
+
+/// Successful requests per slot, counted by the relay.
+pub type Served = Arc<Mutex<BTreeMap<usize, u64>>>;
+
+pub(super) struct Shared {
+    pub(super) vault: Vault,
+    pub(super) patterns: Arc<Patterns>,
+    pub(super) notify: Box<dyn Fn(String) + Send + Sync>,
+    pub(super) token: Secret,
+    /// Finds the token in anything qwen sends (a literal search), so it is never forwarded.
+    pub(super) token_at: regex::bytes::Regex,
+    pub(super) routes: Routes,
+    pub(super) state: Mutex<State>,
+    pub(super) max_tries: usize,
+    /// The model qwen was started with (`OPENAI_MODEL`): rewritten to the slot's own model when
+    /// a later slot names another one (a key for another provider).
+    pub(super) start_model: Option<String>,
+    /// One warning per outage, not one per request qwen retries (it retries 5xx ~28 times).
+    pub(super) warned_upstream: AtomicBool,
+    pub(super) warned_vault: AtomicBool,
+    pub(super) warned_bug: AtomicBool,
+    pub(super) stop: AtomicBool,
+    pub(super) conns: Mutex<Conns>,
+    /// Answers that reached qwen with a 2xx, per slot (the run line in rotation.log).
+    pub(super) served: Served,
+    /// See [`Relay::on_exhausted`](crate::relay::Relay::on_exhausted).
+    pub(super) on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+/// The connections the relay holds, oldest first (ids only grow).
+pub(super) struct Conns {
+    next: u64,
+    pub(super) open: BTreeMap<u64, Open>,
+    max: usize,
+    max_pending: usize,
+}
+
+pub(super) struct Open {
+    pub(super) stream: Arc<TcpStream>,
+    /// It has carried a request with the run's token.
+    trusted: bool,
+}
+
+impl Conns {
+    /// Sized by this process's open-file limit (see [`MAX_CONNS`]).
+    pub(super) fn new() -> Conns {
+        let max = open_files_limit().map_or(MAX_CONNS, |n| (n / 4).clamp(16, MAX_CONNS));
+        Conns {
+            next: 0,
+            open: BTreeMap::new(),
+            max,
+            max_pending: max / PENDING_SHARE,
+        }
+    }
+
+    /// Registers a new connection, making room first (see [`PENDING_SHARE`]); None when every
+    /// held connection is trusted and the table is full (the newcomer is closed).
+    pub(super) fn admit(&mut self, stream: &Arc<TcpStream>) -> Option<u64> {
+        let pending = self.open.values().filter(|c| !c.trusted).count();
+        if pending >= self.max_pending || self.open.len() >= self.max {
+            let oldest = self
+                .open
+                .iter()
+                .find(|(_, c)| !c.trusted)
+                .map(|(id, _)| *id);
+            // Shut down, not just forgotten: its thread wakes from its read and ends.
+            let evicted = self.open.remove(&oldest?)?;
+            let _ = evicted.stream.shutdown(Shutdown::Both);
+        }
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(
+            id,
+            Open {
+                stream: Arc::clone(stream),
+                trusted: false,
+            },
+        );
+        Some(id)
+    }
+}
+
+/// What the relay holds between requests. Locked only to read or swap, never across I/O.
+pub(super) struct State {
+    pub(super) active: Active,
+    /// The vault's current slot is one the relay cannot serve, or none is left.
+    pub(super) blocked: Option<Blocked>,
+    pub(super) exhausted: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Clone)]
+pub(super) struct Active {
+    pub(super) slot: usize,
+    pub(super) label: Option<String>,
+    pub(super) target: ApiTarget,
+    /// `record_success` was called for this slot (once per slot change, not per request).
+    recorded: bool,
+}
+
+impl Active {
+    pub(super) fn from_launch(launch: &Launch) -> Option<Active> {
+        let target = launch.api.clone().filter(|_| launch.kind == Kind::ApiKey)?;
+        Some(Active {
+            slot: launch.slot,
+            label: launch.label.clone(),
+            target,
+            recorded: false,
+        })
+    }
+
+    /// "account 1 (work)": the wording of run.rs's notices.
+    pub(super) fn who(&self) -> String {
+        who(self.slot, self.label.as_deref())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Blocked {
+    /// The vault moved to an OAuth slot (or an API-key slot without a base URL): qwen must be
+    /// restarted on it, which run.rs does when qwen reports the quota error we answer.
+    Unservable {
+        slot: usize,
+    },
+    Exhausted {
+        earliest: Option<DateTime<Utc>>,
+    },
+}
+
+impl Shared {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `text` with the run's token replaced (a request path).
+    pub(super) fn scrub(&self, text: &str) -> String {
+        match self.token_at.find(text.as_bytes()) {
+            None => text.to_string(),
+            Some(_) => text.replace(self.token.expose(), REDACTED),
+        }
+    }
+
+    /// A query string without the parameters that carry the run's token (`?api_key=…`, the
+    /// way some clients pass a key); None when nothing is left.
+    pub(super) fn scrub_query(&self, query: &str) -> Option<String> {
+        if !self.token_at.is_match(query.as_bytes()) {
+            return Some(query.to_string());
+        }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| !self.token_at.is_match(p.as_bytes()))
+            .collect();
+        (!kept.is_empty()).then(|| kept.join("&"))
+    }
+
+    pub(super) fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shows a notice. Printing it may fail (`eprintln!` panics when the caller closed our
+    /// stderr: EPIPE); the request being served must not die with it, so a failure is dropped.
+    pub(super) fn say(&self, line: String) {
+        let _ = crate::error::guarded(|| {
+            (self.notify)(line);
+            Ok(())
+        });
+    }
+
+    pub(super) fn warn_upstream(&self, line: String) {
+        if !self.warned_upstream.swap(true, Ordering::SeqCst) {
+            self.say(line);
+        }
+    }
+
+    fn warn_vault(&self, line: String) {
+        if !self.warned_vault.swap(true, Ordering::SeqCst) {
+            self.say(line);
+        }
+    }
+
+    /// Marks connection `id` as the run's own: it is never dropped for a newcomer.
+    pub(super) fn trust(&self, id: u64) {
+        if let Some(open) = self.conns().open.get_mut(&id) {
+            open.trusted = true;
+        }
+    }
+
+    /// The relay answered "every key is spent": the run may stop its attempt now.
+    pub(super) fn exhausted_answered(&self) {
+        let hook = self.on_exhausted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stop) = hook.as_ref() {
+            stop();
+        }
+    }
+
+    /// The slot a new request starts on, or the answer to give when none can take it. A blocked
+    /// relay asks the vault again (cooldowns expire, another process may have rotated back to an
+    /// API-key slot); that costs a file read, and only while blocked.
+    pub(super) fn start_slot(&self) -> Result<Active, Answer> {
+        let blocked = {
+            let st = self.state();
+            match st.blocked {
+                None => return Ok(st.active.clone()),
+                Some(b) => b,
+            }
+        };
+        match self.vault.prepare(None) {
+            Ok(launch) => match Active::from_launch(&launch) {
+                Some(active) => {
+                    let mut st = self.state();
+                    if st.active.slot != active.slot {
+                        st.active = active;
+                    }
+                    st.blocked = None;
+                    Ok(st.active.clone())
+                }
+                None => Err(unservable_answer(launch.slot)),
+            },
+            Err(Error::Exhausted { earliest }) => {
+                self.state().exhausted = Some(earliest);
+                Err(exhausted_answer(earliest))
+            }
+            Err(_) => Err(match blocked {
+                Blocked::Exhausted { earliest } => exhausted_answer(earliest),
+                Blocked::Unservable { slot } => unservable_answer(slot),
+            }),
+        }
+    }
+
+    /// The rotation step for a request whose answer on `failed` classified as `hit`.
+    pub(super) fn rotate(&self, failed: &Active, hit: &Hit) -> Next {
+        let what = what(failed, hit);
+        let next = match self.vault.report(failed.slot, hit) {
+            Err(e) => {
+                self.warn_vault(format!("{what}; cannot rotate: {e}"));
+                return Next::PassThrough;
+            }
+            Ok(Rotation::Exhausted { earliest }) => Err(earliest),
+            Ok(Rotation::Switched { .. } | Rotation::AlreadyRotated { .. }) => {
+                match self.vault.prepare(None) {
+                    Ok(launch) => Ok(launch),
+                    Err(Error::Exhausted { earliest }) => Err(earliest),
+                    Err(e) => {
+                        self.warn_vault(format!("{what}; cannot switch: {e}"));
+                        return Next::PassThrough;
+                    }
+                }
+            }
+        };
+        match next {
+            Err(earliest) => {
+                {
+                    let mut st = self.state();
+                    st.blocked = Some(Blocked::Exhausted { earliest });
+                    st.exhausted = Some(earliest);
+                }
+                self.say(format!("{what}; no other account is left"));
+                Next::Answer(exhausted_answer(earliest))
+            }
+            Ok(launch) => match Active::from_launch(&launch) {
+                Some(active) => {
+                    let moved_here = {
+                        let mut st = self.state();
+                        // Compare-and-swap in memory too: a sibling request that saw the same
+                        // failure may have moved the relay already (and said so).
+                        let ours = st.active.slot == failed.slot && active.slot != failed.slot;
+                        if st.active.slot != active.slot {
+                            st.active = active.clone();
+                        }
+                        st.blocked = None;
+                        ours
+                    };
+                    if moved_here {
+                        self.say(format!("{what}; switched to {}", active.who()));
+                    }
+                    Next::Slot(active)
+                }
+                None => {
+                    // run.rs reruns qwen on that slot once qwen reports our quota answer, and
+                    // says so itself: no notice here, or the person reads it twice.
+                    self.state().blocked = Some(Blocked::Unservable { slot: launch.slot });
+                    Next::Answer(unservable_answer(launch.slot))
+                }
+            },
+        }
+    }
+
+    /// A 2xx on `slot`: clears the exhausted mark; records the success once per slot change.
+    pub(super) fn succeeded(&self, slot: usize) {
+        self.warned_upstream.store(false, Ordering::SeqCst);
+        *self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slot)
+            .or_default() += 1;
+        let record = {
+            let mut st = self.state();
+            st.exhausted = None;
+            let first = st.active.slot == slot && !st.active.recorded;
+            if first {
+                st.active.recorded = true;
+            }
+            first
+        };
+        if record && let Err(e) = self.vault.record_success(slot) {
+            self.warn_vault(format!("cannot record the success of account {slot}: {e}"));
+        }
+    }
+}
+
+pub(super) enum Next {
+    /// Re-send the request on this slot.
+    Slot(Active),
+    /// Give qwen this answer instead of the provider's.
+    Answer(Answer),
+    /// Give qwen the provider's answer as it was.
+    PassThrough,
+}
+
+/// "account 1 (work) quota exhausted": the same wording as run.rs's notices.
+fn what(active: &Active, hit: &Hit) -> String {
+    let why = match hit.class {
+        Class::Quota => "quota exhausted",
+        Class::Throttle => "rate limited",
+        Class::Auth => "was refused (needs login)",
+    };
+    format!("{} {why}", active.who())
+}
+
+fn who(slot: usize, label: Option<&str>) -> String {
+    match label {
+        Some(label) => format!("account {slot} ({label})"),
+        None => format!("account {slot}"),
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, from /proc/self/limits ("Max open files").
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

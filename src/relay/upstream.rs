@@ -1,0 +1,400 @@
+//! The client side, relay → provider: one request sent on the current slot's key, its error
+//! answer classified, and the same request re-sent on the next slot while one can take it.
+//! Invariant: the run's token never goes upstream (header, query, path or body).
+
+use std::io::{self, Read};
+
+use crate::detect::{self, Class};
+
+use super::http::{
+    Answer, Incoming, ToQwen, hop_by_hop, openai_error, stream_answer, write_answer,
+};
+use super::shared::{Active, Next, REDACTED, Shared};
+
+/// Error answers are read whole to classify them. Provider error bodies are a few hundred
+/// bytes; a larger one is passed through unclassified.
+const MAX_ERROR_BODY: usize = 256 * 1024;
+
+/// Sends `req` upstream, rotating as needed, and writes the answer to qwen. Ok(false) when the
+/// connection to qwen must be closed (an answer whose end cannot be told otherwise).
+pub(super) fn relay_request(
+    shared: &Shared,
+    req: &Incoming,
+    out: &mut ToQwen<'_>,
+) -> io::Result<bool> {
+    crate::fault::point("relay.request");
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        let answer = openai_error(
+            405,
+            "qwen-rotation relay: CONNECT is not supported",
+            "invalid_request_error",
+            "bad_request",
+        );
+        return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
+    }
+    let mut active = match shared.start_slot() {
+        Ok(a) => a,
+        Err(answer) => return answer_own(shared, out, &answer, req),
+    };
+    let mut tries = 0;
+    let mut auth_moved = false;
+    loop {
+        tries += 1;
+        let url = upstream_url(
+            &active.target.base_url,
+            &shared.scrub(&req.path),
+            req.query
+                .as_deref()
+                .and_then(|q| shared.scrub_query(q))
+                .as_deref(),
+        );
+        let response = match send(shared, req, &active, &url) {
+            Ok(r) => r,
+            Err(e) => {
+                let (status, message) = describe_failure(&e, &url);
+                shared.warn_upstream(format!("{}: {message}", active.who()));
+                let code = if status == 504 {
+                    "relay_upstream_timeout"
+                } else {
+                    "relay_upstream_unreachable"
+                };
+                let answer = openai_error(
+                    status,
+                    &format!("qwen-rotation relay: {message}"),
+                    "relay_error",
+                    code,
+                );
+                return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
+            }
+        };
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let mut reader = body.into_reader();
+        if status < 400 {
+            let keep = stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &[],
+                &mut reader,
+                req.close,
+            )?;
+            if (200..300).contains(&status) {
+                shared.succeeded(active.slot);
+            }
+            return Ok(keep);
+        }
+        // An error answer: small, so read it whole and see whether another key can do better.
+        let (prefix, complete) = read_prefix(&mut reader, MAX_ERROR_BODY);
+        if complete {
+            let text = String::from_utf8_lossy(&prefix);
+            let hit = detect::classify_http(status, &text, &shared.patterns);
+            // A second auth failure in one request is shown to qwen as it came: moving again
+            // could walk every key on one request (never loop). It is reported by output
+            // scanning or by the next request.
+            if let Some(hit) = hit
+                && !(hit.class == Class::Auth && auth_moved)
+            {
+                match shared.rotate(&active, &hit) {
+                    // The spent slot is marked either way; a new send only within the bound.
+                    Next::Slot(next) if tries < shared.max_tries => {
+                        auth_moved |= hit.class == Class::Auth;
+                        active = next;
+                        continue;
+                    }
+                    Next::Slot(_) => {}
+                    Next::Answer(answer) => return answer_own(shared, out, &answer, req),
+                    Next::PassThrough => {}
+                }
+            }
+        }
+        let rest: Option<&mut dyn Read> = if complete { None } else { Some(&mut reader) };
+        return match rest {
+            None => stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &prefix,
+                &mut io::empty(),
+                req.close,
+            ),
+            Some(r) => stream_answer(
+                out,
+                status,
+                &parts.headers,
+                &req.method,
+                &prefix,
+                r,
+                req.close,
+            ),
+        };
+    }
+}
+
+/// Writes an answer the relay made itself; one that says every key is spent then lets the run
+/// stop its attempt ([`Relay::on_exhausted`](crate::relay::Relay::on_exhausted)).
+fn answer_own(
+    shared: &Shared,
+    out: &mut ToQwen<'_>,
+    answer: &Answer,
+    req: &Incoming,
+) -> io::Result<bool> {
+    let written = write_answer(out, answer, &req.method, req.close);
+    if answer.all_spent {
+        shared.exhausted_answered();
+    }
+    written.map(|()| !req.close)
+}
+
+/// `base` + the request path without the relay's `/v1`: what qwen would have requested had it
+/// been given `base` as `OPENAI_BASE_URL` (the OpenAI SDK appends the path to the base as is).
+fn upstream_url(base: &str, path: &str, query: Option<&str>) -> String {
+    let rest = match path.strip_prefix("/v1") {
+        Some(r) if r.is_empty() || r.starts_with('/') => r,
+        _ => path,
+    };
+    let mut url = format!("{}{rest}", base.trim_end_matches('/'));
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// The names listed in a `Connection` header are hop-by-hop too.
+fn connection_listed(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn send(
+    shared: &Shared,
+    req: &Incoming,
+    active: &Active,
+    url: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    use ureq::http::{HeaderName, HeaderValue};
+    let listed = connection_listed(&req.headers);
+    let mut builder = ureq::http::Request::builder()
+        .method(req.method.as_str())
+        .uri(url);
+    for (name, value) in &req.headers {
+        // Also drop any header that carries the run's token under another name (`api-key`, …):
+        // the provider never sees it.
+        if hop_by_hop(name)
+            || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+            || shared.token_at.is_match(value)
+        {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        builder = builder.header(n, v);
+    }
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", active.target.key.expose()))
+        .map_err(|_| {
+            ureq::Error::BadUri("the key contains characters a header cannot carry".into())
+        })?;
+    auth.set_sensitive(true);
+    builder = builder.header(ureq::http::header::AUTHORIZATION, auth);
+    let agent = shared.routes.agent_for(url);
+    let rewritten = rewrite_model(
+        &req.body,
+        shared.start_model.as_deref(),
+        active.target.model.as_deref(),
+    );
+    let body: &[u8] = rewritten.as_deref().unwrap_or(&req.body);
+    // The token in the body (a tool that printed qwen's environment into the conversation):
+    // the provider never sees it.
+    let scrubbed = shared.token_at.replace_all(body, REDACTED.as_bytes());
+    let body: &[u8] = &scrubbed;
+    if body.is_empty()
+        && req.header("content-length").is_none()
+        && req.header("transfer-encoding").is_none()
+    {
+        agent.run(builder.body(())?)
+    } else {
+        agent.run(builder.body(body)?)
+    }
+}
+
+/// The request body with `"model": from` replaced by `to`, when the slot in use names another
+/// model than the one qwen was started with; None when nothing needs changing.
+fn rewrite_model(body: &[u8], from: Option<&str>, to: Option<&str>) -> Option<Vec<u8>> {
+    let (from, to) = (from?, to?);
+    if from == to || body.is_empty() {
+        return None;
+    }
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let model = doc.get_mut("model")?;
+    if model.as_str() != Some(from) {
+        return None;
+    }
+    *model = serde_json::Value::String(to.to_string());
+    serde_json::to_vec(&doc).ok()
+}
+
+/// Reads up to `limit` bytes; `complete` when the body ended within them. A read error counts
+/// as the end (what was read is still passed on).
+fn read_prefix(reader: &mut impl Read, limit: usize) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut buf) {
+        Ok(_) if buf.len() <= limit => (buf, true),
+        Ok(_) => (buf, false),
+        Err(_) => (buf, true),
+    }
+}
+
+/// Status and message for a request that got no answer. Only the URL's scheme, host, port and
+/// path are named: userinfo and query can hold secrets.
+fn describe_failure(e: &ureq::Error, url: &str) -> (u16, String) {
+    let shown = shown_url(url);
+    let https = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    match e {
+        ureq::Error::Timeout(t) => (504, format!("{shown} did not answer in time ({t})")),
+        ureq::Error::HostNotFound => (502, format!("cannot reach {shown} (host not found)")),
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => {
+                (502, format!("cannot reach {shown} (connection refused)"))
+            }
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                (504, format!("{shown} did not answer in time"))
+            }
+            // rustls reports handshake failures (a plain-HTTP port, a bad certificate) as
+            // InvalidData on the socket.
+            io::ErrorKind::InvalidData if https => {
+                (502, format!("TLS failure talking to {shown} ({io})"))
+            }
+            _ => (502, format!("cannot reach {shown} ({io})")),
+        },
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            (502, format!("TLS failure talking to {shown} ({e})"))
+        }
+        ureq::Error::ConnectProxyFailed(why) => (
+            502,
+            format!("the proxy refused the tunnel to {shown} ({why})"),
+        ),
+        ureq::Error::Protocol(p) => (502, format!("{shown} did not answer in HTTP/1.1 ({p})")),
+        other => (502, format!("cannot reach {shown} ({other})")),
+    }
+}
+
+/// `scheme://host[:port]/path` of `url`.
+pub(super) fn shown_url(url: &str) -> String {
+    match url.parse::<ureq::http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or("?");
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{host}{port}{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.path()
+            )
+        }
+        Err(_) => "the provider".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn upstream_url_replaces_the_relay_prefix_by_the_base() {
+        let cases = [
+            (
+                "https://x.test/v1",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/v1/chat/completions",
+            ),
+            (
+                "https://x.test/v1/",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/v1/chat/completions",
+            ),
+            (
+                "https://x.test/compatible-mode/v1",
+                "/v1/models",
+                Some("a=1"),
+                "https://x.test/compatible-mode/v1/models?a=1",
+            ),
+            (
+                "https://x.test",
+                "/v1/chat/completions",
+                None,
+                "https://x.test/chat/completions",
+            ),
+            (
+                "https://x.test/api/v1",
+                "/chat/completions",
+                None,
+                "https://x.test/api/v1/chat/completions",
+            ),
+            ("https://x.test/v1", "/v1", None, "https://x.test/v1"),
+            (
+                "https://x.test/v1",
+                "/v1beta/x",
+                None,
+                "https://x.test/v1/v1beta/x",
+            ),
+        ];
+        for (base, path, query, want) in cases {
+            assert_eq!(upstream_url(base, path, query), want, "{base} + {path}");
+        }
+    }
+
+    #[test]
+    fn model_is_rewritten_only_when_the_slot_names_another() {
+        let body = br#"{"model":"m1","stream":true}"#;
+        let out = rewrite_model(body, Some("m1"), Some("m2")).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["model"], "m2");
+        assert_eq!(doc["stream"], true);
+        assert!(rewrite_model(body, Some("m1"), Some("m1")).is_none());
+        assert!(rewrite_model(body, None, Some("m2")).is_none());
+        assert!(rewrite_model(body, Some("other"), Some("m2")).is_none());
+        assert!(rewrite_model(b"not json", Some("m1"), Some("m2")).is_none());
+    }
+
+    #[test]
+    fn failures_name_the_problem_and_never_the_query() {
+        let refused = ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let (status, msg) = describe_failure(
+            &refused,
+            "http://127.0.0.1:9/v1/chat/completions?key=SECRET",
+        );
+        assert_eq!(status, 502);
+        assert!(
+            msg.contains("connection refused")
+                && msg.contains("http://127.0.0.1:9/v1/chat/completions"),
+            "{msg}"
+        );
+        assert!(!msg.contains("SECRET"));
+        let tls = ureq::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received corrupt message",
+        ));
+        let (_, msg) = describe_failure(&tls, "https://user:pw@x.test/v1");
+        assert!(msg.contains("TLS") && !msg.contains("pw"), "{msg}");
+    }
+}
