@@ -1,0 +1,5 @@
+//! Interactive sessions on a pseudo-terminal (being split into files).
+
+mod session;
+
+pub use session::*;
