@@ -124,7 +124,7 @@ impl Escapes {
 }
 
 /// UTF-8 continuation bytes still missing after `bytes`, given `prev` missing before them.
-pub(super) fn utf8_pending(prev: usize, bytes: &[u8]) -> usize {
+fn utf8_pending(prev: usize, bytes: &[u8]) -> usize {
     let continuation = |b: u8| b & 0xc0 == 0x80;
     let mut skip = 0;
     while skip < bytes.len() && skip < prev && continuation(bytes[skip]) {

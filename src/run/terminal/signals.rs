@@ -14,7 +14,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow,
 use nix::unistd;
 
 /// The signals the relay handles (module header: what each does).
-pub(super) const HANDLED: [Signal; 12] = [
+const HANDLED: [Signal; 12] = [
     Signal::SIGCHLD,
     Signal::SIGWINCH,
     Signal::SIGTERM,
@@ -30,15 +30,15 @@ pub(super) const HANDLED: [Signal; 12] = [
 ];
 
 /// Write end of the self-pipe, or -1 when no relay runs.
-pub(super) static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// One bit per signal number received and not yet serviced.
-pub(super) static PENDING: AtomicU64 = AtomicU64::new(0);
+static PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// Arrival order: a counter, and its value at each signal's latest arrival.
-pub(super) static ARRIVALS: AtomicU64 = AtomicU64::new(0);
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 
-pub(super) static LAST_SEEN: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+static LAST_SEEN: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
 
 pub(super) fn bit(s: Signal) -> u64 {
     1 << (s as i32)
@@ -79,10 +79,10 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// action for a moment and our handler back afterwards, which signal-hook cannot do.
 pub(super) struct SignalGuard {
     pub(super) pipe_r: OwnedFd,
-    pub(super) _pipe_w: OwnedFd,
+    _pipe_w: OwnedFd,
     /// The relay thread's mask before we blocked: ppoll waits with it.
     pub(super) old_mask: SigSet,
-    pub(super) old_actions: Vec<(Signal, SigAction)>,
+    old_actions: Vec<(Signal, SigAction)>,
 }
 
 impl SignalGuard {
