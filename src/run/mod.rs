@@ -4,7 +4,7 @@
 //! `QWEN_ROTATION=off`, or when its own machinery fails (a warning says so, once), the real
 //! qwen is exec'd in place of the shim: same argv, env, cwd, stdin and status, nothing between.
 //!
-//! Files, lowest first (each imports only files above it in this list): `signals` (the child
+//! Files, lowest first (each imports only files earlier in this list): `signals` (the child
 //! tree, exit with qwen's status) → `terminal/` (interactive relay on a pty), `stdin` (replayable
 //! input), `streams` (qwen's stdout/stderr relayed and held) → `pipes` (one headless attempt) →
 //! `exec` (exec qwen, or fail) → `record` (the `run` log line), `attempt` (relay and environment

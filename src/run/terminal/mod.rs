@@ -60,11 +60,11 @@
 //! process (waitpid(-1)): the shim is a subreaper, and orphaned descendants of qwen must not stay
 //! zombies. Linux only, like the rest of the shim: ppoll(2), /proc, termios on the pty master.
 //!
-//! Files, lowest first (each imports only files above it): `signals` (our handlers, stopping
-//! ourselves, one relay per process) → `raw` (raw mode and its restoration), `notice` (the
-//! last-row notice, escape tracking), `controls` (messages into a session) → `session` (the
-//! relay loop) → `start` (`run`: pty, spawn, loop). May import `run::signals` and everything
-//! below the run path.
+//! Files, lowest first (each imports only files earlier in this list): `signals` (our
+//! handlers, stopping ourselves, one relay per process) → `raw` (raw mode and its restoration),
+//! `notice` (the last-row notice, escape tracking), `controls` (messages into a session) →
+//! `session` (the relay loop) → `start` (`run`: pty, spawn, loop). May import `run::signals` and
+//! everything below the run path.
 
 mod controls;
 mod notice;
