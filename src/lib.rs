@@ -12,15 +12,16 @@ pub mod error;
 pub mod fault;
 pub mod files;
 pub mod locate;
-pub mod pipes;
-pub mod pty;
 pub mod relay;
 pub mod run;
 pub mod settings;
-pub mod signals;
 pub mod state;
 pub mod text;
 pub mod vault;
+
+// The run path's parts under their old names (`crate::pipes`, `crate::pty`, `crate::signals`).
+pub use run::terminal as pty;
+pub use run::{pipes, signals};
 
 /// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct
 /// warning is printed once per process: the shim warns once and gets out of the way.

@@ -1,0 +1,305 @@
+//! A person at a terminal: qwen on a pseudo-terminal relayed to ours, and a quota error on screen
+//! swaps the credentials under the running session.
+//!
+//! Invariant: the session is never restarted behind the person's back; only a one-shot run
+//! (`qwen -p …`) that exits on an error is re-run, like a headless run.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::attempt::{attempt_env, start_relay};
+use super::exec::{exec, notice};
+use super::record::{RunRecord, launch_label, what};
+use super::signals;
+use crate::detect::{Hit, Patterns};
+use crate::error::Error;
+use crate::relay::Relay;
+use crate::vault::{Kind, Launch, Rotation, Vault};
+use crate::warn;
+
+/// A person at a terminal: qwen runs on a pseudo-terminal relayed to ours, and a quota error on
+/// screen swaps the credentials under the running session (DESIGN.md, "Running the real qwen").
+pub(super) fn interactive_session(
+    vault: &Vault,
+    real: &Path,
+    args: &[OsString],
+    patterns: Arc<Patterns>,
+    launch: Launch,
+) -> ! {
+    use super::terminal as pty;
+    use crate::detect::{Anchor, Detector};
+
+    signals::become_subreaper();
+    let (controller, controls) = pty::controls();
+    let relay_notices = controller.clone();
+    let notify = Box::new(move |line: String| {
+        relay_notices.send(pty::Control::Notice(format!("qwen-rotation: {line}")))
+    });
+    // Kept alive for the whole session: an API-key session moves to the next key inside the relay.
+    let relay = start_relay(vault, &patterns, &launch, args, notify).map(Arc::new);
+    // `qwen -p …` in a terminal is a one-shot run: when it exits on an error, it is re-run with
+    // the same argv like a headless run (its output is already on the screen; nothing to hide).
+    let one_shot = is_one_shot(args);
+    let max_attempts = vault.eligible_count().max(1);
+    let mut launch = launch;
+    let mut controls = Some(controls);
+    let mut controller = controller;
+    let mut record = RunRecord::start(relay.as_deref());
+    for attempt in 1.. {
+        record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let mut cmd = Command::new(real);
+        cmd.args(args);
+        for (k, v) in attempt_env(vault, &launch, relay.as_deref(), args) {
+            cmd.env(k, v);
+        }
+        let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
+        let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
+        let mut exit_detector = Detector::new(Arc::clone(&patterns), Anchor::Plain);
+        let swapped = Arc::new(AtomicBool::new(false));
+        let retried = Arc::new(AtomicBool::new(false));
+        let auto_retry = vault.config.auto_retry;
+        let (paths, config) = (vault.paths.clone(), vault.config.clone());
+        let session_controller = controller.clone();
+        let mut on_output = |bytes: &[u8]| {
+            if one_shot {
+                exit_detector.feed(bytes);
+            }
+            // Our Ctrl+Y went out: the retry's own failure may repeat the old wording and must count.
+            if retried.swap(false, Ordering::SeqCst) {
+                detector.request_sent();
+            }
+            let Some(hit) = detector.feed(bytes) else {
+                return;
+            };
+            // Ink redraws the same block (resize, Ctrl+Y, countdowns): re-armed, the detector
+            // fires again only for a new error, or for a live one after our own retry.
+            detector.rearm();
+            swapped.store(true, Ordering::SeqCst);
+            let (controller, slot, retried) = (
+                session_controller.clone(),
+                Arc::clone(&slot),
+                Arc::clone(&retried),
+            );
+            let relay = relay.clone();
+            let vault = Vault::open(paths.clone(), config.clone());
+            let swapping = std::thread::Builder::new().spawn(move || {
+                if hot_swap(
+                    &vault,
+                    relay.as_deref(),
+                    &slot,
+                    &hit,
+                    &controller,
+                    auto_retry,
+                ) {
+                    retried.store(true, Ordering::SeqCst);
+                }
+            });
+            if let Err(e) = swapping {
+                warn(format!(
+                    "cannot start a thread to switch accounts ({e}); the session continues on the same account"
+                ));
+            }
+        };
+        let this_controls = match controls.take() {
+            Some(c) => c,
+            None => {
+                let (c, r) = pty::controls();
+                controller = c;
+                r
+            }
+        };
+        let outcome = match pty::run(cmd, &mut on_output, this_controls) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn(format!(
+                    "cannot set up the terminal relay ({e}); running qwen without live rotation"
+                ));
+                exec(real, args, &attempt_env(vault, &launch, None, args))
+            }
+        };
+        let hit = exit_detector
+            .hit()
+            .cloned()
+            .or_else(|| exit_detector.finish());
+        let rerun = one_shot
+            && !outcome.success()
+            && !swapped.load(Ordering::SeqCst)
+            && attempt < max_attempts;
+        // The slot the session ended on: the relay's, or the last one swapped in on screen.
+        let failed = relay
+            .as_deref()
+            .map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
+        let Some(hit) = hit.filter(|_| rerun) else {
+            record.finish(vault, failed, outcome);
+        };
+        let who = what(failed, launch_label(failed, &launch), &hit);
+        match vault.report(failed, &hit) {
+            Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
+                notice(&format!("{who}; switched to account {to}"));
+            }
+            Ok(Rotation::Exhausted { earliest }) => {
+                notice(&who);
+                record.fail(vault, failed, &Error::Exhausted { earliest });
+            }
+            Err(e) => {
+                warn(e);
+                record.finish(vault, failed, outcome);
+            }
+        }
+        launch = match vault.prepare(None) {
+            Ok(next) => next,
+            Err(e @ Error::Exhausted { .. }) => record.fail(vault, failed, &e),
+            Err(e) => {
+                warn(e);
+                record.finish(vault, failed, outcome);
+            }
+        };
+        if let Some(relay) = relay.as_deref() {
+            relay.switch_to(&launch);
+        }
+    }
+    unreachable!("the attempt loop ends only by exiting")
+}
+
+/// Does this argv ask qwen for one answer and an exit (`-p`, `--prompt`, or a positional
+/// prompt), rather than for a session (`-i`/`--prompt-interactive`, or no prompt)?
+fn is_one_shot(args: &[OsString]) -> bool {
+    let args: Vec<&str> = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .filter_map(|a| a.to_str())
+        .collect();
+    if args.iter().any(|a| {
+        matches!(*a, "-i" | "--prompt-interactive") || a.starts_with("--prompt-interactive=")
+    }) {
+        return false;
+    }
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if matches!(*a, "-p" | "--prompt") || a.starts_with("--prompt=") {
+            return true;
+        }
+        if VALUE_OPTIONS.contains(a) {
+            it.next(); // the option's value is not a prompt
+        } else if !a.starts_with('-') {
+            return true;
+        }
+    }
+    false
+}
+
+/// qwen options whose value is the next argument (so it is not taken for a positional prompt).
+const VALUE_OPTIONS: &[&str] = &[
+    "-m",
+    "--model",
+    "-o",
+    "--output-format",
+    "--input-format",
+    "--approval-mode",
+    "--auth-type",
+    "-e",
+    "--extensions",
+    "--include-directories",
+    "--proxy",
+    "--openai-api-key",
+    "--openaiApiKey",
+    "--openai-base-url",
+    "--openaiBaseUrl",
+    "--allowed-tools",
+    "--exclude-tools",
+    "--core-tools",
+    "--allowed-mcp-server-names",
+    "--max-session-turns",
+    "--telemetry-target",
+    "-r",
+    "--resume",
+    "--session-id",
+    "--channel",
+];
+
+/// Rotates away from the slot that failed on screen and tells the person. An OAuth session
+/// continues on the swapped file; with `auto_retry` we press Ctrl+Y for the person once qwen
+/// will have re-read it. A running qwen never re-reads an API key (QWEN_FACTS_APIKEY.md §3):
+/// without the relay, such a session can only continue on the next key after a restart.
+fn hot_swap(
+    vault: &Vault,
+    relay: Option<&Relay>,
+    slot: &std::sync::atomic::AtomicUsize,
+    hit: &Hit,
+    controller: &super::terminal::Controller,
+    auto_retry: bool,
+) -> bool {
+    use super::terminal::Control;
+    let say = |line: String| {
+        controller.send(Control::Notice(format!("qwen-rotation: {line}")));
+        false
+    };
+    // With the relay in the path, most rotations happen there before qwen sees an error; what
+    // reaches the screen is an error inside a stream, on the relay's current key.
+    let failed = relay.map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
+    let who = what(failed, None, hit);
+    let to = match vault.report(failed, hit) {
+        Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => to,
+        Ok(Rotation::Exhausted { earliest }) => {
+            return say(format!("{who}; {}", Error::Exhausted { earliest }));
+        }
+        Err(e) => return say(format!("{who}; {e}")),
+    };
+    slot.store(to, Ordering::SeqCst);
+    let next = match vault.prepare(None) {
+        Ok(next) => next,
+        Err(e) => return say(format!("{who}; {e}")),
+    };
+    // An API-key slot can take over a running session only through the relay; an OAuth slot
+    // only through the swapped file, which qwen re-reads at most every 5 s
+    // (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS) counted from the failed request.
+    let pause = match (next.kind, relay) {
+        (Kind::ApiKey, Some(relay)) if relay.switch_to(&next) => Duration::ZERO,
+        (Kind::ApiKey, _) => {
+            return say(format!(
+                "{who}; account {to} is an API key: restart qwen to continue on it"
+            ));
+        }
+        (Kind::OAuth, Some(_)) => {
+            return say(format!(
+                "{who}; account {to} is an OAuth account: restart qwen to continue on it"
+            ));
+        }
+        (Kind::OAuth, None) => Duration::from_millis(5_200),
+    };
+    let retrying = if auto_retry { "; retrying" } else { "" };
+    let _ = say(format!("{who}; switched to account {to}{retrying}"));
+    std::thread::sleep(pause);
+    if !auto_retry {
+        // Only now would a Ctrl+Y go out with the new credentials.
+        return say(format!("account {to} is live: press Ctrl+Y to retry"));
+    }
+    controller.send(Control::Input(vec![0x19]));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_shot(args: &[&str]) -> bool {
+        is_one_shot(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn one_shot_runs_are_told_from_sessions() {
+        assert!(one_shot(&["-p", "hi"]));
+        assert!(one_shot(&["--prompt=hi"]));
+        assert!(one_shot(&["explain this", "--output-format", "text"]));
+        assert!(one_shot(&["-m", "coder", "hello"]));
+        assert!(!one_shot(&[]));
+        assert!(!one_shot(&["-m", "coder"]));
+        assert!(!one_shot(&["--approval-mode", "yolo"]));
+        assert!(!one_shot(&["-i", "start here"]));
+        assert!(!one_shot(&["--", "-p"]));
+    }
+}

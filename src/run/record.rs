@@ -1,0 +1,101 @@
+//! One watched run as a `run` line in rotation.log, and how the run's notices name an account.
+//!
+//! Invariant: the line is written once, as the run leaves (`finish` or `fail`), never earlier.
+
+use std::time::Instant;
+
+use super::exec::fail;
+use super::signals;
+use crate::audit::{self, Event, events};
+use crate::detect::{Class, Hit};
+use crate::error::Error;
+use crate::relay::{self, Relay};
+use crate::vault::{Launch, Vault};
+use crate::warn;
+
+/// One watched run, for its `run` line in rotation.log.
+pub(super) struct RunRecord {
+    started: Instant,
+    pub(super) attempts: u32,
+    /// The relay's count of answered requests per slot, when it is in the path.
+    served: Option<relay::Served>,
+}
+
+impl RunRecord {
+    pub(super) fn start(relay: Option<&Relay>) -> RunRecord {
+        RunRecord {
+            started: Instant::now(),
+            attempts: 0,
+            served: relay.map(Relay::served),
+        }
+    }
+
+    /// Appends the `run` line: one O_APPEND write, no lock, no fsync (a lost line after a power
+    /// cut costs one count in the stats, not a credential).
+    fn write(&self, vault: &Vault, slot: usize, code: i32) {
+        let event = Event::new(events::RUN, chrono::Utc::now()).slot(slot).run(
+            code,
+            self.attempts.max(1),
+            self.started.elapsed(),
+        );
+        let event = Event {
+            requests: self
+                .served
+                .as_ref()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            ..event
+        };
+        // A pool that never rotates writes only run lines: the size cap is checked here too
+        // (one stat per run), and the move made under the lock, as every rotation of the log.
+        if std::fs::metadata(&vault.paths.log).is_ok_and(|m| m.len() > audit::MAX_LOG_BYTES)
+            && let Ok(_lock) =
+                crate::vault::RotationLock::acquire(&vault.paths.lock, vault.config.lock_timeout)
+            && let Err(e) = audit::rotate_if_large(&vault.paths.log, audit::MAX_LOG_BYTES)
+        {
+            warn(format!("cannot rotate {}: {e}", vault.paths.log.display()));
+        }
+        if let Err(e) = audit::append(&vault.paths.log, &[event]) {
+            warn(format!(
+                "cannot append to {}: {e}",
+                vault.paths.log.display()
+            ));
+        }
+    }
+
+    /// Records the run and leaves with qwen's outcome.
+    pub(super) fn finish(&self, vault: &Vault, slot: usize, outcome: signals::Outcome) -> ! {
+        let code = match outcome {
+            signals::Outcome::Exited(code) => code,
+            signals::Outcome::Signaled(sig) => 128 + sig,
+        };
+        self.write(vault, slot, code);
+        signals::exit_with(outcome)
+    }
+
+    /// Records the run and leaves with the shim's own error (every account exhausted).
+    pub(super) fn fail(&self, vault: &Vault, slot: usize, e: &Error) -> ! {
+        self.write(vault, slot, e.exit_code());
+        fail(e)
+    }
+}
+
+/// "account 1 (work) quota exhausted"
+pub(super) fn what(slot: usize, label: Option<String>, hit: &Hit) -> String {
+    let who = match label {
+        Some(label) => format!("account {slot} ({label})"),
+        None => format!("account {slot}"),
+    };
+    let why = match hit.class {
+        Class::Quota => "quota exhausted",
+        Class::Throttle => "rate limited",
+        Class::Auth => "was refused (needs login)",
+    };
+    format!("{who} {why}")
+}
+
+/// The label of `slot`: the launch's when it is that slot (no file read), else none.
+pub(super) fn launch_label(slot: usize, launch: &Launch) -> Option<String> {
+    (launch.slot == slot)
+        .then(|| launch.label.clone())
+        .flatten()
+}

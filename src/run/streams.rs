@@ -1,0 +1,322 @@
+//! qwen's stdout and stderr on their way to ours: relayed live, held back, or released, by the
+//! rules in `pipes.rs`'s header; every stderr chunk goes through the detector before it is shown.
+//!
+//! Invariant: what is held is bounded (`HOLD_LIMIT`, `HELD_STDERR_LIMIT`).
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::signals::Outcome;
+use crate::detect::{Anchor, Class, Detector, Hit, Patterns};
+
+/// How qwen's stdout is to be treated, from `--output-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutMode {
+    /// Our stdout is a terminal: the child gets it directly.
+    Inherit,
+    Text,
+    /// `text`, held until the attempt ends (bounded by `HOLD_LIMIT`).
+    HeldText,
+    Json,
+    StreamJson,
+}
+
+impl StdoutMode {
+    /// Reads `--output-format X`, `--output-format=X`, `-o X` from the child's argv (before `--`).
+    pub fn from_args(args: &[OsString]) -> StdoutMode {
+        let mut format = None;
+        let mut it = args.iter().take_while(|a| *a != "--");
+        while let Some(a) = it.next() {
+            let a = a.to_string_lossy();
+            if a == "--output-format" || a == "-o" {
+                format = it.next().map(|v| v.to_string_lossy().into_owned());
+            } else if let Some(v) = a.strip_prefix("--output-format=") {
+                format = Some(v.to_string());
+            }
+        }
+        match format.as_deref() {
+            Some("json") => StdoutMode::Json,
+            Some("stream-json") => StdoutMode::StreamJson,
+            _ => StdoutMode::Text,
+        }
+    }
+
+    /// `Text` becomes `HeldText` when `hold` is asked for; every other mode stays itself (a
+    /// terminal is never held: the person reads the answer as it arrives).
+    pub fn held(self, hold: bool) -> StdoutMode {
+        match self {
+            StdoutMode::Text if hold => StdoutMode::HeldText,
+            other => other,
+        }
+    }
+}
+
+pub(super) enum Event {
+    Hit(Class),
+    Exited(Outcome),
+    StdoutDone(StdoutResult),
+    StderrDone(StderrResult),
+}
+
+pub(super) struct StdoutResult {
+    pub(super) held: Vec<u8>,
+    pub(super) committed: bool,
+    pub(super) closed: bool,
+}
+
+pub(super) struct StderrResult {
+    pub(super) held: Vec<u8>,
+    pub(super) hit: Option<Hit>,
+}
+
+/// How long a partial stderr line waits for the rest of its line before it is released.
+const PARTIAL_LINE_WAIT_MS: u16 = 20;
+
+/// A partial stderr line longer than this is released without waiting for its end.
+const PARTIAL_LINE_LIMIT: usize = 8 * 1024;
+
+/// Held json or text output beyond this is released (and the attempt committed): memory stays
+/// bounded. The rest then streams live, and a quota hit later in that attempt ends the run as
+/// without the hold (qwen's error shown, the next run uses the next account): retrying would
+/// repeat what the caller already has.
+pub const HOLD_LIMIT: usize = 64 << 20;
+
+/// Error text kept for a possible release; beyond it the block is dropped (a retry replaces it).
+pub(super) const HELD_STDERR_LIMIT: usize = 1 << 20;
+
+/// Writes to our stdout; false once the reader on the other side has gone.
+pub(super) fn write_stdout(bytes: &[u8]) -> bool {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes).and_then(|_| out.flush()).is_ok()
+}
+
+pub(super) fn relay_stdout(
+    mut src: impl Read,
+    mode: StdoutMode,
+    patterns: &Patterns,
+) -> StdoutResult {
+    let mut r = StdoutResult {
+        held: Vec::new(),
+        committed: false,
+        closed: false,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    // stream-json: lines held until the gate opens.
+    let mut gate_open = mode == StdoutMode::Text;
+    // stream-json: held text before this offset is complete lines already judged. Only lines
+    // completed by a new read are judged, so a long line arriving in many reads costs linear
+    // time, not a rescan of everything held on every read.
+    let mut judged = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buf[..n];
+        if r.closed {
+            continue;
+        }
+        if !gate_open {
+            r.held.extend_from_slice(chunk);
+            gate_open = match mode {
+                StdoutMode::Json | StdoutMode::HeldText => r.held.len() > HOLD_LIMIT,
+                StdoutMode::StreamJson => {
+                    let completed = chunk.iter().rposition(|&b| b == b'\n');
+                    let opens =
+                        completed.is_some() && stream_gate_opens(&r.held[judged..], patterns);
+                    if let Some(at) = completed {
+                        judged = r.held.len() - n + at + 1;
+                    }
+                    opens || r.held.len() > HOLD_LIMIT
+                }
+                _ => true,
+            };
+            if !gate_open {
+                continue;
+            }
+            let held = std::mem::take(&mut r.held);
+            r.committed = true;
+            if !write_stdout(&held) {
+                // Closing our end gives the child the same EPIPE/SIGPIPE it would get without us.
+                r.closed = true;
+                return r;
+            }
+            continue;
+        }
+        r.committed = true;
+        if !write_stdout(chunk) {
+            r.closed = true;
+            return r;
+        }
+    }
+    r
+}
+
+/// stream-json: the gate opens at the first complete line that is neither the `system` init
+/// line nor an error report.
+fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
+    held.split(|&b| b == b'\n').rev().skip(1).any(|line| {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return false;
+        };
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        match kind {
+            "system" | "result" => false,
+            _ => patterns.classify(&String::from_utf8_lossy(line)).is_none(),
+        }
+    })
+}
+
+pub(super) fn relay_stderr(
+    mut src: impl Read + AsFd,
+    patterns: Arc<Patterns>,
+    tx: &Sender<Event>,
+) -> StderrResult {
+    let mut detector = Detector::new(patterns, Anchor::Plain);
+    let mut r = StderrResult {
+        held: Vec::new(),
+        hit: None,
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out_ok = true;
+    // A hit decided on a line that is still held back: keep that line, tell the attempt.
+    let decided = |hit: Hit, r: &mut StderrResult, pending: &mut Vec<u8>| {
+        let _ = tx.send(Event::Hit(hit.class));
+        r.hit = Some(hit);
+        hold(&mut r.held, pending);
+        pending.clear();
+    };
+    loop {
+        if !pending.is_empty() && !readable_within(src.as_fd(), PARTIAL_LINE_WAIT_MS) {
+            // A partial line followed by a pause: decide a phrase it holds, else show it now.
+            match detector
+                .hit()
+                .is_some()
+                .then(|| detector.finish())
+                .flatten()
+            {
+                Some(hit) => decided(hit, &mut r, &mut pending),
+                None => {
+                    out_ok = out_ok && write_stderr(&pending);
+                    pending.clear();
+                }
+            }
+        }
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buf[..n];
+        if r.hit.is_some() {
+            hold(&mut r.held, chunk);
+            continue;
+        }
+        if let Some(hit) = detector.feed(chunk) {
+            pending.extend_from_slice(chunk);
+            decided(hit, &mut r, &mut pending);
+            continue;
+        }
+        pending.extend_from_slice(chunk);
+        // Release complete lines; a partial line waits for its end, but never beyond
+        // PARTIAL_LINE_LIMIT (a stream with no newlines must not grow without bound).
+        let end = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(end) => Some(end + 1),
+            None if pending.len() > PARTIAL_LINE_LIMIT => Some(pending.len()),
+            None => None,
+        };
+        if let Some(end) = end {
+            out_ok = out_ok && write_stderr(&pending[..end]);
+            pending.drain(..end);
+        }
+    }
+    if r.hit.is_none() {
+        match detector.finish() {
+            Some(hit) => decided(hit, &mut r, &mut pending),
+            None if !pending.is_empty() => {
+                let _ = out_ok && write_stderr(&pending);
+            }
+            None => {}
+        }
+    }
+    r
+}
+
+pub(super) fn hold(held: &mut Vec<u8>, bytes: &[u8]) {
+    let room = HELD_STDERR_LIMIT.saturating_sub(held.len());
+    held.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+pub(super) fn write_stderr(bytes: &[u8]) -> bool {
+    let mut err = io::stderr().lock();
+    err.write_all(bytes).and_then(|_| err.flush()).is_ok()
+}
+
+/// True when `fd` has data (or EOF) within `ms` milliseconds.
+fn readable_within(fd: BorrowedFd<'_>, ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(n) => n > 0,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A reader that returns the given chunks one read at a time.
+    struct Reads(VecDeque<Vec<u8>>);
+
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(c) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            buf[..c.len()].copy_from_slice(&c);
+            Ok(c.len())
+        }
+    }
+
+    fn stream(chunks: &[&str]) -> StdoutResult {
+        let reads = Reads(chunks.iter().map(|c| c.as_bytes().to_vec()).collect());
+        relay_stdout(reads, StdoutMode::StreamJson, &Patterns::defaults())
+    }
+
+    const INIT: &str = "{\"type\":\"system\",\"subtype\":\"init\"}\n";
+    const ERROR: &str = "{\"type\":\"result\",\"is_error\":true,\"result\":\"[API Error: 429 Free allocated quota exceeded.]\"}\n";
+
+    #[test]
+    fn stream_json_gate_opens_on_an_answer_line_completed_across_reads() {
+        // The answer's line ends in a later read, together with the start of the next line.
+        let r = stream(&[
+            &INIT[..10],
+            &INIT[10..],
+            "{\"type\":\"assis",
+            "tant\",\"message\":{}}",
+            "\n{\"type\":\"res",
+        ]);
+        assert!(r.committed);
+        assert!(r.held.is_empty());
+    }
+
+    #[test]
+    fn stream_json_gate_stays_shut_for_init_and_error_lines_in_any_reads() {
+        let whole = format!("{INIT}{ERROR}");
+        for cut in 1..whole.len() {
+            let r = stream(&[&whole[..cut], &whole[cut..]]);
+            assert!(!r.committed, "cut at {cut}");
+            assert_eq!(r.held, whole.as_bytes(), "cut at {cut}");
+        }
+    }
+}
