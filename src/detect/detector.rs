@@ -1644,7 +1644,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!("../tests/fixtures/", $name))
+            include_str!(concat!("../../tests/fixtures/", $name))
         };
     }
 

@@ -1,0 +1,5 @@
+//! Quota detection (being split into files).
+
+mod detector;
+
+pub use detector::*;
