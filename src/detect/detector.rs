@@ -50,45 +50,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use serde_json::Value;
 
 use crate::config::{PatternConfig, PatternMode};
-
-/// What kind of failure a message reports; each class has its own action (DESIGN.md, "Detection").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Class {
-    /// The account's quota is spent: rotate, cool down until the reset.
-    Quota,
-    /// Rate limited after qwen's own retries: rotate, short cooldown.
-    Throttle,
-    /// Credentials rejected: mark needs_login, try the next slot once.
-    Auth,
-}
-
-impl Class {
-    /// The precedence rank (module header): higher wins when one message holds several classes.
-    fn rank(self) -> u8 {
-        match self {
-            Class::Quota => 3,
-            Class::Auth => 2,
-            Class::Throttle => 1,
-        }
-    }
-
-    fn key(self) -> &'static str {
-        match self {
-            Class::Quota => "quota",
-            Class::Throttle => "throttle",
-            Class::Auth => "auth",
-        }
-    }
-}
-
-/// One detection: the class, the phrase that matched (a pattern, never user text), and the reset
-/// time when the message gives one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hit {
-    pub class: Class,
-    pub phrase: String,
-    pub reset_at: Option<DateTime<Utc>>,
-}
+pub use crate::model::{Class, Hit};
 
 /// Where a stream's errors can stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
