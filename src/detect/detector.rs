@@ -47,9 +47,9 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Utc};
 use regex::bytes::{Regex, RegexBuilder};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{PatternConfig, PatternMode};
 pub use crate::model::{Class, Hit};
 
 /// Where a stream's errors can stand.
@@ -64,6 +64,25 @@ pub enum Anchor {
 // ---------------------------------------------------------------------------------------------
 // Patterns
 // ---------------------------------------------------------------------------------------------
+
+/// How user patterns combine with the built-in ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatternMode {
+    #[default]
+    Extend,
+    Replace,
+}
+
+/// The `patterns:` section: extra (or replacement) phrases per class, as regular expressions.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PatternConfig {
+    pub mode: PatternMode,
+    pub quota: Vec<String>,
+    pub throttle: Vec<String>,
+    pub auth: Vec<String>,
+}
 
 /// The built-in phrases: (class, the name a [`Hit`] carries, a regex over *normalised* text —
 /// lowercase, single spaces). Sources: QWEN_FACTS.md and QWEN_FACTS_APIKEY.md (verbatim messages
