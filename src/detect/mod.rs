@@ -11,8 +11,8 @@
 //!    box drawing, spinner frames and zero-width characters removed, UTF-8 decoded lossily (a
 //!    character split across reads still decodes), everything lowercased, and every run of
 //!    whitespace — line breaks included, so wrapped lines join — turned into one space.
-//! 2. Plain: the normalised text goes into a window that keeps only the last [`KEEP`] bytes;
-//!    each step scans only the new text plus an [`OVERLAP`], so a phrase cut by a read boundary
+//! 2. Plain: the normalised text goes into a window that keeps only the last `KEEP` bytes;
+//!    each step scans only the new text plus an `OVERLAP`, so a phrase cut by a read boundary
 //!    still matches and throughput does not depend on the window. Screen: only the text of `✕`
 //!    blocks is kept, one bounded block at a time.
 //! 3. [`Patterns`]: one combined regex finds the first candidate; the whole message around it is
@@ -32,9 +32,9 @@
 //!   shape, so a line number or a prompt that mentions 429 matches nothing.
 //!
 //! What "one message" is:
-//! - Plain: from [`LOOK_BACK`] bytes before the first complete phrase (a longer phrase may have
+//! - Plain: from `LOOK_BACK` bytes before the first complete phrase (a longer phrase may have
 //!   started earlier) to the first line feed after it at which qwen's `[API Error: …` bracket is
-//!   closed (an error wrapped over lines stays one message), at most [`MAX_MESSAGE`] bytes. So a
+//!   closed (an error wrapped over lines stays one message), at most `MAX_MESSAGE` bytes. So a
 //!   Plain hit is decided only when its line ends — the quota phrase of the 0.24 retry line may
 //!   arrive in the read after the `[API Error: 429` — and a last line without a line feed is
 //!   decided by [`Detector::finish`] (or read, still held, from [`Detector::hit`]).
@@ -48,10 +48,6 @@
 //! (`text`, `model`, `fault`, `error`, `files`) and std/crates; nothing else of ours.
 //!
 //! [`Normalizer`]: normalize::Normalizer
-//! [`KEEP`]: detector::KEEP
-//! [`OVERLAP`]: detector::OVERLAP
-//! [`LOOK_BACK`]: detector::LOOK_BACK
-//! [`MAX_MESSAGE`]: detector::MAX_MESSAGE
 
 mod classify;
 mod detector;
