@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::detect::{PatternConfig, PatternMode};
+
 /// Every path the shim reads or writes under the qwen home.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -89,25 +91,6 @@ pub enum OnExhausted {
     Fail,
     /// Wait (bounded by `max_wait`) for the earliest account to return.
     Wait,
-}
-
-/// How user patterns combine with the built-in ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PatternMode {
-    #[default]
-    Extend,
-    Replace,
-}
-
-/// The `patterns:` section: extra (or replacement) phrases per class, as regular expressions.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PatternConfig {
-    pub mode: PatternMode,
-    pub quota: Vec<String>,
-    pub throttle: Vec<String>,
-    pub auth: Vec<String>,
 }
 
 /// Everything `rotation.yaml` can set. Field names are the YAML keys.

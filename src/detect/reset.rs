@@ -1,0 +1,167 @@
+//! Reset times: the instant a quota or throttle message says the account returns, read from
+//! its text. Pure; a message without a usable time gives `None`.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, TimeZone, Utc};
+
+/// A message this late after its reset time still means "reset at that time", not "next year".
+const RESET_GRACE: TimeDelta = TimeDelta::days(1);
+
+/// How far ahead a reset without a year may lie. Providers word daily, weekly and monthly
+/// quotas this way; a `MM-DD` further ahead than a month is a message read long after its date
+/// (or a garbled one), not a quota that lasts most of a year.
+const YEARLESS_HORIZON: TimeDelta = TimeDelta::days(31);
+
+/// The reset time a message announces: Coding Plan's `will reset at 11-30 09:25:00 UTC` (no
+/// year: the first such instant not more than a day before `now` — this year, or next year
+/// across New Year; a message read up to a day late still gives the past instant rather than
+/// one a year away) and ISO-8601 forms (`resets at 2026-11-30T09:25:00Z`, `reset time:
+/// 2026-11-30 17:25:00+08:00`). A time without a zone is UTC.
+///
+/// A year-less instant more than [`YEARLESS_HORIZON`] ahead gives `None`: the message names no
+/// usable reset, so the account gets the configured `quota_cooldown`, as for a message without
+/// one (benching it for eleven months, or silently for the 31-day cap, would be a guess).
+pub fn parse_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    static RE: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let re = RE
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"(?ix)
+                \breset(?:s|ting)?(?:\s+time)?(?:\s+(?:is|at|on|after))?\s*:?\s*
+                (?: (?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})
+                  | (?P<mo2>\d{1,2})[-/](?P<d2>\d{1,2}) )
+                (?: (?:t|\s+) (?P<h>\d{1,2}):(?P<mi>\d{2}) (?::(?P<s>\d{2})(?:[.,]\d+)?)? )?
+                (?: \s*(?P<tz>z|utc|gmt|[+-]\d{2}:?\d{2}) )?",
+            )
+            .ok()
+        })
+        .as_ref()?;
+    re.captures_iter(text).find_map(|c| reset_from(&c, now))
+}
+
+fn reset_from(c: &regex::Captures<'_>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let num = |name: &str| c.name(name).and_then(|m| m.as_str().parse::<u32>().ok());
+    let (h, mi, s) = match c.name("h") {
+        Some(_) => (num("h")?, num("mi")?, num("s").unwrap_or(0).min(59)),
+        None => (0, 0, 0),
+    };
+    let offset = match c.name("tz").map(|m| m.as_str().to_ascii_lowercase()) {
+        Some(tz) if tz.starts_with('+') || tz.starts_with('-') => {
+            let digits: String = tz.chars().filter(char::is_ascii_digit).collect();
+            let hh: i64 = digits.get(..2)?.parse().ok()?;
+            let mm: i64 = digits.get(2..4)?.parse().ok()?;
+            let secs = hh * 3600 + mm * 60;
+            if tz.starts_with('-') { -secs } else { secs }
+        }
+        _ => 0,
+    };
+    let at = |year: i32, month: u32, day: u32| -> Option<DateTime<Utc>> {
+        let naive = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(h, mi, s)?;
+        Some(Utc.from_utc_datetime(&naive) - TimeDelta::seconds(offset))
+    };
+    if let Some(y) = c.name("y").and_then(|m| m.as_str().parse::<i32>().ok()) {
+        return at(y, num("mo")?, num("d")?);
+    }
+    let (mo, d) = (num("mo2")?, num("d2")?);
+    (now.year() - 1..=now.year() + 1)
+        .filter_map(|y| at(y, mo, d))
+        .find(|t| *t >= now - RESET_GRACE)
+        .filter(|t| *t <= now + YEARLESS_HORIZON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::detect::test_support::utc;
+
+    #[test]
+    fn reset_times_parse() {
+        let now = utc(2026, 11, 24, 12, 0, 0);
+        let text = "The quota will reset at 11-30 09:25:00 UTC.";
+        assert_eq!(parse_reset(text, now), Some(utc(2026, 11, 30, 9, 25, 0)));
+        assert_eq!(
+            parse_reset(&text.to_lowercase(), now),
+            Some(utc(2026, 11, 30, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset("will reset at 11-30 09:25 UTC", now),
+            Some(utc(2026, 11, 30, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset("quota resets at 2026-12-01T00:00:00Z", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_reset("reset time: 2026-12-01 08:00:00+08:00", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_reset("resets at 2026-12-01T08:00:00.123-0130", now),
+            Some(utc(2026, 12, 1, 9, 30, 0))
+        );
+        assert_eq!(
+            parse_reset("reset on 2026-12-01", now),
+            Some(utc(2026, 12, 1, 0, 0, 0))
+        );
+        assert_eq!(parse_reset("no reset here", now), None);
+        assert_eq!(parse_reset("will reset at 13-40 09:25:00 UTC", now), None);
+        assert_eq!(parse_reset("will reset at 11-30 25:00:00 UTC", now), None);
+        assert_eq!(parse_reset("discontinued on 2026-04-15", now), None);
+    }
+
+    #[test]
+    fn reset_times_without_a_year_pick_the_next_one() {
+        let text = "will reset at 01-01 09:25:00 UTC";
+        assert_eq!(
+            parse_reset(text, utc(2026, 12, 31, 23, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0)),
+            "across New Year"
+        );
+        assert_eq!(
+            parse_reset(text, utc(2027, 1, 1, 9, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
+        );
+        // Read late (up to a day): the instant that just passed, not one a year away.
+        assert_eq!(
+            parse_reset(text, utc(2027, 1, 1, 10, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset(
+                "will reset at 12-31 23:59:00 UTC",
+                utc(2027, 1, 1, 0, 10, 0)
+            ),
+            Some(utc(2026, 12, 31, 23, 59, 0)),
+            "printed before New Year, read after"
+        );
+        // Up to a month ahead is a reset; 02-29 in a leap year.
+        assert_eq!(
+            parse_reset(text, utc(2026, 12, 2, 0, 0, 0)),
+            Some(utc(2027, 1, 1, 9, 25, 0))
+        );
+        assert_eq!(
+            parse_reset("will reset at 02-29 00:00:00 UTC", utc(2028, 2, 1, 0, 0, 0)),
+            Some(utc(2028, 2, 29, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn reset_times_without_a_year_further_than_a_month_are_no_reset() {
+        let text = "will reset at 01-01 09:25:00 UTC";
+        // More than a day old: the next 01-01 is a year away, so the message names no reset.
+        assert_eq!(parse_reset(text, utc(2027, 1, 3, 0, 0, 0)), None);
+        assert_eq!(parse_reset(text, utc(2026, 11, 30, 9, 0, 0)), None);
+        // 02-29 outside a leap year's February: no such day within a month.
+        assert_eq!(
+            parse_reset("will reset at 02-29 00:00:00 UTC", utc(2026, 3, 1, 0, 0, 0)),
+            None
+        );
+        // A year given explicitly is taken as written (the cooldown cap applies later).
+        assert_eq!(
+            parse_reset("resets at 2027-06-01T00:00:00Z", utc(2026, 12, 6, 0, 0, 0)),
+            Some(utc(2027, 6, 1, 0, 0, 0))
+        );
+    }
+}
