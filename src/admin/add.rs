@@ -107,7 +107,7 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
 
 /// The settings for the login home: the person's own settings (so proxies and the like keep
 /// working) with the OAuth login selected.
-pub(super) fn login_settings(user_settings: &Path) -> String {
+fn login_settings(user_settings: &Path) -> String {
     let mut v: Value = files::read_text(user_settings, files::MAX_OWN_FILE)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -135,7 +135,7 @@ pub(super) fn login_settings(user_settings: &Path) -> String {
 }
 
 /// Ignores SIGINT/SIGQUIT while a child owns the terminal; restores on drop.
-pub(super) struct IgnoreInterrupts {
+struct IgnoreInterrupts {
     saved: Vec<(nix::sys::signal::Signal, nix::sys::signal::SigHandler)>,
 }
 
@@ -219,7 +219,7 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
 }
 
 /// The first non-empty line of stdin (at most 64 KiB read).
-pub(super) fn read_key_from_stdin() -> io::Result<String> {
+fn read_key_from_stdin() -> io::Result<String> {
     let mut buf = Vec::new();
     io::stdin().lock().take(64 << 10).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -234,7 +234,7 @@ pub(super) fn read_key_from_stdin() -> io::Result<String> {
 /// Reads a line from the terminal without echo. `None`: cancelled (Ctrl-C, Ctrl-D, Esc).
 /// Non-canonical mode with ISIG off, so Ctrl-C arrives as a byte and the terminal is always
 /// restored (by the guard) before we return; a signal can never leave echo off.
-pub(super) fn prompt_secret(prompt: &str) -> io::Result<Option<String>> {
+fn prompt_secret(prompt: &str) -> io::Result<Option<String>> {
     use nix::sys::termios::{LocalFlags, SetArg, SpecialCharacterIndices, tcgetattr, tcsetattr};
     let stdin = io::stdin();
     let saved = tcgetattr(&stdin).map_err(io::Error::from)?;
@@ -344,7 +344,7 @@ pub(super) fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 }
 
 /// One line from the terminal; `None` at end of input.
-pub(super) fn ask(question: &str) -> Result<Option<String>, Error> {
+fn ask(question: &str) -> Result<Option<String>, Error> {
     out(question);
     let mut line = String::new();
     match io::stdin().lock().read_line(&mut line) {

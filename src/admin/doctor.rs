@@ -111,7 +111,7 @@ pub(super) fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
 
 /// Runs every check; returns the findings, the repairs (by finding index) and the real-qwen
 /// summary for `--json`.
-pub(super) fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
+fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     let mut f = Findings::default();
     let paths = &v.paths;
     let (real_version, real_json) = doctor_env::check_real_qwen(&mut f);

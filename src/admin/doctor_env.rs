@@ -164,7 +164,7 @@ pub(super) fn check_pool(v: &Vault, f: &mut Findings) {
 }
 
 /// The `qwen` that a plain `qwen` command runs (first on PATH).
-pub(super) fn first_qwen_on_path() -> Option<PathBuf> {
+fn first_qwen_on_path() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("qwen"))

@@ -497,7 +497,7 @@ pub(super) fn check_config(paths: &Paths, f: &mut Findings) {
 }
 
 /// Processes holding a flock on `path` (from /proc/locks), as "pid 123 (qwen)".
-pub(super) fn lock_holders(path: &Path) -> Vec<String> {
+fn lock_holders(path: &Path) -> Vec<String> {
     let Ok(meta) = fs::metadata(path) else {
         return Vec::new();
     };
@@ -531,7 +531,7 @@ pub(super) fn lock_holders(path: &Path) -> Vec<String> {
 }
 
 /// API-key slots need qwen to pick OpenAI-compatible auth from the environment.
-pub(super) fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
+fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
     let Ok(text) = files::read_text(&paths.settings, files::MAX_OWN_FILE) else {
         return;
     };

@@ -17,7 +17,7 @@ use super::ui::{Ui, describe, effective_status, out, plural, print_json, relativ
 // -- stats ------------------------------------------------------------------------------------
 
 #[derive(Default)]
-pub(super) struct Day {
+struct Day {
     runs: u64,
     switches: u64,
     hits: u64,
@@ -29,7 +29,7 @@ pub(super) struct Day {
 
 /// Runs per account, from the `run` lines of rotation.log.
 #[derive(Default)]
-pub(super) struct Runs {
+struct Runs {
     total: u64,
     /// Ended with a non-zero code (qwen's, or 75 when every account was spent).
     failed: u64,
@@ -311,7 +311,7 @@ pub(super) fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error>
 
 /// One event as a line. Every text field comes from rotation.log, which anyone with the
 /// home's permissions can edit: each is shown through `printable`.
-pub(super) fn log_line(e: &Event, ui: &Ui) -> String {
+fn log_line(e: &Event, ui: &Ui) -> String {
     let when = e.time().map_or_else(
         || printable(&e.timestamp),
         |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),

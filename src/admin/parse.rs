@@ -44,7 +44,7 @@ pub(super) struct Parsed {
 }
 
 /// Options each command accepts (besides `--help`).
-pub(super) fn options_of(cmd: &str) -> &'static [&'static str] {
+fn options_of(cmd: &str) -> &'static [&'static str] {
     match cmd {
         "--rotation-status" | "--rotation-list" => &["--json", "--watch"],
         "--rotation-stats" | "--rotation-version" => &["--json"],
@@ -56,7 +56,7 @@ pub(super) fn options_of(cmd: &str) -> &'static [&'static str] {
 }
 
 /// Options that take a value.
-pub(super) const VALUED: &[&str] = &["--tail", "--base-url", "--model", "--env-key"];
+const VALUED: &[&str] = &["--tail", "--base-url", "--model", "--env-key"];
 
 pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
     let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
@@ -313,7 +313,7 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
     Ok(Parsed { command, json })
 }
 
-pub(super) fn unknown_option(name: &str, cmd: &str, allowed: &[&str]) -> String {
+fn unknown_option(name: &str, cmd: &str, allowed: &[&str]) -> String {
     let best = allowed
         .iter()
         .chain(["--json", "--help"].iter())
@@ -336,7 +336,7 @@ pub(super) fn unknown_option(name: &str, cmd: &str, allowed: &[&str]) -> String 
     }
 }
 
-pub(super) fn key_in_argv() -> String {
+fn key_in_argv() -> String {
     "an API key never goes on the command line (shell history and the process list would keep it); \
      pipe it: printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL, or leave it out to be asked for it"
         .into()
@@ -359,7 +359,7 @@ pub(super) fn shown(text: &str) -> String {
 }
 
 /// Does this look like an API key or token (rather than a label or a number)?
-pub(super) fn looks_like_key(text: &str) -> bool {
+fn looks_like_key(text: &str) -> bool {
     let t = text.trim();
     const PREFIXES: &[&str] = &[
         "sk-", "sk_", "sess-", "AIza", "ghp_", "gho_", "xox", "Bearer ", "eyJ",
@@ -375,7 +375,7 @@ pub(super) fn looks_like_key(text: &str) -> bool {
 }
 
 /// An account argument: a number (1-based) or a label.
-pub(super) fn slot_spec(text: &str) -> Result<String, String> {
+fn slot_spec(text: &str) -> Result<String, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err(
@@ -426,7 +426,7 @@ pub(super) fn label_arg(text: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
-pub(super) fn example_of(flag: &str) -> &'static str {
+fn example_of(flag: &str) -> &'static str {
     match flag {
         "--rotation-switch" => "qwen --rotation-switch 2 (or a label: qwen --rotation-switch work)",
         "--rotation-remove" => "qwen --rotation-remove 2",

@@ -61,7 +61,7 @@ pub(super) fn watch_mode(
     }
 }
 
-pub(super) fn status_json(v: &Vault, o: &Overview) -> Value {
+fn status_json(v: &Vault, o: &Overview) -> Value {
     let now = o.now;
     let accounts: Vec<Value> = o
         .state
@@ -110,7 +110,7 @@ pub(super) fn status_json(v: &Vault, o: &Overview) -> Value {
 }
 
 /// "files" (accounts/ in the home) or "environment" (QWEN_ROTATION_KEYS…).
-pub(super) fn pool_source(v: &Vault) -> &'static str {
+fn pool_source(v: &Vault) -> &'static str {
     if v.paths.pool.is_some() {
         "environment"
     } else {
@@ -138,14 +138,14 @@ pub(super) fn pool_line(v: &Vault) -> Option<String> {
     ))
 }
 
-pub(super) fn strategy_name(s: Strategy) -> &'static str {
+fn strategy_name(s: Strategy) -> &'static str {
     match s {
         Strategy::RoundRobin => "round-robin",
         Strategy::FillFirst => "fill-first",
     }
 }
 
-pub(super) fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
+fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     let now = o.now;
     let st = &o.state;
     if st.accounts.is_empty() {
@@ -250,7 +250,7 @@ pub(super) fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
 }
 
 /// Problems worth a line under the status table.
-pub(super) fn notes(o: &Overview) -> Vec<String> {
+fn notes(o: &Overview) -> Vec<String> {
     let mut notes = Vec::new();
     match &o.state_problem {
         // Not corrupt text: what is in its place (a FIFO, another user's file) is left alone.
@@ -312,7 +312,7 @@ pub(super) fn watch(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 }
 
 /// One `--watch` frame of `body` (see `watch`).
-pub(super) fn watch_frame(body: &str, first: bool) -> String {
+fn watch_frame(body: &str, first: bool) -> String {
     let mut frame = String::from(if first { "\x1b[H\x1b[2J" } else { "\x1b[H" });
     for line in body.lines() {
         frame.push_str(line);
