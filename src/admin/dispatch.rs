@@ -1,0 +1,108 @@
+//! The entry of every management command: parse, load the config and the pool, open the vault,
+//! run the one command, print a failure the one way. Thin: each command lives in its own file.
+
+use std::io;
+
+use crate::config::{Config, Paths};
+use crate::error::{Error, exit};
+use crate::vault::Vault;
+
+use super::add::{add_api_key, add_live, add_login, setup};
+use super::doctor::doctor;
+use super::help::{help_text, version};
+use super::history::{log, stats};
+use super::parse::{Command, parse};
+use super::status;
+use super::ui::{Ui, out};
+
+/// Runs one management command; returns the exit code.
+pub fn run(args: &[String], paths: &Paths) -> i32 {
+    let parsed = match parse(args) {
+        Ok(p) => p,
+        Err(usage) => {
+            crate::error::say(usage);
+            return exit::USAGE;
+        }
+    };
+    let (config, problem) = Config::load(&paths.config);
+    if let Some(problem) = problem.filter(|_| {
+        !matches!(
+            parsed.command,
+            Command::Doctor { .. } | Command::Help | Command::Version
+        )
+    }) {
+        crate::warn(problem);
+    }
+    // A pool declared in the environment replaces the slot files; a malformed one is bad usage.
+    let paths = if parsed.command == Command::Help {
+        paths.clone()
+    } else {
+        match crate::env_pool::from_env(&paths.home) {
+            Ok(Some(pool)) => crate::env_pool::paths_for(paths.clone(), pool),
+            Ok(None) => paths.clone(),
+            Err(problem) => {
+                crate::error::say(problem);
+                return exit::USAGE;
+            }
+        }
+    };
+    let paths = &paths;
+    let ui = Ui::detect(parsed.json);
+    let vault = Vault::open(paths.clone(), config);
+    match execute(&parsed.command, &vault, &ui) {
+        Ok(code) => code,
+        Err(e) => fail(&e, paths),
+    }
+}
+
+/// Prints an error the way every command does, and picks its exit code.
+fn fail(e: &Error, paths: &Paths) -> i32 {
+    let hint = match e {
+        Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            format!(
+                "; make {} writable by you, or set QWEN_HOME to a writable directory (qwen --rotation-doctor shows more)",
+                paths.home.display()
+            )
+        }
+        _ => String::new(),
+    };
+    crate::error::say(format_args!("{e}{hint}"));
+    match e {
+        Error::NoSuchSlot(_) => exit::USAGE,
+        other => other.exit_code(),
+    }
+}
+
+fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
+    match cmd {
+        Command::Help => {
+            out(&help_text());
+            Ok(0)
+        }
+        Command::Version => version(ui),
+        Command::Status { watch: false } => status::status(v, ui),
+        Command::Status { watch: true } => status::watch(v, ui),
+        Command::Stats => stats(v, ui),
+        Command::Switch(spec) => status::switch(v, spec),
+        Command::Next => status::next(v),
+        Command::Add(_) | Command::Setup if v.paths.pool.is_some() => {
+            v.files_pool("add").map(|()| 0)
+        }
+        Command::Add(a) if a.api_key => add_api_key(v, a, ui),
+        Command::Add(a) if a.login => add_login(v, a.label.as_deref(), ui).map(|_| 0),
+        Command::Add(a) => add_live(v, a.label.as_deref()),
+        Command::Setup => setup(v, ui),
+        Command::Remove(spec) => status::remove(v, spec),
+        Command::Enable(spec) => status::set_enabled(v, spec, true),
+        Command::Disable(spec) => status::set_enabled(v, spec, false),
+        Command::Reset(spec) => status::reset(v, spec),
+        Command::Label(spec, label) => status::label(v, spec, label),
+        Command::Log { tail } => log(v, *tail, ui),
+        Command::Doctor { fix } => doctor(v, *fix, ui),
+    }
+}

@@ -1,0 +1,172 @@
+//! Doctor checks on the environment: which real qwen (and the PATH order), whether PATH finds
+//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::vault::Vault;
+
+use super::findings::{Finding, Findings, Level};
+use super::help::{real_qwen_version, version_pair};
+use super::status::pool_line;
+
+/// Check 1: which real qwen, and why that one. Returns its version and the summary for
+/// `--json`.
+pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
+    let mut real_version = None;
+    let real_json = match crate::locate::real_qwen() {
+        Ok(r) => {
+            real_version = real_qwen_version(&r.path);
+            let why = match &r.via {
+                crate::locate::Via::Override => "named by QWEN_ROTATION_REAL".to_string(),
+                crate::locate::Via::Path(dir) => format!(
+                    "the first qwen on PATH after the shim, in {}",
+                    dir.display()
+                ),
+            };
+            f.push(
+                Finding::new(
+                    "real_qwen",
+                    Level::Ok,
+                    format!(
+                        "real qwen: {} ({why}){}",
+                        r.path.display(),
+                        real_version
+                            .as_ref()
+                            .map(|v| format!(", version {v}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                None,
+            );
+            for (p, reason) in &r.skipped {
+                f.push(
+                    Finding::new(
+                        "real_qwen",
+                        Level::Info,
+                        format!("skipped {}: {reason}", p.display()),
+                    ),
+                    None,
+                );
+            }
+            if !r.searched.is_empty() {
+                let order: Vec<String> =
+                    r.searched.iter().map(|d| d.display().to_string()).collect();
+                f.push(
+                    Finding::new(
+                        "path",
+                        Level::Info,
+                        format!("PATH searched in order: {}", order.join(":")),
+                    ),
+                    None,
+                );
+            }
+            json!({
+                "path": r.path.display().to_string(),
+                "via": match &r.via { crate::locate::Via::Override => "QWEN_ROTATION_REAL".to_string(), crate::locate::Via::Path(d) => d.display().to_string() },
+                "version": real_version,
+                "searched": r.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+                "skipped": r.skipped.iter().map(|(p, why)| json!({"path": p.display().to_string(), "reason": why})).collect::<Vec<_>>(),
+            })
+        }
+        Err(e) => {
+            f.push(
+                Finding::new("real_qwen", Level::Problem, format!("{e}"))
+                    .fix("npm install -g @qwen-code/qwen-code, or set QWEN_ROTATION_REAL"),
+                None,
+            );
+            Value::Null
+        }
+    };
+
+    (real_version, real_json)
+}
+
+/// Check 2: is the shim the `qwen` that PATH finds first?
+pub(super) fn check_path_first(f: &mut Findings) {
+    if let Some(first) = first_qwen_on_path()
+        && let Ok(me) = std::env::current_exe()
+        && me.file_name().is_some_and(|n| n == "qwen")
+    {
+        let same = fs::canonicalize(&first).ok() == fs::canonicalize(&me).ok();
+        if !same {
+            let dir = me
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            f.push(
+                Finding::new(
+                    "path",
+                    Level::Problem,
+                    format!(
+                        "PATH finds {} before this shim ({})",
+                        first.display(),
+                        me.display()
+                    ),
+                )
+                .fix(format!(
+                    "put {dir} before {} in PATH",
+                    first
+                        .parent()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
+                )),
+                None,
+            );
+        }
+    }
+}
+
+/// Check 3: QWEN_HOME vs $HOME/.qwen (qwen 0.12 ignores QWEN_HOME).
+pub(super) fn check_qwen_home(real_version: Option<&str>, f: &mut Findings) {
+    if let Some(qh) = std::env::var_os("QWEN_HOME").filter(|v| !v.is_empty())
+        && let Some(home) = std::env::home_dir()
+    {
+        let dot = home.join(".qwen");
+        // Before the first run neither exists: the same path is then the same home.
+        let resolved = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.components().collect());
+        let same = resolved(Path::new(&qh)) == resolved(&dot);
+        if !same {
+            let old = real_version
+                .and_then(version_pair)
+                .is_none_or(|v| v < (0, 15));
+            let msg = format!(
+                "QWEN_HOME={} but $HOME/.qwen is {}: qwen 0.12 and older ignore QWEN_HOME and read $HOME/.qwen",
+                PathBuf::from(&qh).display(),
+                dot.display()
+            );
+            let fix = format!(
+                "point both at one directory (ln -s {} {}), or unset QWEN_HOME",
+                PathBuf::from(&qh).display(),
+                dot.display()
+            );
+            f.push(
+                Finding::new(
+                    "qwen_home",
+                    if old { Level::Problem } else { Level::Info },
+                    msg,
+                )
+                .fix(fix),
+                None,
+            );
+        }
+    }
+}
+
+/// Check 3b: a pool declared in the environment.
+pub(super) fn check_pool(v: &Vault, f: &mut Findings) {
+    if let Some(line) = pool_line(v) {
+        f.push(Finding::new("pool", Level::Info, line), None);
+    }
+}
+
+/// The `qwen` that a plain `qwen` command runs (first on PATH).
+fn first_qwen_on_path() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("qwen"))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+}
