@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Paths;
-use crate::vault::{self, ApiKeySlot, DEFAULT_ENV_KEY, Secret};
+use crate::files;
+use crate::model::Secret;
+use crate::vault::{self, ApiKeySlot, DEFAULT_ENV_KEY};
 
 pub const KEYS: &str = "QWEN_ROTATION_KEYS";
 pub const KEY_PREFIX: &str = "QWEN_ROTATION_KEY_";
@@ -65,7 +67,7 @@ pub struct Pool {
 
 /// 32 bits of FNV-1a over a domain-separated key, as 8 hex digits.
 fn fingerprint(key: &str) -> String {
-    let full = vault::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
+    let full = files::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
     full[..8].to_string()
 }
 
@@ -267,7 +269,7 @@ fn choose_state(home: &Path) -> StateHome {
 /// Creates `dir` (0700) when missing; true when we can write into it. access(2) answers for
 /// the permission bits and for a read-only mount (EROFS) without writing anything.
 fn writable_dir(dir: &Path) -> bool {
-    vault::ensure_dir(dir).is_ok()
+    files::ensure_dir(dir).is_ok()
         && nix::unistd::access(
             dir,
             nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,

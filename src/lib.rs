@@ -12,6 +12,7 @@ pub mod error;
 pub mod fault;
 pub mod files;
 pub mod locate;
+pub mod model;
 pub mod pipes;
 pub mod pty;
 pub mod relay;

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,82 +36,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, Event, events};
-use crate::config::{Config, Paths, Strategy};
+use crate::config::{Config, Paths};
 use crate::detect::{Class, Hit};
 use crate::error::{Error, Result};
-use crate::files;
+use crate::files::{self, fsync_dir, replace_file, unused_name};
+pub use crate::files::{
+    TEMP_PREFIX, digest, ensure_dir, is_temp_name, keep_owner, make_private, too_open, write_atomic,
+};
+use crate::model::Strategy;
+pub use crate::model::{Kind, Secret};
 use crate::state::{Account, Loaded, State, Status};
-
-/// A credential value. `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-    /// The only way to read the value; grep for it to audit every use.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    OAuth,
-    ApiKey,
-}
-
-impl Kind {
-    /// The spelling in state.yaml, the log and `--json` output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::OAuth => "oauth",
-            Kind::ApiKey => "api_key",
-        }
-    }
-
-    /// The spelling in tables.
-    pub fn human(self) -> &'static str {
-        match self {
-            Kind::OAuth => "oauth",
-            Kind::ApiKey => "api-key",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Kind> {
-        match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "oauth" | "qwen_oauth" => Some(Kind::OAuth),
-            "api_key" | "apikey" | "openai" => Some(Kind::ApiKey),
-            _ => None,
-        }
-    }
-}
-
-impl Serialize for Kind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Kind {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Kind::parse(&text).ok_or_else(|| serde::de::Error::custom("kind is oauth or api_key"))
-    }
-}
+use crate::text::io_reason;
 
 /// What one attempt runs with.
 #[derive(Debug, Clone)]
@@ -161,15 +96,6 @@ const QWEN_LOCK_STALE: Duration = Duration::from_secs(10);
 const MAX_CRED_BYTES: u64 = files::MAX_OWN_FILE;
 /// Backups kept in `accounts/backup/` (oldest pruned first).
 const MAX_BACKUPS: usize = 20;
-/// Prefix of our temp files, so `doctor` can recognise leftovers of a crash.
-pub const TEMP_PREFIX: &str = ".qwen-rotation-";
-
-/// A name `replace_file` gives its temporaries: `TEMP_PREFIX` and tempfile's 6 random
-/// alphanumeric characters, nothing else (so no other file is ever taken for one).
-pub fn is_temp_name(name: &str) -> bool {
-    name.strip_prefix(TEMP_PREFIX)
-        .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
 
 /// `oauth_creds_3.json` → (3, OAuth); `api_key_2.json` → (2, ApiKey).
 pub fn parse_slot_name(name: &str) -> Option<(usize, Kind)> {
@@ -214,16 +140,6 @@ pub fn scan(accounts: &Path) -> io::Result<Scan> {
         kinds.sort();
     }
     Ok(out)
-}
-
-/// Stable 64-bit FNV-1a of `bytes`, as 16 hex digits (state.yaml `installed_digest`).
-pub fn digest(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// Checks OAuth credentials (qwen's `oauth_creds.json` shape) and returns the refresh token.
@@ -578,136 +494,9 @@ pub fn owner_of(
 // Files: atomic writes, modes, directories
 // ---------------------------------------------------------------------------------------------
 
-/// Replaces `path` with `bytes` atomically: a 0600 temp file in the same directory, written,
-/// fsynced, renamed over `path` (a symlink at `path` is replaced, not followed), then the
-/// directory fsynced so the rename itself survives a power cut. The new file's mtime is now,
-/// which is what makes a running qwen reload it (QWEN_FACTS.md: it compares mtimes).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, bytes)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fsync_dir(dir).map_err(|e| Error::io("write", path, e))
-}
-
-/// `write_atomic` without the directory fsync: for the live file and state.yaml, which share
-/// the qwen home, a transaction fsyncs that directory once after both renames (one fsync less
-/// per rotation; a process crash never loses a rename, and after a power cut either order of
-/// the two is handled: state.yaml and the live file are checked against each other).
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let fail = |e: io::Error| Error::io("write", path, e);
-    let tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(fail)?;
-    // tempfile already creates 0600; set it anyway so a future default cannot widen it.
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(fail)?;
-    keep_owner(Some(tmp.as_file()), path);
-    // Through the File: NamedTempFile's own Write adds its random name to every error.
-    tmp.as_file().write_all(bytes).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    // A SIGKILL here leaves the temporary behind (the crash tests sweep it up).
-    crate::fault::point("write.temp_synced");
-    tmp.persist(path).map_err(|e| fail(e.error))?;
-    Ok(())
-}
-
-/// Run as root in a home that belongs to someone else (a container with the user's home
-/// mounted, `sudo` keeping HOME), what we create would belong to root, and its 0600 / 0700 would
-/// lock the owner's own qwen (and the owner's own runs of this shim) out of it. So what we create
-/// takes the owner of the directory it is in. Best effort: without the privilege to give a file
-/// away (not root), the directory is ours anyway or nothing changes.
-///
-/// Only a file of ours with a single link is given away (`file`: one we just created, or our
-/// lock or log): never one reached through a hard link that the home's owner planted to a file
-/// elsewhere (/etc/shadow, say). `file: None` is a directory we just created (lchown: a link
-/// put in its place is not followed).
-pub fn keep_owner(file: Option<&File>, path: &Path) {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let Ok(owner) = fs::metadata(dir) else {
-        return;
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    if owner.uid() == me {
-        return;
-    }
-    let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
-    let _ = match file {
-        Some(f) => match f.metadata() {
-            Ok(m) if m.is_file() && m.nlink() == 1 && m.uid() == me => {
-                std::os::unix::fs::fchown(f, uid, gid)
-            }
-            _ => Ok(()),
-        },
-        None => std::os::unix::fs::lchown(path, uid, gid),
-    };
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` (and parents) when missing, 0700 regardless of umask.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() || (m.file_type().is_symlink() && dir.is_dir()) => return Ok(()),
-        Ok(_) => {
-            return Err(Error::Invalid {
-                path: dir.to_path_buf(),
-                problem: "exists but is not a directory; move it out of the way".into(),
-            });
-        }
-        Err(_) => {}
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("create", dir, e))?;
-    keep_owner(None, dir);
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io("chmod", dir, e))
-}
-
-/// `ensure_dir`, and an existing `dir` that group or other may enter is made 0700: adding an
-/// account puts credentials in the qwen home, which the real qwen creates 0755. Only a real
-/// directory is changed (never through a symlink), and only one that is ours, or any when we
-/// are root (the shim keeps the home's owner, see `keep_owner`).
-pub fn make_private(dir: &Path) -> Result<()> {
-    ensure_dir(dir)?;
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return Ok(());
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.is_dir() && too_open(meta.mode()) && (meta.uid() == me || me == 0) {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("chmod", dir, e))?;
-    }
-    Ok(())
-}
-
-/// `dir/<stem>.<UTC time><suffix>`, with `-2`, `-3`… added until no file has that name.
-/// Callers hold `rotation.lock`, so no other process of ours picks the same name meanwhile.
-fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
-    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-    let mut candidate = dir.join(format!("{stem}.{stamp}{suffix}"));
-    let mut n = 2;
-    while fs::symlink_metadata(&candidate).is_ok() {
-        candidate = dir.join(format!("{stem}.{stamp}-{n}{suffix}"));
-        n += 1;
-    }
-    candidate
-}
-
 /// Can `path` be opened and read as a file? (Without blocking: see `files`.)
 fn readable_file(path: &Path) -> io::Result<()> {
     files::open_regular(path, false).map(drop)
-}
-
-/// Group or other may read, write or enter it.
-pub fn too_open(mode: u32) -> bool {
-    mode & 0o077 != 0
 }
 
 /// The live file (or what its symlink points at): a regular file of at most 1 MiB, read
@@ -720,15 +509,6 @@ fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
 /// (a sync-back would land in the link's target).
 pub fn read_slot(path: &Path) -> io::Result<Vec<u8>> {
     files::read_regular(path, MAX_CRED_BYTES, true)
-}
-
-/// An io error's reason without the OS error number noise.
-fn io_reason(e: &io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2549,13 +2329,6 @@ mod tests {
         ] {
             assert_eq!(parse_slot_name(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn digest_is_stable_fnv1a() {
-        assert_eq!(digest(b""), "cbf29ce484222325");
-        assert_eq!(digest(b"a"), "af63dc4c8601ec8c");
-        assert_ne!(digest(b"ab"), digest(b"ba"));
     }
 
     #[test]
