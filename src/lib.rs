@@ -3,11 +3,9 @@
 //! The binary (`src/main.rs`) reads like a contents page; each module answers one question.
 
 pub mod admin;
-pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod detect;
-pub mod env_pool;
 pub mod error;
 pub mod fault;
 pub mod files;
@@ -19,9 +17,10 @@ pub mod relay;
 pub mod run;
 pub mod settings;
 pub mod signals;
-pub mod state;
 pub mod text;
 pub mod vault;
+
+pub use vault::{audit, env_pool, state};
 
 /// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct
 /// warning is printed once per process: the shim warns once and gets out of the way.
