@@ -21,10 +21,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::slots::{ApiKeySlot, DEFAULT_ENV_KEY, valid_api_key};
 use crate::config::Paths;
 use crate::files;
 use crate::model::Secret;
-use crate::vault::{self, ApiKeySlot, DEFAULT_ENV_KEY};
 
 pub const KEYS: &str = "QWEN_ROTATION_KEYS";
 pub const KEY_PREFIX: &str = "QWEN_ROTATION_KEY_";
@@ -205,7 +205,7 @@ fn check_key(source: &str, key: &str) -> Result<(), String> {
     if key.trim().is_empty() {
         return Err(format!("{source} is empty; {fix}, or unset it"));
     }
-    vault::valid_api_key(key).map_err(|problem| {
+    valid_api_key(key).map_err(|problem| {
         let problem = problem.strip_prefix("the key ").unwrap_or(problem);
         format!("{source} {problem}; {fix}")
     })
