@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
+pub use crate::model::Strategy;
+pub use crate::text::human_duration;
 
 /// Every path the shim reads or writes under the qwen home.
 #[derive(Debug, Clone)]
@@ -71,16 +73,6 @@ pub fn qwen_home() -> PathBuf {
             .unwrap_or_else(|| PathBuf::from("/"))
             .join(".qwen"),
     }
-}
-
-/// How the next slot is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// The seeds' default: after a hit, move to the next slot in order.
-    RoundRobin,
-    /// Stay on the first healthy slot until it is spent.
-    FillFirst,
 }
 
 /// What to do when every account is spent.
@@ -194,7 +186,7 @@ impl Config {
             return Err(problem);
         }
         // The message may quote a key the user wrote: keep it on one line.
-        yaml_serde::from_str::<Config>(text).map_err(|e| crate::error::printable(&e.to_string()))
+        yaml_serde::from_str::<Config>(text).map_err(|e| crate::text::printable(&e.to_string()))
     }
 }
 
@@ -237,19 +229,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs(total))
-}
-
-/// "3s", "2m", "1h 5m", "2d 3h": short and readable.
-pub fn human_duration(d: chrono::TimeDelta) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 if s % 3600 / 60 == 0 => format!("{}h", s / 3600),
-        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ if s % 86400 / 3600 == 0 => format!("{}d", s / 86400),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    }
 }
 
 mod duration_text {
@@ -332,14 +311,5 @@ mod tests {
         assert!(warning.unwrap().contains("rotation.yaml"));
         let (_, none) = Config::load(&dir.path().join("absent.yaml"));
         assert!(none.is_none());
-    }
-
-    #[test]
-    fn human_durations_read_well() {
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5s");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(125)), "2m");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(3600)), "1h");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(3900)), "1h 5m");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(90000)), "1d 1h");
     }
 }

@@ -158,7 +158,7 @@ impl fmt::Display for Error {
                 f,
                 "all accounts exhausted; the first one returns at {} (in {}); `qwen --rotation-status` shows each",
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                crate::config::human_duration(*t - chrono::Utc::now())
+                crate::text::human_duration(*t - chrono::Utc::now())
             ),
             Error::Exhausted { earliest: None } => write!(
                 f,

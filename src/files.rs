@@ -12,12 +12,19 @@
 //!   parser is pre-scanned for its nesting depth first (`too_deep`): 100,000 `[` cost the YAML
 //!   parser about 20 s before qwen could start.
 //!
-//! This module imports nothing of ours.
+//! Writing one of ours: every file is replaced atomically (`write_atomic`), what we create
+//! keeps the owner of its directory (`keep_owner`), and directories are 0700 (`ensure_dir`).
+//!
+//! This module imports only `error` (and the `fault` points of the crash tests).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use crate::error::{Error, Result};
 
 /// Our YAML and JSON files are a few KiB; anything past 1 MiB is not one of them.
 pub const MAX_OWN_FILE: u64 = 1 << 20;
@@ -165,9 +172,167 @@ fn block_indent(line: &str) -> usize {
     i
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writing: atomic replacement, modes, directories
+// ---------------------------------------------------------------------------------------------
+
+/// Prefix of our temp files, so `doctor` can recognise leftovers of a crash.
+pub const TEMP_PREFIX: &str = ".qwen-rotation-";
+
+/// A name `replace_file` gives its temporaries: `TEMP_PREFIX` and tempfile's 6 random
+/// alphanumeric characters, nothing else (so no other file is ever taken for one).
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Replaces `path` with `bytes` atomically: a 0600 temp file in the same directory, written,
+/// fsynced, renamed over `path` (a symlink at `path` is replaced, not followed), then the
+/// directory fsynced so the rename itself survives a power cut. The new file's mtime is now,
+/// which is what makes a running qwen reload it (QWEN_FACTS.md: it compares mtimes).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, bytes)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fsync_dir(dir).map_err(|e| Error::io("write", path, e))
+}
+
+/// `write_atomic` without the directory fsync: for the live file and state.yaml, which share
+/// the qwen home, a transaction fsyncs that directory once after both renames (one fsync less
+/// per rotation; a process crash never loses a rename, and after a power cut either order of
+/// the two is handled: state.yaml and the live file are checked against each other).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fail = |e: io::Error| Error::io("write", path, e);
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    // tempfile already creates 0600; set it anyway so a future default cannot widen it.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    keep_owner(Some(tmp.as_file()), path);
+    // Through the File: NamedTempFile's own Write adds its random name to every error.
+    tmp.as_file().write_all(bytes).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    // A SIGKILL here leaves the temporary behind (the crash tests sweep it up).
+    crate::fault::point("write.temp_synced");
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
+/// Run as root in a home that belongs to someone else (a container with the user's home
+/// mounted, `sudo` keeping HOME), what we create would belong to root, and its 0600 / 0700 would
+/// lock the owner's own qwen (and the owner's own runs of this shim) out of it. So what we create
+/// takes the owner of the directory it is in. Best effort: without the privilege to give a file
+/// away (not root), the directory is ours anyway or nothing changes.
+///
+/// Only a file of ours with a single link is given away (`file`: one we just created, or our
+/// lock or log): never one reached through a hard link that the home's owner planted to a file
+/// elsewhere (/etc/shadow, say). `file: None` is a directory we just created (lchown: a link
+/// put in its place is not followed).
+pub fn keep_owner(file: Option<&File>, path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(owner) = fs::metadata(dir) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if owner.uid() == me {
+        return;
+    }
+    let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
+    let _ = match file {
+        Some(f) => match f.metadata() {
+            Ok(m) if m.is_file() && m.nlink() == 1 && m.uid() == me => {
+                std::os::unix::fs::fchown(f, uid, gid)
+            }
+            _ => Ok(()),
+        },
+        None => std::os::unix::fs::lchown(path, uid, gid),
+    };
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and parents) when missing, 0700 regardless of umask.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() || (m.file_type().is_symlink() && dir.is_dir()) => return Ok(()),
+        Ok(_) => {
+            return Err(Error::Invalid {
+                path: dir.to_path_buf(),
+                problem: "exists but is not a directory; move it out of the way".into(),
+            });
+        }
+        Err(_) => {}
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create", dir, e))?;
+    keep_owner(None, dir);
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("chmod", dir, e))
+}
+
+/// `ensure_dir`, and an existing `dir` that group or other may enter is made 0700: adding an
+/// account puts credentials in the qwen home, which the real qwen creates 0755. Only a real
+/// directory is changed (never through a symlink), and only one that is ours, or any when we
+/// are root (the shim keeps the home's owner, see `keep_owner`).
+pub fn make_private(dir: &Path) -> Result<()> {
+    ensure_dir(dir)?;
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.is_dir() && too_open(meta.mode()) && (meta.uid() == me || me == 0) {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod", dir, e))?;
+    }
+    Ok(())
+}
+
+/// `dir/<stem>.<UTC time><suffix>`, with `-2`, `-3`… added until no file has that name.
+/// Callers hold `rotation.lock`, so no other process of ours picks the same name meanwhile.
+pub fn unused_name(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let mut candidate = dir.join(format!("{stem}.{stamp}{suffix}"));
+    let mut n = 2;
+    while fs::symlink_metadata(&candidate).is_ok() {
+        candidate = dir.join(format!("{stem}.{stamp}-{n}{suffix}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Group or other may read, write or enter it.
+pub fn too_open(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
+/// Stable 64-bit FNV-1a of `bytes`, as 16 hex digits (state.yaml `installed_digest`).
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_is_stable_fnv1a() {
+        assert_eq!(digest(b""), "cbf29ce484222325");
+        assert_eq!(digest(b"a"), "af63dc4c8601ec8c");
+        assert_ne!(digest(b"ab"), digest(b"ba"));
+    }
 
     #[test]
     fn nesting_is_measured_outside_strings_and_comments() {

@@ -3,11 +3,9 @@
 //! The binary (`src/main.rs`) reads like a contents page; each module answers one question.
 
 pub mod admin;
-pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod detect;
-pub mod env_pool;
 pub mod error;
 pub mod fault;
 pub mod files;
@@ -16,13 +14,13 @@ pub mod model;
 pub mod relay;
 pub mod run;
 pub mod settings;
-pub mod state;
 pub mod text;
 pub mod vault;
 
-// The run path's parts under their old names (`crate::pipes`, `crate::pty`, `crate::signals`).
+// Old names of modules that moved into a folder (`crate::state` is `crate::vault::state`, …).
 pub use run::terminal as pty;
 pub use run::{pipes, signals};
+pub use vault::{audit, env_pool, state};
 
 /// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct
 /// warning is printed once per process: the shim warns once and gets out of the way.

@@ -1,9 +1,94 @@
-//! The shared vocabulary: what kind of failure a message reports ([`Class`]) and one detection
-//! ([`Hit`]), named by detection, state, audit, vault and relay alike.
+//! The shared vocabulary every layer names: a credential ([`Secret`]), a slot's kind
+//! ([`Kind`]), a rotation strategy ([`Strategy`]), what kind of failure a message reports
+//! ([`Class`]) and one detection ([`Hit`]).
 //!
 //! This module imports nothing of ours.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A credential value. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The only way to read the value; grep for it to audit every use.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    OAuth,
+    ApiKey,
+}
+
+impl Kind {
+    /// The spelling in state.yaml, the log and `--json` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OAuth => "oauth",
+            Kind::ApiKey => "api_key",
+        }
+    }
+
+    /// The spelling in tables.
+    pub fn human(self) -> &'static str {
+        match self {
+            Kind::OAuth => "oauth",
+            Kind::ApiKey => "api-key",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "oauth" | "qwen_oauth" => Some(Kind::OAuth),
+            "api_key" | "apikey" | "openai" => Some(Kind::ApiKey),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Kind::parse(&text).ok_or_else(|| serde::de::Error::custom("kind is oauth or api_key"))
+    }
+}
+
+/// How the next slot is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The seeds' default: after a hit, move to the next slot in order.
+    RoundRobin,
+    /// Stay on the first healthy slot until it is spent.
+    FillFirst,
+}
 
 /// What kind of failure a message reports; each class has its own action (DESIGN.md, "Detection").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

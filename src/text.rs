@@ -5,7 +5,8 @@
 //! and the Unicode bidi controls that reorder what is shown), so quoted text stays on its line
 //! and cannot set the title, write the clipboard (OSC 52), clear the screen or forge a line;
 //! `redact_url` output holds no user:password and no query or fragment (where providers put
-//! `?api_key=`). This module imports nothing of ours.
+//! `?api_key=`). Also the short forms we print: durations, timestamps, io reasons. This module
+//! imports nothing of ours.
 
 /// `text` with its control characters (line breaks, escapes, NUL) and bidi controls written
 /// as escapes (`\u{1b}`, `\r`, `\u{202e}`), so a message that quotes what a user typed or
@@ -64,9 +65,45 @@ pub fn redact_url(url: &str) -> String {
     printable(&format!("{scheme}://{host}{path}{tail}"))
 }
 
+/// "3s", "2m", "1h 5m", "2d 3h": short and readable.
+pub fn human_duration(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 if s % 3600 / 60 == 0 => format!("{}h", s / 3600),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ if s % 86400 / 3600 == 0 => format!("{}d", s / 86400),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// RFC 3339, whole seconds, `Z`.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// An io error's reason without the OS error number noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_durations_read_well() {
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5s");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(125)), "2m");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(3600)), "1h");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(3900)), "1h 5m");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(90000)), "1d 1h");
+    }
 
     #[test]
     fn printable_escapes_every_terminal_control() {

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::Strategy;
 use crate::detect::Class;
-use crate::vault::Kind;
+use crate::model::{Kind, Strategy};
+pub use crate::text::rfc3339;
 
 /// A slot's health. `Healthy` is the only status a run may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -465,11 +465,6 @@ fn delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d)
         .unwrap_or(MAX_COOLDOWN)
         .min(MAX_COOLDOWN)
-}
-
-/// RFC 3339, whole seconds, `Z`.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Any YAML scalar (or anything else), for fields that must load whatever a person wrote.

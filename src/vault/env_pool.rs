@@ -21,8 +21,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::slots::{ApiKeySlot, DEFAULT_ENV_KEY, valid_api_key};
 use crate::config::Paths;
-use crate::vault::{self, ApiKeySlot, DEFAULT_ENV_KEY, Secret};
+use crate::files;
+use crate::model::Secret;
 
 pub const KEYS: &str = "QWEN_ROTATION_KEYS";
 pub const KEY_PREFIX: &str = "QWEN_ROTATION_KEY_";
@@ -65,7 +67,7 @@ pub struct Pool {
 
 /// 32 bits of FNV-1a over a domain-separated key, as 8 hex digits.
 fn fingerprint(key: &str) -> String {
-    let full = vault::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
+    let full = files::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
     full[..8].to_string()
 }
 
@@ -203,7 +205,7 @@ fn check_key(source: &str, key: &str) -> Result<(), String> {
     if key.trim().is_empty() {
         return Err(format!("{source} is empty; {fix}, or unset it"));
     }
-    vault::valid_api_key(key).map_err(|problem| {
+    valid_api_key(key).map_err(|problem| {
         let problem = problem.strip_prefix("the key ").unwrap_or(problem);
         format!("{source} {problem}; {fix}")
     })
@@ -267,7 +269,7 @@ fn choose_state(home: &Path) -> StateHome {
 /// Creates `dir` (0700) when missing; true when we can write into it. access(2) answers for
 /// the permission bits and for a read-only mount (EROFS) without writing anything.
 fn writable_dir(dir: &Path) -> bool {
-    vault::ensure_dir(dir).is_ok()
+    files::ensure_dir(dir).is_ok()
         && nix::unistd::access(
             dir,
             nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,

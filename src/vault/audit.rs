@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{Class, Hit};
-use crate::state::rfc3339;
+use crate::text::rfc3339;
 
 /// The event names (the seeds' `account_switch` plus ours).
 pub mod events {
@@ -206,7 +206,7 @@ pub fn append(path: &Path, events: &[Event]) -> io::Result<()> {
             "it has other hard links, which the log never writes through; remove it and a new log starts",
         ));
     }
-    crate::vault::keep_owner(Some(&file), path);
+    crate::files::keep_owner(Some(&file), path);
     for e in events {
         let mut line = e.to_line();
         line.push('\n');

@@ -1,0 +1,251 @@
+//! The live credential file the real qwen reads (`oauth_creds.json`) and qwen's own
+//! `oauth_creds.lock`, which we hold whenever we replace the live file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, Result};
+use crate::files::{self, digest, keep_owner};
+use crate::model::Kind;
+
+use super::slots::{SlotInfo, check_oauth, read_bounded};
+
+/// qwen 0.12 treats its `oauth_creds.lock` as stale after 10 s (0.24: 35 s).
+pub(super) const QWEN_LOCK_STALE: Duration = Duration::from_secs(10);
+
+/// The live `oauth_creds.json` as found on disk. `Debug` shows sizes, never the bytes.
+#[derive(Clone)]
+pub enum LiveFile {
+    Missing,
+    /// A symlink (the seeds' layout); `target_bytes` when it resolves.
+    Symlink {
+        target: PathBuf,
+        bytes: Option<Vec<u8>>,
+    },
+    Regular {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
+    /// A directory or something else that is not a file.
+    Other,
+}
+
+impl fmt::Debug for LiveFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LiveFile::Missing => f.write_str("Missing"),
+            LiveFile::Symlink { target, bytes } => {
+                write!(
+                    f,
+                    "Symlink {{ target: {target:?}, bytes: {:?} }}",
+                    bytes.as_ref().map(|b| b.len())
+                )
+            }
+            LiveFile::Regular { bytes, mode } => write!(
+                f,
+                "Regular {{ bytes: {} bytes, mode: {mode:o} }}",
+                bytes.len()
+            ),
+            LiveFile::Other => f.write_str("Other"),
+        }
+    }
+}
+
+impl LiveFile {
+    pub fn read(path: &Path) -> io::Result<LiveFile> {
+        let meta = match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LiveFile::Missing),
+            Err(e) => return Err(e),
+            Ok(m) => m,
+        };
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(path)?;
+            let bytes = match read_bounded(path) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            return Ok(LiveFile::Symlink { target, bytes });
+        }
+        if !meta.is_file() {
+            return Ok(LiveFile::Other);
+        }
+        match read_bounded(path) {
+            Ok(bytes) => Ok(LiveFile::Regular {
+                bytes,
+                mode: meta.mode() & 0o7777,
+            }),
+            // Replaced or deleted (by qwen) between stat and open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LiveFile::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            LiveFile::Regular { bytes, .. } => Some(bytes),
+            LiveFile::Symlink { bytes: Some(b), .. } => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Which slot the live file's content belongs to: the same bytes as a slot file, else the
+/// same refresh token (preferring `prefer`). `None`: no slot matches.
+pub fn owner_of(
+    bytes: &[u8],
+    infos: &BTreeMap<usize, SlotInfo>,
+    prefer: Option<usize>,
+) -> Option<usize> {
+    let d = digest(bytes);
+    let oauth = || {
+        infos
+            .iter()
+            .filter(|(_, i)| i.kind == Some(Kind::OAuth) && i.problem.is_none())
+    };
+    if let Some(p) = prefer
+        && infos
+            .get(&p)
+            .is_some_and(|i| i.digest.as_deref() == Some(d.as_str()) && i.problem.is_none())
+    {
+        return Some(p);
+    }
+    if let Some((n, _)) = oauth().find(|(_, i)| i.digest.as_deref() == Some(d.as_str())) {
+        return Some(*n);
+    }
+    let rt = check_oauth(bytes).ok()?;
+    let matches: Vec<usize> = oauth()
+        .filter(|(_, i)| i.refresh.as_ref() == Some(&rt))
+        .map(|(n, _)| *n)
+        .collect();
+    match prefer {
+        Some(p) if matches.contains(&p) => Some(p),
+        _ => matches.first().copied(),
+    }
+}
+
+/// qwen's own `oauth_creds.lock` (QWEN_FACTS.md §0): created with O_CREAT|O_EXCL, treated as
+/// stale after 10 s. Holding it while we read and replace the live file means qwen never
+/// saves a refreshed token in the middle of our swap (and we never read half of its save).
+pub(super) struct QwenLock {
+    pub(super) path: PathBuf,
+    pub(super) ino: u64,
+}
+
+impl QwenLock {
+    pub(super) fn acquire(path: &Path, timeout: Duration) -> Result<QwenLock> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    keep_owner(Some(&f), path);
+                    // Our signature lets a later run remove the file at once when we crashed.
+                    let _ = f.write_all(holder_signature().as_bytes());
+                    let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+                    return Ok(QwenLock {
+                        path: path.to_path_buf(),
+                        ino,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if qwen_lock_is_stale(path) {
+                        let _ = fs::remove_file(path);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(Error::io("create qwen's lock", path, e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LockTimeout {
+                    path: path.to_path_buf(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for QwenLock {
+    fn drop(&mut self) {
+        // Remove it only while it is still ours (qwen may have judged it stale and replaced it).
+        if fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// "qwen-rotation pid=123 ns=pid:[4026531836]": the pid namespace makes the pid meaningful
+/// only to processes that share it (another container sees other pids).
+pub(super) fn holder_signature() -> String {
+    format!(
+        "qwen-rotation pid={} ns={}\n",
+        std::process::id(),
+        pid_namespace()
+    )
+}
+
+pub(super) fn pid_namespace() -> String {
+    fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Stale: older than qwen's own 10 s rule, or written by a qwen-rotation process of our pid
+/// namespace that no longer exists (a crash between taking and releasing it).
+pub fn qwen_lock_is_stale(path: &Path) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    if age.is_some_and(|a| a >= QWEN_LOCK_STALE) {
+        return true;
+    }
+    let Ok(text) = files::read_text(path, 4096) else {
+        return false;
+    };
+    let Some(rest) = text.strip_prefix("qwen-rotation pid=") else {
+        return false;
+    };
+    let mut parts = rest.split_whitespace();
+    let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+    let ns = parts.next().and_then(|p| p.strip_prefix("ns="));
+    match (pid, ns) {
+        (Some(pid), Some(ns)) if ns == pid_namespace() && !ns.is_empty() => {
+            matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+        }
+        _ => false,
+    }
+}
+
+/// The live file as a transaction has settled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Live {
+    Missing,
+    Invalid,
+    /// Belongs to this slot, which now holds the same bytes.
+    Owned(usize),
+    /// Valid credentials that belong to no slot (a login the person made by hand): kept in
+    /// `accounts/backup/` before it is replaced.
+    Foreign,
+    /// The slot it belonged to was just removed (its file is in `accounts/removed/`).
+    Removed,
+}

@@ -1,0 +1,41 @@
+//! The account vault: slots on disk, the rotation step, and the management operations.
+//!
+//! Layout (DESIGN.md, "Files under the qwen home"): OAuth slot N is
+//! `accounts/oauth_creds_N.json` (the seeds' file, copied verbatim into the live
+//! `oauth_creds.json` when installed); API-key slot N is `accounts/api_key_N.json`
+//! (`{"api_key","base_url","model","env_key"}`, injected into the child's environment).
+//! Slot numbers are shared by both kinds.
+//!
+//! Files, lowest first: state, audit, slots → env_pool, live → source → reconcile → handle →
+//! store → tx → install, rotate → manage, prepare; a file imports only files before it (the
+//! methods of `Vault` and `Tx` are spread over handle … prepare). The transaction invariants
+//! are in `tx.rs`. May import the ground floor (text, files, model, error, fault), config and
+//! detect; nothing above.
+
+pub mod audit;
+pub mod env_pool;
+mod handle;
+mod install;
+mod live;
+mod manage;
+mod prepare;
+mod reconcile;
+mod rotate;
+mod slots;
+mod source;
+pub mod state;
+mod store;
+mod tx;
+
+pub use crate::files::{
+    TEMP_PREFIX, digest, ensure_dir, is_temp_name, keep_owner, make_private, too_open, write_atomic,
+};
+pub use crate::model::{Kind, Secret};
+pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
+pub use live::{LiveFile, owner_of, qwen_lock_is_stale};
+pub use slots::{
+    ApiKeySlot, DEFAULT_ENV_KEY, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name,
+    read_slot, scan, slot_path, valid_api_key, valid_env_name,
+};
+pub use source::{inspect_all, scan_slots};
+pub use store::RotationLock;
