@@ -100,6 +100,27 @@ fn no_file_is_longer_than_a_reader_can_hold() {
     );
 }
 
+/// docs/ARCHITECTURE.md names only files and folders that exist, and names every folder.
+#[test]
+fn the_architecture_page_names_what_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let named: BTreeSet<&str> = page
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("src/"))
+        .collect();
+    let missing: Vec<&&str> = named.iter().filter(|p| !root.join(p).exists()).collect();
+    assert!(missing.is_empty(), "named but missing: {missing:?}");
+    for dir in fs::read_dir(root.join("src")).unwrap().flatten() {
+        if dir.path().is_dir() {
+            let name = format!("src/{}/", dir.file_name().to_string_lossy());
+            assert!(named.contains(name.as_str()), "{name} is not described");
+        }
+    }
+}
+
 /// The checker finds what it is meant to find: an upward import and a circle in a small tree.
 #[test]
 fn the_checker_finds_an_upward_import_and_a_circle() {
