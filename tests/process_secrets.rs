@@ -16,11 +16,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mock::Mock;
+use sandbox::child::collect_within;
 use sandbox::{Sandbox, await_file, output_within};
 
 /// A key that looks real; its tail is what no environment may show.
@@ -127,23 +127,6 @@ fn assert_no_key_in_any_environ(shim: u32, keys: &[String]) -> usize {
     read
 }
 
-fn finish(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("the shim did not finish within {limit:?}")
-        })
-        .expect("wait")
-}
-
 #[test]
 fn pool_keys_are_in_no_environ_of_the_run_while_it_is_live() {
     let mock = Mock::start();
@@ -182,7 +165,7 @@ fn pool_keys_are_in_no_environ_of_the_run_while_it_is_live() {
         assert!(!from_child.contains(k.as_str()), "a key read by the child");
     }
     drop(release);
-    let out = finish(child, DEADLINE);
+    let out = collect_within(child, DEADLINE, "the shim");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "answered\n");
 }
@@ -248,7 +231,7 @@ fn real_qwen_0_24_run_shows_no_pool_key_in_any_environ() {
     } else {
         0
     };
-    let out = finish(child, DEADLINE);
+    let out = collect_within(child, DEADLINE, "the shim");
     // The run's own group: node's child may outlive the shim by a moment.
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(shim as i32),
