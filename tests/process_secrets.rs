@@ -13,7 +13,6 @@ mod real_qwen;
 mod sandbox;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -176,19 +175,7 @@ fn another_process_of_the_same_user_cannot_read_the_shims_environment_or_memory(
     let (sb, keys, mut cmd) = pool_sandbox(&mock);
     // Without root this test already runs as an ordinary user; as root, the run drops to nobody
     // (root may read any process, non-dumpable or not).
-    if nix::unistd::geteuid().is_root() {
-        for rel in ["", "bin", "real", "tools", "home", "work"] {
-            fs::set_permissions(sb.path(rel), fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        let st = Command::new("/usr/bin/chown")
-            .args(["-R", "65534:65534"])
-            .arg(sb.qwen_home())
-            .arg(sb.path("work"))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        cmd.uid(65534).gid(65534);
-    }
+    sb.run_as_nobody(&mut cmd, &["work"]);
     fs::write(sb.path("go"), "").unwrap();
     let out = output_within(cmd, DEADLINE);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

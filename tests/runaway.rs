@@ -7,7 +7,6 @@ mod sandbox;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -110,18 +109,7 @@ fn a_shim_that_cannot_start_threads_or_processes_still_runs_qwen() {
     cmd.stdin(input);
     // RLIMIT_NPROC binds every user but root: as root the run becomes nobody first (the limit
     // is set after the uid change, so the exec itself is not refused, execve(2) EAGAIN).
-    if nix::unistd::geteuid().is_root() {
-        for rel in ["", "bin", "real", "tools", "home", "work"] {
-            fs::set_permissions(sb.path(rel), fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        let st = Command::new("/usr/bin/chown")
-            .args(["-R", "65534:65534"])
-            .arg(sb.qwen_home())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        cmd.uid(65534).gid(65534);
-    }
+    sb.run_as_nobody(&mut cmd, &[]);
     // SAFETY: setrlimit is async-signal-safe and changes only the child's limits.
     unsafe {
         cmd.pre_exec(|| {

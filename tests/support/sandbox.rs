@@ -150,6 +150,27 @@ impl Sandbox {
             .expect("spawn shim")
     }
 
+    /// As root, makes `cmd` run as `nobody` in this sandbox: its directories open to all, the
+    /// qwen home (and `also`, relative paths) owned by nobody. Without root, changes nothing (the
+    /// tests already run as an ordinary user).
+    pub fn run_as_nobody(&self, cmd: &mut Command, also: &[&str]) {
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        for rel in ["", "bin", "real", "tools", "home", "work"] {
+            fs::set_permissions(self.path(rel), fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let st = Command::new("/usr/bin/chown")
+            .args(["-R", "65534:65534"])
+            .arg(self.qwen_home())
+            .args(also.iter().map(|rel| self.path(rel)))
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown to nobody");
+        cmd.uid(65534).gid(65534);
+    }
+
     pub fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.path(rel)).unwrap_or_default()
     }
