@@ -747,6 +747,28 @@ fn helper_report_quota_hit() {
     }
 }
 
+/// Runs `op` on the home at `home` in a helper process that SIGKILLs itself at `fault`.
+#[cfg(feature = "fault-injection")]
+fn crash_at(home: &std::path::Path, op: &str, fault: &str) -> std::process::Output {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "helper_report_quota_hit",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("VAULT_HELPER_HOME", home)
+    .env("VAULT_HELPER_OP", op)
+    .env("QWEN_ROTATION_FAULT", fault)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    child::collect_within(
+        c.spawn().unwrap(),
+        Duration::from_secs(60),
+        "the crash helper",
+    )
+}
+
 /// A SIGKILL between writing a temporary and renaming it leaves a full credential copy under
 /// our temp name; the next operation (the lock-free run path included) removes it under the
 /// lock and leaves every other file alone. Built with `--features fault-injection` only.
@@ -767,18 +789,7 @@ fn a_crash_in_the_middle_of_a_write_leaves_a_temporary_the_next_run_removes() {
             })
             .collect()
     };
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_report_quota_hit",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("VAULT_HELPER_HOME", &h.paths.home)
-        .env("VAULT_HELPER_OP", "switch")
-        .env("QWEN_ROTATION_FAULT", "write.temp_synced")
-        .output()
-        .unwrap();
+    let out = crash_at(&h.paths.home, "switch", "write.temp_synced");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "the point was not reached");
     let left = temps();
@@ -860,7 +871,6 @@ fn a_crash_at_any_step_loses_nothing() {
         ("next", "next.live_written", ""),
         ("disable", "disable.live_written", ""),
     ];
-    let me = std::env::current_exe().unwrap();
     let rounds: u32 = std::env::var("CRASH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -888,18 +898,7 @@ fn a_crash_at_any_step_loses_nothing() {
                 }
                 _ => {}
             }
-            let out = std::process::Command::new(&me)
-                .args([
-                    "--exact",
-                    "helper_report_quota_hit",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("VAULT_HELPER_HOME", &h.paths.home)
-                .env("VAULT_HELPER_OP", op)
-                .env("QWEN_ROTATION_FAULT", fault)
-                .output()
-                .unwrap();
+            let out = crash_at(&h.paths.home, op, fault);
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(
                 out.status.signal(),
