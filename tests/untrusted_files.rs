@@ -13,13 +13,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sandbox::{Sandbox, creds, output_within};
-
-/// Counts its runs; the runs listed in $FAIL report a spent quota (status 1); the others
-/// answer on stdout, say something on stderr and exit 3.
-const FAKE: &str = r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
-case " $FAIL " in *" $n "*) printf '%s\n' "[API Error: 429 Free allocated quota exceeded.]" >&2; exit 1 ;; esac
-echo "answer $n"; echo "diag $n" >&2; exit 3"#;
+use sandbox::{COUNTING_FAKE as FAKE, Sandbox, counting_pool as pool, creds, output_within};
 
 /// Long enough for any loaded machine, far shorter than "forever".
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -28,13 +22,6 @@ const WARNING: &str = "qwen-rotation: warning:";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn pool() -> Sandbox {
-    let sb = Sandbox::new(FAKE);
-    sb.add_oauth_slot(1, "tok_one");
-    sb.add_oauth_slot(2, "tok_two");
-    sb
 }
 
 fn shim(sb: &Sandbox, args: &[&str], fail: &str) -> Output {

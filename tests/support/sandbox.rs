@@ -30,6 +30,20 @@ const TOOLS: &[&str] = &[
     "readlink", "cut", "sort", "timeout", "nohup", "basename", "dirname", "uname", "tty",
 ];
 
+/// Counts its runs; the runs listed in $FAIL report a spent quota (status 1); the others
+/// answer on stdout, say something on stderr and exit 3.
+pub const COUNTING_FAKE: &str = r#"n=$(cat "$SANDBOX/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$SANDBOX/count"
+case " $FAIL " in *" $n "*) printf '%s\n' "[API Error: 429 Free allocated quota exceeded.]" >&2; exit 1 ;; esac
+echo "answer $n"; echo "diag $n" >&2; exit 3"#;
+
+/// A sandbox with [`COUNTING_FAKE`] as qwen and two OAuth accounts.
+pub fn counting_pool() -> Sandbox {
+    let sb = Sandbox::new(COUNTING_FAKE);
+    sb.add_oauth_slot(1, "tok_one");
+    sb.add_oauth_slot(2, "tok_two");
+    sb
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
 }
