@@ -2,7 +2,7 @@
 //! ([`Kind`]), a rotation strategy ([`Strategy`]), what kind of failure a message reports
 //! ([`Class`]) and one detection ([`Hit`]).
 //!
-//! This module imports nothing of ours.
+//! It imports only `text` (an account's label is printed escaped).
 
 use std::fmt;
 
@@ -112,12 +112,51 @@ impl Class {
         }
     }
 
-    pub(crate) fn key(self) -> &'static str {
+    /// Every class, in the order tables and `--json` output list them.
+    pub const ALL: [Class; 3] = [Class::Quota, Class::Throttle, Class::Auth];
+
+    /// The one spelling of the class in state.yaml (`hits:`), the log (`"class"`), `--json`
+    /// output and the `patterns:` section of config.yaml.
+    pub fn name(self) -> &'static str {
         match self {
             Class::Quota => "quota",
             Class::Throttle => "throttle",
             Class::Auth => "auth",
         }
+    }
+
+    /// The class a logged `"class"` names; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// What happened to the account, for notices: "account 1 (work) quota exhausted".
+    pub fn human(self) -> &'static str {
+        match self {
+            Class::Quota => "quota exhausted",
+            Class::Throttle => "rate limited",
+            Class::Auth => "was refused (needs login)",
+        }
+    }
+
+    /// The `reason` of the `account_switch` event a hit of this class causes.
+    pub fn switch_reason(self) -> &'static str {
+        match self {
+            Class::Quota => "quota_exhausted",
+            Class::Throttle => "throttled",
+            Class::Auth => "auth_failed",
+        }
+    }
+}
+
+/// "account 3" or "account 3 (work)": the one wording of an account in every message. The
+/// label is shown escaped (`text::printable`): state.yaml is hand-editable, so a label may
+/// hold escape sequences or line breaks that would forge a line; escaping twice changes
+/// nothing, so an already escaped label prints the same.
+pub fn account_name(n: usize, label: Option<&str>) -> String {
+    match label {
+        Some(label) => format!("account {n} ({})", crate::text::printable(label)),
+        None => format!("account {n}"),
     }
 }
 
@@ -128,4 +167,30 @@ pub struct Hit {
     pub class: Class,
     pub phrase: String,
     pub reset_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_is_named_with_its_label_escaped_once() {
+        assert_eq!(account_name(3, None), "account 3");
+        assert_eq!(account_name(3, Some("work")), "account 3 (work)");
+        let forged = account_name(1, Some("a\x1b]52;c;x\x07\nb"));
+        assert_eq!(forged, r"account 1 (a\u{1b}]52;c;x\u{7}\nb)");
+        // A label that arrives escaped already (Launch.label) prints the same.
+        assert_eq!(
+            account_name(1, Some(&crate::text::printable("a\nb"))),
+            r"account 1 (a\nb)"
+        );
+    }
+
+    #[test]
+    fn each_class_reads_back_from_its_name() {
+        for class in Class::ALL {
+            assert_eq!(Class::from_name(class.name()), Some(class));
+        }
+        assert_eq!(Class::from_name("quota_exhausted"), None);
+    }
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{self, Event, events};
 use crate::error::Error;
+use crate::model::Class;
 use crate::state::Status;
 use crate::text::printable;
 use crate::vault::{Kind, Vault};
@@ -76,11 +77,11 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             events::ACCOUNT_SWITCH => day.switches += 1,
             events::COOLDOWN | events::NEEDS_LOGIN => {
                 day.hits += 1;
-                match e.class.as_deref() {
-                    Some("quota") => day.quota += 1,
-                    Some("throttle") => day.throttle += 1,
-                    Some("auth") => day.auth += 1,
-                    _ => {}
+                match e.class.as_deref().and_then(Class::from_name) {
+                    Some(Class::Quota) => day.quota += 1,
+                    Some(Class::Throttle) => day.throttle += 1,
+                    Some(Class::Auth) => day.auth += 1,
+                    None => {}
                 }
                 if e.event == events::COOLDOWN
                     && let Some(n) = e.slot

@@ -167,9 +167,7 @@ pub(super) fn list(slots: &[usize]) -> String {
 }
 
 pub(super) fn describe(st: &State, n: usize) -> String {
-    st.accounts
-        .get(&n)
-        .map_or_else(|| format!("account {n}"), |a| a.describe(n))
+    st.describe(n)
 }
 
 pub(super) fn live_line(st: &State) -> String {

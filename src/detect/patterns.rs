@@ -239,7 +239,7 @@ impl Patterns {
         ] {
             for (i, source) in list.iter().enumerate() {
                 let n = i + 1;
-                let key = class.key();
+                let key = class.name();
                 if source.trim().is_empty() {
                     return Err(format!("patterns.{key} entry {n} is empty"));
                 }

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use crate::detect::{Class, Hit, Patterns};
+use crate::detect::{Hit, Patterns};
 use crate::error::Error;
+use crate::model::account_name;
 use crate::vault::{ApiTarget, Kind, Launch, Rotation, Secret, Vault};
 
 use super::http::{Answer, exhausted_answer, unservable_answer};
@@ -135,9 +136,9 @@ impl Active {
         })
     }
 
-    /// "account 1 (work)": the wording of run.rs's notices.
+    /// "account 1 (work)": the wording of every notice (`model::account_name`).
     pub(super) fn who(&self) -> String {
-        who(self.slot, self.label.as_deref())
+        account_name(self.slot, self.label.as_deref())
     }
 }
 
@@ -345,21 +346,9 @@ pub(super) enum Next {
     PassThrough,
 }
 
-/// "account 1 (work) quota exhausted": the same wording as run.rs's notices.
+/// "account 1 (work) quota exhausted": the same wording as the run path's notices.
 fn what(active: &Active, hit: &Hit) -> String {
-    let why = match hit.class {
-        Class::Quota => "quota exhausted",
-        Class::Throttle => "rate limited",
-        Class::Auth => "was refused (needs login)",
-    };
-    format!("{} {why}", active.who())
-}
-
-fn who(slot: usize, label: Option<&str>) -> String {
-    match label {
-        Some(label) => format!("account {slot} ({label})"),
-        None => format!("account {slot}"),
-    }
+    format!("{} {}", active.who(), hit.class.human())
 }
 
 /// The soft `RLIMIT_NOFILE` of this process, from /proc/self/limits ("Max open files").

@@ -7,8 +7,9 @@ use std::time::Instant;
 use super::exec::fail;
 use super::signals;
 use crate::audit::{self, Event, events};
-use crate::detect::{Class, Hit};
+use crate::detect::Hit;
 use crate::error::Error;
+use crate::model::account_name;
 use crate::relay::{self, Relay};
 use crate::vault::{Launch, Vault};
 use crate::warn;
@@ -81,16 +82,11 @@ impl RunRecord {
 
 /// "account 1 (work) quota exhausted"
 pub(super) fn what(slot: usize, label: Option<String>, hit: &Hit) -> String {
-    let who = match label {
-        Some(label) => format!("account {slot} ({label})"),
-        None => format!("account {slot}"),
-    };
-    let why = match hit.class {
-        Class::Quota => "quota exhausted",
-        Class::Throttle => "rate limited",
-        Class::Auth => "was refused (needs login)",
-    };
-    format!("{who} {why}")
+    format!(
+        "{} {}",
+        account_name(slot, label.as_deref()),
+        hit.class.human()
+    )
 }
 
 /// The label of `slot`: the launch's when it is that slot (no file read), else none.

@@ -19,7 +19,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{Class, Hit};
+use crate::detect::Hit;
 use crate::text::rfc3339;
 
 /// The event names (the seeds' `account_switch` plus ours).
@@ -140,7 +140,7 @@ impl Event {
     }
     /// The class, the matched pattern and the provider's reset time of a detection.
     pub fn hit(mut self, hit: &Hit) -> Event {
-        self.class = Some(class_name(hit.class).into());
+        self.class = Some(hit.class.name().into());
         self.phrase = Some(hit.phrase.clone());
         self.reset_at = hit.reset_at.map(rfc3339);
         self
@@ -164,14 +164,6 @@ impl Event {
         DateTime::parse_from_rfc3339(&self.timestamp)
             .ok()
             .map(|t| t.with_timezone(&Utc))
-    }
-}
-
-pub fn class_name(class: Class) -> &'static str {
-    match class {
-        Class::Quota => "quota",
-        Class::Throttle => "throttle",
-        Class::Auth => "auth",
     }
 }
 

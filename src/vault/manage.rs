@@ -77,7 +77,7 @@ impl Vault {
         make_private(&self.paths.accounts)?;
         self.transact("add", |tx| {
             if let Some((n, _)) = tx.infos.iter().find(|(_, i)| i.refresh.as_ref() == Some(&rt)) {
-                let who = tx.st.accounts.get(n).map_or_else(|| format!("account {n}"), |a| a.describe(*n));
+                let who = tx.st.describe(*n);
                 return Err(Error::Other(format!(
                     "these credentials are already stored as {who}; log in to another account first (qwen --rotation-add --login)"
                 )));
@@ -114,11 +114,7 @@ impl Vault {
                 .iter()
                 .find(|(_, i)| i.api.as_ref().is_some_and(|a| a.key == slot.key))
             {
-                let who = tx
-                    .st
-                    .accounts
-                    .get(n)
-                    .map_or_else(|| format!("account {n}"), |a| a.describe(*n));
+                let who = tx.st.describe(*n);
                 return Err(Error::Other(format!(
                     "this key is already stored as {who}; nothing added"
                 )));

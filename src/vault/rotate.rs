@@ -7,7 +7,7 @@ use crate::detect::{Class, Hit};
 use crate::error::{Error, Result};
 use crate::model::Kind;
 
-use super::audit::{self, Event, events};
+use super::audit::{Event, events};
 use super::handle::{Launch, Rotation, api_launch};
 use super::live::Live;
 use super::state::Status;
@@ -109,7 +109,7 @@ impl Tx<'_> {
     pub(super) fn rotate(&mut self, failed: usize, hit: &Hit) -> Result<Rotation> {
         let now = self.now;
         let strategy = self.vault.config.strategy;
-        let reason_text = format!("{}: {}", audit::class_name(hit.class), hit.phrase);
+        let reason_text = format!("{}: {}", hit.class.name(), hit.phrase);
         let current = self.st.current_index;
         // 2. Compare-and-swap: someone already moved on; only make sure `failed` is marked.
         if current != failed {
@@ -156,12 +156,14 @@ impl Tx<'_> {
             marked = true;
         }
         // 5–6. Pick and install the next slot.
-        let reason = match hit.class {
-            Class::Quota => "quota_exhausted",
-            Class::Throttle => "throttled",
-            Class::Auth => "auth_failed",
-        };
-        match self.switch_auto(failed, failed, reason, "auto", Some(hit), strategy)? {
+        match self.switch_auto(
+            failed,
+            failed,
+            hit.class.switch_reason(),
+            "auto",
+            Some(hit),
+            strategy,
+        )? {
             Some(to) => Ok(Rotation::Switched { from: failed, to }),
             None => {
                 let earliest = self.st.earliest_return(now);

@@ -176,12 +176,9 @@ impl Account {
         self.enabled && self.kind.is_some() && self.status_at(now) == Status::Healthy
     }
 
-    /// "account 3" or "account 3 (work)", safe to print (see `shown_label`).
+    /// "account 3" or "account 3 (work)", safe to print (`model::account_name`).
     pub fn describe(&self, n: usize) -> String {
-        match self.shown_label() {
-            Some(l) => format!("account {n} ({l})"),
-            None => format!("account {n}"),
-        }
+        crate::model::account_name(n, self.label.as_deref())
     }
 
     /// The label as it may be printed: state.yaml is hand-editable, so a label may hold escape
@@ -234,6 +231,11 @@ const SAME_HIT: TimeDelta = TimeDelta::minutes(1);
 const MAX_COOLDOWN: TimeDelta = TimeDelta::days(31);
 
 impl State {
+    /// "account 3 (work)": slot `n` as every message names it, labelled when it has a label.
+    pub fn describe(&self, n: usize) -> String {
+        crate::model::account_name(n, self.accounts.get(&n).and_then(|a| a.label.as_deref()))
+    }
+
     /// Parses YAML text. An empty document is an empty state.
     pub fn parse(text: &str) -> Result<State, String> {
         if text.trim().is_empty() {
