@@ -1,9 +1,9 @@
 //! Finding the real qwen: walk PATH, skip ourselves, take the first executable `qwen`.
 //!
 //! Invariant: the result is never a copy of the shim. "Ourselves" is decided by identity, not by
-//! name: a candidate is skipped when its canonical path is our executable, when it is the same
-//! inode (a hard link), when it sits in the directory we were run from, or when its first bytes
-//! are our own build's (another copy of the shim elsewhere on PATH). A `qwen` started from inside
+//! name: a candidate is skipped when it is our executable (the same device and inode: the file
+//! itself, a symlink or a hard link to it), when it sits in the directory we were run from, or
+//! when its first bytes are our own build's (another copy of the shim elsewhere on PATH). A `qwen` started from inside
 //! a qwen run (a tool calling `qwen`) reaches the shim again and walks PATH the same way, so it
 //! lands on the same real qwen: there is no loop to break. `QWEN_ROTATION_REAL` is checked the
 //! same way (by identity and by content) and refused when it names a shim.
@@ -80,13 +80,13 @@ pub fn find(
         });
     }
     // The directory we were run from, when argv[0] names one (a shim run by absolute path).
+    // Directories are compared by identity too: one stat each, where resolving a path costs a
+    // readlink per component.
     let run_dir = argv0
         .filter(|a| a.components().count() > 1)
         .and_then(|a| a.parent())
-        .and_then(|d| fs::canonicalize(d).ok());
-    let self_dir = me
-        .and_then(|m| m.parent())
-        .and_then(|d| fs::canonicalize(d).ok());
+        .and_then(Identity::of);
+    let self_dir = me.and_then(|m| m.parent()).and_then(Identity::of);
 
     let mut searched = Vec::new();
     let mut skipped = Vec::new();
@@ -105,12 +105,12 @@ pub fn find(
         if !meta.is_file() {
             continue;
         }
-        let canon_dir = fs::canonicalize(&dir).ok();
-        if canon_dir.is_some() && (canon_dir == self_dir || canon_dir == run_dir) {
+        let dir_id = Identity::of(&dir);
+        if dir_id.is_some() && (dir_id == self_dir || dir_id == run_dir) {
             skipped.push((candidate, "in the shim's own directory"));
             continue;
         }
-        if self_id.as_ref().is_some_and(|me| me.same_file(&candidate)) {
+        if self_id.as_ref() == Some(&Identity::from(&meta)) {
             skipped.push((candidate, "is the shim itself"));
             continue;
         }
@@ -135,28 +135,28 @@ pub fn find(
     })
 }
 
-/// Canonical path plus device and inode: equal for symlinks and hard links to the same file.
+/// Device and inode: equal for symlinks and hard links to the same file (two paths that resolve
+/// to the same canonical path always share them, so no path needs resolving).
+#[derive(PartialEq, Eq)]
 struct Identity {
-    canonical: PathBuf,
     dev: u64,
     ino: u64,
 }
 
 impl Identity {
     fn of(path: &Path) -> Option<Identity> {
-        let meta = fs::metadata(path).ok()?;
-        Some(Identity {
-            canonical: fs::canonicalize(path).ok()?,
+        fs::metadata(path).ok().map(|m| Identity::from(&m))
+    }
+
+    fn from(meta: &fs::Metadata) -> Identity {
+        Identity {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
     }
 
     fn same_file(&self, other: &Path) -> bool {
-        match fs::metadata(other) {
-            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => true,
-            _ => fs::canonicalize(other).is_ok_and(|c| c == self.canonical),
-        }
+        Identity::of(other).as_ref() == Some(self)
     }
 }
 

@@ -12,6 +12,9 @@
 //! operator's system defaults keep their path through `QWEN_CODE_SYSTEM_DEFAULTS_PATH`, which
 //! would otherwise be looked up beside the override.
 //!
+//! This file is also the one reader of qwen's settings files ([`read`], [`layers`]): the run,
+//! the relay gate, doctor and the login home all read them here, as qwen does.
+//!
 //! Invariant: when the user's settings already select the slot's kind, nothing is written and no
 //! variable is set; an `enforcedType` that names another kind is never overridden.
 
@@ -50,17 +53,17 @@ pub struct Selected {
 
 impl Selected {
     pub fn read(paths: &Paths) -> Selected {
-        let user = read_json(&user_settings(paths));
-        let system = read_json(&system_settings_path());
-        let get = |v: &Value, path: &[&str]| -> Option<String> {
-            let mut cur = v;
-            for key in path {
-                cur = cur.get(key)?;
-            }
-            cur.as_str().map(str::to_string)
+        // System first: the system layer wins when it sets a value, as it does in qwen.
+        let layers = layers(paths, None);
+        let pick = |path: &[&str]| {
+            layers.iter().find_map(|(_, v)| {
+                let mut cur = v;
+                for key in path {
+                    cur = cur.get(key)?;
+                }
+                cur.as_str().map(str::to_string)
+            })
         };
-        // The system layer wins when it sets a value, as it does in qwen.
-        let pick = |path: &[&str]| get(&system, path).or_else(|| get(&user, path));
         Selected {
             selected: pick(&["security", "auth", "selectedType"])
                 .or_else(|| pick(&["selectedAuthType"])),
@@ -70,64 +73,140 @@ impl Selected {
     }
 }
 
-/// The user settings file qwen reads: `$QWEN_HOME/settings.json` (qwen 0.15+), which is
-/// `$HOME/.qwen/settings.json` when QWEN_HOME is unset.
-fn user_settings(paths: &Paths) -> PathBuf {
-    paths.settings.clone()
-}
-
-fn system_settings_path() -> PathBuf {
+/// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json.
+pub fn system_path() -> PathBuf {
     std::env::var_os(SYSTEM_SETTINGS_VAR)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(SYSTEM_SETTINGS_DEFAULT))
 }
 
-/// A settings file as JSON (comments allowed, as qwen allows them). A workspace's file is
-/// untrusted content: read without blocking (a FIFO there must not hang every run) and at most
-/// `MAX_OWN_FILE` bytes; anything else reads as empty settings.
-fn read_json(path: &Path) -> Value {
-    crate::files::read_text(path, crate::files::MAX_OWN_FILE)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&strip_comments(&t)).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| Value::Object(Map::new()))
+/// One settings file as [`read`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Doc {
+    /// No file there.
+    Missing,
+    /// There, but not a regular UTF-8 file of at most `MAX_OWN_FILE` bytes (or not readable):
+    /// why.
+    Unreadable(String),
+    /// Not JSON once its comments are stripped: serde_json's reason.
+    Invalid(String),
+    /// Valid JSON; qwen needs an object, which [`Doc::object`] checks.
+    Json(Value),
 }
 
-/// qwen's settings files may carry `//` comments (they are read as JSONC).
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '/' if chars.peek() == Some(&'/') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        out.push('\n');
-                        break;
-                    }
-                }
-            }
-            _ => out.push(c),
+impl Doc {
+    /// The settings when the file holds a JSON object.
+    pub fn object(self) -> Option<Value> {
+        match self {
+            Doc::Json(v) if v.is_object() => Some(v),
+            _ => None,
         }
     }
-    out
+}
+
+/// THE reader of qwen's settings files, which may be a repository's (untrusted) content: read
+/// without blocking (a FIFO must not hang a run) and at most `MAX_OWN_FILE` bytes; then, as
+/// qwen does, a UTF-8 byte-order mark dropped, comments stripped ([`strip_comments`]) and the
+/// rest parsed as JSON.
+pub fn read(path: &Path) -> Doc {
+    let text = match crate::files::read_text(path, crate::files::MAX_OWN_FILE) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Doc::Missing,
+        Err(e) => return Doc::Unreadable(e.to_string()),
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    match serde_json::from_str(&strip_comments(text)) {
+        Ok(v) => Doc::Json(v),
+        Err(e) => Doc::Invalid(e.to_string()),
+    }
+}
+
+/// The settings files qwen merges that hold a JSON object, highest precedence first: system,
+/// workspace (`<cwd>/.qwen/settings.json`, when `cwd` is given and that is not the user's file),
+/// user. A file that is missing, unreadable or invalid is left out.
+pub fn layers(paths: &Paths, cwd: Option<&Path>) -> Vec<(PathBuf, Value)> {
+    let mut files = vec![system_path()];
+    if let Some(cwd) = cwd {
+        let workspace = cwd.join(".qwen/settings.json");
+        if workspace != paths.settings {
+            files.push(workspace);
+        }
+    }
+    files.push(paths.settings.clone());
+    files
+        .into_iter()
+        .filter_map(|p| read(&p).object().map(|v| (p, v)))
+        .collect()
+}
+
+/// The text with its comments blanked as qwen's strip-json-comments does them: `//` to the end
+/// of the line and `/* … */` (an unterminated one to the end of the text), outside strings (a
+/// `"` preceded by an odd number of backslashes does not end one). A comment's characters become
+/// spaces (its line breaks stay), so a parse error still points at the right line and column.
+pub fn strip_comments(text: &str) -> String {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Code,
+        Line,
+        Block,
+    }
+    let b = text.as_bytes();
+    let escaped = |at: usize| b[..at].iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1;
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let blank = |out: &mut Vec<u8>, part: &[u8]| {
+        // One space per character (a UTF-8 continuation byte adds none).
+        out.extend(
+            part.iter()
+                .filter(|&&c| !(0x80..0xc0).contains(&c))
+                .map(|&c| if c.is_ascii_whitespace() { c } else { b' ' }),
+        );
+    };
+    let (mut state, mut in_string, mut offset, mut i) = (In::Code, false, 0, 0);
+    while i < b.len() {
+        let (c, next) = (b[i], b.get(i + 1).copied());
+        if state == In::Code && c == b'"' && !escaped(i) {
+            in_string = !in_string;
+        }
+        if in_string {
+            i += 1;
+            continue;
+        }
+        match (state, c, next) {
+            (In::Code, b'/', Some(b'/')) => {
+                out.extend_from_slice(&b[offset..i]);
+                (offset, state) = (i, In::Line);
+                i += 1;
+            }
+            (In::Line, b'\r', Some(b'\n')) => {
+                i += 1;
+                blank(&mut out, &b[offset..i]);
+                (offset, state) = (i, In::Code);
+            }
+            (In::Line, b'\n', _) => {
+                blank(&mut out, &b[offset..i]);
+                (offset, state) = (i, In::Code);
+            }
+            (In::Code, b'/', Some(b'*')) => {
+                out.extend_from_slice(&b[offset..i]);
+                (offset, state) = (i, In::Block);
+                i += 1;
+            }
+            (In::Block, b'*', Some(b'/')) => {
+                i += 1;
+                blank(&mut out, &b[offset..=i]);
+                (offset, state) = (i + 1, In::Code);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    match state {
+        In::Code => out.extend_from_slice(&b[offset..]),
+        In::Line | In::Block => blank(&mut out, &b[offset..]),
+    }
+    // Only whole comments (which start and end at ASCII bytes) became ASCII spaces.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Why a slot cannot run under the user's settings, if it cannot.
@@ -158,7 +237,9 @@ pub fn override_env(
     if selected.selected.as_deref() == Some(want) && !model_differs {
         return Ok(Vec::new());
     }
-    let mut system = read_json(&system_settings_path());
+    let mut system = read(&system_path())
+        .object()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     set(
         &mut system,
         &["security", "auth", "selectedType"],
@@ -223,6 +304,105 @@ mod tests {
         let v: Value = serde_json::from_str(&strip_comments(text)).unwrap();
         assert_eq!(v["url"], "http://x//y");
         assert_eq!(v["q"], "a\"//b");
+    }
+
+    #[test]
+    fn settings_comments_are_stripped_outside_strings() {
+        let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
+        let doc: Value = serde_json::from_str(&strip_comments(text)).unwrap();
+        assert_eq!(doc["a"], "x//y");
+        assert_eq!(doc["b"], "/*z*/");
+    }
+
+    #[test]
+    fn strings_with_comment_marks_and_escaped_quotes_are_kept() {
+        let text = r#"{"u": "http://h/a", "g": "/* not */", "q": "a\"//b", "bs": "c:\\", /* gone */ "n": 1}"#;
+        let doc: Value = serde_json::from_str(&strip_comments(text)).unwrap();
+        assert_eq!(doc["u"], "http://h/a");
+        assert_eq!(doc["g"], "/* not */");
+        assert_eq!(doc["q"], "a\"//b");
+        assert_eq!(doc["bs"], "c:\\");
+        assert_eq!(doc["n"], 1);
+        // The string ends at the quote after `\\`: the `//` behind it starts a comment.
+        let text = "{\"bs\": \"c:\\\\\" // \"x\": 2\n}";
+        let doc: Value = serde_json::from_str(&strip_comments(text)).unwrap();
+        assert_eq!(doc, serde_json::json!({"bs": "c:\\"}));
+    }
+
+    #[test]
+    fn comments_become_spaces_and_keep_their_line_breaks() {
+        assert_eq!(strip_comments("a/* x\ny */b"), "a    \n    b");
+        assert_eq!(strip_comments("a // x\r\nb // y"), "a     \r\nb     ");
+        assert_eq!(strip_comments("\"é\" /* é */ 1"), "\"é\"         1");
+        // `/*/` does not close the comment it opens; `*/` outside one is left to the parser.
+        assert_eq!(strip_comments("1 /*/ 2 */ 3"), "1          3");
+        assert_eq!(strip_comments("1 */"), "1 */");
+    }
+
+    #[test]
+    fn an_unterminated_comment_runs_to_the_end() {
+        assert_eq!(
+            strip_comments("{\"a\": 1} /* open\n\"b\""),
+            "{\"a\": 1}        \n   "
+        );
+        assert_eq!(strip_comments("{} // end"), "{}       ");
+        // Cut inside a string: nothing after the quote is a comment.
+        assert_eq!(strip_comments("{\"a\": \"/* x"), "{\"a\": \"/* x");
+    }
+
+    #[test]
+    fn the_reader_tells_missing_unreadable_invalid_and_json_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("settings.json");
+        assert_eq!(read(&p), Doc::Missing);
+        fs::write(
+            &p,
+            "\u{feff}{\n  // mine\n  \"model\": {\"name\": \"m\"} /* b */\n}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read(&p).object(),
+            Some(serde_json::json!({"model": {"name": "m"}}))
+        );
+        fs::write(&p, "[1] // a list").unwrap();
+        assert_eq!(read(&p), Doc::Json(serde_json::json!([1])));
+        assert_eq!(read(&p).object(), None);
+        fs::write(&p, "{\"a\": 1,, }").unwrap();
+        assert!(matches!(read(&p), Doc::Invalid(e) if e.contains("line 1")));
+        fs::write(&p, [0xff, 0xfe]).unwrap();
+        assert!(matches!(read(&p), Doc::Unreadable(e) if e.contains("UTF-8")));
+        fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(read(&p), Doc::Unreadable(e) if e.contains("FIFO")));
+    }
+
+    #[test]
+    fn layers_are_system_workspace_user_and_skip_what_is_not_an_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path().join("home"));
+        fs::create_dir_all(paths.settings.parent().unwrap()).unwrap();
+        let work = dir.path().join("work");
+        fs::create_dir_all(work.join(".qwen")).unwrap();
+        fs::write(&paths.settings, "{\"who\": \"user\"} // c").unwrap();
+        fs::write(
+            work.join(".qwen/settings.json"),
+            "/* c */ {\"who\": \"workspace\"}",
+        )
+        .unwrap();
+        let who = |l: Vec<(PathBuf, Value)>| -> Vec<String> {
+            l.into_iter()
+                .map(|(_, v)| v["who"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        // No system file in this test's environment unless one is installed there.
+        let system = read(&system_path()).object().is_some() as usize;
+        assert_eq!(
+            who(layers(&paths, Some(&work)))[system..],
+            ["workspace", "user"]
+        );
+        assert_eq!(who(layers(&paths, None))[system..], ["user"]);
+        fs::write(work.join(".qwen/settings.json"), "[]").unwrap();
+        assert_eq!(who(layers(&paths, Some(&work)))[system..], ["user"]);
     }
 
     #[test]

@@ -536,6 +536,38 @@ fn doctor_is_clean_on_a_good_home() {
     );
 }
 
+/// qwen reads its settings with comments stripped (`//`, `/* */`): doctor reads them the same
+/// way, and still reports a file qwen cannot read.
+#[test]
+fn doctor_accepts_a_settings_json_with_comments_and_reports_an_invalid_one() {
+    let h = Home::new();
+    h.put_api(1, "a");
+    h.vault().prepare(None).unwrap();
+    fs::write(
+        &h.paths.settings,
+        "{\n  // qwen accepts comments\n  \"security\": {\"auth\": {\"selectedType\": \"qwen-oauth\"}}, /* and these */\n  \"modelProviders\": {\"openai\": [{\"id\": \"m1\", \"envKey\": \"MY_KEY\"}]}\n}\n",
+    )
+    .unwrap();
+    let text = stdout(&doctor_cmd(&h, &["--rotation-doctor"]));
+    assert!(!text.contains("not valid JSON"), "{text}");
+    assert!(
+        text.contains("settings.json selects qwen-oauth") && text.contains("keys from MY_KEY"),
+        "the commented file is read: {text}"
+    );
+    fs::write(
+        &h.paths.settings,
+        "{\"security\": {\"auth\": }} // broken\n",
+    )
+    .unwrap();
+    let out = doctor_cmd(&h, &["--rotation-doctor"]);
+    assert!(
+        stdout(&out).contains(&format!("{} is not valid JSON", h.paths.settings.display())),
+        "{}",
+        stdout(&out)
+    );
+    assert_ne!(code(&out), 0);
+}
+
 #[test]
 fn doctor_finds_and_fixes_permissions_locks_symlinks_and_corrupt_state() {
     let h = Home::with_oauth(2);
@@ -870,6 +902,39 @@ fn add_login_uses_a_temporary_home_and_leaves_the_live_login_alone() {
     };
     assert_eq!(code(&out), 1);
     assert!(stdout(&out).contains("without a login"), "{}", stdout(&out));
+}
+
+/// The login home starts from the person's own settings, read as qwen reads them (comments
+/// allowed): their other settings (a proxy here) stay, only the auth type changes.
+#[test]
+fn add_login_keeps_the_persons_settings_when_they_have_comments() {
+    let h = Home::new();
+    path_dirs(&h);
+    let seen = h.dir.path().join("seen-settings.json");
+    write_fake(
+        &h.dir.path().join("real/qwen"),
+        r#"cp "$QWEN_HOME/settings.json" "$SEEN" || exit 3
+printf '{"access_token":"SeCrEt-acc-login1","refresh_token":"SeCrEt-ref-login1","token_type":"Bearer"}' > "$QWEN_HOME/oauth_creds.json""#,
+    );
+    fs::write(
+        &h.paths.settings,
+        "{\n  // behind the office proxy\n  \"proxy\": \"http://proxy.test:3128\", /* keep */\n  \"ui\": {\"theme\": \"GitHub\"},\n  \"security\": {\"auth\": {\"selectedType\": \"openai\"}}\n}\n",
+    )
+    .unwrap();
+    let Some(out) = on_terminal(
+        &h,
+        "--rotation-add --login",
+        b"",
+        Duration::ZERO,
+        &[("SEEN", seen.display().to_string())],
+    ) else {
+        return;
+    };
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let v: Value = serde_json::from_str(&fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(v["proxy"], "http://proxy.test:3128", "{v}");
+    assert_eq!(v["ui"]["theme"], "GitHub", "{v}");
+    assert_eq!(v["security"]["auth"]["selectedType"], "qwen-oauth", "{v}");
 }
 
 #[test]

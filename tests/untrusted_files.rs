@@ -78,6 +78,28 @@ fn a_fifo_as_a_workspace_settings_json_does_not_hang_a_run_with_api_keys() {
     assert_qwen_ran("FIFO workspace settings.json", &out, 1);
 }
 
+/// The user's and the system's settings.json are read on every run that needs another auth
+/// type than they select: a FIFO in either place must not hang it.
+#[test]
+fn a_fifo_as_the_users_or_the_system_settings_json_does_not_hang_a_run() {
+    let sb = pool();
+    mkfifo(&sb.qwen_home().join("settings.json"));
+    mkfifo(&sb.path("system-settings.json"));
+    let mut cmd = sb.cmd(["-p", "hi"]);
+    cmd.env(
+        "QWEN_CODE_SYSTEM_SETTINGS_PATH",
+        sb.path("system-settings.json"),
+    )
+    .env("FAIL", "");
+    let started = Instant::now();
+    let out = output_within(cmd, DEADLINE);
+    println!(
+        "FIFO user and system settings: run took {:?}",
+        started.elapsed()
+    );
+    assert_qwen_ran("FIFO user and system settings.json", &out, 1);
+}
+
 #[test]
 fn a_fifo_as_a_slot_neither_hangs_a_run_nor_status() {
     let sb = pool();

@@ -108,10 +108,8 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
 /// The settings for the login home: the person's own settings (so proxies and the like keep
 /// working) with the OAuth login selected.
 fn login_settings(user_settings: &Path) -> String {
-    let mut v: Value = files::read_text(user_settings, files::MAX_OWN_FILE)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .filter(Value::is_object)
+    let mut v: Value = crate::settings::read(user_settings)
+        .object()
         .unwrap_or_else(|| json!({}));
     if let Some(o) = v.as_object_mut() {
         // The login must not inherit API-key variables from settings.env either.

@@ -532,19 +532,22 @@ fn lock_holders(path: &Path) -> Vec<String> {
 
 /// API-key slots need qwen to pick OpenAI-compatible auth from the environment.
 fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
-    let Ok(text) = files::read_text(&paths.settings, files::MAX_OWN_FILE) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else {
-        f.push(
-            Finding::new(
-                "settings",
-                Level::Problem,
-                format!("{} is not valid JSON", paths.settings.display()),
-            )
-            .fix("fix it; qwen cannot start with it either"),
-        );
-        return;
+    use crate::settings::{Doc, read};
+    // The same reader as the run's: a file with comments (which qwen accepts) is valid.
+    let v = match read(&paths.settings) {
+        Doc::Json(v) => v,
+        Doc::Missing | Doc::Unreadable(_) => return,
+        Doc::Invalid(_) => {
+            f.push(
+                Finding::new(
+                    "settings",
+                    Level::Problem,
+                    format!("{} is not valid JSON", paths.settings.display()),
+                )
+                .fix("fix it; qwen cannot start with it either"),
+            );
+            return;
+        }
     };
     let selected = v
         .pointer("/security/auth/selectedType")

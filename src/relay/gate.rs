@@ -3,7 +3,7 @@
 //! Invariant: a repository's settings file is read bounded and never gets a key by naming a model.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::Paths;
 use crate::vault::{Kind, Launch};
@@ -125,16 +125,9 @@ struct Fixed {
 fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>) -> Option<Fixed> {
     let cwd = std::env::current_dir().ok();
     let workspace = cwd.as_deref().map(|c| c.join(".qwen/settings.json"));
-    let docs: Vec<(PathBuf, serde_json::Value)> = settings_files(paths, cwd.as_deref())
-        .into_iter()
-        .filter_map(|p| {
-            // Untrusted (a repository's): never block on it, never read more than a settings
-            // file can hold.
-            let text = crate::files::read_text(&p, crate::files::MAX_OWN_FILE).ok()?;
-            let doc = serde_json::from_str(&strip_json_comments(&text)).ok()?;
-            Some((p, doc))
-        })
-        .collect();
+    // A workspace's file is a repository's (untrusted) content: the reader never blocks on it
+    // and never reads more than a settings file can hold.
+    let docs = crate::settings::layers(paths, cwd.as_deref());
     let from_settings = docs.iter().find_map(|(_, d)| {
         d.pointer("/model/name")
             .and_then(|v| v.as_str())
@@ -176,73 +169,6 @@ fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>)
         }
     }
     None
-}
-
-/// The settings files qwen merges, highest precedence first: system (QWEN_CODE_SYSTEM_SETTINGS_PATH
-/// or /etc/qwen-code/settings.json), workspace (`<cwd>/.qwen/settings.json`), user.
-fn settings_files(paths: &Paths, cwd: Option<&Path>) -> Vec<PathBuf> {
-    let system = std::env::var_os("QWEN_CODE_SYSTEM_SETTINGS_PATH")
-        .filter(|v| !v.is_empty())
-        .map_or_else(
-            || PathBuf::from("/etc/qwen-code/settings.json"),
-            PathBuf::from,
-        );
-    let mut files = vec![system];
-    if let Some(cwd) = cwd {
-        let workspace = cwd.join(".qwen/settings.json");
-        if workspace != paths.settings {
-            files.push(workspace);
-        }
-    }
-    files.push(paths.settings.clone());
-    files
-}
-
-/// qwen reads its settings with strip-json-comments: `//` and `/* */` outside strings.
-fn strip_json_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let mut in_string = false;
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            if c == '\\' {
-                if let Some(n) = chars.next() {
-                    out.push(n);
-                }
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match (c, chars.peek()) {
-            ('"', _) => {
-                in_string = true;
-                out.push(c);
-            }
-            ('/', Some('/')) => {
-                for n in chars.by_ref() {
-                    if n == '\n' {
-                        out.push('\n');
-                        break;
-                    }
-                }
-            }
-            ('/', Some('*')) => {
-                chars.next();
-                let mut prev = ' ';
-                for n in chars.by_ref() {
-                    if prev == '*' && n == '/' {
-                        break;
-                    }
-                    prev = n;
-                }
-                out.push(' ');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -308,14 +234,6 @@ mod tests {
         assert!(key_withheld(&paths, &slot, &args).is_none());
         // A slot without a base URL follows the user's own settings.
         assert!(key_withheld(&paths, &launch(None), &[]).is_none());
-    }
-
-    #[test]
-    fn settings_comments_are_stripped_outside_strings() {
-        let text = "{\n // a comment\n \"a\": \"x//y\", /* block */ \"b\": \"/*z*/\"\n}";
-        let doc: serde_json::Value = serde_json::from_str(&strip_json_comments(text)).unwrap();
-        assert_eq!(doc["a"], "x//y");
-        assert_eq!(doc["b"], "/*z*/");
     }
 
     #[test]

@@ -37,8 +37,10 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     };
     if !Vault::has_accounts(&paths) {
         // Accounts that exist but cannot be read (another user's home, a chmod) would silently
-        // turn rotation off: say so once. Missing (no accounts configured) stays silent.
-        if let Err(e) = std::fs::read_dir(&paths.accounts)
+        // turn rotation off: say so once. Missing (no accounts configured) stays silent, and is
+        // told by one stat, not a second listing.
+        if let Err(e) =
+            std::fs::metadata(&paths.accounts).and_then(|_| std::fs::read_dir(&paths.accounts))
             && e.kind() != io::ErrorKind::NotFound
         {
             warn(format!(
