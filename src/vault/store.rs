@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -96,13 +97,17 @@ pub(super) fn point(op: &str, step: &str) {
 
 /// state.yaml, rotation.lock and rotation.log in one directory (the home, or an environment
 /// pool's state directory).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FileStore {
     files: StoreFiles,
     /// Where state.yaml lives: fsynced once per commit.
     dir: PathBuf,
     /// Named in the warning about a rebuilt state (`accounts/`).
     rebuilt_from: PathBuf,
+    /// The last state `peek` parsed, with the bytes it was parsed from. A run asks several
+    /// times (prepare, the attempt count, after a success): while the file holds the same
+    /// bytes, one parse serves them all (reading a few KiB costs far less than parsing them).
+    seen: Mutex<Option<(Vec<u8>, State)>>,
 }
 
 impl FileStore {
@@ -115,13 +120,27 @@ impl FileStore {
             },
             dir: paths.state.parent().unwrap_or(&paths.home).to_path_buf(),
             rebuilt_from: paths.accounts.clone(),
+            seen: Mutex::new(None),
         }
     }
 }
 
 impl Store for FileStore {
     fn peek(&self) -> Loaded {
-        State::load(&self.files.state)
+        let read = State::read(&self.files.state);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Ok(bytes), Some((then, st))) = (&read, seen.as_ref())
+            && bytes == then
+        {
+            return Loaded::Ok(st.clone());
+        }
+        let bytes = read.as_ref().ok().cloned();
+        let loaded = State::from_read(read);
+        *seen = match (bytes, &loaded) {
+            (Some(bytes), Loaded::Ok(st)) => Some((bytes, st.clone())),
+            _ => None,
+        };
+        loaded
     }
 
     fn readable(&self) -> io::Result<()> {
@@ -357,4 +376,70 @@ fn lock_holders(path: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> FileStore {
+        FileStore::new(&Paths::at(dir))
+    }
+
+    fn state(current: usize) -> State {
+        State {
+            current_index: current,
+            ..State::default()
+        }
+    }
+
+    fn current(loaded: Loaded) -> usize {
+        match loaded {
+            Loaded::Ok(st) => st.current_index,
+            other => panic!("not a state: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn peek_sees_every_write_of_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (store(dir.path()), store(dir.path()));
+        assert!(matches!(ours.peek(), Loaded::Missing));
+        for n in 1..=3 {
+            write_atomic(
+                &dir.path().join("state.yaml"),
+                state(n).to_yaml().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(current(ours.peek()), n);
+            assert_eq!(current(ours.peek()), n, "asked again, unchanged");
+        }
+        // A commit by another store (same files) is seen too, and so is a removal.
+        let held = theirs.lock(Duration::from_secs(5)).unwrap();
+        let next = state(7);
+        let commit = Commit {
+            state: Some(&next),
+            events: &[],
+            also_sync: None,
+        };
+        theirs.commit(held, "test", commit).unwrap();
+        assert_eq!(current(ours.peek()), 7);
+        fs::remove_file(dir.path().join("state.yaml")).unwrap();
+        assert!(matches!(ours.peek(), Loaded::Missing));
+    }
+
+    #[test]
+    fn peek_reports_a_corrupt_state_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = store(dir.path());
+        write_atomic(
+            &dir.path().join("state.yaml"),
+            state(2).to_yaml().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(current(ours.peek()), 2);
+        write_atomic(&dir.path().join("state.yaml"), b"current_index: [").unwrap();
+        assert!(matches!(ours.peek(), Loaded::Corrupt(_)));
+        assert!(matches!(ours.peek(), Loaded::Corrupt(_)));
+    }
 }
