@@ -108,6 +108,9 @@ pub struct FileStore {
     /// times (prepare, the attempt count, after a success): while the file holds the same
     /// bytes, one parse serves them all (reading a few KiB costs far less than parsing them).
     seen: Mutex<Option<(Vec<u8>, State)>>,
+    /// How many times `peek` parsed (for the test that one parse serves a run).
+    #[cfg(test)]
+    parses: std::sync::atomic::AtomicUsize,
 }
 
 impl FileStore {
@@ -121,6 +124,8 @@ impl FileStore {
             dir: paths.state.parent().unwrap_or(&paths.home).to_path_buf(),
             rebuilt_from: paths.accounts.clone(),
             seen: Mutex::new(None),
+            #[cfg(test)]
+            parses: Default::default(),
         }
     }
 }
@@ -135,6 +140,9 @@ impl Store for FileStore {
             return Loaded::Ok(st.clone());
         }
         let bytes = read.as_ref().ok().cloned();
+        #[cfg(test)]
+        self.parses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let loaded = State::from_read(read);
         *seen = match (bytes, &loaded) {
             (Some(bytes), Loaded::Ok(st)) => Some((bytes, st.clone())),
@@ -426,6 +434,37 @@ mod tests {
         assert_eq!(current(ours.peek()), 7);
         fs::remove_file(dir.path().join("state.yaml")).unwrap();
         assert!(matches!(ours.peek(), Loaded::Missing));
+    }
+
+    #[test]
+    fn peek_parses_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = store(dir.path());
+        let parses = || ours.parses.load(std::sync::atomic::Ordering::Relaxed);
+        write_atomic(
+            &dir.path().join("state.yaml"),
+            state(1).to_yaml().as_bytes(),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert_eq!(current(ours.peek()), 1);
+        }
+        assert_eq!(parses(), 1, "one parse for three reads of the same bytes");
+        // Same bytes in a new file (a rewrite that changed nothing): still no parse.
+        write_atomic(
+            &dir.path().join("state.yaml"),
+            state(1).to_yaml().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(current(ours.peek()), 1);
+        assert_eq!(parses(), 1);
+        write_atomic(
+            &dir.path().join("state.yaml"),
+            state(2).to_yaml().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(current(ours.peek()), 2);
+        assert_eq!(parses(), 2);
     }
 
     #[test]
