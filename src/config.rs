@@ -27,8 +27,6 @@ pub struct Paths {
     pub settings: PathBuf,
     /// Our private settings override for qwen (`rotation-settings/`).
     pub private: PathBuf,
-    /// The pool declared in the environment (`QWEN_ROTATION_KEYS`…); `None`: the slot files.
-    pub pool: Option<std::sync::Arc<crate::env_pool::Pool>>,
 }
 
 impl Paths {
@@ -49,7 +47,6 @@ impl Paths {
             lock: home.join("rotation.lock"),
             settings: home.join("settings.json"),
             private: home.join("rotation-settings"),
-            pool: None,
             home,
         }
     }

@@ -34,24 +34,21 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
         crate::warn(problem);
     }
     // A pool declared in the environment replaces the slot files; a malformed one is bad usage.
-    let paths = if parsed.command == Command::Help {
-        paths.clone()
+    let vault = if parsed.command == Command::Help {
+        Vault::open(paths.clone(), config)
     } else {
-        match crate::env_pool::from_env(&paths.home) {
-            Ok(Some(pool)) => crate::env_pool::paths_for(paths.clone(), pool),
-            Ok(None) => paths.clone(),
+        match Vault::from_env(paths.clone(), config) {
+            Ok(vault) => vault,
             Err(problem) => {
                 crate::error::say(problem);
                 return exit::USAGE;
             }
         }
     };
-    let paths = &paths;
     let ui = Ui::detect(parsed.json);
-    let vault = Vault::open(paths.clone(), config);
     match execute(&parsed.command, &vault, &ui) {
         Ok(code) => code,
-        Err(e) => fail(&e, paths),
+        Err(e) => fail(&e, &vault.paths),
     }
 }
 
@@ -90,7 +87,7 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
         Command::Stats => stats(v, ui),
         Command::Switch(spec) => status::switch(v, spec),
         Command::Next => status::next(v),
-        Command::Add(_) | Command::Setup if v.paths.pool.is_some() => {
+        Command::Add(_) | Command::Setup if v.env_pool().is_some() => {
             v.files_pool("add").map(|()| 0)
         }
         Command::Add(a) if a.api_key => add_api_key(v, a, ui),

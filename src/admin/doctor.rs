@@ -121,12 +121,12 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     if !doctor_home::check_home(paths, &mut f) {
         return (f.list, f.repairs, real_json);
     }
-    let (owner, slots) = doctor_home::check_permissions(paths, &mut f);
-    doctor_home::check_locks(paths, &mut f);
+    let (owner, slots) = doctor_home::check_permissions(v, &mut f);
+    doctor_home::check_locks(v, &mut f);
     doctor_home::check_leftovers(paths, &mut f);
-    let state = doctor_home::check_state(paths, owner, &slots, &mut f);
+    let state = doctor_home::check_state(v, owner, &slots, &mut f);
     doctor_home::check_accounts(v, &mut f);
-    doctor_home::check_log(paths, state, &mut f);
+    doctor_home::check_log(v, state, &mut f);
     doctor_home::check_config(paths, &mut f);
     (f.list, f.repairs, real_json)
 }

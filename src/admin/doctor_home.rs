@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::audit::{self, events};
+use crate::audit::events;
 use crate::config::{Config, Paths};
-use crate::files;
 use crate::state::{Loaded, State, Status};
-use crate::vault::{self, Kind, LiveFile, Scan, Vault};
+use crate::vault::{self, Kind, LiveFile, Scan, Scope, Vault};
 
 use super::findings::{Finding, Findings, Level, Repair};
 use super::status::watch_mode;
@@ -40,7 +39,8 @@ pub(super) fn check_home(paths: &Paths, f: &mut Findings) -> bool {
 /// Check 5: permissions and ownership. Every file belongs to the home's owner (what the shim
 /// keeps when root works in another user's home, as in a container with a mounted home).
 /// Returns that owner and the slots found.
-pub(super) fn check_permissions(paths: &Paths, f: &mut Findings) -> (u32, Scan) {
+pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
+    let paths = &v.paths;
     let uid = nix::unistd::geteuid().as_raw();
     let owner = fs::metadata(&paths.home).map_or(uid, |m| m.uid());
     if owner != uid {
@@ -78,14 +78,11 @@ pub(super) fn check_permissions(paths: &Paths, f: &mut Findings) -> (u32, Scan) 
         paths.accounts.join("backup"),
         paths.accounts.join("removed"),
     ];
-    let mut files: Vec<PathBuf> = vec![
-        paths.live_creds.clone(),
-        paths.state.clone(),
-        paths.log.clone(),
-        paths.lock.clone(),
-    ];
-    let slots = vault::scan_slots(paths).unwrap_or_default();
-    for (n, kinds) in slots.iter().filter(|_| paths.pool.is_none()) {
+    let store = v.store_files();
+    let mut files: Vec<PathBuf> =
+        vec![paths.live_creds.clone(), store.state, store.log, store.lock];
+    let slots = v.scan_slots().unwrap_or_default();
+    for (n, kinds) in slots.iter().filter(|_| v.env_pool().is_none()) {
         files.extend(kinds.iter().map(|k| vault::slot_path(paths, *n, *k)));
     }
     for dir in ["backup", "removed"] {
@@ -184,8 +181,9 @@ pub(super) fn check_permissions(paths: &Paths, f: &mut Findings) -> (u32, Scan) 
 }
 
 /// Check 6: locks.
-pub(super) fn check_locks(paths: &Paths, f: &mut Findings) {
-    match lock_holders(&paths.lock) {
+pub(super) fn check_locks(v: &Vault, f: &mut Findings) {
+    let paths = &v.paths;
+    match v.lock_holders() {
         holders if holders.is_empty() => {}
         holders => f.push(
             Finding::new(
@@ -269,13 +267,9 @@ pub(super) fn check_leftovers(paths: &Paths, f: &mut Findings) {
 }
 
 /// Check 8: state.yaml; returns it when it loads.
-pub(super) fn check_state(
-    paths: &Paths,
-    owner: u32,
-    slots: &Scan,
-    f: &mut Findings,
-) -> Option<State> {
-    match State::load(&paths.state) {
+pub(super) fn check_state(v: &Vault, owner: u32, slots: &Scan, f: &mut Findings) -> Option<State> {
+    let state = v.store_files().state;
+    match v.peek() {
         Loaded::Ok(st) => Some(st),
         Loaded::Missing => {
             if !slots.is_empty() {
@@ -294,15 +288,15 @@ pub(super) fn check_state(
             let finding = Finding::new(
                 "state",
                 Level::Problem,
-                format!("{} is unreadable: {problem}", paths.state.display()),
+                format!("{} is unreadable: {problem}", state.display()),
             );
             // A file we may not read is not corrupt: rebuilding it would lose its counters.
-            let opened = files::open_regular(&paths.state, false);
+            let opened = v.state_readable();
             let denied = opened.is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
             if denied {
                 f.push(finding.fix(format!(
                         "it is not yours to read: give it to the home's owner (as root: chown {owner} {})",
-                        paths.state.display()
+                        state.display()
                     )),
                     None,
                 );
@@ -435,9 +429,9 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
 }
 
 /// Check 8: rotation.log against the switches state.yaml counts.
-pub(super) fn check_log(paths: &Paths, state: Option<State>, f: &mut Findings) {
+pub(super) fn check_log(v: &Vault, state: Option<State>, f: &mut Findings) {
     if let Some(st) = state {
-        match audit::read(&paths.log) {
+        match v.history(Scope::Current) {
             Ok(log) => {
                 let lines = log
                     .events
@@ -474,7 +468,7 @@ pub(super) fn check_log(paths: &Paths, state: Option<State>, f: &mut Findings) {
                 Finding::new(
                     "log",
                     Level::Problem,
-                    format!("cannot read {}: {e}", paths.log.display()),
+                    format!("cannot read {}: {e}", v.store_files().log.display()),
                 ),
                 None,
             ),
@@ -494,40 +488,6 @@ pub(super) fn check_config(paths: &Paths, f: &mut Findings) {
             None,
         );
     }
-}
-
-/// Processes holding a flock on `path` (from /proc/locks), as "pid 123 (qwen)".
-fn lock_holders(path: &Path) -> Vec<String> {
-    let Ok(meta) = fs::metadata(path) else {
-        return Vec::new();
-    };
-    let Ok(text) = fs::read_to_string("/proc/locks") else {
-        return Vec::new();
-    };
-    let ino = meta.ino().to_string();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(dev_ino) = fields.iter().find(|f| f.matches(':').count() == 2) else {
-            continue;
-        };
-        if line.contains("->") || dev_ino.rsplit(':').next() != Some(ino.as_str()) {
-            continue;
-        }
-        let pid = fields
-            .iter()
-            .position(|f| f == dev_ino)
-            .and_then(|i| i.checked_sub(1))
-            .and_then(|i| fields.get(i));
-        if let Some(pid) = pid {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_default();
-            out.push(format!("pid {pid} ({comm})"));
-        }
-    }
-    out
 }
 
 /// API-key slots need qwen to pick OpenAI-compatible auth from the environment.

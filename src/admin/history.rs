@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::model::Class;
 use crate::state::Status;
 use crate::text::printable;
-use crate::vault::{Kind, Vault};
+use crate::vault::{Kind, Scope, Vault};
 
 use super::ui::{Ui, describe, effective_status, out, plural, print_json, relative, table, ts};
 
@@ -48,9 +48,15 @@ impl Runs {
     }
 }
 
+/// Both generations of the pool's history.
+fn read_all(v: &Vault) -> Result<audit::Read, Error> {
+    v.history(Scope::All)
+        .map_err(|e| Error::io("read", v.store_files().log, e))
+}
+
 pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     let o = v.overview()?;
-    let log = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let log = read_all(v)?;
     let now = o.now;
     let mut cooldowns: BTreeMap<usize, u64> = BTreeMap::new();
     let mut runs: BTreeMap<usize, Runs> = BTreeMap::new();
@@ -276,7 +282,7 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
 // -- log --------------------------------------------------------------------------------------
 
 pub(super) fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error> {
-    let read = audit::read_all(&v.paths.log).map_err(|e| Error::io("read", &v.paths.log, e))?;
+    let read = read_all(v)?;
     let total = read.events.len();
     let keep = match (tail, ui.json) {
         (Some(0), _) | (None, true) => total,
@@ -289,7 +295,10 @@ pub(super) fn log(v: &Vault, tail: Option<usize>, ui: &Ui) -> Result<i32, Error>
         return Ok(0);
     }
     if total == 0 {
-        out(&format!("No events yet in {}.\n", v.paths.log.display()));
+        out(&format!(
+            "No events yet in {}.\n",
+            v.store_files().log.display()
+        ));
         return Ok(0);
     }
     let mut text = String::new();

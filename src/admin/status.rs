@@ -40,7 +40,7 @@ pub(super) fn watch_mode(
     if !v.config.relay {
         return ("scan", Some("relay: false in rotation.yaml".into()));
     }
-    let slot = match &v.paths.pool {
+    let slot = match v.env_pool() {
         Some(pool) => pool.slots.get(&n).map(|s| s.api.clone()),
         None => vault::read_slot(&v.paths.api_key_slot(n))
             .ok()
@@ -95,7 +95,7 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
     json!({
         "home": v.paths.home.display().to_string(),
         "pool": pool_source(v),
-        "state_file": v.paths.state.display().to_string(),
+        "state_file": v.store_files().state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
         "live_slot": o.live_owner,
@@ -111,7 +111,7 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
 
 /// "files" (accounts/ in the home) or "environment" (QWEN_ROTATION_KEYS…).
 fn pool_source(v: &Vault) -> &'static str {
-    if v.paths.pool.is_some() {
+    if v.env_pool().is_some() {
         "environment"
     } else {
         "files"
@@ -120,7 +120,7 @@ fn pool_source(v: &Vault) -> &'static str {
 
 /// One line on where an environment pool comes from and where its state is kept.
 pub(super) fn pool_line(v: &Vault) -> Option<String> {
-    let pool = v.paths.pool.as_ref()?;
+    let pool = v.env_pool()?;
     let sources: Vec<&str> = pool.slots.values().map(|s| s.source.as_str()).collect();
     let state = match &pool.state {
         crate::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
@@ -187,7 +187,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             _ => cell.to_string(),
         }
     };
-    let mut text = match &v.paths.pool {
+    let mut text = match v.env_pool() {
         Some(_) => format!(
             "Accounts from the environment ({}):\n",
             strategy_name(v.config.strategy)

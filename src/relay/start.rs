@@ -64,9 +64,7 @@ impl Relay {
         let addr = listener.local_addr()?;
         // Tries per request: one per slot on disk (the vault's report marks each spent slot,
         // so the loop ends anyway; this bound only guards against a slot coming back at once).
-        let slots = crate::vault::scan_slots(&vault.paths)
-            .map(|s| s.len())
-            .unwrap_or(0);
+        let slots = vault.scan_slots().map(|s| s.len()).unwrap_or(0);
         let shared = Arc::new(Shared {
             max_tries: slots.max(vault.eligible_count()).max(1),
             start_model: active.target.model.clone(),

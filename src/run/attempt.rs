@@ -32,7 +32,7 @@ pub(super) fn start_relay(
         return None;
     }
     let setup = relay::Setup {
-        vault: Vault::open(vault.paths.clone(), vault.config.clone()),
+        vault: vault.clone(),
         patterns: Arc::clone(patterns),
         launch: launch.clone(),
         notify,

@@ -62,7 +62,7 @@ pub(super) fn interactive_session(
         let swapped = Arc::new(AtomicBool::new(false));
         let retried = Arc::new(AtomicBool::new(false));
         let auto_retry = vault.config.auto_retry;
-        let (paths, config) = (vault.paths.clone(), vault.config.clone());
+        let shared = vault.clone();
         let session_controller = controller.clone();
         let mut on_output = |bytes: &[u8]| {
             if one_shot {
@@ -85,7 +85,7 @@ pub(super) fn interactive_session(
                 Arc::clone(&retried),
             );
             let relay = relay.clone();
-            let vault = Vault::open(paths.clone(), config.clone());
+            let vault = shared.clone();
             let swapping = std::thread::Builder::new().spawn(move || {
                 if hot_swap(
                     &vault,

@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use super::exec::fail;
 use super::signals;
-use crate::audit::{self, Event, events};
+use crate::audit::{Event, events};
 use crate::detect::Hit;
 use crate::error::Error;
 use crate::model::account_name;
 use crate::relay::{self, Relay};
 use crate::vault::{Launch, Vault};
-use crate::warn;
 
 /// One watched run, for its `run` line in rotation.log.
 pub(super) struct RunRecord {
@@ -31,8 +30,7 @@ impl RunRecord {
         }
     }
 
-    /// Appends the `run` line: one O_APPEND write, no lock, no fsync (a lost line after a power
-    /// cut costs one count in the stats, not a credential).
+    /// Appends the `run` line to the pool's history (`Store::append`: no lock, no fsync).
     fn write(&self, vault: &Vault, slot: usize, code: i32) {
         let event = Event::new(events::RUN, chrono::Utc::now()).slot(slot).run(
             code,
@@ -46,21 +44,7 @@ impl RunRecord {
                 .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             ..event
         };
-        // A pool that never rotates writes only run lines: the size cap is checked here too
-        // (one stat per run), and the move made under the lock, as every rotation of the log.
-        if std::fs::metadata(&vault.paths.log).is_ok_and(|m| m.len() > audit::MAX_LOG_BYTES)
-            && let Ok(_lock) =
-                crate::vault::RotationLock::acquire(&vault.paths.lock, vault.config.lock_timeout)
-            && let Err(e) = audit::rotate_if_large(&vault.paths.log, audit::MAX_LOG_BYTES)
-        {
-            warn(format!("cannot rotate {}: {e}", vault.paths.log.display()));
-        }
-        if let Err(e) = audit::append(&vault.paths.log, &[event]) {
-            warn(format!(
-                "cannot append to {}: {e}",
-                vault.paths.log.display()
-            ));
-        }
+        vault.append_run(event);
     }
 
     /// Records the run and leaves with qwen's outcome.

@@ -16,7 +16,7 @@ use crate::config::{Config, OnExhausted, Paths, human_duration};
 use crate::detect::Patterns;
 use crate::error::Error;
 use crate::relay;
-use crate::vault::{Launch, Vault};
+use crate::vault::{Launch, SlotSource, Vault};
 use crate::{env_pool, locate, warn};
 
 /// Runs the real qwen with `args`; never returns.
@@ -28,14 +28,15 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if std::env::var_os("QWEN_ROTATION").is_some_and(|v| v == "off" || v == "0") {
         exec(&real, &args, &[]);
     }
-    let paths = match pool_paths(Paths::from_env()) {
-        Ok(paths) => paths,
+    let paths = Paths::from_env();
+    let source = match pool_source(&paths) {
+        Ok(source) => source,
         Err(problem) => {
             warn(format!("{problem}; running qwen without rotation"));
             exec(&real, &args, &[])
         }
     };
-    if !Vault::has_accounts(&paths) {
+    if !source.has_accounts(&paths) {
         // Accounts that exist but cannot be read (another user's home, a chmod) would silently
         // turn rotation off: say so once. Missing (no accounts configured) stays silent, and is
         // told by one stat, not a second listing.
@@ -67,7 +68,7 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         ));
         Patterns::defaults()
     });
-    let vault = Vault::open(paths, config);
+    let vault = Vault::with_source(paths, config, source);
     let launch = match prepare(&vault, modifiers.account.as_deref()) {
         Some(launch) => launch,
         None => exec(&real, &args, &[]),
@@ -101,18 +102,16 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     )
 }
 
-/// The paths for this run: with a pool declared in the environment, its slots and its state
-/// place. The key variables leave our environment first, so neither qwen nor anything it
-/// starts inherits them (the relay, or the attempt's own variables, carry the key).
-fn pool_paths(paths: Paths) -> Result<Paths, String> {
-    let declared = env_pool::from_env(&paths.home);
+/// Where this run's slots come from: a pool declared in the environment (its slots and its
+/// state place), else the slot files. The key variables leave our environment first, so
+/// neither qwen nor anything it starts inherits them (the relay, or the attempt's own
+/// variables, carry the key).
+fn pool_source(paths: &Paths) -> Result<SlotSource, String> {
+    let declared = SlotSource::from_env(&paths.home);
     // SAFETY: the run path has started no thread yet (the relay and the signal thread come
     // later), so nothing reads the environment while it changes.
     unsafe { env_pool::scrub() };
-    Ok(match declared? {
-        Some(pool) => env_pool::paths_for(paths, pool),
-        None => paths,
-    })
+    declared
 }
 
 /// Picks the account for the first attempt. `None` means "run qwen untouched" (after a warning);

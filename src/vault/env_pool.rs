@@ -19,10 +19,9 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::slots::{ApiKeySlot, DEFAULT_ENV_KEY, valid_api_key};
-use crate::config::Paths;
 use crate::files;
 use crate::model::Secret;
 
@@ -303,23 +302,6 @@ fn memory_dir() -> std::io::Result<PathBuf> {
     }
     dirs.push(dir.clone());
     Ok(dir)
-}
-
-/// `paths` for `pool`: state, log and lock (and our settings override) in the chosen place.
-pub fn paths_for(paths: Paths, pool: Pool) -> Paths {
-    let dir = match &pool.state {
-        StateHome::Home => None,
-        StateHome::Dir(d) | StateHome::Memory(d) => Some(d.clone()),
-    };
-    let mut paths = paths;
-    if let Some(dir) = dir {
-        paths.state = dir.join("state.yaml");
-        paths.log = dir.join("rotation.log");
-        paths.lock = dir.join("rotation.lock");
-        paths.private = dir.join("rotation-settings");
-    }
-    paths.pool = Some(Arc::new(pool));
-    paths
 }
 
 /// Removes every key variable from this process's environment, so no child inherits one, and

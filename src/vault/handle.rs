@@ -1,8 +1,10 @@
-//! The vault handle and what it hands out: `Vault` (paths and config), the `Launch` one attempt
-//! runs with, `Rotation`, `Overview`, `Switch`. Opening a vault touches no file.
+//! The vault handle and what it hands out: `Vault` (paths, config, where the slots come from
+//! and the store of the pool's state), the `Launch` one attempt runs with, `Rotation`,
+//! `Overview`, `Switch`. Opening a vault touches no file.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::io;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -10,9 +12,13 @@ use crate::config::{Config, Paths};
 use crate::error::{Error, Result};
 use crate::model::{Kind, Secret};
 
+use super::audit::{self, Event};
+use super::env_pool::Pool;
 use super::live::LiveFile;
-use super::slots::{ApiKeySlot, SlotInfo, parse_slot_name};
-use super::state::{Account, State};
+use super::slots::{ApiKeySlot, Scan, SlotInfo};
+use super::source::SlotSource;
+use super::state::{Account, Loaded, State};
+use super::store::{FileStore, Scope, Store, StoreFiles};
 
 /// What one attempt runs with.
 #[derive(Debug, Clone)]
@@ -50,9 +56,14 @@ pub enum Rotation {
     Exhausted { earliest: Option<DateTime<Utc>> },
 }
 
+/// Cheap to clone: the relay and the interactive hot-swap thread hold their own copy.
+#[derive(Clone)]
 pub struct Vault {
+    /// With an environment pool, state, log, lock and `private` are where the pool keeps them.
     pub paths: Paths,
     pub config: Config,
+    pub(super) source: SlotSource,
+    pub(super) store: Arc<dyn Store>,
 }
 
 /// A read-only picture of the vault for `status`, `stats` and `doctor` (takes no lock).
@@ -77,27 +88,84 @@ pub struct Switch {
 }
 
 impl Vault {
+    /// The vault of the slot files in `paths`.
     pub fn open(paths: Paths, config: Config) -> Vault {
-        Vault { paths, config }
+        Vault::with_source(paths, config, SlotSource::Files)
+    }
+
+    /// The vault of the pool declared in the environment, else of the slot files. Err: a
+    /// malformed declaration (bad usage).
+    pub fn from_env(paths: Paths, config: Config) -> std::result::Result<Vault, String> {
+        let source = SlotSource::from_env(&paths.home)?;
+        Ok(Vault::with_source(paths, config, source))
+    }
+
+    /// The vault of `source`'s slots, its state kept where that source says.
+    pub fn with_source(paths: Paths, config: Config, source: SlotSource) -> Vault {
+        let paths = source.place(paths);
+        let store = Arc::new(FileStore::new(&paths));
+        Vault {
+            paths,
+            config,
+            source,
+            store,
+        }
     }
 
     /// Cheap check for the fast path: is there at least one slot file in `accounts/`?
     /// One `read_dir`, no file opened.
     pub fn has_accounts(paths: &Paths) -> bool {
-        if let Some(pool) = &paths.pool {
-            return !pool.slots.is_empty();
-        }
-        let Ok(entries) = fs::read_dir(&paths.accounts) else {
-            return false;
-        };
-        entries
-            .flatten()
-            .any(|e| e.file_name().to_str().and_then(parse_slot_name).is_some())
+        SlotSource::Files.has_accounts(paths)
+    }
+
+    /// The environment's pool, when the slots come from it.
+    pub fn env_pool(&self) -> Option<&Pool> {
+        self.source.env_pool()
+    }
+
+    /// The slot numbers and their kinds.
+    pub fn scan_slots(&self) -> io::Result<Scan> {
+        self.source.scan(&self.paths)
+    }
+
+    /// Every slot, read.
+    pub fn inspect_all(&self) -> Result<BTreeMap<usize, SlotInfo>> {
+        self.source.inspect_all(&self.paths)
+    }
+
+    /// The state as it is now, read without the lock.
+    pub fn peek(&self) -> Loaded {
+        self.store.peek()
+    }
+
+    /// Can state.yaml be opened and read? (`NotFound` when there is none yet.)
+    pub fn state_readable(&self) -> io::Result<()> {
+        self.store.readable()
+    }
+
+    /// The history: both generations of the log (`Scope::All`) or the current one.
+    pub fn history(&self, scope: Scope) -> io::Result<audit::Read> {
+        self.store.history(scope)
+    }
+
+    /// Appends a run's line to the history (outside a transaction; warns on failure).
+    pub fn append_run(&self, event: Event) {
+        self.store.append(event, self.config.lock_timeout);
+    }
+
+    /// Who holds the pool lock now.
+    pub fn lock_holders(&self) -> Vec<String> {
+        self.store.holders()
+    }
+
+    /// The files the store keeps.
+    pub fn store_files(&self) -> StoreFiles {
+        self.store.files()
     }
 
     /// Err(Usage) when the pool is declared in the environment: its accounts are changed there.
     pub fn files_pool(&self, what: &str) -> Result<()> {
-        match &self.paths.pool {
+        match self.env_pool() {
             None => Ok(()),
             Some(_) => Err(Error::Usage(format!(
                 "the accounts come from {} and QWEN_ROTATION_KEY_N, so there is nothing to {what} here; change those variables instead (or unset them to use the slot files)",

@@ -6,9 +6,10 @@
 //! (`{"api_key","base_url","model","env_key"}`, injected into the child's environment).
 //! Slot numbers are shared by both kinds.
 //!
-//! Files, lowest first: state, audit, slots → env_pool, live → source → reconcile → handle →
-//! store → tx → install, rotate → manage, prepare; a file imports only files before it (the
-//! methods of `Vault` and `Tx` are spread over handle … prepare). The transaction invariants
+//! Files, lowest first: state, audit, slots → env_pool, live, store → source → reconcile →
+//! handle → tx → install, rotate → manage, prepare; a file imports only files before it (the
+//! methods of `Vault` and `Tx` are spread over handle … prepare). `store` is the seam of the
+//! pool's shared record (lock, state.yaml, history); `source` says where the slots come from. The transaction invariants
 //! are in `tx.rs`. May import the ground floor (text, files, model, error, fault), config and
 //! detect; nothing above.
 
@@ -37,5 +38,5 @@ pub use slots::{
     ApiKeySlot, DEFAULT_ENV_KEY, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name,
     read_slot, scan, slot_path, valid_api_key, valid_env_name,
 };
-pub use source::{inspect_all, scan_slots};
-pub use store::RotationLock;
+pub use source::SlotSource;
+pub use store::{FileStore, RotationLock, Scope, Store, StoreFiles};

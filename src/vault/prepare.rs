@@ -16,7 +16,6 @@ use super::handle::{Launch, Overview, Rotation, Vault, api_launch};
 use super::live::{LiveFile, owner_of};
 use super::reconcile::reconcile;
 use super::slots::{Scan, check_api_key, read_slot, scan, slot_path};
-use super::source::{inspect_all, scan_slots};
 use super::state::{Loaded, State, Status};
 
 impl Vault {
@@ -33,7 +32,7 @@ impl Vault {
 
     pub(super) fn prepare_unguarded(&self, pinned: Option<&str>) -> Result<Launch> {
         let now = Utc::now();
-        if self.paths.pool.is_none()
+        if self.env_pool().is_none()
             && let Ok(scanned) = scan(&self.paths.accounts)
         {
             self.warn_wide_modes(&scanned);
@@ -52,14 +51,14 @@ impl Vault {
         pinned: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<Launch>> {
-        let Ok(scanned) = scan_slots(&self.paths) else {
+        let Ok(scanned) = self.scan_slots() else {
             return Ok(None);
         };
         // Credential copies left by a killed write: the locked path removes them.
         if !self.leftover_temporaries().is_empty() {
             return Ok(None);
         }
-        let Loaded::Ok(st) = State::load(&self.paths.state) else {
+        let Loaded::Ok(st) = self.peek() else {
             return Ok(None);
         };
         // The slots on disk must be the ones the state knows, with the same kinds.
@@ -115,7 +114,7 @@ impl Vault {
                 if matches!(live, LiveFile::Symlink { .. }) {
                     return Ok(None);
                 }
-                let api = match &self.paths.pool {
+                let api = match self.env_pool() {
                     Some(pool) => match pool.slots.get(&target) {
                         // A changed key (another identity) goes through reconcile first.
                         Some(slot)
@@ -181,7 +180,7 @@ impl Vault {
         // moved to a usable slot and marked `failed` at least this strongly, so the locked step
         // would change nothing. (A state read is a whole file: every write is a rename.)
         let now = Utc::now();
-        if let Loaded::Ok(st) = State::load(&self.paths.state)
+        if let Loaded::Ok(st) = self.peek()
             && st.current_index != failed
             && st.eligible(st.current_index, now)
         {
@@ -224,7 +223,7 @@ impl Vault {
                     .get(&slot)
                     .is_some_and(|a| a.status_at(now) == Status::NeedsLogin)
         };
-        if let Loaded::Ok(st) = State::load(&self.paths.state)
+        if let Loaded::Ok(st) = self.peek()
             && !needs_change(&st)
         {
             return Ok(());
@@ -241,19 +240,19 @@ impl Vault {
     /// Slots that could take a run now.
     pub fn eligible_count(&self) -> usize {
         let now = Utc::now();
-        match State::load(&self.paths.state) {
+        match self.peek() {
             Loaded::Ok(st) => st.eligible_count(now),
-            _ => scan_slots(&self.paths).map(|s| s.len()).unwrap_or(0),
+            _ => self.scan_slots().map(|s| s.len()).unwrap_or(0),
         }
     }
 
     /// Everything a status or doctor view needs, without taking the lock or writing.
     pub fn overview(&self) -> Result<Overview> {
         let now = Utc::now();
-        let slots = inspect_all(&self.paths)?;
+        let slots = self.inspect_all()?;
         let live = LiveFile::read(&self.paths.live_creds)
             .map_err(|e| Error::io("read", &self.paths.live_creds, e))?;
-        let (mut state, state_problem) = match State::load(&self.paths.state) {
+        let (mut state, state_problem) = match self.peek() {
             Loaded::Ok(st) => (st, None),
             Loaded::Missing => (State::default(), None),
             Loaded::Corrupt(p) => (State::default(), Some(p)),

@@ -259,7 +259,17 @@ impl State {
     /// Reads state.yaml without blocking on what is in its place and within the bounds of
     /// `files` (1 MiB, nesting 64): anything else is `Corrupt`, never a stalled run.
     pub fn load(path: &Path) -> Loaded {
-        match crate::files::read_regular(path, crate::files::MAX_OWN_FILE, false) {
+        State::from_read(State::read(path))
+    }
+
+    /// The bytes of the state file at `path`, as `load` reads them.
+    pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+        crate::files::read_regular(path, crate::files::MAX_OWN_FILE, false)
+    }
+
+    /// What `load` makes of what `read` returned.
+    pub fn from_read(read: std::io::Result<Vec<u8>>) -> Loaded {
+        match read {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded::Missing,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Loaded::Corrupt(e.to_string()),
             Err(e) => Loaded::Corrupt(format!("cannot read it: {e}")),

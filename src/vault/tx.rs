@@ -20,24 +20,22 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self};
+
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, Result};
-use crate::files::{fsync_dir, is_temp_name, replace_file};
+use crate::error::Result;
+use crate::files::is_temp_name;
 use crate::model::Kind;
-use crate::text::io_reason;
 
-use super::audit::{self, Event, events};
+use super::audit::{Event, events};
 use super::handle::Vault;
 use super::live::{Live, LiveFile, QwenLock, owner_of};
 use super::reconcile::reconcile;
 use super::slots::{SlotInfo, slot_path};
-use super::source::inspect_all;
 use super::state::{State, Status};
-use super::store::{RotationLock, readable_file};
+use super::store::{Commit, point};
 
 impl Vault {
     /// Runs `f` as one locked transaction (see the module invariants).
@@ -46,7 +44,7 @@ impl Vault {
         op: &'static str,
         f: impl FnOnce(&mut Tx) -> Result<T>,
     ) -> Result<T> {
-        let lock = RotationLock::acquire(&self.paths.lock, self.config.lock_timeout)?;
+        let held = self.store.lock(self.config.lock_timeout)?;
         point(op, "locked");
         let now = Utc::now();
         let mut events = Vec::new();
@@ -56,16 +54,8 @@ impl Vault {
                 "removed {swept} leftover temporary file(s) of an interrupted write"
             )));
         }
-        // A state.yaml we cannot read (a directory in its place, another user's 0600 file) is
-        // not corrupt text: a rebuild would replace what we could not even look at, and its
-        // write would fail anyway. The transaction fails; the caller warns once.
-        if let Err(e) = readable_file(&self.paths.state)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            return Err(Error::io("read", &self.paths.state, e));
-        }
-        let (mut st, mut dirty) = self.load_locked(now, &mut events);
-        let infos = inspect_all(&self.paths)?;
+        let (mut st, mut dirty) = self.store.load_locked(&held, now, &mut events)?;
+        let infos = self.inspect_all()?;
         // A state without a valid current slot (new or rebuilt): prefer the account whose
         // credentials are live, so a rebuild does not swap the person's login.
         let live_hint = if st.accounts.contains_key(&st.current_index) {
@@ -106,42 +96,15 @@ impl Vault {
             home_unsynced,
             ..
         } = tx;
-        let saved = if dirty {
-            replace_file(&self.paths.state, st.to_yaml().as_bytes())
-        } else {
-            Ok(())
-        };
-        // One directory fsync makes both renames in the home (live file, state.yaml) durable.
-        // An environment pool may keep state.yaml elsewhere (its live file is never written).
-        let state_dir = self.paths.state.parent().unwrap_or(&self.paths.home);
-        if dirty || home_unsynced {
-            fsync_dir(state_dir).map_err(|e| Error::io("sync", state_dir, e))?;
-        }
-        if home_unsynced && state_dir != self.paths.home {
-            fsync_dir(&self.paths.home).map_err(|e| Error::io("sync", &self.paths.home, e))?;
-        }
-        saved?;
-        if dirty {
-            point(op, "state_written");
-        }
-        if !events.is_empty()
-            && let Err(e) = audit::rotate_if_large(&self.paths.log, audit::MAX_LOG_BYTES)
-        {
-            crate::warn(format!(
-                "cannot rotate {}: {}",
-                self.paths.log.display(),
-                io_reason(&e)
-            ));
-        }
-        if let Err(e) = audit::append(&self.paths.log, &events) {
-            crate::warn(format!(
-                "cannot append to {}: {}",
-                self.paths.log.display(),
-                io_reason(&e)
-            ));
-        }
-        point(op, "logged");
-        drop(lock);
+        self.store.commit(
+            held,
+            op,
+            Commit {
+                state: dirty.then_some(&st),
+                events: &events,
+                also_sync: home_unsynced.then_some(self.paths.home.as_path()),
+            },
+        )?;
         result
     }
 
@@ -156,7 +119,7 @@ impl Vault {
                 .unwrap_or(&self.paths.home)
                 .to_path_buf(),
         ];
-        if self.paths.pool.is_none() {
+        if self.env_pool().is_none() {
             dirs.push(self.paths.accounts.clone());
             dirs.push(self.paths.accounts.join("backup"));
         }
@@ -189,13 +152,6 @@ impl Vault {
             .into_iter()
             .filter(|p| fs::remove_file(p).is_ok())
             .count()
-    }
-}
-
-/// Test-only crash points, named `<operation>.<step>` (see the report in `fault.rs`).
-pub(super) fn point(op: &str, step: &str) {
-    if cfg!(feature = "fault-injection") {
-        crate::fault::point(&format!("{op}.{step}"));
     }
 }
 
