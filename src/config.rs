@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
 pub use crate::model::Strategy;
+use crate::profile::Profile;
 pub use crate::text::human_duration;
 
 /// Every path the shim reads or writes under the qwen home.
@@ -29,27 +30,39 @@ pub struct Paths {
     pub private: PathBuf,
     /// The pool declared in the environment (`QWEN_ROTATION_KEYS`…); `None`: the slot files.
     pub pool: Option<std::sync::Arc<crate::env_pool::Pool>>,
+    /// The CLI these paths belong to.
+    pub profile: &'static Profile,
 }
 
 impl Paths {
-    /// The home from the environment (`QWEN_HOME`, else `$HOME/.qwen`).
+    /// The active profile's home from the environment (`QWEN_HOME`, else `$HOME/.qwen`).
     pub fn from_env() -> Paths {
-        Paths::at(qwen_home())
+        let profile = crate::profile::active();
+        Paths::of(profile, home_of(profile))
     }
 
+    /// The qwen profile's files under `home`.
     pub fn at(home: impl Into<PathBuf>) -> Paths {
+        Paths::of(&crate::profile::QWEN, home)
+    }
+
+    /// `profile`'s files under `home`.
+    pub fn of(profile: &'static Profile, home: impl Into<PathBuf>) -> Paths {
         let home = home.into();
+        // A CLI that takes no lock gets a lock path that nobody creates.
+        let lock = profile.creds.lock.as_ref().map_or("", |l| l.file);
         Paths {
             accounts: home.join("accounts"),
-            live_creds: home.join("oauth_creds.json"),
-            qwen_lock: home.join("oauth_creds.lock"),
+            live_creds: home.join(profile.creds.file),
+            qwen_lock: home.join(lock),
             state: home.join("state.yaml"),
             log: home.join("rotation.log"),
             config: home.join("rotation.yaml"),
             lock: home.join("rotation.lock"),
-            settings: home.join("settings.json"),
+            settings: home.join(profile.settings.file),
             private: home.join("rotation-settings"),
             pool: None,
+            profile,
             home,
         }
     }
@@ -65,13 +78,18 @@ impl Paths {
     }
 }
 
-/// `QWEN_HOME` when set and non-empty, else `$HOME/.qwen`.
+/// `QWEN_HOME` when set and non-empty, else `$HOME/.qwen` (the active profile's).
 pub fn qwen_home() -> PathBuf {
-    match std::env::var_os("QWEN_HOME") {
+    home_of(crate::profile::active())
+}
+
+/// The profile's home variable when set and non-empty, else its directory under `$HOME`.
+pub fn home_of(profile: &Profile) -> PathBuf {
+    match std::env::var_os(profile.home.var) {
         Some(h) if !h.is_empty() => PathBuf::from(h),
         _ => std::env::home_dir()
             .unwrap_or_else(|| PathBuf::from("/"))
-            .join(".qwen"),
+            .join(profile.home.dir),
     }
 }
 
