@@ -2,13 +2,15 @@
 //! box drawing, spinners and zero-width characters removed, also when split across reads.
 //! Bounded memory whatever it is fed; never panics.
 
+use crate::profile::Screen;
+
 /// Normalises a complete text (see [`Normalizer`]): what the patterns are matched against.
 pub fn normalize(text: &[u8]) -> String {
     String::from_utf8_lossy(&normalize_bytes(text)).into_owned()
 }
 
 pub(super) fn normalize_bytes(text: &[u8]) -> Vec<u8> {
-    let mut n = Normalizer::new(false, false);
+    let mut n = Normalizer::new(false, false, &crate::profile::active().screen);
     let mut out = Vec::with_capacity(text.len().min(1 << 20));
     let mut marks = Vec::new();
     n.push(text, &mut out, &mut marks);
@@ -23,10 +25,6 @@ const MAX_CSI: usize = 64;
 const MAX_STRING: usize = 4096;
 /// Longest run of ESC intermediates.
 const MAX_INTERMEDIATE: usize = 16;
-/// Screen: the deepest indent of an error block's `✕`. qwen draws its markers (`✕`, `✦`, `◆`,
-/// `>`) at column 2 and an answer's text at column 4 and deeper, so a `✕` inside an answer
-/// (a quoted error, a list) does not open a block.
-const MAX_MARKER_INDENT: u32 = 3;
 
 /// Where the normaliser stands inside an escape sequence; kept between reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +76,18 @@ pub(super) struct Normalizer {
     csi_param: usize,
     newline_marks: bool,
     screen_marks: bool,
+    /// The profile's screen anchors: the error marker opens a block when it stands at most
+    /// `marker_indent` columns in (qwen draws its markers at column 2 and an answer's text at 4
+    /// and deeper, so a `✕` inside an answer does not open one); the break characters end one.
+    anchors: &'static Screen,
 }
 
 impl Normalizer {
-    pub(super) fn new(newline_marks: bool, screen_marks: bool) -> Normalizer {
+    pub(super) fn new(
+        newline_marks: bool,
+        screen_marks: bool,
+        anchors: &'static Screen,
+    ) -> Normalizer {
         Normalizer {
             esc: Esc::Ground,
             esc_len: 0,
@@ -95,6 +101,7 @@ impl Normalizer {
             csi_param: 0,
             newline_marks,
             screen_marks,
+            anchors,
         }
     }
 
@@ -358,13 +365,14 @@ impl Normalizer {
             | '\u{2060}'..='\u{2064}'
             | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}' => {}
-            '✕' => {
-                if self.screen_marks && self.line_start && self.indent <= MAX_MARKER_INDENT {
+            c if c == self.anchors.error_marker => {
+                if self.screen_marks && self.line_start && self.indent <= self.anchors.marker_indent
+                {
                     mark(marks, out.len(), Mark::Error);
                 }
                 self.visible(out, c);
             }
-            '✦' | '◆' | '↻' => {
+            c if self.anchors.breaks.contains(&c) => {
                 if self.screen_marks {
                     mark(marks, out.len(), Mark::Break);
                 }
