@@ -26,7 +26,7 @@ pub static QWEN: Profile = Profile {
         var_since: Some((0, 15)),
     },
     // QWEN_FACTS.md §2–§5: the live login is `oauth_creds.json`, rewritten under
-    // `oauth_creds.lock` (taken over after 10 s); a running qwen re-reads the file at most every
+    // `oauth_creds.lock` (0.12 takes a lock over after 10 s, 0.24 after 35 s: the shorter); a running qwen re-reads the file at most every
     // 5 s (CACHE_CHECK_INTERVAL_MS) counted from the failed request; Ctrl+Y retries.
     creds: Creds {
         file: "oauth_creds.json",
