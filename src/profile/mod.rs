@@ -96,6 +96,8 @@ pub struct Creds {
     pub reread_after: Option<Duration>,
     /// The key that retries the last request in a session (`None`: there is none).
     pub retry_key: Option<u8>,
+    /// What to tell the person once a swapped login is live and we did not retry for them.
+    pub retry_hint: &'static str,
 }
 
 /// A lock file the CLI takes, and when a left-over one counts as abandoned.

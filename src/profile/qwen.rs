@@ -38,6 +38,7 @@ pub static QWEN: Profile = Profile {
         access: "/access_token",
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
+        retry_hint: "press Ctrl+Y to retry",
     },
     // QWEN_FACTS_APIKEY.md §1: the OpenAI-compatible variables; DashScope examples.
     api: Api {
