@@ -114,9 +114,10 @@ pub(super) fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
 fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     let mut f = Findings::default();
     let paths = &v.paths;
-    let (real_version, real_json) = doctor_env::check_real_qwen(&mut f);
-    doctor_env::check_path_first(&mut f);
-    doctor_env::check_qwen_home(real_version.as_deref(), &mut f);
+    let profile = v.paths.profile;
+    let (real_version, real_json) = doctor_env::check_real_qwen(profile, &mut f);
+    doctor_env::check_path_first(profile, &mut f);
+    doctor_env::check_qwen_home(profile, real_version.as_deref(), &mut f);
     doctor_env::check_pool(v, &mut f);
     if !doctor_home::check_home(paths, &mut f) {
         return (f.list, f.repairs, real_json);

@@ -77,8 +77,17 @@ pub struct Home {
     pub var: &'static str,
     /// The directory under `$HOME` when the variable is unset (`.qwen`).
     pub dir: &'static str,
-    /// The first (major, minor) version that honours [`Home::var`]; `None`: every version.
-    pub var_since: Option<(u64, u64)>,
+    /// The first version that honours [`Home::var`]; `None`: every version does.
+    pub var_since: Option<Since>,
+}
+
+/// A version from which the CLI does something, and how messages name the ones before it.
+#[derive(Debug)]
+pub struct Since {
+    /// (major, minor).
+    pub version: (u64, u64),
+    /// The versions before it, as people know them (`0.12 and older`).
+    pub older: &'static str,
 }
 
 /// The live login file and how the CLI treats it.

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec};
+use super::{
+    Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since,
+};
 use crate::model::Class;
 
 pub static QWEN: Profile = Profile {
@@ -23,7 +25,10 @@ pub static QWEN: Profile = Profile {
     home: Home {
         var: "QWEN_HOME",
         dir: ".qwen",
-        var_since: Some((0, 15)),
+        var_since: Some(Since {
+            version: (0, 15),
+            older: "0.12 and older",
+        }),
     },
     // QWEN_FACTS.md §2–§5: the live login is `oauth_creds.json`, rewritten under
     // `oauth_creds.lock` (0.12 takes a lock over after 10 s, 0.24 after 35 s: the shorter); a running qwen re-reads the file at most every
