@@ -100,7 +100,10 @@ pub(super) fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
             (0, n) => format!("Fixed {n}; no problems left.\n"),
             (p, 0) if repairs.is_empty() || fix => format!("{p} problem(s) found.\n"),
             (p, 0) => {
-                format!("{p} problem(s) found; qwen --rotation-doctor --fix repairs what it can.\n")
+                format!(
+                    "{p} problem(s) found; {} --rotation-doctor --fix repairs what it can.\n",
+                    v.paths.profile.name
+                )
             }
             (p, n) => format!("Fixed {n}; {p} problem(s) left.\n"),
         });
