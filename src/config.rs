@@ -1,7 +1,8 @@
 //! Where our files live and what `rotation.yaml` says, resolved once per run.
 //!
 //! The qwen home is found as the real qwen finds it: `QWEN_HOME` when set (qwen 0.15+), else
-//! `$HOME/.qwen`. Every default is compiled in; `rotation.yaml` only overrides. A broken
+//! `$HOME/.qwen` (the profile's `home.var` and `home.dir`; `Paths` carries its profile, and the
+//! names of the live credentials, its lock and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
 //! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
 
 use std::path::{Path, PathBuf};

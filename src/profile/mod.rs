@@ -127,6 +127,10 @@ pub struct Api {
     pub model_vars: &'static [&'static str],
     /// Cleared from the environment of a fresh login, so it cannot pick an API key.
     pub login_clears: &'static [&'static str],
+    /// Command-line options that set the base URL or the key (each also as `--x=value`): with
+    /// them the CLI's requests cannot go through the relay.
+    pub argv_base_url: &'static [&'static str],
+    pub argv_key: &'static [&'static str],
     /// A base URL and a model for examples in help and messages.
     pub example_base_url: &'static str,
     pub example_model: &'static str,
@@ -154,6 +158,11 @@ pub struct SettingsSpec {
     pub enforced: &'static [&'static str],
     /// Key path of the model name.
     pub model: &'static [&'static str],
+    /// The key of the model providers table (entries with `id`, `baseUrl`, `envKey`), if any.
+    pub providers: Option<&'static str>,
+    /// JSON pointers removed from the user's settings for a fresh login's home (what could
+    /// make the login pick an API key).
+    pub login_strip: &'static [&'static str],
     /// The auth-type names of an OAuth login and of an API key.
     pub auth_oauth: &'static str,
     pub auth_api_key: &'static str,
@@ -164,6 +173,8 @@ pub struct SettingsSpec {
 pub struct Argv {
     /// Options whose value is the next argument (so it is not taken for a positional prompt).
     pub value_options: &'static [&'static str],
+    /// The options that name the model (each also as `--x=value`).
+    pub model: &'static [&'static str],
     /// Options that ask for one answer and an exit; each also takes `--x=value`.
     pub one_shot: &'static [&'static str],
     /// Options that ask for a session even with a prompt.
