@@ -289,6 +289,18 @@ mod tests {
     }
 
     #[test]
+    fn paths_name_the_cli_files_of_their_profile() {
+        let p = Paths::at("/h");
+        assert!(std::ptr::eq(p.profile, &crate::profile::QWEN));
+        assert_eq!(p.live_creds, Path::new("/h/oauth_creds.json"));
+        assert_eq!(p.qwen_lock, Path::new("/h/oauth_creds.lock"));
+        assert_eq!(p.settings, Path::new("/h/settings.json"));
+        // Our own files are the same whatever the CLI.
+        assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
+        assert_eq!(p.private, Path::new("/h/rotation-settings"));
+    }
+
+    #[test]
     fn empty_config_is_the_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.strategy, Strategy::RoundRobin);

@@ -298,4 +298,21 @@ mod tests {
         assert!(!one_shot(&["-i", "start here"]));
         assert!(!one_shot(&["--", "-p"]));
     }
+
+    #[test]
+    fn the_options_are_the_profiles() {
+        let argv = Argv {
+            value_options: &["--depth"],
+            one_shot: &["--ask"],
+            session: &["--chat"],
+            ..crate::profile::QWEN.argv
+        };
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_one_shot(&os(&["--ask=hi"]), &argv));
+        assert!(!is_one_shot(&os(&["--depth", "3"]), &argv));
+        assert!(!is_one_shot(&os(&["--chat", "hi"]), &argv));
+        // qwen's own options mean nothing to another profile: `-m` is not known to take a value.
+        assert!(is_one_shot(&os(&["-m", "coder"]), &argv));
+        assert!(!is_one_shot(&os(&["-i", "x"]), &crate::profile::QWEN.argv));
+    }
 }
