@@ -80,6 +80,9 @@ pub(super) struct Normalizer {
     /// `marker_indent` columns in (qwen draws its markers at column 2 and an answer's text at 4
     /// and deeper, so a `✕` inside an answer does not open one); the break characters end one.
     anchors: &'static Screen,
+    /// The lowest and highest of those characters: most text is outside, and is told so by
+    /// two comparisons.
+    anchor_span: (char, char),
 }
 
 impl Normalizer {
@@ -102,7 +105,24 @@ impl Normalizer {
             newline_marks,
             screen_marks,
             anchors,
+            anchor_span: std::iter::once(anchors.error_marker)
+                .chain(anchors.breaks.iter().copied())
+                .fold(('\u{10FFFF}', '\0'), |(lo, hi), c| (lo.min(c), hi.max(c))),
         }
+    }
+
+    /// A screen anchor (error marker or break) on a screen stream: marks it and shows it.
+    fn anchor(&mut self, c: char, out: &mut Vec<u8>, marks: &mut Vec<(usize, Mark)>) {
+        if c == self.anchors.error_marker {
+            if self.line_start && self.indent <= self.anchors.marker_indent {
+                mark(marks, out.len(), Mark::Error);
+            }
+        } else if self.anchors.breaks.contains(&c) {
+            mark(marks, out.len(), Mark::Break);
+        } else if c.is_whitespace() {
+            return self.space(out);
+        }
+        self.visible(out, c);
     }
 
     /// Normalises `input`, appending to `out`; positions in `marks` index `out`.
@@ -365,18 +385,8 @@ impl Normalizer {
             | '\u{2060}'..='\u{2064}'
             | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}' => {}
-            c if c == self.anchors.error_marker => {
-                if self.screen_marks && self.line_start && self.indent <= self.anchors.marker_indent
-                {
-                    mark(marks, out.len(), Mark::Error);
-                }
-                self.visible(out, c);
-            }
-            c if self.anchors.breaks.contains(&c) => {
-                if self.screen_marks {
-                    mark(marks, out.len(), Mark::Break);
-                }
-                self.visible(out, c);
+            c if self.screen_marks && (self.anchor_span.0..=self.anchor_span.1).contains(&c) => {
+                self.anchor(c, out, marks)
             }
             c if c.is_whitespace() => self.space(out),
             c => self.visible(out, c),
