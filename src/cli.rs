@@ -157,6 +157,7 @@ fn flag_name(a: &OsStr) -> String {
 /// its control characters escaped: the message stays one line whatever was typed.
 pub fn unknown_flag(name: &str) -> String {
     let shown = crate::error::printable(name);
+    let cli = crate::profile::active().name;
     let best = COMMANDS
         .iter()
         .chain(MODIFIERS)
@@ -165,9 +166,9 @@ pub fn unknown_flag(name: &str) -> String {
         .filter(|(d, _)| *d <= 3);
     match best {
         Some((_, c)) => {
-            format!("unknown flag {shown}; did you mean {c}? (see qwen --rotation-help)")
+            format!("unknown flag {shown}; did you mean {c}? (see {cli} --rotation-help)")
         }
-        None => format!("unknown flag {shown}; see qwen --rotation-help for the flags"),
+        None => format!("unknown flag {shown}; see {cli} --rotation-help for the flags"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Where our files live and what `rotation.yaml` says, resolved once per run.
 //!
 //! The qwen home is found as the real qwen finds it: `QWEN_HOME` when set (qwen 0.15+), else
-//! `$HOME/.qwen`. Every default is compiled in; `rotation.yaml` only overrides. A broken
+//! `$HOME/.qwen` (the profile's `home.var` and `home.dir`; `Paths` carries its profile, and the
+//! names of the live credentials, its lock and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
 //! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
 pub use crate::model::Strategy;
+use crate::profile::Profile;
 pub use crate::text::human_duration;
 
 /// Every path the shim reads or writes under the qwen home.
@@ -27,26 +29,38 @@ pub struct Paths {
     pub settings: PathBuf,
     /// Our private settings override for qwen (`rotation-settings/`).
     pub private: PathBuf,
+    /// The CLI these paths belong to.
+    pub profile: &'static Profile,
 }
 
 impl Paths {
-    /// The home from the environment (`QWEN_HOME`, else `$HOME/.qwen`).
+    /// The active profile's home from the environment (`QWEN_HOME`, else `$HOME/.qwen`).
     pub fn from_env() -> Paths {
-        Paths::at(qwen_home())
+        let profile = crate::profile::active();
+        Paths::of(profile, home_of(profile))
     }
 
+    /// The qwen profile's files under `home`.
     pub fn at(home: impl Into<PathBuf>) -> Paths {
+        Paths::of(&crate::profile::QWEN, home)
+    }
+
+    /// `profile`'s files under `home`.
+    pub fn of(profile: &'static Profile, home: impl Into<PathBuf>) -> Paths {
         let home = home.into();
+        // A CLI that takes no lock gets a lock path that nobody creates.
+        let lock = profile.creds.lock.as_ref().map_or("", |l| l.file);
         Paths {
             accounts: home.join("accounts"),
-            live_creds: home.join("oauth_creds.json"),
-            qwen_lock: home.join("oauth_creds.lock"),
+            live_creds: home.join(profile.creds.file),
+            qwen_lock: home.join(lock),
             state: home.join("state.yaml"),
             log: home.join("rotation.log"),
             config: home.join("rotation.yaml"),
             lock: home.join("rotation.lock"),
-            settings: home.join("settings.json"),
+            settings: home.join(profile.settings.file),
             private: home.join("rotation-settings"),
+            profile,
             home,
         }
     }
@@ -62,13 +76,18 @@ impl Paths {
     }
 }
 
-/// `QWEN_HOME` when set and non-empty, else `$HOME/.qwen`.
+/// `QWEN_HOME` when set and non-empty, else `$HOME/.qwen` (the active profile's).
 pub fn qwen_home() -> PathBuf {
-    match std::env::var_os("QWEN_HOME") {
+    home_of(crate::profile::active())
+}
+
+/// The profile's home variable when set and non-empty, else its directory under `$HOME`.
+pub fn home_of(profile: &Profile) -> PathBuf {
+    match std::env::var_os(profile.home.var) {
         Some(h) if !h.is_empty() => PathBuf::from(h),
         _ => std::env::home_dir()
             .unwrap_or_else(|| PathBuf::from("/"))
-            .join(".qwen"),
+            .join(profile.home.dir),
     }
 }
 
@@ -264,6 +283,18 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn paths_name_the_cli_files_of_their_profile() {
+        let p = Paths::at("/h");
+        assert!(std::ptr::eq(p.profile, &crate::profile::QWEN));
+        assert_eq!(p.live_creds, Path::new("/h/oauth_creds.json"));
+        assert_eq!(p.qwen_lock, Path::new("/h/oauth_creds.lock"));
+        assert_eq!(p.settings, Path::new("/h/settings.json"));
+        // Our own files are the same whatever the CLI.
+        assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
+        assert_eq!(p.private, Path::new("/h/rotation-settings"));
     }
 
     #[test]

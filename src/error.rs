@@ -79,6 +79,9 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The real CLI, its npm package and our variable for its path: the active profile's.
+        let profile = crate::profile::active();
+        let (name, real, npm) = (profile.name, profile.pool_vars.real, profile.npm_package);
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::RealNotFound {
@@ -88,7 +91,7 @@ impl fmt::Display for Error {
                 let _ = searched;
                 write!(
                     f,
-                    "QWEN_ROTATION_REAL={} is not a file; point it at the real qwen or unset it",
+                    "{real}={} is not a file; point it at the real {name} or unset it",
                     p.display()
                 )
             }
@@ -99,8 +102,8 @@ impl fmt::Display for Error {
                 let dirs: Vec<String> = searched.iter().map(|d| d.display().to_string()).collect();
                 write!(
                     f,
-                    "the real qwen was not found on PATH (searched: {}); install it with \
-                     `npm install -g @qwen-code/qwen-code` or set QWEN_ROTATION_REAL=/path/to/qwen",
+                    "the real {name} was not found on PATH (searched: {}); install it with \
+                     `npm install -g {npm}` or set {real}=/path/to/{name}",
                     if dirs.is_empty() {
                         "PATH is empty".to_string()
                     } else {
@@ -110,13 +113,13 @@ impl fmt::Display for Error {
             }
             Error::RealIsShim { path } => write!(
                 f,
-                "QWEN_ROTATION_REAL={} is this qwen-rotation shim (or a copy of it), not the real qwen; \
-                 point it at the real qwen's own file or unset it",
+                "{real}={} is this qwen-rotation shim (or a copy of it), not the real {name}; \
+                 point it at the real {name}'s own file or unset it",
                 path.display()
             ),
             Error::RealNotExecutable { path, source } => write!(
                 f,
-                "cannot run the real qwen at {}: {source}; fix its permissions (chmod +x) or set QWEN_ROTATION_REAL",
+                "cannot run the real {name} at {}: {source}; fix its permissions (chmod +x) or set {real}",
                 path.display()
             ),
             Error::Io {
@@ -131,7 +134,7 @@ impl fmt::Display for Error {
                     }
                     io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => write!(
                         f,
-                        "; check its owner and permissions with qwen --rotation-doctor"
+                        "; check its owner and permissions with {name} --rotation-doctor"
                     ),
                     io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => {
                         write!(f, "; move what is in its place out of the way")
@@ -142,28 +145,28 @@ impl fmt::Display for Error {
             Error::Invalid { path, problem } => write!(f, "{}: {problem}", path.display()),
             Error::Internal { at } => write!(
                 f,
-                "internal error at {at} (a bug in qwen-rotation; please report it with `qwen --rotation-version`)"
+                "internal error at {at} (a bug in qwen-rotation; please report it with `{name} --rotation-version`)"
             ),
             Error::LockTimeout { path, seconds } => write!(
                 f,
-                "{} is held by another process for more than {seconds}s; see `qwen --rotation-doctor`",
+                "{} is held by another process for more than {seconds}s; see `{name} --rotation-doctor`",
                 path.display()
             ),
             Error::NoSuchSlot(which) => write!(
                 f,
-                "no account {}; list them with `qwen --rotation-status`",
+                "no account {}; list them with `{name} --rotation-status`",
                 printable(which)
             ),
             Error::Exhausted { earliest: Some(t) } => write!(
                 f,
-                "all accounts exhausted; the first one returns at {} (in {}); `qwen --rotation-status` shows each",
+                "all accounts exhausted; the first one returns at {} (in {}); `{name} --rotation-status` shows each",
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 crate::text::human_duration(*t - chrono::Utc::now())
             ),
             Error::Exhausted { earliest: None } => write!(
                 f,
-                "all accounts exhausted or disabled; `qwen --rotation-status` shows each, \
-                 `qwen --rotation-reset all` clears cooldowns"
+                "all accounts exhausted or disabled; `{name} --rotation-status` shows each, \
+                 `{name} --rotation-reset all` clears cooldowns"
             ),
             Error::Other(msg) => write!(f, "{msg}"),
         }

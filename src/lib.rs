@@ -11,6 +11,7 @@ pub mod fault;
 pub mod files;
 pub mod locate;
 pub mod model;
+pub mod profile;
 pub mod relay;
 pub mod run;
 pub mod settings;

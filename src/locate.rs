@@ -38,19 +38,20 @@ pub enum Via {
 /// A marker compiled into every build of the shim, so a copy of it is recognised by content.
 pub const SHIM_MARKER: &str = "qwen-rotation-shim-marker:7f3a91c2";
 
-/// Finds the real qwen from this process's environment.
+/// Finds the real CLI of the active profile (`qwen`) from this process's environment.
 pub fn real_qwen() -> Result<Located> {
     let me = std::env::current_exe().ok();
     let argv0 = std::env::args_os().next();
     find(
-        std::env::var_os("QWEN_ROTATION_REAL"),
+        std::env::var_os(crate::profile::active().pool_vars.real),
         std::env::var_os("PATH"),
         me.as_deref(),
         argv0.as_deref().map(Path::new),
     )
 }
 
-/// The search itself, with every input explicit (for tests and `doctor`).
+/// The search itself, with every input explicit (for tests and `doctor`); the name looked for
+/// on PATH is the active profile's.
 pub fn find(
     override_path: Option<OsString>,
     path_var: Option<OsString>,
@@ -98,7 +99,7 @@ pub fn find(
             dir
         };
         searched.push(dir.clone());
-        let candidate = dir.join("qwen");
+        let candidate = dir.join(crate::profile::active().name);
         let Ok(meta) = fs::metadata(&candidate) else {
             continue;
         };

@@ -2,7 +2,7 @@
 //! no two files import each other in a circle, and no file grows past a size a reader can hold.
 //!
 //! The layers, bottom up (docs/ARCHITECTURE.md): the ground floor of vocabulary (`text`,
-//! `fault`, then `model`, then `error`, then `files`), then `cli`, `locate`, `detect`, then `config`,
+//! `fault`, then `model`, then the CLI's `profile`, then `error`, then `files`), then `cli`, `locate`, `detect`, then `config`,
 //! then the vault (with `state`, `audit` and `env_pool` inside it), then `settings`, the relay,
 //! the run path (with `pipes`, `pty` and `signals` inside it), the management commands, and the
 //! crate root. A file may name a module of a lower layer or of its own folder; never one above.
@@ -20,8 +20,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("text", 0),
     ("fault", 0),
     ("model", 1),
-    ("error", 2),
-    ("files", 3),
+    ("profile", 2),
+    ("error", 3),
+    ("files", 4),
     ("cli", 10),
     ("locate", 10),
     ("detect", 10),

@@ -62,8 +62,10 @@ fn fail(e: &Error, paths: &Paths) -> i32 {
             ) =>
         {
             format!(
-                "; make {} writable by you, or set QWEN_HOME to a writable directory (qwen --rotation-doctor shows more)",
-                paths.home.display()
+                "; make {} writable by you, or set {} to a writable directory ({} --rotation-doctor shows more)",
+                paths.home.display(),
+                paths.profile.home.var,
+                paths.profile.name
             )
         }
         _ => String::new(),
@@ -78,10 +80,10 @@ fn fail(e: &Error, paths: &Paths) -> i32 {
 fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
     match cmd {
         Command::Help => {
-            out(&help_text());
+            out(&help_text(v.paths.profile));
             Ok(0)
         }
-        Command::Version => version(ui),
+        Command::Version => version(v.paths.profile, ui),
         Command::Status { watch: false } => status::status(v, ui),
         Command::Status { watch: true } => status::watch(v, ui),
         Command::Stats => stats(v, ui),

@@ -100,7 +100,10 @@ pub(super) fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
             (0, n) => format!("Fixed {n}; no problems left.\n"),
             (p, 0) if repairs.is_empty() || fix => format!("{p} problem(s) found.\n"),
             (p, 0) => {
-                format!("{p} problem(s) found; qwen --rotation-doctor --fix repairs what it can.\n")
+                format!(
+                    "{p} problem(s) found; {} --rotation-doctor --fix repairs what it can.\n",
+                    v.paths.profile.name
+                )
             }
             (p, n) => format!("Fixed {n}; {p} problem(s) left.\n"),
         });
@@ -114,9 +117,10 @@ pub(super) fn doctor(v: &Vault, fix: bool, ui: &Ui) -> Result<i32, Error> {
 fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     let mut f = Findings::default();
     let paths = &v.paths;
-    let (real_version, real_json) = doctor_env::check_real_qwen(&mut f);
-    doctor_env::check_path_first(&mut f);
-    doctor_env::check_qwen_home(real_version.as_deref(), &mut f);
+    let profile = v.paths.profile;
+    let (real_version, real_json) = doctor_env::check_real_qwen(profile, &mut f);
+    doctor_env::check_path_first(profile, &mut f);
+    doctor_env::check_qwen_home(profile, real_version.as_deref(), &mut f);
     doctor_env::check_pool(v, &mut f);
     if !doctor_home::check_home(paths, &mut f) {
         return (f.list, f.repairs, real_json);

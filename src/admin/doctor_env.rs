@@ -1,5 +1,6 @@
 //! Doctor checks on the environment: which real qwen (and the PATH order), whether PATH finds
-//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment.
+//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment. The
+//! names, variables and versions are the profile's.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::profile::Profile;
 use crate::vault::Vault;
 
 use super::findings::{Finding, Findings, Level};
@@ -15,15 +17,16 @@ use super::status::pool_line;
 
 /// Check 1: which real qwen, and why that one. Returns its version and the summary for
 /// `--json`.
-pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
+pub(super) fn check_real_qwen(p: &Profile, f: &mut Findings) -> (Option<String>, Value) {
+    let (name, real) = (p.name, p.pool_vars.real);
     let mut real_version = None;
     let real_json = match crate::locate::real_qwen() {
         Ok(r) => {
-            real_version = real_qwen_version(&r.path);
+            real_version = real_qwen_version(&r.path, p.npm_package);
             let why = match &r.via {
-                crate::locate::Via::Override => "named by QWEN_ROTATION_REAL".to_string(),
+                crate::locate::Via::Override => format!("named by {real}"),
                 crate::locate::Via::Path(dir) => format!(
-                    "the first qwen on PATH after the shim, in {}",
+                    "the first {name} on PATH after the shim, in {}",
                     dir.display()
                 ),
             };
@@ -32,7 +35,7 @@ pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
                     "real_qwen",
                     Level::Ok,
                     format!(
-                        "real qwen: {} ({why}){}",
+                        "real {name}: {} ({why}){}",
                         r.path.display(),
                         real_version
                             .as_ref()
@@ -66,7 +69,7 @@ pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
             }
             json!({
                 "path": r.path.display().to_string(),
-                "via": match &r.via { crate::locate::Via::Override => "QWEN_ROTATION_REAL".to_string(), crate::locate::Via::Path(d) => d.display().to_string() },
+                "via": match &r.via { crate::locate::Via::Override => real.to_string(), crate::locate::Via::Path(d) => d.display().to_string() },
                 "version": real_version,
                 "searched": r.searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
                 "skipped": r.skipped.iter().map(|(p, why)| json!({"path": p.display().to_string(), "reason": why})).collect::<Vec<_>>(),
@@ -75,7 +78,7 @@ pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
         Err(e) => {
             f.push(
                 Finding::new("real_qwen", Level::Problem, format!("{e}"))
-                    .fix("npm install -g @qwen-code/qwen-code, or set QWEN_ROTATION_REAL"),
+                    .fix(format!("npm install -g {}, or set {real}", p.npm_package)),
                 None,
             );
             Value::Null
@@ -86,10 +89,10 @@ pub(super) fn check_real_qwen(f: &mut Findings) -> (Option<String>, Value) {
 }
 
 /// Check 2: is the shim the `qwen` that PATH finds first?
-pub(super) fn check_path_first(f: &mut Findings) {
-    if let Some(first) = first_qwen_on_path()
+pub(super) fn check_path_first(p: &Profile, f: &mut Findings) {
+    if let Some(first) = first_qwen_on_path(p.name)
         && let Ok(me) = std::env::current_exe()
-        && me.file_name().is_some_and(|n| n == "qwen")
+        && me.file_name().is_some_and(|n| n == p.name)
     {
         let same = fs::canonicalize(&first).ok() == fs::canonicalize(&me).ok();
         if !same {
@@ -120,26 +123,30 @@ pub(super) fn check_path_first(f: &mut Findings) {
     }
 }
 
-/// Check 3: QWEN_HOME vs $HOME/.qwen (qwen 0.12 ignores QWEN_HOME).
-pub(super) fn check_qwen_home(real_version: Option<&str>, f: &mut Findings) {
-    if let Some(qh) = std::env::var_os("QWEN_HOME").filter(|v| !v.is_empty())
+/// Check 3: QWEN_HOME vs $HOME/.qwen (qwen 0.12 ignores QWEN_HOME): the profile's home
+/// variable against its directory, for a CLI whose older versions ignore the variable.
+pub(super) fn check_qwen_home(p: &Profile, real_version: Option<&str>, f: &mut Findings) {
+    let (name, var, dir) = (p.name, p.home.var, p.home.dir);
+    if let Some(since) = &p.home.var_since
+        && let Some(qh) = std::env::var_os(var).filter(|v| !v.is_empty())
         && let Some(home) = std::env::home_dir()
     {
-        let dot = home.join(".qwen");
+        let dot = home.join(dir);
         // Before the first run neither exists: the same path is then the same home.
         let resolved = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.components().collect());
         let same = resolved(Path::new(&qh)) == resolved(&dot);
         if !same {
             let old = real_version
                 .and_then(version_pair)
-                .is_none_or(|v| v < (0, 15));
+                .is_none_or(|v| v < since.version);
             let msg = format!(
-                "QWEN_HOME={} but $HOME/.qwen is {}: qwen 0.12 and older ignore QWEN_HOME and read $HOME/.qwen",
+                "{var}={} but $HOME/{dir} is {}: {name} {} ignore {var} and read $HOME/{dir}",
                 PathBuf::from(&qh).display(),
-                dot.display()
+                dot.display(),
+                since.older
             );
             let fix = format!(
-                "point both at one directory (ln -s {} {}), or unset QWEN_HOME",
+                "point both at one directory (ln -s {} {}), or unset {var}",
                 PathBuf::from(&qh).display(),
                 dot.display()
             );
@@ -163,10 +170,10 @@ pub(super) fn check_pool(v: &Vault, f: &mut Findings) {
     }
 }
 
-/// The `qwen` that a plain `qwen` command runs (first on PATH).
-fn first_qwen_on_path() -> Option<PathBuf> {
+/// The `qwen` (`name`) that a plain `qwen` command runs (first on PATH).
+fn first_qwen_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("qwen"))
+        .map(|d| d.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }

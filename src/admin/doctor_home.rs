@@ -19,13 +19,14 @@ use super::status::watch_mode;
 
 /// Check 4: the home itself; false when it does not exist yet (nothing else to check).
 pub(super) fn check_home(paths: &Paths, f: &mut Findings) -> bool {
+    let name = paths.profile.name;
     if fs::metadata(&paths.home).is_err() {
         f.push(
             Finding::new(
                 "home",
                 Level::Info,
                 format!(
-                    "{} does not exist yet; it is created (0700) by the first qwen --rotation-add",
+                    "{} does not exist yet; it is created (0700) by the first {name} --rotation-add",
                     paths.home.display()
                 ),
             ),
@@ -41,6 +42,7 @@ pub(super) fn check_home(paths: &Paths, f: &mut Findings) -> bool {
 /// Returns that owner and the slots found.
 pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
     let paths = &v.paths;
+    let (name, home_var) = (paths.profile.name, paths.profile.home.var);
     let uid = nix::unistd::geteuid().as_raw();
     let owner = fs::metadata(&paths.home).map_or(uid, |m| m.uid());
     if owner != uid {
@@ -66,7 +68,7 @@ pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
             finding
         } else {
             finding.fix(format!(
-                "run qwen as user {owner}, or point QWEN_HOME at a home of your own"
+                "run {name} as user {owner}, or point {home_var} at a home of your own"
             ))
         };
         f.push(finding, None);
@@ -151,7 +153,7 @@ pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
                     format!(
                         "{} is {mode:04o}{}: other users can list its names; the files with credentials are what must be 0600",
                         path.display(),
-                        if mode == 0o755 { " (qwen's default)" } else { "" }
+                        if mode == 0o755 { format!(" ({name}'s default)") } else { String::new() }
                     ),
                 )
                 .fix(format!("chmod 700 {}", path.display())),
@@ -214,7 +216,15 @@ pub(super) fn check_locks(v: &Vault, f: &mut Findings) {
                 Finding::new(
                     "locks",
                     Level::Info,
-                    "oauth_creds.lock exists: qwen is saving credentials right now",
+                    format!(
+                        "{} exists: {} is saving credentials right now",
+                        paths
+                            .qwen_lock
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy(),
+                        paths.profile.name
+                    ),
                 ),
                 None,
             );
@@ -321,6 +331,7 @@ pub(super) fn check_state(v: &Vault, owner: u32, slots: &Scan, f: &mut Findings)
 /// Check 8: the slots and the live file.
 pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
     let paths = &v.paths;
+    let name = paths.profile.name;
     match v.overview() {
         Err(e) => f.push(
             Finding::new("accounts", Level::Problem, format!("{e}")),
@@ -328,15 +339,15 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
         ),
         Ok(o) => {
             if o.slots.is_empty() {
-                f.push(Finding::new("accounts", Level::Info, "no accounts yet: qwen runs without rotation")
-                        .fix("qwen --rotation-add LABEL (current login) or qwen --rotation-add --login LABEL"),
+                f.push(Finding::new("accounts", Level::Info, format!("no accounts yet: {name} runs without rotation"))
+                        .fix(format!("{name} --rotation-add LABEL (current login) or {name} --rotation-add --login LABEL")),
                     None,
                 );
             }
             for (n, info) in &o.slots {
                 if let Some(problem) = &info.problem {
                     f.push(Finding::new("accounts", Level::Problem, format!("account {n} ({}): {problem}", info.path.display()))
-                            .fix(format!("replace it with a valid login (qwen --rotation-add --login), then qwen --rotation-remove {n}")),
+                            .fix(format!("replace it with a valid login ({name} --rotation-add --login), then {name} --rotation-remove {n}")),
                         None,
                     );
                 }
@@ -348,13 +359,13 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
                             Level::Info,
                             format!("{} is watched by output scanning, not the request relay: {why}", a.describe(*n)),
                         )
-                        .fix("let the shim set the base URL: keep it in the account (--base-url), not in a modelProviders entry of qwen's settings, and set relay: true"),
+                        .fix(format!("let the shim set the base URL: keep it in the account (--base-url), not in a modelProviders entry of {name}'s settings, and set relay: true")),
                         None,
                     );
                 }
                 if a.enabled && a.status_at(o.now) == Status::NeedsLogin {
                     f.push(Finding::new("accounts", Level::Problem, format!("{} needs a new login ({})", a.describe(*n), a.last_reason.as_deref().unwrap_or("refused")))
-                            .fix(format!("qwen --rotation-add --login, then qwen --rotation-remove {n}; or qwen --rotation-reset {n} if it works again")),
+                            .fix(format!("{name} --rotation-add --login, then {name} --rotation-remove {n}; or {name} --rotation-reset {n} if it works again")),
                         None,
                     );
                 }
@@ -369,7 +380,7 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
                         "live",
                         Level::Problem,
                         format!(
-                            "{} is a symlink to {} (qwen replaces it with a file on refresh)",
+                            "{} is a symlink to {} ({name} replaces it with a file on refresh)",
                             paths.live_creds.display(),
                             target.display()
                         ),
@@ -382,7 +393,7 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
                         "live",
                         Level::Problem,
                         format!(
-                            "{} is missing (qwen deletes it when a refresh fails)",
+                            "{} is missing ({name} deletes it when a refresh fails)",
                             paths.live_creds.display()
                         ),
                     )
@@ -405,12 +416,12 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
                     if let Err(problem) = vault::check_oauth(bytes) {
                         let repair = oauth_current.then_some(Repair::Vault);
                         f.push(Finding::new("live", Level::Problem, format!("{}: {problem}", paths.live_creds.display()))
-                                .fix(if oauth_current { "install the current account again (the file is kept in accounts/backup/)".to_string() } else { "log in again with qwen".to_string() }),
+                                .fix(if oauth_current { "install the current account again (the file is kept in accounts/backup/)".to_string() } else { format!("log in again with {name}") }),
                             repair,
                         );
                     } else if o.live_owner.is_none() && !o.slots.is_empty() {
-                        f.push(Finding::new("live", Level::Info, "oauth_creds.json holds a login that is not one of your accounts (kept in accounts/backup/ before it is replaced)")
-                                .fix("qwen --rotation-add LABEL stores it as an account"),
+                        f.push(Finding::new("live", Level::Info, format!("{} holds a login that is not one of your accounts (kept in accounts/backup/ before it is replaced)", paths.profile.creds.file))
+                                .fix(format!("{name} --rotation-add LABEL stores it as an account")),
                             None,
                         );
                     }

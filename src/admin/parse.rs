@@ -62,7 +62,8 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
     let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
     if end < args.len() && end + 1 < args.len() {
         return Err(format!(
-            "unexpected arguments after `--` for a management command; run the command alone (qwen {})",
+            "unexpected arguments after `--` for a management command; run the command alone ({} {})",
+            crate::profile::active().name,
             args[..end].join(" ")
         ));
     }
@@ -75,7 +76,8 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
         }
         if cli::MODIFIERS.contains(&name) {
             return Err(format!(
-                "{name} applies to a qwen run, not to a management command; remove it"
+                "{name} applies to a {} run, not to a management command; remove it",
+                crate::profile::active().name
             ));
         }
         if !cli::COMMANDS.contains(&name) {
@@ -89,7 +91,10 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
         command = Some(name);
     }
     let Some(cmd) = command else {
-        return Err("no management command given; see qwen --rotation-help".into());
+        return Err(format!(
+            "no management command given; see {} --rotation-help",
+            crate::profile::active().name
+        ));
     };
 
     let allowed = options_of(cmd);
@@ -233,8 +238,9 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
                 && !(u.starts_with("http://") || u.starts_with("https://"))
             {
                 return Err(format!(
-                    "--base-url must be an http:// or https:// URL, not `{}`; e.g. --base-url https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-                    shown(&redact_url(u))
+                    "--base-url must be an http:// or https:// URL, not `{}`; e.g. {}",
+                    shown(&redact_url(u)),
+                    example_of("--base-url")
                 ));
             }
             let env_key = value("--env-key");
@@ -242,13 +248,17 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
                 && !vault::valid_env_name(k)
             {
                 return Err(format!(
-                    "--env-key `{}` is not a variable name; e.g. --env-key OPENAI_API_KEY",
-                    shown(k)
+                    "--env-key `{}` is not a variable name; e.g. {}",
+                    shown(k),
+                    example_of("--env-key")
                 ));
             }
             let model = value("--model");
             if model.as_deref().is_some_and(|m| m.trim().is_empty()) {
-                return Err("--model is empty; name a model, e.g. --model qwen3-coder-plus".into());
+                return Err(format!(
+                    "--model is empty; name a model, e.g. {}",
+                    example_of("--model")
+                ));
             }
             Command::Add(AddArgs {
                 label,
@@ -337,9 +347,11 @@ fn unknown_option(name: &str, cmd: &str, allowed: &[&str]) -> String {
 }
 
 fn key_in_argv() -> String {
-    "an API key never goes on the command line (shell history and the process list would keep it); \
-     pipe it: printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL, or leave it out to be asked for it"
-        .into()
+    format!(
+        "an API key never goes on the command line (shell history and the process list would keep it); \
+         pipe it: printf %s \"$KEY\" | {} --rotation-add --api-key LABEL, or leave it out to be asked for it",
+        crate::profile::active().name
+    )
 }
 
 /// An argument shown in an error, cut short (it may be a mistyped secret).
@@ -378,15 +390,16 @@ fn looks_like_key(text: &str) -> bool {
 fn slot_spec(text: &str) -> Result<String, String> {
     let t = text.trim();
     if t.is_empty() {
-        return Err(
-            "the account is empty; give its number or label (qwen --rotation-status lists them)"
-                .into(),
-        );
+        return Err(format!(
+            "the account is empty; give its number or label ({} --rotation-status lists them)",
+            crate::profile::active().name
+        ));
     }
     if let Ok(n) = t.parse::<i64>() {
         if n < 1 {
             return Err(format!(
-                "account numbers start at 1, not {n}; qwen --rotation-status lists them"
+                "account numbers start at 1, not {n}; {} --rotation-status lists them",
+                crate::profile::active().name
             ));
         }
         return Ok(n.to_string());
@@ -426,20 +439,25 @@ pub(super) fn label_arg(text: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
-fn example_of(flag: &str) -> &'static str {
+/// A use of `flag`, worded for the active profile (its name, example URL, model and key).
+fn example_of(flag: &str) -> String {
+    let p = crate::profile::active();
+    let name = p.name;
     match flag {
-        "--rotation-switch" => "qwen --rotation-switch 2 (or a label: qwen --rotation-switch work)",
-        "--rotation-remove" => "qwen --rotation-remove 2",
-        "--rotation-enable" => "qwen --rotation-enable 2",
-        "--rotation-disable" => "qwen --rotation-disable 2",
-        "--rotation-reset" => "qwen --rotation-reset 2 (or all)",
-        "--rotation-label" => "qwen --rotation-label 2 work",
-        "--rotation-add" => "qwen --rotation-add work",
-        "--tail" => "--tail 20",
-        "--base-url" => "--base-url https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-        "--model" => "--model qwen3-coder-plus",
-        "--env-key" => "--env-key OPENAI_API_KEY",
-        _ => "qwen --rotation-help",
+        "--rotation-switch" => {
+            format!("{name} --rotation-switch 2 (or a label: {name} --rotation-switch work)")
+        }
+        "--rotation-remove" => format!("{name} --rotation-remove 2"),
+        "--rotation-enable" => format!("{name} --rotation-enable 2"),
+        "--rotation-disable" => format!("{name} --rotation-disable 2"),
+        "--rotation-reset" => format!("{name} --rotation-reset 2 (or all)"),
+        "--rotation-label" => format!("{name} --rotation-label 2 work"),
+        "--rotation-add" => format!("{name} --rotation-add work"),
+        "--tail" => "--tail 20".to_string(),
+        "--base-url" => format!("--base-url {}", p.api.example_base_url),
+        "--model" => format!("--model {}", p.api.example_model),
+        "--env-key" => format!("--env-key {}", p.api.key_var),
+        _ => format!("{name} --rotation-help"),
     }
 }
 

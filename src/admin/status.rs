@@ -125,7 +125,11 @@ pub(super) fn pool_line(v: &Vault) -> Option<String> {
     let state = match &pool.state {
         crate::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
         crate::env_pool::StateHome::Dir(d) => {
-            format!("in {} ({})", d.display(), crate::env_pool::STATE_DIR)
+            format!(
+                "in {} ({})",
+                d.display(),
+                v.paths.profile.pool_vars.state_dir
+            )
         }
         crate::env_pool::StateHome::Memory(_) => {
             "for this process only (no writable QWEN_HOME or QWEN_ROTATION_STATE_DIR)".to_string()

@@ -78,8 +78,10 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
         Some(_) => {}
         // qwen 0.12's stream-json result line carries no stats: there, only a result that *is*
         // one of qwen's own error reports counts (it starts with the report's fixed prefix; a
-        // model answer that merely quotes one does not).
-        None if !ERROR_REPORT_PREFIXES
+        // model answer that merely quotes one does not; the prefixes are the profile's).
+        None if !crate::profile::active()
+            .detect
+            .json_error_prefixes
             .iter()
             .any(|p| answer.trim_start().starts_with(p)) =>
         {
@@ -89,13 +91,6 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
     }
     patterns.classify(&answer)
 }
-
-/// How qwen's own error reports begin when it puts them in the `result` of a json run.
-const ERROR_REPORT_PREFIXES: &[&str] = &[
-    "Qwen OAuth quota exceeded",
-    "[API Error:",
-    "Quota exhausted:",
-];
 
 fn result_element(stdout: &[u8]) -> Option<Value> {
     let is_result = |v: &Value| v.get("type").and_then(Value::as_str) == Some("result");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::detect::normalize::{Mark, Normalizer};
 use crate::detect::patterns::Patterns;
 use crate::model::Hit;
+use crate::profile::Screen;
 
 /// Where a stream's errors can stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +43,6 @@ const MAX_BLOCK: usize = 2 * 1024;
 const FINGERPRINT_LETTERS: usize = 96;
 /// Screen: fingerprints remembered for redraw suppression.
 const KNOWN_BLOCKS: usize = 32;
-/// qwen's hint under a live error (normalised).
-const HINT: &[u8] = b"(press ctrl+y to retry)";
-/// qwen 0.24's countdown under an error it is still retrying (normalised).
-const COUNTDOWN: &[u8] = b"(retrying in";
 
 /// Streaming detector: feed raw bytes as they arrive; constant memory.
 ///
@@ -77,6 +74,8 @@ const COUNTDOWN: &[u8] = b"(retrying in";
 pub struct Detector {
     patterns: Arc<Patterns>,
     anchor: Anchor,
+    /// The profile's screen anchors (error marker, hint, countdown).
+    anchors: &'static Screen,
     norm: Normalizer,
     marks: Vec<(usize, Mark)>,
     // Plain
@@ -108,10 +107,12 @@ impl Detector {
 
     pub fn new(patterns: Arc<Patterns>, anchor: Anchor) -> Detector {
         let screen = anchor == Anchor::Screen;
+        let anchors = &crate::profile::active().screen;
         Detector {
             patterns,
             anchor,
-            norm: Normalizer::new(!screen, screen),
+            anchors,
+            norm: Normalizer::new(!screen, screen, anchors),
             marks: Vec::new(),
             window: Vec::new(),
             base: 0,
@@ -235,7 +236,7 @@ impl Detector {
                 )
             }),
             Anchor::Screen if self.block_open => {
-                let live = contains(&self.block, COUNTDOWN);
+                let live = contains(&self.block, self.anchors.countdown.as_bytes());
                 self.judge_block()
                     .filter(|(_, fp)| self.counts(*fp, live))
                     .map(|(hit, _)| hit)
@@ -397,10 +398,11 @@ impl Detector {
         let old = self.block.len();
         self.block.extend_from_slice(&seg[..take]);
         self.dirty = true;
-        let look = old.saturating_sub(HINT.len() - 1);
-        if let Some(p) = find(&self.block[look..], HINT) {
+        let hint = self.anchors.live_hint.as_bytes();
+        let look = old.saturating_sub(hint.len().saturating_sub(1));
+        if let Some(p) = find(&self.block[look..], hint) {
             // The block ends with its hint; the rest of the segment is outside any block.
-            self.block.truncate(look + p + HINT.len());
+            self.block.truncate(look + p + hint.len());
             return self.close_block(true);
         }
         if self.block.len() >= MAX_BLOCK {
@@ -416,7 +418,7 @@ impl Detector {
         }
         self.block_open = false;
         self.dirty = true;
-        let live = hint || contains(&self.block, COUNTDOWN);
+        let live = hint || contains(&self.block, self.anchors.countdown.as_bytes());
         let judged = self.judge_block();
         self.block.clear();
         let (hit, fp) = judged?;
@@ -437,7 +439,10 @@ impl Detector {
 
     fn judge_block(&self) -> Option<(Hit, u64)> {
         let hit = self.patterns.judge(&self.block, self.patterns.now())?;
-        Some((hit, fingerprint(&self.block)))
+        Some((
+            hit,
+            fingerprint(&self.block, self.anchors.live_hint.as_bytes()),
+        ))
     }
 
     /// The redraw rule (type docs): new wording counts; known wording only when live and after a
@@ -457,9 +462,9 @@ impl Detector {
 }
 
 /// A block's identity: its first letters (not digits, spaces or punctuation, so a countdown or a
-/// different reset time does not make a redraw look new), without qwen's hint.
-fn fingerprint(block: &[u8]) -> u64 {
-    let text = match find(block, HINT) {
+/// different reset time does not make a redraw look new), without the CLI's `hint`.
+fn fingerprint(block: &[u8], hint: &[u8]) -> u64 {
+    let text = match find(block, hint) {
         Some(p) => &block[..p],
         None => block,
     };

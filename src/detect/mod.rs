@@ -42,10 +42,12 @@
 //! - [`Patterns::classify`], [`classify_http`], [`classify_json_output`]: the text given.
 //!
 //! Files, lowest first (each imports only the ones above it): `normalize` (the byte-stream
-//! normaliser) → `reset` (reset times in a message) → `patterns` (the phrase table and its
-//! compiled set, with the `patterns:` section of `rotation.yaml`) → `classify` (HTTP answers and
-//! json output), `detector` (the streaming window over a stream). May import the ground floor
-//! (`text`, `model`, `fault`, `error`, `files`) and std/crates; nothing else of ours.
+//! normaliser) → `reset` (reset times in a message) → `patterns` (the profile's phrase table
+//! compiled, with the `patterns:` section of `rotation.yaml`) → `classify` (HTTP answers and
+//! json output), `detector` (the streaming window over a stream). The phrases, the json error
+//! prefixes and the screen anchors (`✕`, the Ctrl+Y hint, the countdown) are the active
+//! profile's (`crate::profile`). May import the ground floor
+//! (`text`, `model`, `fault`, `profile`, `error`, `files`) and std/crates; nothing else of ours.
 //!
 //! [`Normalizer`]: normalize::Normalizer
 

@@ -2,13 +2,15 @@
 //! box drawing, spinners and zero-width characters removed, also when split across reads.
 //! Bounded memory whatever it is fed; never panics.
 
+use crate::profile::Screen;
+
 /// Normalises a complete text (see [`Normalizer`]): what the patterns are matched against.
 pub fn normalize(text: &[u8]) -> String {
     String::from_utf8_lossy(&normalize_bytes(text)).into_owned()
 }
 
 pub(super) fn normalize_bytes(text: &[u8]) -> Vec<u8> {
-    let mut n = Normalizer::new(false, false);
+    let mut n = Normalizer::new(false, false, &crate::profile::active().screen);
     let mut out = Vec::with_capacity(text.len().min(1 << 20));
     let mut marks = Vec::new();
     n.push(text, &mut out, &mut marks);
@@ -23,10 +25,6 @@ const MAX_CSI: usize = 64;
 const MAX_STRING: usize = 4096;
 /// Longest run of ESC intermediates.
 const MAX_INTERMEDIATE: usize = 16;
-/// Screen: the deepest indent of an error block's `✕`. qwen draws its markers (`✕`, `✦`, `◆`,
-/// `>`) at column 2 and an answer's text at column 4 and deeper, so a `✕` inside an answer
-/// (a quoted error, a list) does not open a block.
-const MAX_MARKER_INDENT: u32 = 3;
 
 /// Where the normaliser stands inside an escape sequence; kept between reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +76,21 @@ pub(super) struct Normalizer {
     csi_param: usize,
     newline_marks: bool,
     screen_marks: bool,
+    /// The profile's screen anchors: the error marker opens a block when it stands at most
+    /// `marker_indent` columns in (qwen draws its markers at column 2 and an answer's text at 4
+    /// and deeper, so a `✕` inside an answer does not open one); the break characters end one.
+    anchors: &'static Screen,
+    /// The lowest and highest of those characters: most text is outside, and is told so by
+    /// two comparisons.
+    anchor_span: (char, char),
 }
 
 impl Normalizer {
-    pub(super) fn new(newline_marks: bool, screen_marks: bool) -> Normalizer {
+    pub(super) fn new(
+        newline_marks: bool,
+        screen_marks: bool,
+        anchors: &'static Screen,
+    ) -> Normalizer {
         Normalizer {
             esc: Esc::Ground,
             esc_len: 0,
@@ -95,7 +104,25 @@ impl Normalizer {
             csi_param: 0,
             newline_marks,
             screen_marks,
+            anchors,
+            anchor_span: std::iter::once(anchors.error_marker)
+                .chain(anchors.breaks.iter().copied())
+                .fold(('\u{10FFFF}', '\0'), |(lo, hi), c| (lo.min(c), hi.max(c))),
         }
+    }
+
+    /// A screen anchor (error marker or break) on a screen stream: marks it and shows it.
+    fn anchor(&mut self, c: char, out: &mut Vec<u8>, marks: &mut Vec<(usize, Mark)>) {
+        if c == self.anchors.error_marker {
+            if self.line_start && self.indent <= self.anchors.marker_indent {
+                mark(marks, out.len(), Mark::Error);
+            }
+        } else if self.anchors.breaks.contains(&c) {
+            mark(marks, out.len(), Mark::Break);
+        } else if c.is_whitespace() {
+            return self.space(out);
+        }
+        self.visible(out, c);
     }
 
     /// Normalises `input`, appending to `out`; positions in `marks` index `out`.
@@ -358,17 +385,8 @@ impl Normalizer {
             | '\u{2060}'..='\u{2064}'
             | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}' => {}
-            '✕' => {
-                if self.screen_marks && self.line_start && self.indent <= MAX_MARKER_INDENT {
-                    mark(marks, out.len(), Mark::Error);
-                }
-                self.visible(out, c);
-            }
-            '✦' | '◆' | '↻' => {
-                if self.screen_marks {
-                    mark(marks, out.len(), Mark::Break);
-                }
-                self.visible(out, c);
+            c if self.screen_marks && (self.anchor_span.0..=self.anchor_span.1).contains(&c) => {
+                self.anchor(c, out, marks)
             }
             c if c.is_whitespace() => self.space(out),
             c => self.visible(out, c),

@@ -31,132 +31,11 @@ pub struct PatternConfig {
     pub auth: Vec<String>,
 }
 
-/// The built-in phrases: (class, the name a [`Hit`] carries, a regex over *normalised* text —
-/// lowercase, single spaces). Sources: QWEN_FACTS.md and QWEN_FACTS_APIKEY.md (verbatim messages
-/// of qwen 0.12.0 and 0.24.4), DashScope's and OpenAI's error codes. `(?-u:\b)` is an ASCII word
-/// boundary: the Unicode one would push the regex engine off its fast path on non-ASCII text.
-const DEFAULTS: &[(Class, &str, &str)] = &[
-    // quota
-    (Class::Quota, "insufficient_quota", r"insufficient[ _]quota"),
-    (
-        Class::Quota,
-        "Free allocated quota exceeded",
-        r"free allocated quota exceeded",
-    ),
-    // DashScope `Throttling.AllocationQuota`: "Allocated quota exceeded, please increase …".
-    (
-        Class::Quota,
-        "Allocated quota exceeded",
-        r"allocated quota exceeded",
-    ),
-    (
-        Class::Quota,
-        "Qwen OAuth quota exceeded",
-        r"qwen oauth quota exceeded",
-    ),
-    (
-        Class::Quota,
-        "free daily quota has been reached",
-        r"free daily quota has been reached",
-    ),
-    // Coding Plan: "Your token-plan 1-week quota has been exhausted. The quota will reset at …"
-    (
-        Class::Quota,
-        "quota has been exhausted",
-        r"quota has been exhausted",
-    ),
-    // qwen 0.24's fail-fast prefix for the same answer.
-    (Class::Quota, "Quota exhausted:", r"quota exhausted:"),
-    // OpenAI's insufficient_quota message.
-    (
-        Class::Quota,
-        "exceeded your current quota",
-        r"exceeded your current quota",
-    ),
-    // auth
-    (
-        Class::Auth,
-        "Refresh token expired or invalid",
-        r"refresh token expired or invalid",
-    ),
-    (Class::Auth, "invalid access token", r"invalid access token"),
-    (Class::Auth, "token expired", r"token (?:has )?expired"),
-    (
-        Class::Auth,
-        "free tier was discontinued",
-        r"free tier (?:was|has been) discontinued",
-    ),
-    (
-        Class::Auth,
-        "Incorrect API key provided",
-        r"incorrect api[ _-]?key provided",
-    ),
-    (Class::Auth, "invalid_api_key", r"invalid[ _]?api[ _-]?key"),
-    // qwen refreshes after a 401 (0.12: also a 403) or an expired token; when the refresh fails
-    // the access token is unusable whatever the cause (QWEN_FACTS.md §2, §4, §5).
-    (
-        Class::Auth,
-        "Network error during token refresh",
-        r"network error during token refresh",
-    ),
-    (
-        Class::Auth,
-        "Unexpected error during token refresh",
-        r"unexpected error during token refresh",
-    ),
-    (
-        Class::Auth,
-        "Device authorization flow failed",
-        r"device authorization flow failed",
-    ),
-    (
-        Class::Auth,
-        "Missing API key for OpenAI-compatible auth",
-        r"missing api key for openai-compatible auth",
-    ),
-    // DashScope 403 `Arrearage`: the account is unusable until it is paid up.
-    (
-        Class::Auth,
-        "account not in good standing",
-        r"make sure your account is in good standing",
-    ),
-    (Class::Auth, "Arrearage", r"(?-u:\b)arrearage(?-u:\b)"),
-    (
-        Class::Auth,
-        "[API Error: 401 …]",
-        r"\[api error: 401(?-u:\b)",
-    ),
-    (
-        Class::Auth,
-        "[API Error: 403 …]",
-        r"\[api error: 403(?-u:\b)",
-    ),
-    // throttle
-    (
-        Class::Throttle,
-        "Requests rate limit exceeded",
-        r"requests rate limit exceeded",
-    ),
-    (
-        Class::Throttle,
-        "rate limit exceeded",
-        r"rate[ _-]?limit(?:ed(?-u:\b)|[ _]exceeded|[ _]reached)",
-    ),
-    (Class::Throttle, "Throttling", r"(?-u:\b)throttling(?-u:\b)"),
-    (Class::Throttle, "too many requests", r"too many requests"),
-    (
-        Class::Throttle,
-        "limit_requests",
-        r"(?-u:\b)limit_requests(?-u:\b)",
-    ),
-    // qwen prints `[API Error: 429 …]` only after its own retries (0.12: ~90 s), and 0.24 wraps
-    // it in `Retrying in 60s (attempt 1/10): …` while it retries for an hour.
-    (
-        Class::Throttle,
-        "[API Error: 429 …]",
-        r"\[api error: 429(?-u:\b)",
-    ),
-];
+/// The built-in phrases of the active profile (`detect.phrases`: class, the name a [`Hit`]
+/// carries, a regex over *normalised* text — lowercase, single spaces).
+fn defaults() -> &'static [(Class, &'static str, &'static str)] {
+    crate::profile::active().detect.phrases
+}
 
 /// Bound on one user pattern's compiled size: a pattern is a phrase, not a program.
 const USER_REGEX_SIZE: usize = 1 << 20;
@@ -400,7 +279,7 @@ struct Source {
 }
 
 fn default_sources() -> Vec<Source> {
-    DEFAULTS
+    defaults()
         .iter()
         .map(|&(class, name, regex)| Source {
             class,
@@ -447,7 +326,7 @@ mod tests {
     #[test]
     fn defaults_compile() {
         let p = Patterns::build(default_sources()).expect("defaults compile");
-        assert_eq!(p.entries.len(), DEFAULTS.len());
+        assert_eq!(p.entries.len(), defaults().len());
         // Compiled lazily in the shim: every one must compile, together and alone.
         assert!(p.compile_any().expect("the alternation compiles").is_some());
         for e in &p.entries {
@@ -663,7 +542,7 @@ mod tests {
             Some(Class::Quota)
         );
         let empty = Patterns::from_config(&PatternConfig::default()).expect("valid");
-        assert_eq!(empty.entries.len(), DEFAULTS.len());
+        assert_eq!(empty.entries.len(), defaults().len());
     }
 
     #[test]

@@ -299,7 +299,10 @@ pub(super) fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             crate::config::human_duration(t - Utc::now())
         ),
-        None => "no reset time is known (see `qwen --rotation-status`); the quota will reset at the provider's next reset".into(),
+        None => format!(
+            "no reset time is known (see `{} --rotation-status`); the quota will reset at the provider's next reset",
+            crate::profile::active().name
+        ),
     };
     let message = format!(
         "qwen-rotation: all accounts exhausted (insufficient_quota): every account's quota has been exhausted; {when}"

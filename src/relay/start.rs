@@ -131,8 +131,9 @@ impl Relay {
     /// The variables an attempt on `launch` adds to the inherited environment when qwen talks
     /// through the relay; None when the relay cannot serve `launch` (run it with its own env).
     ///
-    /// The run's token goes under the slot's key variable and the relay's URL under
-    /// `OPENAI_BASE_URL` (the real key and URL stay here), the slot's model under `OPENAI_MODEL`.
+    /// The run's token goes under the slot's key variable and the relay's URL under the
+    /// profile's base-URL variable (`OPENAI_BASE_URL`; the real key and URL stay here), the
+    /// slot's model under its first model variable (`OPENAI_MODEL`).
     /// `NO_PROXY`/`no_proxy` gain `127.0.0.1`: qwen 0.24 sends every request through
     /// `HTTPS_PROXY` (undici's EnvHttpProxyAgent, for http URLs too) unless NO_PROXY exempts
     /// the host, and a proxy cannot reach our loopback port.
@@ -141,18 +142,19 @@ impl Relay {
             .api
             .as_ref()
             .filter(|_| launch.kind == Kind::ApiKey)?;
+        let vars = &self.shared.vault.paths.profile.api;
         let mut env = vec![
             (
                 OsString::from(&api.env_key),
                 OsString::from(self.token.expose()),
             ),
             (
-                OsString::from("OPENAI_BASE_URL"),
+                OsString::from(vars.base_url_var),
                 OsString::from(&self.base_url),
             ),
         ];
         if let Some(model) = &api.model {
-            env.push((OsString::from("OPENAI_MODEL"), OsString::from(model)));
+            env.push((OsString::from(vars.model_vars[0]), OsString::from(model)));
         }
         let inherited = ["no_proxy", "NO_PROXY"]
             .iter()

@@ -27,7 +27,8 @@ pub(super) fn start_relay(
     let model = launch.api.as_ref().and_then(|a| a.model.as_deref());
     if let Err(why) = relay::relay_possible_for(&vault.paths, model, args) {
         warn(format!(
-            "{why}; watching qwen's output instead of relaying its requests"
+            "{why}; watching {}'s output instead of relaying its requests",
+            vault.paths.profile.name
         ));
         return None;
     }
@@ -41,7 +42,8 @@ pub(super) fn start_relay(
         Ok(relay) => Some(relay),
         Err(e) => {
             warn(format!(
-                "the request relay did not start ({e}); watching qwen's output instead"
+                "the request relay did not start ({e}); watching {}'s output instead",
+                vault.paths.profile.name
             ));
             None
         }
@@ -95,7 +97,8 @@ fn slot_env(
     let mut env = child_env(launch);
     if let Some(why) = relay::key_withheld(&vault.paths, launch, args) {
         warn(why);
-        env.retain(|(k, _)| k == "OPENAI_BASE_URL" || k == "OPENAI_MODEL");
+        let api = &vault.paths.profile.api;
+        env.retain(|(k, _)| *k == api.base_url_var || *k == api.model_vars[0]);
     }
     env
 }

@@ -44,7 +44,7 @@ pub(super) fn headless(
     let stdout = if io::stdout().is_terminal() {
         StdoutMode::Inherit
     } else {
-        StdoutMode::from_args(args)
+        StdoutMode::from_args(args, &vault.paths.profile.argv)
     };
     // Text output held until qwen ends, when asked: only for an attempt that may be retried
     // (holding one that cannot be only delays the answer).
@@ -100,8 +100,9 @@ pub(super) fn headless(
                     && out_of_resources(&e)
                     && !matches!(stdin, StdinSource::Pumped(_)) =>
             {
+                let name = vault.paths.profile.name;
                 warn(format!(
-                    "cannot start qwen under the shim ({e}); running qwen without rotation"
+                    "cannot start {name} under the shim ({e}); running {name} without rotation"
                 ));
                 exec(real, args, &attempt_env(vault, &launch, None, args))
             }
@@ -244,7 +245,8 @@ fn forward_signals(interrupted: Arc<AtomicBool>) {
             let _ = hand_over.send(signals);
         }
         Err(e) => warn(format!(
-            "cannot watch signals ({e}); a kill aimed at the shim will not reach qwen"
+            "cannot watch signals ({e}); a kill aimed at the shim will not reach {}",
+            crate::profile::active().name
         )),
     }
 }

@@ -17,6 +17,7 @@ use super::record::{RunRecord, launch_label, what};
 use super::signals;
 use crate::detect::{Hit, Patterns};
 use crate::error::Error;
+use crate::profile::Argv;
 use crate::relay::Relay;
 use crate::vault::{Kind, Launch, Rotation, Vault};
 use crate::warn;
@@ -43,7 +44,7 @@ pub(super) fn interactive_session(
     let relay = start_relay(vault, &patterns, &launch, args, notify).map(Arc::new);
     // `qwen -p …` in a terminal is a one-shot run: when it exits on an error, it is re-run with
     // the same argv like a headless run (its output is already on the screen; nothing to hide).
-    let one_shot = is_one_shot(args);
+    let one_shot = is_one_shot(args, &vault.paths.profile.argv);
     let max_attempts = vault.eligible_count().max(1);
     let mut launch = launch;
     let mut controls = Some(controls);
@@ -116,7 +117,8 @@ pub(super) fn interactive_session(
             Ok(outcome) => outcome,
             Err(e) => {
                 warn(format!(
-                    "cannot set up the terminal relay ({e}); running qwen without live rotation"
+                    "cannot set up the terminal relay ({e}); running {} without live rotation",
+                    vault.paths.profile.name
                 ));
                 exec(real, args, &attempt_env(vault, &launch, None, args))
             }
@@ -165,25 +167,32 @@ pub(super) fn interactive_session(
     unreachable!("the attempt loop ends only by exiting")
 }
 
-/// Does this argv ask qwen for one answer and an exit (`-p`, `--prompt`, or a positional
-/// prompt), rather than for a session (`-i`/`--prompt-interactive`, or no prompt)?
-fn is_one_shot(args: &[OsString]) -> bool {
+/// Does this argv ask the CLI for one answer and an exit (`-p`, `--prompt`, or a positional
+/// prompt), rather than for a session (`-i`/`--prompt-interactive`, or no prompt)? The options
+/// are the profile's (`argv`).
+fn is_one_shot(args: &[OsString], argv: &Argv) -> bool {
     let args: Vec<&str> = args
         .iter()
         .take_while(|a| *a != "--")
         .filter_map(|a| a.to_str())
         .collect();
-    if args.iter().any(|a| {
-        matches!(*a, "-i" | "--prompt-interactive") || a.starts_with("--prompt-interactive=")
-    }) {
+    // `--opt` or `--opt=value`.
+    let is = |a: &str, options: &[&str]| {
+        options.iter().any(|o| {
+            a == *o
+                || (o.starts_with("--")
+                    && a.strip_prefix(o).is_some_and(|rest| rest.starts_with('=')))
+        })
+    };
+    if args.iter().any(|a| is(a, argv.session)) {
         return false;
     }
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if matches!(*a, "-p" | "--prompt") || a.starts_with("--prompt=") {
+        if is(a, argv.one_shot) {
             return true;
         }
-        if VALUE_OPTIONS.contains(a) {
+        if argv.value_options.contains(a) {
             it.next(); // the option's value is not a prompt
         } else if !a.starts_with('-') {
             return true;
@@ -191,35 +200,6 @@ fn is_one_shot(args: &[OsString]) -> bool {
     }
     false
 }
-
-/// qwen options whose value is the next argument (so it is not taken for a positional prompt).
-const VALUE_OPTIONS: &[&str] = &[
-    "-m",
-    "--model",
-    "-o",
-    "--output-format",
-    "--input-format",
-    "--approval-mode",
-    "--auth-type",
-    "-e",
-    "--extensions",
-    "--include-directories",
-    "--proxy",
-    "--openai-api-key",
-    "--openaiApiKey",
-    "--openai-base-url",
-    "--openaiBaseUrl",
-    "--allowed-tools",
-    "--exclude-tools",
-    "--core-tools",
-    "--allowed-mcp-server-names",
-    "--max-session-turns",
-    "--telemetry-target",
-    "-r",
-    "--resume",
-    "--session-id",
-    "--channel",
-];
 
 /// Rotates away from the slot that failed on screen and tells the person. An OAuth session
 /// continues on the swapped file; with `auto_retry` we press Ctrl+Y for the person once qwen
@@ -234,6 +214,7 @@ fn hot_swap(
     auto_retry: bool,
 ) -> bool {
     use super::terminal::Control;
+    let (name, creds) = (vault.paths.profile.name, &vault.paths.profile.creds);
     let say = |line: String| {
         controller.send(Control::Notice(format!("qwen-rotation: {line}")));
         false
@@ -261,24 +242,36 @@ fn hot_swap(
         (Kind::ApiKey, Some(relay)) if relay.switch_to(&next) => Duration::ZERO,
         (Kind::ApiKey, _) => {
             return say(format!(
-                "{who}; account {to} is an API key: restart qwen to continue on it"
+                "{who}; account {to} is an API key: restart {name} to continue on it"
             ));
         }
         (Kind::OAuth, Some(_)) => {
             return say(format!(
-                "{who}; account {to} is an OAuth account: restart qwen to continue on it"
+                "{who}; account {to} is an OAuth account: restart {name} to continue on it"
             ));
         }
-        (Kind::OAuth, None) => Duration::from_millis(5_200),
+        (Kind::OAuth, None) => match creds.reread_after {
+            Some(pause) => pause,
+            None => {
+                return say(format!(
+                    "{who}; account {to} is an OAuth account: restart {name} to continue on it"
+                ));
+            }
+        },
     };
-    let retrying = if auto_retry { "; retrying" } else { "" };
+    let retry_key = creds.retry_key.filter(|_| auto_retry);
+    let retrying = if retry_key.is_some() {
+        "; retrying"
+    } else {
+        ""
+    };
     let _ = say(format!("{who}; switched to account {to}{retrying}"));
     std::thread::sleep(pause);
-    if !auto_retry {
-        // Only now would a Ctrl+Y go out with the new credentials.
-        return say(format!("account {to} is live: press Ctrl+Y to retry"));
-    }
-    controller.send(Control::Input(vec![0x19]));
+    let Some(key) = retry_key else {
+        // Only now would a retry go out with the new credentials.
+        return say(format!("account {to} is live: {}", creds.retry_hint));
+    };
+    controller.send(Control::Input(vec![key]));
     true
 }
 
@@ -287,7 +280,10 @@ mod tests {
     use super::*;
 
     fn one_shot(args: &[&str]) -> bool {
-        is_one_shot(&args.iter().map(OsString::from).collect::<Vec<_>>())
+        is_one_shot(
+            &args.iter().map(OsString::from).collect::<Vec<_>>(),
+            &crate::profile::QWEN.argv,
+        )
     }
 
     #[test]
@@ -301,5 +297,22 @@ mod tests {
         assert!(!one_shot(&["--approval-mode", "yolo"]));
         assert!(!one_shot(&["-i", "start here"]));
         assert!(!one_shot(&["--", "-p"]));
+    }
+
+    #[test]
+    fn the_options_are_the_profiles() {
+        let argv = Argv {
+            value_options: &["--depth"],
+            one_shot: &["--ask"],
+            session: &["--chat"],
+            ..crate::profile::QWEN.argv
+        };
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_one_shot(&os(&["--ask=hi"]), &argv));
+        assert!(!is_one_shot(&os(&["--depth", "3"]), &argv));
+        assert!(!is_one_shot(&os(&["--chat", "hi"]), &argv));
+        // qwen's own options mean nothing to another profile: `-m` is not known to take a value.
+        assert!(is_one_shot(&os(&["-m", "coder"]), &argv));
+        assert!(!is_one_shot(&os(&["-i", "x"]), &crate::profile::QWEN.argv));
     }
 }

@@ -25,14 +25,16 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         Ok(found) => found.path,
         Err(e) => fail(&e),
     };
-    if std::env::var_os("QWEN_ROTATION").is_some_and(|v| v == "off" || v == "0") {
+    let name = crate::profile::active().name;
+    let off = crate::profile::active().pool_vars.off;
+    if std::env::var_os(off).is_some_and(|v| v == "off" || v == "0") {
         exec(&real, &args, &[]);
     }
     let paths = Paths::from_env();
     let source = match pool_source(&paths) {
         Ok(source) => source,
         Err(problem) => {
-            warn(format!("{problem}; running qwen without rotation"));
+            warn(format!("{problem}; running {name} without rotation"));
             exec(&real, &args, &[])
         }
     };
@@ -45,14 +47,14 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
             && e.kind() != io::ErrorKind::NotFound
         {
             warn(format!(
-                "{}; running qwen without rotation",
+                "{}; running {name} without rotation",
                 Error::io("read", &paths.accounts, e)
             ));
         }
         if modifiers.account.is_some() {
-            warn(
-                "--rotation-account ignored: no accounts are configured (add one with qwen --rotation-add)",
-            );
+            warn(format!(
+                "--rotation-account ignored: no accounts are configured (add one with {name} --rotation-add)"
+            ));
         }
         exec(&real, &args, &[]);
     }
@@ -137,7 +139,10 @@ fn prepare(vault: &Vault, pinned: Option<&str>) -> Option<Launch> {
         }
         Err(e @ Error::NoSuchSlot(_)) => fail(&Error::Usage(e.to_string())),
         Err(e) => {
-            warn(format!("{e}; running qwen without rotation"));
+            warn(format!(
+                "{e}; running {} without rotation",
+                vault.paths.profile.name
+            ));
             None
         }
     }

@@ -13,6 +13,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::signals::Outcome;
 use crate::detect::{Anchor, Class, Detector, Hit, Patterns};
+use crate::profile::Argv;
 
 /// How qwen's stdout is to be treated, from `--output-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,21 +28,27 @@ pub enum StdoutMode {
 }
 
 impl StdoutMode {
-    /// Reads `--output-format X`, `--output-format=X`, `-o X` from the child's argv (before `--`).
-    pub fn from_args(args: &[OsString]) -> StdoutMode {
+    /// Reads `--output-format X`, `--output-format=X`, `-o X` (the profile's `argv.output_format`)
+    /// from the child's argv (before `--`).
+    pub fn from_args(args: &[OsString], argv: &Argv) -> StdoutMode {
         let mut format = None;
         let mut it = args.iter().take_while(|a| *a != "--");
         while let Some(a) = it.next() {
             let a = a.to_string_lossy();
-            if a == "--output-format" || a == "-o" {
+            if argv.output_format.contains(&a.as_ref()) {
                 format = it.next().map(|v| v.to_string_lossy().into_owned());
-            } else if let Some(v) = a.strip_prefix("--output-format=") {
+            } else if let Some(v) = argv
+                .output_format
+                .iter()
+                .filter(|o| o.starts_with("--"))
+                .find_map(|o| a.strip_prefix(o).and_then(|r| r.strip_prefix('=')))
+            {
                 format = Some(v.to_string());
             }
         }
         match format.as_deref() {
-            Some("json") => StdoutMode::Json,
-            Some("stream-json") => StdoutMode::StreamJson,
+            Some(f) if f == argv.json => StdoutMode::Json,
+            Some(f) if f == argv.stream_json => StdoutMode::StreamJson,
             _ => StdoutMode::Text,
         }
     }

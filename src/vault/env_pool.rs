@@ -21,15 +21,17 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::slots::{ApiKeySlot, DEFAULT_ENV_KEY, valid_api_key};
+use super::slots::{ApiKeySlot, valid_api_key};
 use crate::files;
 use crate::model::Secret;
+use crate::profile::{Api, PoolVars};
 
-pub const KEYS: &str = "QWEN_ROTATION_KEYS";
-pub const KEY_PREFIX: &str = "QWEN_ROTATION_KEY_";
-pub const BASE_URL: &str = "QWEN_ROTATION_BASE_URL";
-pub const MODEL: &str = "QWEN_ROTATION_MODEL";
-pub const STATE_DIR: &str = "QWEN_ROTATION_STATE_DIR";
+/// The variable names of the active profile (`pool_vars`, `api`): this pool is read from a
+/// process's environment, which holds no `Paths`.
+fn vars() -> (&'static PoolVars, &'static Api) {
+    let p = crate::profile::active();
+    (&p.pool_vars, &p.api)
+}
 
 /// One account from the environment.
 #[derive(Debug, Clone)]
@@ -72,10 +74,12 @@ fn fingerprint(key: &str) -> String {
 
 /// The variables that hold keys (removed from qwen's environment).
 pub fn key_variables(vars: &[(OsString, OsString)]) -> Vec<OsString> {
+    let pool_vars = self::vars().0;
+    let (keys_var, key_prefix_var) = (pool_vars.keys, pool_vars.key_prefix);
     vars.iter()
         .filter(|(k, _)| {
             k.to_str()
-                .is_some_and(|k| k == KEYS || k.starts_with(KEY_PREFIX))
+                .is_some_and(|k| k == keys_var || k.starts_with(key_prefix_var))
         })
         .map(|(k, _)| k.clone())
         .collect()
@@ -84,6 +88,13 @@ pub fn key_variables(vars: &[(OsString, OsString)]) -> Vec<OsString> {
 /// Reads the pool from `vars` (the process environment in production). `Ok(None)`: no key
 /// variable is set. Err: one line naming the variable and the fix (never a value).
 pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, EnvSlot>>, String> {
+    let (pool_vars, api) = self::vars();
+    let (keys_var, key_prefix_var, base_url_var, model_var) = (
+        pool_vars.keys,
+        pool_vars.key_prefix,
+        pool_vars.base_url,
+        pool_vars.model,
+    );
     let text = |name: &str| -> Result<Option<String>, String> {
         match vars.iter().find(|(k, _)| k == name) {
             None => Ok(None),
@@ -94,18 +105,18 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
         }
     };
     let mut keys: BTreeMap<usize, (String, String)> = BTreeMap::new();
-    if let Some(list) = text(KEYS)? {
+    if let Some(list) = text(keys_var)? {
         let items: Vec<&str> = list
             .split(|c: char| c == ',' || c.is_ascii_whitespace())
             .filter(|s| !s.is_empty())
             .collect();
         if items.is_empty() {
             return Err(format!(
-                "{KEYS} is set but holds no key; put one or more keys in it (separated by commas, spaces or newlines), or unset it"
+                "{keys_var} is set but holds no key; put one or more keys in it (separated by commas, spaces or newlines), or unset it"
             ));
         }
         for (i, item) in items.iter().enumerate() {
-            let source = format!("{KEYS}[{}]", i + 1);
+            let source = format!("{keys_var}[{}]", i + 1);
             check_key(&source, item)?;
             keys.insert(i + 1, (source, item.to_string()));
         }
@@ -114,9 +125,9 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
     for (k, _) in vars {
         let Some(name) = k.to_str() else { continue };
         for prefix in [
-            KEY_PREFIX,
-            &format!("{BASE_URL}_") as &str,
-            &format!("{MODEL}_"),
+            key_prefix_var,
+            &format!("{base_url_var}_") as &str,
+            &format!("{model_var}_"),
         ] {
             let Some(suffix) = name.strip_prefix(prefix) else {
                 continue;
@@ -124,7 +135,7 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
             let n = slot_number(suffix).ok_or_else(|| {
                 format!("{name} does not end in an account number; name it {prefix}1, {prefix}2, …")
             })?;
-            if prefix == KEY_PREFIX {
+            if prefix == key_prefix_var {
                 let value = text(name)?.unwrap_or_default();
                 if let Some((other, _)) = keys.get(&n) {
                     return Err(format!(
@@ -144,7 +155,7 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
     for (name, n) in &overrides {
         if !keys.contains_key(n) {
             return Err(format!(
-                "{name} is set but no key declares account {n}; set {KEY_PREFIX}{n} or remove {name}"
+                "{name} is set but no key declares account {n}; set {key_prefix_var}{n} or remove {name}"
             ));
         }
     }
@@ -154,26 +165,27 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
             .filter(|v| !v.is_empty())
             .map(|v| (name.to_string(), v)))
     };
-    let default_url = match caller(BASE_URL)? {
+    let default_url = match caller(base_url_var)? {
         Some(found) => Some(found),
-        None => caller("OPENAI_BASE_URL")?,
+        None => caller(api.base_url_var)?,
     };
-    let default_model = match caller(MODEL)? {
+    let default_model = match caller(model_var)? {
         Some(found) => Some(found),
-        None => caller("OPENAI_MODEL")?,
+        None => caller(api.model_vars[0])?,
     };
     let mut slots = BTreeMap::new();
     for (n, (source, key)) in keys {
-        let url = caller(&format!("{BASE_URL}_{n}"))?.or_else(|| default_url.clone());
+        let url = caller(&format!("{base_url_var}_{n}"))?.or_else(|| default_url.clone());
         if let Some((name, u)) = &url {
             check_url(name, u)?;
         }
-        let model = caller(&format!("{MODEL}_{n}"))?.or_else(|| default_model.clone());
+        let model = caller(&format!("{model_var}_{n}"))?.or_else(|| default_model.clone());
         if let Some((name, m)) = &model
             && m.chars().any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(format!(
-                "{name} contains spaces or control characters; set it to a model name such as qwen3-coder-plus"
+                "{name} contains spaces or control characters; set it to a model name such as {}",
+                api.example_model
             ));
         }
         slots.insert(
@@ -184,7 +196,7 @@ pub fn parse(vars: &[(OsString, OsString)]) -> Result<Option<BTreeMap<usize, Env
                     key: Secret::new(key),
                     base_url: url.map(|(_, u)| u),
                     model: model.map(|(_, m)| m),
-                    env_key: DEFAULT_ENV_KEY.into(),
+                    env_key: api.key_var.into(),
                 },
             },
         );
@@ -211,7 +223,10 @@ fn check_key(source: &str, key: &str) -> Result<(), String> {
 }
 
 fn check_url(name: &str, url: &str) -> Result<(), String> {
-    let fix = "set it to the provider's base URL, e.g. https://dashscope-intl.aliyuncs.com/compatible-mode/v1";
+    let fix = format!(
+        "set it to the provider's base URL, e.g. {}",
+        vars().1.example_base_url
+    );
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
@@ -240,13 +255,14 @@ pub fn from_env(home: &Path) -> Result<Option<Pool>, String> {
 
 /// `QWEN_ROTATION_STATE_DIR` when set (and usable), else QWEN_HOME when writable, else memory.
 fn choose_state(home: &Path) -> StateHome {
+    let state_dir_var = vars().0.state_dir;
     let mut why_not = Vec::new();
-    if let Some(dir) = std::env::var_os(STATE_DIR).filter(|d| !d.is_empty()) {
+    if let Some(dir) = std::env::var_os(state_dir_var).filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         if writable_dir(&dir) {
             return StateHome::Dir(dir);
         }
-        why_not.push(format!("{STATE_DIR} ({})", dir.display()));
+        why_not.push(format!("{state_dir_var} ({})", dir.display()));
     } else if writable_dir(home) {
         return StateHome::Home;
     } else {
@@ -255,7 +271,7 @@ fn choose_state(home: &Path) -> StateHome {
     match memory_dir() {
         Ok(dir) => {
             crate::error::say(format_args!(
-                "note: {} is not writable; account state is kept for this run only (set {STATE_DIR} to a writable directory to keep it)",
+                "note: {} is not writable; account state is kept for this run only (set {state_dir_var} to a writable directory to keep it)",
                 why_not.join(", ")
             ));
             StateHome::Memory(dir)
@@ -413,7 +429,7 @@ mod tests {
     #[test]
     fn a_list_and_numbered_keys_make_the_slots() {
         let slots = parse(&env(&[
-            (KEYS, "sk-a1,sk-b2\n sk-c3\n"),
+            ("QWEN_ROTATION_KEYS", "sk-a1,sk-b2\n sk-c3\n"),
             ("QWEN_ROTATION_KEY_5", "sk-e5"),
             ("OPENAI_BASE_URL", "https://p.example/v1"),
             ("QWEN_ROTATION_BASE_URL_5", "http://127.0.0.1:9/v1"),
@@ -442,7 +458,7 @@ mod tests {
     fn bad_variables_are_named_and_never_quoted() {
         for (vars, must) in [
             (
-                vec![(KEYS, " , \n")],
+                vec![("QWEN_ROTATION_KEYS", " , \n")],
                 "QWEN_ROTATION_KEYS is set but holds no key",
             ),
             (
@@ -458,7 +474,10 @@ mod tests {
                 "QWEN_ROTATION_KEY_x does not end in an account number",
             ),
             (
-                vec![(KEYS, "sk-secret"), ("QWEN_ROTATION_KEY_1", "sk-secret2")],
+                vec![
+                    ("QWEN_ROTATION_KEYS", "sk-secret"),
+                    ("QWEN_ROTATION_KEY_1", "sk-secret2"),
+                ],
                 "both declare account 1",
             ),
             (
@@ -493,7 +512,10 @@ mod tests {
     #[test]
     fn entries_of_the_named_variables_are_found_in_the_block() {
         let block = b"A=1\0QWEN_ROTATION_KEYS=sk-a,sk-b\0QWEN_ROTATION_KEYSX=keep\0QWEN_ROTATION_KEY_2=sk-c\0QWEN_ROTATION_KEYS=again\0\0";
-        let names = [OsString::from(KEYS), OsString::from("QWEN_ROTATION_KEY_2")];
+        let names = [
+            OsString::from("QWEN_ROTATION_KEYS"),
+            OsString::from("QWEN_ROTATION_KEY_2"),
+        ];
         let found: Vec<&[u8]> = entries_named(block, &names)
             .into_iter()
             .map(|r| &block[r])
@@ -531,14 +553,17 @@ mod tests {
     #[test]
     fn key_variables_are_the_ones_to_scrub() {
         let vars = env(&[
-            (KEYS, "a"),
+            ("QWEN_ROTATION_KEYS", "a"),
             ("QWEN_ROTATION_KEY_3", "b"),
             ("QWEN_ROTATION_BASE_URL", "http://x"),
             ("OPENAI_API_KEY", "c"),
         ]);
         assert_eq!(
             key_variables(&vars),
-            vec![OsString::from(KEYS), OsString::from("QWEN_ROTATION_KEY_3")]
+            vec![
+                OsString::from("QWEN_ROTATION_KEYS"),
+                OsString::from("QWEN_ROTATION_KEY_3")
+            ]
         );
     }
 }

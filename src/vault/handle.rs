@@ -168,8 +168,8 @@ impl Vault {
         match self.env_pool() {
             None => Ok(()),
             Some(_) => Err(Error::Usage(format!(
-                "the accounts come from {} and QWEN_ROTATION_KEY_N, so there is nothing to {what} here; change those variables instead (or unset them to use the slot files)",
-                super::env_pool::KEYS
+                "the accounts come from {} and {}N, so there is nothing to {what} here; change those variables instead (or unset them to use the slot files)",
+                self.paths.profile.pool_vars.keys, self.paths.profile.pool_vars.key_prefix
             ))),
         }
     }

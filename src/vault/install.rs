@@ -206,9 +206,10 @@ impl Tx<'_> {
                 self.backup(&live_path, "oauth_creds.live")?;
                 if live == Live::Foreign {
                     crate::warn(format!(
-                        "{} held a login that is not one of your accounts; kept it in {} (add it with qwen --rotation-add)",
+                        "{} held a login that is not one of your accounts; kept it in {} (add it with {} --rotation-add)",
                         live_path.display(),
-                        backups.display()
+                        backups.display(),
+                        paths.profile.name
                     ));
                 }
             }

@@ -15,9 +15,6 @@ use crate::model::Kind;
 
 use super::slots::{SlotInfo, check_oauth, read_bounded};
 
-/// qwen 0.12 treats its `oauth_creds.lock` as stale after 10 s (0.24: 35 s).
-pub(super) const QWEN_LOCK_STALE: Duration = Duration::from_secs(10);
-
 /// The live `oauth_creds.json` as found on disk. `Debug` shows sizes, never the bytes.
 #[derive(Clone)]
 pub enum LiveFile {
@@ -203,7 +200,8 @@ pub(super) fn pid_namespace() -> String {
         .unwrap_or_default()
 }
 
-/// Stale: older than qwen's own 10 s rule, or written by a qwen-rotation process of our pid
+/// Stale: older than the CLI's own rule (the profile's `creds.lock.stale`: qwen's 10 s), or
+/// written by a qwen-rotation process of our pid
 /// namespace that no longer exists (a crash between taking and releasing it).
 pub fn qwen_lock_is_stale(path: &Path) -> bool {
     let Ok(meta) = fs::metadata(path) else {
@@ -213,7 +211,12 @@ pub fn qwen_lock_is_stale(path: &Path) -> bool {
         .modified()
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok());
-    if age.is_some_and(|a| a >= QWEN_LOCK_STALE) {
+    let stale_after = crate::profile::active()
+        .creds
+        .lock
+        .as_ref()
+        .map_or(Duration::ZERO, |l| l.stale);
+    if age.is_some_and(|a| a >= stale_after) {
         return true;
     }
     let Ok(text) = files::read_text(path, 4096) else {

@@ -28,8 +28,9 @@ impl Vault {
             let account = tx.st.accounts.get(&to).cloned().unwrap_or_default();
             if !account.enabled {
                 return Err(Error::Other(format!(
-                    "{} is disabled; enable it first: qwen --rotation-enable {to}",
-                    account.describe(to)
+                    "{} is disabled; enable it first: {} --rotation-enable {to}",
+                    account.describe(to),
+                    tx.vault.paths.profile.name
                 )));
             }
             if let Some(problem) = tx.infos.get(&to).and_then(|i| i.problem.clone()) {
@@ -79,7 +80,8 @@ impl Vault {
             if let Some((n, _)) = tx.infos.iter().find(|(_, i)| i.refresh.as_ref() == Some(&rt)) {
                 let who = tx.st.describe(*n);
                 return Err(Error::Other(format!(
-                    "these credentials are already stored as {who}; log in to another account first (qwen --rotation-add --login)"
+                    "these credentials are already stored as {who}; log in to another account first ({} --rotation-add --login)",
+                    self.paths.profile.name
                 )));
             }
             tx.check_label_free(label, None)?;
@@ -292,9 +294,10 @@ impl Vault {
             if tx.any_oauth() || matches!(live_before, LiveFile::Symlink { .. }) {
                 tx.sync_live()?;
                 if matches!(live_before, LiveFile::Symlink { .. }) {
-                    done.push(
-                        "replaced the symlinked oauth_creds.json with a regular file".to_string(),
-                    );
+                    done.push(format!(
+                        "replaced the symlinked {} with a regular file",
+                        tx.vault.paths.profile.creds.file
+                    ));
                 }
             }
             if oauth_current
@@ -303,7 +306,8 @@ impl Vault {
             {
                 tx.install(current)?;
                 done.push(format!(
-                    "installed account {current} as the live oauth_creds.json"
+                    "installed account {current} as the live {}",
+                    tx.vault.paths.profile.creds.file
                 ));
             }
             Ok(done)

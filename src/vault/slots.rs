@@ -14,7 +14,7 @@ use crate::files::{self, digest};
 use crate::model::{Kind, Secret};
 use crate::text::io_reason;
 
-/// The default variable an API key is injected as (QWEN_FACTS_APIKEY.md §1).
+/// The qwen profile's key variable (`profile.api.key_var`), for callers that hold no profile.
 pub const DEFAULT_ENV_KEY: &str = "OPENAI_API_KEY";
 
 /// Credential files are a few hundred bytes; anything past this is not one.
@@ -65,22 +65,41 @@ pub fn scan(accounts: &Path) -> io::Result<Scan> {
     Ok(out)
 }
 
-/// Checks OAuth credentials (qwen's `oauth_creds.json` shape) and returns the refresh token.
-/// The problem text never quotes the content.
+/// Checks OAuth credentials (the shape of the active profile's live file, `creds.file`: the
+/// tokens at `creds.refresh` and `creds.access`) and returns the refresh token. The problem
+/// text never quotes the content.
 pub fn check_oauth(bytes: &[u8]) -> std::result::Result<Secret, &'static str> {
+    let creds = &crate::profile::active().creds;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("the file is empty");
     }
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "not valid JSON")?;
-    let obj = value.as_object().ok_or("not a JSON object")?;
-    let text = |k: &str| {
-        obj.get(k)
+    value.as_object().ok_or("not a JSON object")?;
+    let text = |pointer: &str| {
+        value
+            .pointer(pointer)
             .and_then(|v| v.as_str())
             .filter(|s| !s.trim().is_empty())
     };
-    let refresh = text("refresh_token").ok_or("no refresh_token in it")?;
-    text("access_token").ok_or("no access_token in it")?;
+    let [no_refresh, no_access] = missing_token_problems();
+    let refresh = text(creds.refresh).ok_or(no_refresh)?;
+    text(creds.access).ok_or(no_access)?;
     Ok(Secret::new(refresh))
+}
+
+/// "no refresh_token in it", "no access_token in it": the last key of each token pointer of
+/// the process's profile, worded once.
+fn missing_token_problems() -> [&'static str; 2] {
+    static PROBLEMS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let [refresh, access] = PROBLEMS.get_or_init(|| {
+        let creds = &crate::profile::active().creds;
+        let key = |pointer: &str| pointer.rsplit('/').next().unwrap_or(pointer).to_string();
+        [
+            format!("no {} in it", key(creds.refresh)),
+            format!("no {} in it", key(creds.access)),
+        ]
+    });
+    [refresh.as_str(), access.as_str()]
 }
 
 /// An API-key slot file.
@@ -118,14 +137,16 @@ impl ApiKeySlot {
         text
     }
 
-    /// The environment for an attempt: the key, and base URL and model when set.
+    /// The environment for an attempt: the key, and base URL and model when set (in the
+    /// active profile's variables).
     pub fn env(&self) -> Vec<(String, Secret)> {
+        let api = &crate::profile::active().api;
         let mut env = vec![(self.env_key.clone(), self.key.clone())];
         if let Some(url) = &self.base_url {
-            env.push(("OPENAI_BASE_URL".into(), Secret::new(url.clone())));
+            env.push((api.base_url_var.into(), Secret::new(url.clone())));
         }
         if let Some(model) = &self.model {
-            env.push(("OPENAI_MODEL".into(), Secret::new(model.clone())));
+            env.push((api.model_vars[0].into(), Secret::new(model.clone())));
         }
         env
     }
@@ -164,7 +185,7 @@ pub fn check_api_key(bytes: &[u8]) -> std::result::Result<ApiKeySlot, &'static s
     let env_key = file
         .env_key
         .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| DEFAULT_ENV_KEY.into());
+        .unwrap_or_else(|| crate::profile::active().api.key_var.into());
     if !valid_env_name(&env_key) {
         return Err("env_key is not a valid environment variable name");
     }

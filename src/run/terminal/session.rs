@@ -468,7 +468,8 @@ impl Session<'_> {
     fn abandon(&mut self, e: Errno) -> Outcome {
         self.raw.restore();
         crate::warn(format!(
-            "the terminal relay stopped ({e}); ending qwen's session"
+            "the terminal relay stopped ({e}); ending {}'s session",
+            crate::profile::active().name
         ));
         let _ = signal::killpg(self.child, Signal::SIGHUP);
         let _ = signal::killpg(self.child, Signal::SIGCONT);

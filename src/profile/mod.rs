@@ -1,0 +1,259 @@
+//! The Profile: everything specific to the CLI the shim stands in front of, as plain data.
+//!
+//! Ground floor: a [`Profile`] is a value of plain structs, strings, slices and durations (no
+//! trait, no behaviour), so every layer above may read it. It imports only `model` (for the
+//! [`Class`] of a phrase). One profile per CLI: `qwen` ([`QWEN`], the only one today).
+//!
+//! How a profile is chosen: `main` calls [`select`] with argv[0] first thing; the file name the
+//! binary was run as picks a profile from [`ALL`] by [`Profile::name`], and any other name falls
+//! back to [`QWEN`] (a shim installed under another name behaves as it always did). The choice
+//! is stored once per process; [`active`] reads it, and returns [`QWEN`] when nothing was
+//! selected (unit and integration tests). Code that holds a `Paths` reads `paths.profile`; only
+//! context-free code (`Error`'s Display, cli messages, the default phrase table) reads
+//! [`active`].
+//!
+//! Not in a profile: our own on-disk format (`accounts/oauth_creds_N.json`, `api_key_N.json`,
+//! `rotation-settings/`, `.qwen-rotation-` temporaries, the shim marker), which is the same
+//! whatever CLI a pool belongs to.
+//!
+//! Files: `qwen` (the [`QWEN`] value, each group with the facts it comes from).
+
+mod qwen;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::model::Class;
+
+pub use qwen::QWEN;
+
+/// Every profile the binary knows, chosen by the name it was run as.
+pub static ALL: &[&Profile] = &[&QWEN];
+
+/// One CLI: its names, files, variables, argv, output shapes and wording.
+#[derive(Debug)]
+pub struct Profile {
+    /// The name on PATH and in argv[0] (`qwen`); also how messages name the real CLI.
+    pub name: &'static str,
+    /// The product's own name (`Qwen Code`).
+    pub product: &'static str,
+    /// The npm package the real CLI comes from (its version is read from its package.json).
+    pub npm_package: &'static str,
+    pub pool_vars: PoolVars,
+    pub home: Home,
+    pub creds: Creds,
+    pub api: Api,
+    pub settings: SettingsSpec,
+    pub argv: Argv,
+    pub detect: Detection,
+    pub screen: Screen,
+}
+
+/// Our own variables for this profile: switch-off, real CLI, accounts from the environment.
+#[derive(Debug)]
+pub struct PoolVars {
+    /// `off` or `0`: run the real CLI untouched.
+    pub off: &'static str,
+    /// The real CLI's path, instead of a PATH walk.
+    pub real: &'static str,
+    /// Several keys in one variable.
+    pub keys: &'static str,
+    /// One key per variable: the prefix of `…_N`.
+    pub key_prefix: &'static str,
+    /// Base URL for every key (`…_N` for one).
+    pub base_url: &'static str,
+    /// Model for every key (`…_N` for one).
+    pub model: &'static str,
+    /// Where state.yaml and rotation.log go when the accounts come from the environment.
+    pub state_dir: &'static str,
+}
+
+/// Where the CLI keeps its files (and we keep the pool).
+#[derive(Debug)]
+pub struct Home {
+    /// The variable that names the home (`QWEN_HOME`).
+    pub var: &'static str,
+    /// The directory under `$HOME` when the variable is unset (`.qwen`).
+    pub dir: &'static str,
+    /// The first version that honours [`Home::var`]; `None`: every version does.
+    pub var_since: Option<Since>,
+}
+
+/// A version from which the CLI does something, and how messages name the ones before it.
+#[derive(Debug)]
+pub struct Since {
+    /// (major, minor).
+    pub version: (u64, u64),
+    /// The versions before it, as people know them (`0.12 and older`).
+    pub older: &'static str,
+}
+
+/// The live login file and how the CLI treats it.
+#[derive(Debug)]
+pub struct Creds {
+    /// The live credentials file in the home.
+    pub file: &'static str,
+    /// The lock file the CLI holds while it rewrites [`Creds::file`], if it takes one.
+    pub lock: Option<Lock>,
+    /// JSON pointer of the refresh token (what identifies a login).
+    pub refresh: &'static str,
+    /// JSON pointer of the access token.
+    pub access: &'static str,
+    /// How long after a swap a running CLI has certainly re-read the file (`None`: never).
+    pub reread_after: Option<Duration>,
+    /// The key that retries the last request in a session (`None`: there is none).
+    pub retry_key: Option<u8>,
+    /// What to tell the person once a swapped login is live and we did not retry for them.
+    pub retry_hint: &'static str,
+}
+
+/// A lock file the CLI takes, and when a left-over one counts as abandoned.
+#[derive(Debug)]
+pub struct Lock {
+    pub file: &'static str,
+    pub stale: Duration,
+}
+
+/// The API-key variables the CLI reads.
+#[derive(Debug)]
+pub struct Api {
+    /// The key (`OPENAI_API_KEY`): the default variable an API-key account sets.
+    pub key_var: &'static str,
+    /// The base URL (`OPENAI_BASE_URL`).
+    pub base_url_var: &'static str,
+    /// The model, the one we set first (`OPENAI_MODEL`, then `QWEN_MODEL`).
+    pub model_vars: &'static [&'static str],
+    /// Cleared from the environment of a fresh login, so it cannot pick an API key.
+    pub login_clears: &'static [&'static str],
+    /// Command-line options that set the base URL or the key (each also as `--x=value`): with
+    /// them the CLI's requests cannot go through the relay.
+    pub argv_base_url: &'static [&'static str],
+    pub argv_key: &'static [&'static str],
+    /// A base URL and a model for examples in help and messages.
+    pub example_base_url: &'static str,
+    pub example_model: &'static str,
+    /// A subscription plan's base URL, for the `--rotation-add --api-key` example in help.
+    pub example_plan_url: &'static str,
+}
+
+/// The CLI's settings files and the keys we read or write in them.
+#[derive(Debug)]
+pub struct SettingsSpec {
+    /// The user settings file in the home.
+    pub file: &'static str,
+    /// The variable naming the system settings file, and its default path.
+    pub system_var: &'static str,
+    pub system_default: &'static str,
+    /// The variable naming the system defaults file, and its default path.
+    pub defaults_var: &'static str,
+    pub defaults_default: &'static str,
+    /// The workspace settings file, relative to the working directory.
+    pub workspace: &'static str,
+    /// Key path of the selected auth type, and the older top-level key.
+    pub selected: &'static [&'static str],
+    pub legacy_selected: &'static str,
+    /// Key path of the enforced auth type.
+    pub enforced: &'static [&'static str],
+    /// Key path of the model name.
+    pub model: &'static [&'static str],
+    /// The key of the model providers table (entries with `id`, `baseUrl`, `envKey`), if any.
+    pub providers: Option<&'static str>,
+    /// JSON pointers removed from the user's settings for a fresh login's home (what could
+    /// make the login pick an API key).
+    pub login_strip: &'static [&'static str],
+    /// The auth-type names of an OAuth login and of an API key.
+    pub auth_oauth: &'static str,
+    pub auth_api_key: &'static str,
+}
+
+/// The CLI's command line, as far as we read it.
+#[derive(Debug)]
+pub struct Argv {
+    /// Options whose value is the next argument (so it is not taken for a positional prompt).
+    pub value_options: &'static [&'static str],
+    /// The options that name the model (each also as `--x=value`).
+    pub model: &'static [&'static str],
+    /// Options that ask for one answer and an exit; each also takes `--x=value`.
+    pub one_shot: &'static [&'static str],
+    /// Options that ask for a session even with a prompt.
+    pub session: &'static [&'static str],
+    /// The output-format options, and the values that mean json and stream-json.
+    pub output_format: &'static [&'static str],
+    pub json: &'static str,
+    pub stream_json: &'static str,
+}
+
+/// What the CLI's errors look like in its output.
+#[derive(Debug)]
+pub struct Detection {
+    /// The built-in phrases: (class, the name a hit carries, a regex over normalised text —
+    /// lowercase, single spaces).
+    pub phrases: &'static [(Class, &'static str, &'static str)],
+    /// How the CLI's own error reports begin in the `result` of a json run.
+    pub json_error_prefixes: &'static [&'static str],
+}
+
+/// What the CLI's interactive screen looks like around an error.
+#[derive(Debug)]
+pub struct Screen {
+    /// The character that opens an error block.
+    pub error_marker: char,
+    /// Characters that start something else (an answer, a tool), ending a block.
+    pub breaks: &'static [char],
+    /// The deepest indent (columns) of an error block's marker.
+    pub marker_indent: u32,
+    /// The hint under a retryable error (normalised: lowercase).
+    pub live_hint: &'static str,
+    /// The countdown of an error the CLI retries by itself (normalised).
+    pub countdown: &'static str,
+}
+
+static SELECTED: OnceLock<&'static Profile> = OnceLock::new();
+
+/// The profile for the name the binary was run as; any other name is [`QWEN`].
+pub fn for_name(argv0: Option<&OsStr>) -> &'static Profile {
+    let name = argv0.and_then(|a| Path::new(a).file_name());
+    ALL.iter()
+        .copied()
+        .find(|p| name.is_some_and(|n| n == p.name))
+        .unwrap_or(&QWEN)
+}
+
+/// Chooses the process's profile from argv[0] (once: a later call returns the first choice).
+pub fn select(argv0: Option<&OsStr>) -> &'static Profile {
+    SELECTED.get_or_init(|| for_name(argv0))
+}
+
+/// The process's profile: the one [`select`] chose, else [`QWEN`].
+pub fn active() -> &'static Profile {
+    SELECTED.get().copied().unwrap_or(&QWEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_run_as_picks_the_profile_and_any_other_name_is_qwen() {
+        for argv0 in ["qwen", "/usr/local/bin/qwen", "./qwen"] {
+            assert!(std::ptr::eq(for_name(Some(OsStr::new(argv0))), &QWEN));
+        }
+        for argv0 in ["qwen-rotation", "/opt/x/q", "", "/"] {
+            assert!(
+                std::ptr::eq(for_name(Some(OsStr::new(argv0))), &QWEN),
+                "{argv0}"
+            );
+        }
+        assert!(std::ptr::eq(for_name(None), &QWEN));
+    }
+
+    #[test]
+    fn every_profile_has_its_own_name() {
+        let mut names: Vec<&str> = ALL.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+}
