@@ -154,9 +154,9 @@ fn main() {
 fn relay_only(body: &str) -> ! {
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", body]);
-    let (_controller, controls) = qwen_rotation::pty::controls();
-    match qwen_rotation::pty::run(cmd, &mut |_: &[u8]| {}, controls) {
-        Ok(outcome) => qwen_rotation::signals::exit_with(outcome),
+    let (_controller, controls) = qwen_rotation::run::terminal::controls();
+    match qwen_rotation::run::terminal::run(cmd, &mut |_: &[u8]| {}, controls) {
+        Ok(outcome) => qwen_rotation::run::signals::exit_with(outcome),
         Err(e) => panic!("relay: {e}"),
     }
 }

@@ -9,9 +9,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use qwen_rotation::config::{Config, Paths};
-use qwen_rotation::detect::{Class, Hit};
-use qwen_rotation::state::State;
-use qwen_rotation::vault::{self, Rotation, Vault};
+use qwen_rotation::files;
+use qwen_rotation::model::{Class, Hit};
+use qwen_rotation::vault::state::State;
+use qwen_rotation::vault::{Rotation, Vault};
 
 fn creds(name: &str) -> String {
     format!(
@@ -81,7 +82,7 @@ fn bench_report(iterations: usize) {
         assert!(matches!(r, Rotation::Switched { .. }), "{r:?}");
     }
     report_line("report(): rotation step, fsyncs on", samples);
-    let switches = qwen_rotation::audit::count_switches(&paths.log).expect("log");
+    let switches = qwen_rotation::vault::audit::count_switches(&paths.log).expect("log");
     assert_eq!(switches, iterations);
 }
 
@@ -107,12 +108,12 @@ fn bench_state(iterations: usize) {
     let mut save = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let t = Instant::now();
-        let qwen_rotation::state::Loaded::Ok(st) = State::load(&paths.state) else {
+        let qwen_rotation::vault::state::Loaded::Ok(st) = State::load(&paths.state) else {
             panic!("state")
         };
         load.push(t.elapsed());
         let t = Instant::now();
-        vault::write_atomic(&paths.state, st.to_yaml().as_bytes()).expect("save");
+        files::write_atomic(&paths.state, st.to_yaml().as_bytes()).expect("save");
         save.push(t.elapsed());
     }
     report_line("state.yaml load (10 accounts)", load);
@@ -156,7 +157,7 @@ fn bench_concurrent(rounds: usize) {
             .count();
         assert_eq!(switched, 1);
         assert_eq!(
-            qwen_rotation::audit::count_switches(&paths.log).expect("log"),
+            qwen_rotation::vault::audit::count_switches(&paths.log).expect("log"),
             1
         );
     }

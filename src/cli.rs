@@ -156,7 +156,7 @@ fn flag_name(a: &OsStr) -> String {
 /// "unknown flag --rotation-stauts; did you mean --rotation-status?" The flag is quoted with
 /// its control characters escaped: the message stays one line whatever was typed.
 pub fn unknown_flag(name: &str) -> String {
-    let shown = crate::error::printable(name);
+    let shown = crate::text::printable(name);
     let cli = crate::profile::active().name;
     let best = COMMANDS
         .iter()

@@ -8,6 +8,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::text::printable;
+
 /// Exit codes of the shim itself (README, "Exit codes").
 pub mod exit {
     /// Generic management failure.
@@ -193,8 +195,6 @@ pub fn say_raw(line: impl fmt::Display) {
     let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
-pub use crate::text::printable;
-
 /// Runs `f`, turning a panic inside it into [`Error::Internal`], so the caller's fail-open path
 /// (one warning, then qwen runs) handles a bug like any other failure. While `f` runs, the panic
 /// message is not printed: it could quote data (a file's contents) and it would be a second
@@ -232,4 +232,20 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
             .unwrap_or_else(|| "an unknown place".into());
         Err(Error::Internal { at })
     })
+}
+
+/// Prints one warning line to stderr, prefixed so the user knows who spoke. Each distinct
+/// warning is printed once per process: the shim warns once and gets out of the way.
+pub fn warn(message: impl std::fmt::Display) {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static SAID: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+    let line = message.to_string();
+    let first = SAID
+        .lock()
+        .map(|mut said| said.insert(line.clone()))
+        .unwrap_or(true);
+    if first {
+        say(format_args!("warning: {line}"));
+    }
 }

@@ -9,7 +9,7 @@ use qwen_rotation::{admin, run};
 fn main() {
     // First, before any secret is read: no other process of the user can read our memory or
     // environment, and no crash of ours can dump them (signals.rs).
-    qwen_rotation::signals::keep_memory_private();
+    qwen_rotation::run::signals::keep_memory_private();
     // Which CLI we stand in front of: the name we were run as (any other name is qwen).
     qwen_rotation::profile::select(std::env::args_os().next().as_deref());
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::config::Paths;
-use crate::vault::{Kind, Launch};
+use crate::model::Kind;
+use crate::vault::Launch;
 
 const SYSTEM_SETTINGS_VAR: &str = "QWEN_CODE_SYSTEM_SETTINGS_PATH";
 const SYSTEM_DEFAULTS_VAR: &str = "QWEN_CODE_SYSTEM_DEFAULTS_PATH";
@@ -254,7 +255,7 @@ pub fn override_env(
         .mode(0o700)
         .create(&dir)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    crate::vault::keep_owner(None, &dir);
+    crate::files::keep_owner(None, &dir);
     let file = dir.join(format!("system-settings-{}.json", launch.slot));
     let text = serde_json::to_string_pretty(&system).unwrap_or_default();
     // Most runs find the file as they left it: write only when it changed.
@@ -264,7 +265,7 @@ pub fn override_env(
         tmp.write_all(text.as_bytes())?;
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(0o600))?;
-        crate::vault::keep_owner(Some(tmp.as_file()), &file);
+        crate::files::keep_owner(Some(tmp.as_file()), &file);
         tmp.persist(&file).map_err(|e| e.error)?;
     }
     let defaults = std::env::var_os(SYSTEM_DEFAULTS_VAR)

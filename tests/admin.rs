@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use qwen_rotation::detect::Class;
-use qwen_rotation::state::Status;
+use qwen_rotation::model::Class;
+use qwen_rotation::vault::state::Status;
 use serde_json::Value;
 use vault_home::*;
 

@@ -26,8 +26,9 @@ use proptest::test_runner::{Config as PtConfig, TestRunner};
 
 use qwen_rotation::cli::{self, Invocation};
 use qwen_rotation::config::Config;
-use qwen_rotation::detect::{Anchor, Class, Detector, Patterns};
-use qwen_rotation::state::{Loaded, State};
+use qwen_rotation::detect::{Anchor, Detector, Patterns};
+use qwen_rotation::model::Class;
+use qwen_rotation::vault::state::{Loaded, State};
 use qwen_rotation::vault::{check_api_key, check_oauth};
 
 /// Cases per property: `PROPTEST_CASES` when set, else `default`.

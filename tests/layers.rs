@@ -2,14 +2,12 @@
 //! no two files import each other in a circle, and no file grows past a size a reader can hold.
 //!
 //! The layers, bottom up (docs/ARCHITECTURE.md): the ground floor of vocabulary (`text`,
-//! `fault`, then `model`, then the CLI's `profile`, then `error`, then `files`), then `cli`, `locate`, `detect`, then `config`,
-//! then the vault (with `state`, `audit` and `env_pool` inside it), then `settings`, the relay,
-//! the run path (with `pipes`, `pty` and `signals` inside it), the management commands, and the
-//! crate root. A file may name a module of a lower layer or of its own folder; never one above.
+//! `fault`, then `model`, then the CLI's `profile`, then `error`, then `files`), then `cli`,
+//! `locate`, `detect`, then `config`, then the vault, then `settings`, the relay, the run path,
+//! the management commands, and the crate root. A file may name a module of a lower layer or of its own folder; never one above.
 //!
 //! Read as text (std only): every `crate::a`, `super::b` and `use` path outside `#[cfg(test)]`
-//! and comments is an edge. Re-exported names (`crate::state` for `crate::vault::state`) count
-//! as the module they name.
+//! and comments is an edge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -37,24 +35,28 @@ const LAYERS: &[(&str, u32)] = &[
 /// Non-test lines a file may have.
 const MAX_LINES: usize = 650;
 
-/// `crate::warn` is the crate root's re-export of the error layer's warning line.
-const ROOT_ITEMS: &[(&str, &str)] = &[("warn", "error")];
-
-/// The crate root's old names for modules that moved into a folder (src/lib.rs).
-const ALIASES: &[(&str, &[&str])] = &[
-    ("state", &["vault", "state"]),
-    ("audit", &["vault", "audit"]),
-    ("env_pool", &["vault", "env_pool"]),
-    ("pipes", &["run", "pipes"]),
-    ("signals", &["run", "signals"]),
-    ("pty", &["run", "terminal"]),
-];
-
 /// Edges and sizes that break the rules, each to be removed by the change that fixes it. None
 /// today: the last upward edge (config → vault, while `Paths` carried the environment pool)
 /// ended when the vault took over where its slots come from (`vault::SlotSource`).
 const ALLOWED_UPWARD: &[(&str, &str)] = &[];
 const ALLOWED_LARGE: &[&str] = &[];
+
+#[test]
+fn the_crate_root_is_a_module_list() {
+    // Every path names the module that holds it: no item and no old name (a re-export of a
+    // module that moved) at the root, so `crate::a::b` is always the file `src/a/b.rs`.
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let other: Vec<&str> = lib
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .filter(|l| !l.starts_with("pub mod ") || !l.ends_with(';'))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "src/lib.rs holds more than `pub mod` lines: {other:?}"
+    );
+}
 
 #[test]
 fn layers_import_downward_only() {
@@ -423,27 +425,11 @@ fn split_top(text: &str) -> Vec<&str> {
     out
 }
 
-/// The top-level module a path names (after root re-exports), and the deepest file of the
-/// tree it reaches.
+/// The top-level module a path names, and the deepest file of the tree it reaches.
 fn resolve(segs: &[&str], known: &BTreeSet<String>) -> Option<(String, Option<String>)> {
-    let aliased: Vec<&str>;
-    let segs = match ALIASES
-        .iter()
-        .find(|(alias, _)| Some(alias) == segs.first())
-    {
-        Some((_, path)) => {
-            aliased = path.iter().chain(&segs[1..]).copied().collect();
-            &aliased[..]
-        }
-        None => segs,
-    };
-    let first = *segs.first()?;
-    let module = ROOT_ITEMS
-        .iter()
-        .find(|(item, _)| *item == first)
-        .map_or(first, |(_, m)| *m);
+    let module = *segs.first()?;
     // Only modules of the tree count: `super::f` inside an inline module (`mod ts { … }`)
-    // names its own file's items, and items of the crate root other than ROOT_ITEMS are none.
+    // names its own file's items, and the crate root holds no items (see `the_crate_root_is_a_module_list`).
     if !known.contains(&format!("{module}.rs")) && !known.contains(&format!("{module}/mod.rs")) {
         return None;
     }

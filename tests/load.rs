@@ -214,7 +214,8 @@ fn check_home(sb: &Sandbox) -> vault_home::Counts {
 /// account it was launched on).
 fn only_d_needs_login(sb: &Sandbox) {
     let st =
-        qwen_rotation::state::State::parse(&fs::read_to_string(paths(sb).state).unwrap()).unwrap();
+        qwen_rotation::vault::state::State::parse(&fs::read_to_string(paths(sb).state).unwrap())
+            .unwrap();
     for (n, a) in &st.accounts {
         if *n != 4 {
             assert_eq!(
@@ -223,7 +224,7 @@ fn only_d_needs_login(sb: &Sandbox) {
             );
             assert_ne!(
                 a.status,
-                qwen_rotation::state::Status::NeedsLogin,
+                qwen_rotation::vault::state::Status::NeedsLogin,
                 "account {n}"
             );
         }

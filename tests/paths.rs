@@ -465,7 +465,7 @@ echo done
             "{phase}: live file {live:?}"
         );
         let state = fs::read_to_string(home.join("state.yaml")).unwrap();
-        qwen_rotation::state::State::parse(&state)
+        qwen_rotation::vault::state::State::parse(&state)
             .unwrap_or_else(|e| panic!("{phase}: state.yaml: {e}\n{state}"));
         let leftovers: Vec<_> = walk(&home)
             .into_iter()

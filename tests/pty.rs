@@ -560,12 +560,12 @@ fn helper(mode: &str, out: &std::path::Path, env: &[(&str, &str)]) -> Command {
 /// Not a test on its own: the body of the subprocess above (does nothing without PTY_HELPER).
 #[test]
 fn library_helper() {
-    use qwen_rotation::pty::{self, Control};
+    use qwen_rotation::run::terminal::{self, Control};
     let Ok(mode) = std::env::var("PTY_HELPER") else {
         return;
     };
     let out = std::env::var_os("PTY_HELPER_OUT").unwrap();
-    let (controller, controls) = pty::controls();
+    let (controller, controls) = terminal::controls();
     let mut seen = Vec::new();
     let result = match mode.as_str() {
         "controls" => {
@@ -577,7 +577,7 @@ fn library_helper() {
                 ));
                 c.send(Control::Notice(format!("long {}", "n".repeat(200))));
             });
-            pty::run(
+            terminal::run(
                 Command::new("cat"),
                 &mut |b: &[u8]| seen.extend_from_slice(b),
                 controls,
@@ -585,7 +585,7 @@ fn library_helper() {
         }
         "panic" => {
             let mut first = true;
-            pty::run(
+            terminal::run(
                 Command::new("cat"),
                 &mut |_: &[u8]| {
                     if std::mem::take(&mut first) {
@@ -595,7 +595,7 @@ fn library_helper() {
                 controls,
             )
         }
-        "missing" => pty::run(
+        "missing" => terminal::run(
             Command::new("/nonexistent/qwen"),
             &mut |_: &[u8]| {},
             controls,

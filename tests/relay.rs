@@ -20,8 +20,8 @@ use mock::Mock;
 use qwen_rotation::config::{Config, Paths};
 use qwen_rotation::detect::Patterns;
 use qwen_rotation::relay::{Relay, Setup};
-use qwen_rotation::state::{Loaded, State, Status};
 use qwen_rotation::vault::Vault;
+use qwen_rotation::vault::state::{Loaded, State, Status};
 
 // ---------------------------------------------------------------------------------------------
 // Fixture
@@ -913,7 +913,7 @@ fn child_env_gives_qwen_the_relay_and_never_the_key() {
     }
     // An OAuth launch is not the relay's.
     let mut oauth = launch.clone();
-    oauth.kind = qwen_rotation::vault::Kind::OAuth;
+    oauth.kind = qwen_rotation::model::Kind::OAuth;
     oauth.api = None;
     assert!(f.relay.child_env(&oauth).is_none());
 }
@@ -924,8 +924,8 @@ fn switch_to_follows_a_rotation_made_elsewhere() {
     let f = on_mock(&mock, &["ok", "ok"]);
     let vault = Vault::open(f.paths.clone(), Config::default());
     // run.rs rotated on its own (a quota error inside a stream that only output scanning saw).
-    let hit = qwen_rotation::detect::Hit {
-        class: qwen_rotation::detect::Class::Quota,
+    let hit = qwen_rotation::model::Hit {
+        class: qwen_rotation::model::Class::Quota,
         phrase: "insufficient_quota".into(),
         reset_at: None,
     };

@@ -344,7 +344,7 @@ fn text_output_streams_by_default_and_a_started_answer_is_not_retried() {
 fn held_text_past_the_hold_limit_streams_on_and_is_not_retried() {
     let sb = pool();
     // Twice the hold limit: what is held is let go once it passes the limit, the rest streams.
-    let total = 2 * qwen_rotation::pipes::HOLD_LIMIT;
+    let total = 2 * qwen_rotation::run::streams::HOLD_LIMIT;
     let mut cmd = partial_then_quota(&sb, &["--rotation-hold", "-p", "hi"]);
     cmd.env("PARTIAL", "")
         .env("PARTIAL_BYTES", total.to_string());

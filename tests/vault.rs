@@ -10,11 +10,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use qwen_rotation::config::Strategy;
-use qwen_rotation::detect::{Class, Hit};
 use qwen_rotation::error::Error;
-use qwen_rotation::state::Status;
-use qwen_rotation::vault::{Kind, Rotation};
+use qwen_rotation::model::Kind;
+use qwen_rotation::model::Strategy;
+use qwen_rotation::model::{Class, Hit};
+use qwen_rotation::vault::Rotation;
+use qwen_rotation::vault::state::Status;
 use vault_home::*;
 
 #[test]
@@ -297,7 +298,7 @@ fn an_auth_report_that_lost_the_race_does_not_lock_out_the_launched_oauth_slot()
 }
 
 /// Rewrites state.yaml through a closure (a hand edit, or time passing).
-fn edit_state(h: &Home, f: impl FnOnce(&mut qwen_rotation::state::State)) {
+fn edit_state(h: &Home, f: impl FnOnce(&mut qwen_rotation::vault::state::State)) {
     let mut st = h.state();
     f(&mut st);
     fs::write(&h.paths.state, st.to_yaml()).unwrap();
@@ -785,7 +786,7 @@ fn a_crash_in_the_middle_of_a_write_leaves_a_temporary_the_next_run_removes() {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(qwen_rotation::vault::is_temp_name)
+                    .is_some_and(qwen_rotation::files::is_temp_name)
             })
             .collect()
     };
@@ -950,7 +951,8 @@ fn a_crash_at_any_step_loses_nothing() {
             }
             // state.yaml parses, or the next operation rebuilds it with a warning.
             if h.paths.state.exists() {
-                qwen_rotation::state::State::parse(&h.state_text()).expect("state.yaml parses");
+                qwen_rotation::vault::state::State::parse(&h.state_text())
+                    .expect("state.yaml parses");
             }
             // The next operations go through at once.
             let t = Instant::now();
@@ -1063,8 +1065,8 @@ fn world_readable_files_are_reported() {
     fs::set_permissions(h.paths.oauth_slot(2), fs::Permissions::from_mode(0o644)).unwrap();
     let o = h.vault().overview().unwrap();
     assert_eq!(o.slots[&2].mode & 0o777, 0o644);
-    assert!(qwen_rotation::vault::too_open(o.slots[&2].mode));
-    assert!(!qwen_rotation::vault::too_open(o.slots[&1].mode));
+    assert!(qwen_rotation::files::too_open(o.slots[&2].mode));
+    assert!(!qwen_rotation::files::too_open(o.slots[&1].mode));
 }
 
 mod sequences {
@@ -1170,7 +1172,7 @@ mod sequences {
                     assert_eq!(
                         text,
                         qwen_rotation::vault::ApiKeySlot {
-                            key: qwen_rotation::vault::Secret::new(token(&format!("key-{name}"))),
+                            key: qwen_rotation::model::Secret::new(token(&format!("key-{name}"))),
                             base_url: None,
                             model: None,
                             env_key: "OPENAI_API_KEY".into(),
@@ -1249,7 +1251,7 @@ mod sequences {
                         counter += 1;
                         let name = format!("k{counter}");
                         let slot = qwen_rotation::vault::ApiKeySlot {
-                            key: qwen_rotation::vault::Secret::new(token(&format!("key-{name}"))),
+                            key: qwen_rotation::model::Secret::new(token(&format!("key-{name}"))),
                             base_url: None,
                             model: None,
                             env_key: "OPENAI_API_KEY".into(),

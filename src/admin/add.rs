@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, exit};
 use crate::files;
+use crate::model::Secret;
 use crate::text::{printable, redact_url};
-use crate::vault::{self, ApiKeySlot, LiveFile, Secret, Vault};
+use crate::vault::{self, ApiKeySlot, LiveFile, Vault};
 
 use super::parse::{AddArgs, label_arg};
 use super::ui::{Ui, describe, out};
@@ -51,13 +52,13 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
         ));
     }
     let real = crate::locate::real_qwen()?;
-    vault::ensure_dir(&v.paths.home)?;
+    files::ensure_dir(&v.paths.home)?;
     let tmp = tempfile::Builder::new()
         .prefix(".login-")
         .tempdir_in(&v.paths.home)
         .map_err(|e| Error::io("create a temporary home in", &v.paths.home, e))?;
     let qwen_home = tmp.path().join(".qwen");
-    vault::ensure_dir(&qwen_home)?;
+    files::ensure_dir(&qwen_home)?;
     fs::write(
         qwen_home.join("settings.json"),
         login_settings(&v.paths.settings),

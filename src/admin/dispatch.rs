@@ -31,7 +31,7 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
             Command::Doctor { .. } | Command::Help | Command::Version
         )
     }) {
-        crate::warn(problem);
+        crate::error::warn(problem);
     }
     // A pool declared in the environment replaces the slot files; a malformed one is bad usage.
     let vault = if parsed.command == Command::Help {

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::audit::events;
 use crate::config::{Config, Paths};
-use crate::state::{Loaded, State, Status};
-use crate::vault::{self, Kind, LiveFile, Scan, Scope, Vault};
+use crate::files;
+use crate::model::Kind;
+use crate::vault::audit::events;
+use crate::vault::state::{Loaded, State, Status};
+use crate::vault::{self, LiveFile, Scan, Scope, Vault};
 
 use super::findings::{Finding, Findings, Level, Repair};
 use super::status::watch_mode;
@@ -140,7 +142,7 @@ pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
             );
         }
         let mode = meta.mode() & 0o7777;
-        if vault::too_open(mode) && mode & 0o022 == 0 && *path == paths.home {
+        if files::too_open(mode) && mode & 0o022 == 0 && *path == paths.home {
             // qwen itself creates its home 0755. What protects a credential is the file's own
             // 0600 (checked below, a problem when wider); a home others may only list shows
             // them names. So a note with the fix, not a verdict that flips after a plain
@@ -159,7 +161,7 @@ pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
                 .fix(format!("chmod 700 {}", path.display())),
                 Some(Repair::Chmod(path.clone(), 0o700)),
             );
-        } else if vault::too_open(mode) {
+        } else if files::too_open(mode) {
             wide += 1;
             f.push(
                 Finding::new(
@@ -248,7 +250,7 @@ pub(super) fn check_leftovers(paths: &Paths, f: &mut Findings) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let p = e.path();
-            if name.starts_with(vault::TEMP_PREFIX) && old(&p) {
+            if name.starts_with(files::TEMP_PREFIX) && old(&p) {
                 f.push(
                     Finding::new(
                         "leftovers",

@@ -6,12 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
-use crate::audit::{self, Event, events};
 use crate::error::Error;
 use crate::model::Class;
-use crate::state::Status;
+use crate::model::Kind;
 use crate::text::printable;
-use crate::vault::{Kind, Scope, Vault};
+use crate::vault::audit::{self, Event, events};
+use crate::vault::state::Status;
+use crate::vault::{Scope, Vault};
 
 use super::ui::{Ui, describe, effective_status, out, plural, print_json, relative, table, ts};
 

@@ -6,11 +6,13 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use crate::config::Strategy;
 use crate::error::{Error, exit};
-use crate::state::Status;
+use crate::files;
+use crate::model::Kind;
+use crate::model::Strategy;
 use crate::text::printable;
-use crate::vault::{self, Kind, LiveFile, Overview, Vault};
+use crate::vault::state::Status;
+use crate::vault::{self, LiveFile, Overview, Vault};
 
 use super::ui::{
     Ui, capital, describe, effective_status, list, live_line, out, plural, print_json, relative,
@@ -123,15 +125,15 @@ pub(super) fn pool_line(v: &Vault) -> Option<String> {
     let pool = v.env_pool()?;
     let sources: Vec<&str> = pool.slots.values().map(|s| s.source.as_str()).collect();
     let state = match &pool.state {
-        crate::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
-        crate::env_pool::StateHome::Dir(d) => {
+        crate::vault::env_pool::StateHome::Home => format!("in {}", v.paths.home.display()),
+        crate::vault::env_pool::StateHome::Dir(d) => {
             format!(
                 "in {} ({})",
                 d.display(),
                 v.paths.profile.pool_vars.state_dir
             )
         }
-        crate::env_pool::StateHome::Memory(_) => {
+        crate::vault::env_pool::StateHome::Memory(_) => {
             "for this process only (no writable QWEN_HOME or QWEN_ROTATION_STATE_DIR)".to_string()
         }
     };
@@ -278,7 +280,7 @@ fn notes(o: &Overview) -> Vec<String> {
             )),
             _ => {}
         }
-        if o.slots.get(n).is_some_and(|i| vault::too_open(i.mode)) {
+        if o.slots.get(n).is_some_and(|i| files::too_open(i.mode)) {
             notes.push(format!(
                 "account {n}'s file can be read by other users: qwen --rotation-doctor --fix"
             ));

@@ -7,10 +7,11 @@ use std::io::{self, IsTerminal, Write};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
-use crate::config::human_duration;
 use crate::error::Error;
-use crate::state::{Account, State, rfc3339};
 use crate::text::acts_on_terminal;
+use crate::text::human_duration;
+use crate::text::rfc3339;
+use crate::vault::state::{Account, State};
 use crate::vault::{Overview, Vault};
 
 pub(super) struct Ui {

@@ -59,7 +59,6 @@ mod reset;
 #[cfg(test)]
 mod test_support;
 
-pub use crate::model::{Class, Hit};
 pub use classify::{classify_http, classify_json_output};
 pub use detector::{Anchor, Detector};
 pub use normalize::normalize;

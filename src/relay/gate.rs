@@ -6,7 +6,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::config::Paths;
-use crate::vault::{Kind, Launch};
+use crate::model::Kind;
+use crate::vault::Launch;
 
 use super::upstream::shown_url;
 
@@ -174,7 +175,8 @@ fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vault::{ApiTarget, Secret};
+    use crate::model::Secret;
+    use crate::vault::ApiTarget;
 
     #[test]
     fn argv_that_bypasses_the_relay_rules_it_out() {

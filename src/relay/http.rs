@@ -297,7 +297,7 @@ pub(super) fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
         Some(t) => format!(
             "the first one will reset at {} (in {})",
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            crate::config::human_duration(t - Utc::now())
+            crate::text::human_duration(t - Utc::now())
         ),
         None => format!(
             "no reset time is known (see `{} --rotation-status`); the quota will reset at the provider's next reset",
@@ -527,7 +527,8 @@ pub(super) fn hop_by_hop(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Class, Patterns};
+    use crate::detect::Patterns;
+    use crate::model::Class;
 
     #[test]
     fn hop_by_hop_and_credentials_are_not_forwarded() {

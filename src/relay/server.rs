@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::vault::Secret;
+use crate::model::Secret;
 
 use super::http::{
     CHUNK, FromQwen, IDLE_TIMEOUT, Incoming, ToQwen, openai_error, read_body, read_head,

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use crate::detect::{Hit, Patterns};
+use crate::detect::Patterns;
 use crate::error::Error;
+use crate::model::Hit;
 use crate::model::account_name;
-use crate::vault::{ApiTarget, Kind, Launch, Rotation, Secret, Vault};
+use crate::model::{Kind, Secret};
+use crate::vault::{ApiTarget, Launch, Rotation, Vault};
 
 use super::http::{Answer, exhausted_answer, unservable_answer};
 use super::proxy::Routes;

@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::detect::Patterns;
-use crate::vault::{Kind, Launch, Secret, Vault};
+use crate::model::{Kind, Secret};
+use crate::vault::{Launch, Vault};
 
 use super::proxy::Routes;
 use super::server::accept_loop;

@@ -4,7 +4,8 @@
 
 use std::io::{self, Read};
 
-use crate::detect::{self, Class};
+use crate::detect::{self};
+use crate::model::Class;
 
 use super::http::{
     Answer, Incoming, ToQwen, hop_by_hop, openai_error, stream_answer, write_answer,

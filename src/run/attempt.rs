@@ -8,9 +8,11 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use crate::detect::Patterns;
+use crate::error::warn;
+use crate::model::Kind;
 use crate::relay::{self, Relay};
-use crate::vault::{Kind, Launch, Vault};
-use crate::{settings, warn};
+use crate::settings;
+use crate::vault::{Launch, Vault};
 
 /// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
 /// nothing forbids it; otherwise output scanning alone watches the run (and says why, once).

@@ -18,12 +18,14 @@ use super::signals;
 use super::stdin::StdinSource;
 use super::streams::StdoutMode;
 use crate::cli::Modifiers;
-use crate::config::{OnExhausted, human_duration};
-use crate::detect::{Class, Patterns};
+use crate::config::OnExhausted;
+use crate::detect::Patterns;
 use crate::error::Error;
+use crate::error::warn;
+use crate::model::Class;
 use crate::relay::Relay;
+use crate::text::human_duration;
 use crate::vault::{Launch, Rotation, Vault};
-use crate::warn;
 
 /// The attempt loop for runs whose stdin or stdout is not a terminal.
 pub(super) fn headless(

@@ -15,12 +15,14 @@ use super::attempt::{attempt_env, start_relay};
 use super::exec::{exec, notice};
 use super::record::{RunRecord, launch_label, what};
 use super::signals;
-use crate::detect::{Hit, Patterns};
+use crate::detect::Patterns;
 use crate::error::Error;
+use crate::error::warn;
+use crate::model::Hit;
+use crate::model::Kind;
 use crate::profile::Argv;
 use crate::relay::Relay;
-use crate::vault::{Kind, Launch, Rotation, Vault};
-use crate::warn;
+use crate::vault::{Launch, Rotation, Vault};
 
 /// A person at a terminal: qwen runs on a pseudo-terminal relayed to ours, and a quota error on
 /// screen swaps the credentials under the running session (DESIGN.md, "Running the real qwen").

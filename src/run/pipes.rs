@@ -38,14 +38,13 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use super::signals::{self, Outcome};
+use super::stdin::StdinSource;
 use super::streams::{
-    Event, StderrResult, StdoutResult, relay_stderr, relay_stdout, write_stderr, write_stdout,
+    Event, StderrResult, StdoutMode, StdoutResult, relay_stderr, relay_stdout, write_stderr,
+    write_stdout,
 };
-use crate::detect::{Class, Hit, Patterns, classify_json_output};
-
-// The public surface of `crate::pipes` from before the split into stdin.rs and streams.rs.
-pub use super::stdin::{StdinPump, StdinSource};
-pub use super::streams::{HOLD_LIMIT, StdoutMode};
+use crate::detect::{Patterns, classify_json_output};
+use crate::model::{Class, Hit};
 
 /// One attempt's inputs.
 pub struct Attempt<'a> {

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use super::exec::fail;
 use super::signals;
-use crate::audit::{Event, events};
-use crate::detect::Hit;
 use crate::error::Error;
+use crate::model::Hit;
 use crate::model::account_name;
 use crate::relay::{self, Relay};
+use crate::vault::audit::{Event, events};
 use crate::vault::{Launch, Vault};
 
 /// One watched run, for its `run` line in rotation.log.

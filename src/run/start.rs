@@ -12,12 +12,15 @@ use super::exec::{exec, fail, notice, within};
 use super::headless::headless;
 use super::interactive::interactive_session;
 use crate::cli::Modifiers;
-use crate::config::{Config, OnExhausted, Paths, human_duration};
+use crate::config::{Config, OnExhausted, Paths};
 use crate::detect::Patterns;
 use crate::error::Error;
+use crate::error::warn;
+use crate::locate;
 use crate::relay;
+use crate::text::human_duration;
+use crate::vault::env_pool;
 use crate::vault::{Launch, SlotSource, Vault};
-use crate::{env_pool, locate, warn};
 
 /// Runs the real qwen with `args`; never returns.
 pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {

@@ -45,7 +45,7 @@ impl StdinSource {
                 Ok(pump) => StdinSource::Pumped(pump),
                 // No thread for the copy (EAGAIN): qwen reads the pipe itself, unreplayable.
                 Err(e) => {
-                    crate::warn(format!(
+                    crate::error::warn(format!(
                         "cannot start a thread to keep a copy of stdin ({e}); this run will not be retried"
                     ));
                     StdinSource::Unreplayable

@@ -12,7 +12,8 @@ use std::sync::mpsc::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::signals::Outcome;
-use crate::detect::{Anchor, Class, Detector, Hit, Patterns};
+use crate::detect::{Anchor, Detector, Patterns};
+use crate::model::{Class, Hit};
 use crate::profile::Argv;
 
 /// How qwen's stdout is to be treated, from `--output-format`.

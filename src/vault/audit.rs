@@ -19,7 +19,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::detect::Hit;
+use crate::model::Hit;
 use crate::text::rfc3339;
 
 /// The event names (the seeds' `account_switch` plus ours).

@@ -4,9 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::detect::Hit;
 use crate::error::{Error, Result};
 use crate::files::{digest, ensure_dir, replace_file, unused_name, write_atomic};
+use crate::model::Hit;
 use crate::model::{Kind, Strategy};
 
 use super::audit::{Event, events};
@@ -205,7 +205,7 @@ impl Tx<'_> {
             if fs::metadata(&live_path).is_ok_and(|m| m.len() > 0) {
                 self.backup(&live_path, "oauth_creds.live")?;
                 if live == Live::Foreign {
-                    crate::warn(format!(
+                    crate::error::warn(format!(
                         "{} held a login that is not one of your accounts; kept it in {} (add it with {} --rotation-add)",
                         live_path.display(),
                         backups.display(),

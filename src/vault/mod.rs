@@ -28,10 +28,6 @@ pub mod state;
 mod store;
 mod tx;
 
-pub use crate::files::{
-    TEMP_PREFIX, digest, ensure_dir, is_temp_name, keep_owner, make_private, too_open, write_atomic,
-};
-pub use crate::model::{Kind, Secret};
 pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
 pub use live::{LiveFile, owner_of, qwen_lock_is_stale};
 pub use slots::{

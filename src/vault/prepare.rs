@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use crate::detect::{Class, Hit};
 use crate::error::{Error, Result};
 use crate::files::{digest, too_open};
 use crate::model::Kind;
+use crate::model::{Class, Hit};
 
 use super::handle::{Launch, Overview, Rotation, Vault, api_launch};
 use super::live::{LiveFile, owner_of};
@@ -163,7 +163,7 @@ impl Vault {
                 1 => String::new(),
                 n => format!(" and {} more", n - 1),
             };
-            crate::warn(format!(
+            crate::error::warn(format!(
                 "{}{more} can be read by other users; run `qwen --rotation-doctor --fix` (files 0600, directories 0700)",
                 first.display()
             ));

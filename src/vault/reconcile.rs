@@ -30,11 +30,11 @@ pub(super) fn reconcile(
     let env_pool = infos.values().any(|i| env_source(i).is_some());
     for n in gone {
         if loud && env_pool {
-            crate::warn(format!(
+            crate::error::warn(format!(
                 "account {n} is in state.yaml but no key variable declares it any more; dropped it"
             ));
         } else if loud {
-            crate::warn(format!(
+            crate::error::warn(format!(
                 "account {n} is in state.yaml but its file is gone from accounts/; dropped it"
             ));
         }

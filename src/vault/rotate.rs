@@ -3,9 +3,9 @@
 
 use std::fs;
 
-use crate::detect::{Class, Hit};
 use crate::error::{Error, Result};
 use crate::model::Kind;
+use crate::model::{Class, Hit};
 
 use super::audit::{Event, events};
 use super::handle::{Launch, Rotation, api_launch};
@@ -35,7 +35,7 @@ impl Tx<'_> {
                     } else {
                         a.status_at(now).human().to_string()
                     };
-                    crate::warn(format!(
+                    crate::error::warn(format!(
                         "{} (from --rotation-account) is {why}",
                         a.describe(n)
                     ));

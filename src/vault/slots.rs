@@ -239,8 +239,8 @@ pub(super) fn inspect_slot(paths: &Paths, n: usize, kinds: &[Kind]) -> SlotInfo 
             // wherever that is. The fix puts a copy of the target in the link's place.
             let target = fs::read_link(&path).unwrap_or_default();
             let (target, path) = (
-                crate::error::printable(&target.to_string_lossy()),
-                crate::error::printable(&path.to_string_lossy()),
+                crate::text::printable(&target.to_string_lossy()),
+                crate::text::printable(&path.to_string_lossy()),
             );
             info.problem = Some(format!(
                 "the slot file is a symlink to {target}; slots must be regular files: \

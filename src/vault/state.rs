@@ -18,9 +18,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::detect::Class;
-use crate::model::{Kind, Strategy};
-pub use crate::text::rfc3339;
+use crate::model::{Class, Kind, Strategy};
+use crate::text::rfc3339;
 
 /// A slot's health. `Healthy` is the only status a run may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

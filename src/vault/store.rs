@@ -188,7 +188,7 @@ impl Store for FileStore {
                 } else {
                     "could not keep a copy".into()
                 };
-                crate::warn(format!(
+                crate::error::warn(format!(
                     "{} is unreadable ({problem}); {where_} and rebuilt it from {}",
                     state.display(),
                     self.rebuilt_from.display()
@@ -226,14 +226,14 @@ impl Store for FileStore {
         if !c.events.is_empty()
             && let Err(e) = audit::rotate_if_large(log, audit::MAX_LOG_BYTES)
         {
-            crate::warn(format!(
+            crate::error::warn(format!(
                 "cannot rotate {}: {}",
                 log.display(),
                 io_reason(&e)
             ));
         }
         if let Err(e) = audit::append(log, c.events) {
-            crate::warn(format!(
+            crate::error::warn(format!(
                 "cannot append to {}: {}",
                 log.display(),
                 io_reason(&e)
@@ -253,10 +253,10 @@ impl Store for FileStore {
             && let Ok(_lock) = RotationLock::acquire(&self.files.lock, lock_timeout)
             && let Err(e) = audit::rotate_if_large(log, audit::MAX_LOG_BYTES)
         {
-            crate::warn(format!("cannot rotate {}: {e}", log.display()));
+            crate::error::warn(format!("cannot rotate {}: {e}", log.display()));
         }
         if let Err(e) = audit::append(log, &[event]) {
-            crate::warn(format!("cannot append to {}: {e}", log.display()));
+            crate::error::warn(format!("cannot append to {}: {e}", log.display()));
         }
     }
 

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use qwen_rotation::audit::{self, Event};
 use qwen_rotation::config::{Config, Paths};
-use qwen_rotation::detect::{Class, Hit};
-use qwen_rotation::state::State;
+use qwen_rotation::model::{Class, Hit};
 use qwen_rotation::vault::Vault;
+use qwen_rotation::vault::audit::{self, Event};
+use qwen_rotation::vault::state::State;
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_qwen");
 

@@ -467,7 +467,7 @@ impl Session<'_> {
     /// back, the child is hung up as a closing terminal would, and its status is awaited.
     fn abandon(&mut self, e: Errno) -> Outcome {
         self.raw.restore();
-        crate::warn(format!(
+        crate::error::warn(format!(
             "the terminal relay stopped ({e}); ending {}'s session",
             crate::profile::active().name
         ));
