@@ -15,6 +15,25 @@ use super::parse::{Command, parse};
 use super::status;
 use super::ui::{Ui, out};
 
+/// The management path of `main`: runs the command in `args` and exits with its code. A bug of
+/// ours (a panic) is one line and exit 1, never a backtrace that could quote a secret.
+pub fn main(args: &[String]) -> ! {
+    // Management output goes to people and pipes: `| head` ends us quietly, as it would any
+    // Unix tool (the run path keeps EPIPE instead; see run/pipes.rs).
+    // SAFETY: SIG_DFL installs no Rust handler.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    let code = crate::error::guarded(|| Ok(run(args, &Paths::from_env()))).unwrap_or_else(|bug| {
+        crate::error::say(bug);
+        exit::FAILURE
+    });
+    std::process::exit(code)
+}
+
 /// Runs one management command; returns the exit code.
 pub fn run(args: &[String], paths: &Paths) -> i32 {
     let parsed = match parse(args) {

@@ -17,7 +17,7 @@
 //! `ui` (output helpers) → `parse` (argv to a `Command`), `findings` (what doctor reports) →
 //! `help`, `history` (stats, log), `add` (add, setup) → `status` (status, watch and the
 //! one-account commands) → `doctor_env`, `doctor_home` (the checks) → `doctor` → `dispatch`
-//! (`run`: the one entry).
+//! (`main` and `run`: the one entry).
 //! May import every layer below admin (vocabulary, config/cli/locate/detect, vault,
 //! settings/relay/run); nothing imports admin but main.
 
@@ -33,4 +33,4 @@ mod parse;
 mod status;
 mod ui;
 
-pub use dispatch::run;
+pub use dispatch::{main, run};
