@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, exit};
 use crate::files;
+use crate::profile::SettingsSpec;
 use crate::text::{printable, redact_url};
 use crate::vault::{self, ApiKeySlot, LiveFile, Secret, Vault};
 
@@ -56,26 +57,24 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
         .prefix(".login-")
         .tempdir_in(&v.paths.home)
         .map_err(|e| Error::io("create a temporary home in", &v.paths.home, e))?;
-    let qwen_home = tmp.path().join(".qwen");
+    let profile = v.paths.profile;
+    let qwen_home = tmp.path().join(profile.home.dir);
     vault::ensure_dir(&qwen_home)?;
+    let settings = qwen_home.join(profile.settings.file);
     fs::write(
-        qwen_home.join("settings.json"),
-        login_settings(&v.paths.settings),
+        &settings,
+        login_settings(&profile.settings, &v.paths.settings),
     )
-    .map_err(|e| Error::io("write", qwen_home.join("settings.json"), e))?;
+    .map_err(|e| Error::io("write", &settings, e))?;
     crate::error::say(
         "starting qwen in a temporary home: log in to the account to add, then quit qwen (/quit).\n\
          Your current login is not touched.",
     );
     let mut cmd = std::process::Command::new(&real.path);
-    cmd.env("HOME", tmp.path()).env("QWEN_HOME", &qwen_home);
+    cmd.env("HOME", tmp.path())
+        .env(profile.home.var, &qwen_home);
     // qwen picks API-key auth when these are set; the login needs OAuth.
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_MODEL",
-        "QWEN_MODEL",
-    ] {
+    for var in profile.api.login_clears {
         cmd.env_remove(var);
     }
     let mut child = cmd.spawn().map_err(|e| Error::RealNotExecutable {
@@ -87,7 +86,7 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
     let status = child
         .wait()
         .map_err(|e| Error::io("wait for", &real.path, e))?;
-    let creds = qwen_home.join("oauth_creds.json");
+    let creds = qwen_home.join(profile.creds.file);
     let bytes = match files::read_regular(&creds, files::MAX_OWN_FILE, true) {
         Ok(b) => b,
         Err(_) => {
@@ -106,29 +105,20 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
 }
 
 /// The settings for the login home: the person's own settings (so proxies and the like keep
-/// working) with the OAuth login selected.
-fn login_settings(user_settings: &Path) -> String {
+/// working) without what could pick an API key (the profile's `login_strip`: for qwen
+/// settings.env too), and with the OAuth login selected.
+fn login_settings(spec: &SettingsSpec, user_settings: &Path) -> String {
     let mut v: Value = crate::settings::read(user_settings)
         .object()
         .unwrap_or_else(|| json!({}));
-    if let Some(o) = v.as_object_mut() {
-        // The login must not inherit API-key variables from settings.env either.
-        o.remove("env");
-        let security = o.entry("security").or_insert_with(|| json!({}));
-        if !security.is_object() {
-            *security = json!({});
-        }
-        if let Some(s) = security.as_object_mut() {
-            let auth = s.entry("auth").or_insert_with(|| json!({}));
-            if !auth.is_object() {
-                *auth = json!({});
-            }
-            if let Some(a) = auth.as_object_mut() {
-                a.retain(|k, _| k != "apiKey" && k != "baseUrl");
-                a.insert("selectedType".into(), json!("qwen-oauth"));
-            }
+    for pointer in spec.login_strip {
+        let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        let key = key.replace("~1", "/").replace("~0", "~");
+        if let Some(o) = v.pointer_mut(parent).and_then(Value::as_object_mut) {
+            o.remove(&key);
         }
     }
+    crate::settings::set(&mut v, spec.selected, json!(spec.auth_oauth));
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
 }
 
@@ -190,7 +180,7 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
         env_key: a
             .env_key
             .clone()
-            .unwrap_or_else(|| vault::DEFAULT_ENV_KEY.into()),
+            .unwrap_or_else(|| v.paths.profile.api.key_var.into()),
     };
     let n = v.add_api_key(&slot, a.label.as_deref())?;
     let o = v.overview()?;
@@ -361,7 +351,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("settings.json");
         fs::write(&p, r#"{"security":{"auth":{"selectedType":"openai","apiKey":"k"}},"env":{"X":"y"},"general":{"a":1}}"#).unwrap();
-        let v: Value = serde_json::from_str(&login_settings(&p)).unwrap();
+        let v: Value =
+            serde_json::from_str(&login_settings(&crate::profile::QWEN.settings, &p)).unwrap();
         assert_eq!(
             v.pointer("/security/auth/selectedType"),
             Some(&json!("qwen-oauth"))
@@ -369,7 +360,11 @@ mod tests {
         assert_eq!(v.pointer("/security/auth/apiKey"), None);
         assert_eq!(v.get("env"), None);
         assert_eq!(v.pointer("/general/a"), Some(&json!(1)));
-        let v: Value = serde_json::from_str(&login_settings(&dir.path().join("absent"))).unwrap();
+        let v: Value = serde_json::from_str(&login_settings(
+            &crate::profile::QWEN.settings,
+            &dir.path().join("absent"),
+        ))
+        .unwrap();
         assert_eq!(
             v.pointer("/security/auth/selectedType"),
             Some(&json!("qwen-oauth"))
