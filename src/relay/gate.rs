@@ -253,6 +253,35 @@ mod tests {
     }
 
     #[test]
+    fn the_profile_names_the_options_and_the_providers_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut profile = crate::profile::QWEN.clone();
+        profile.name = "other";
+        profile.api.argv_key = &["--key"];
+        profile.argv.model = &["--llm"];
+        profile.settings.providers = Some("providers");
+        let paths = Paths::of(Box::leak(Box::new(profile)), dir.path());
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            relay_possible_for(&paths, None, &args(&["--key", "k"])).unwrap_err(),
+            "--key on the command line gives other a key of its own"
+        );
+        assert!(relay_possible_for(&paths, None, &args(&["--openai-api-key", "k"])).is_ok());
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://a.test/v1"}]},
+                "providers":{"openai":[{"id":"m2","baseUrl":"https://b.test/v1"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
+        let err = relay_possible_for(&paths, None, &args(&["--llm", "m2"])).unwrap_err();
+        assert!(
+            err.ends_with("(providers.openai), so other would send its requests past the relay"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_model_provider_with_a_base_url_rules_the_relay_out() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::at(dir.path());
