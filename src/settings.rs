@@ -28,23 +28,19 @@ use serde_json::{Map, Value};
 
 use crate::config::Paths;
 use crate::model::Kind;
+use crate::profile::SettingsSpec;
 use crate::vault::Launch;
 
-const SYSTEM_SETTINGS_VAR: &str = "QWEN_CODE_SYSTEM_SETTINGS_PATH";
-const SYSTEM_DEFAULTS_VAR: &str = "QWEN_CODE_SYSTEM_DEFAULTS_PATH";
-const SYSTEM_SETTINGS_DEFAULT: &str = "/etc/qwen-code/settings.json";
-const SYSTEM_DEFAULTS_DEFAULT: &str = "/etc/qwen-code/system-defaults.json";
-
-/// qwen's name for the slot's kind.
-pub fn auth_type(kind: Kind) -> &'static str {
+/// The CLI's name for the slot's kind (the profile's `auth_oauth` / `auth_api_key`).
+pub fn auth_type(spec: &SettingsSpec, kind: Kind) -> &'static str {
     match kind {
-        Kind::OAuth => "qwen-oauth",
-        Kind::ApiKey => "openai",
+        Kind::OAuth => spec.auth_oauth,
+        Kind::ApiKey => spec.auth_api_key,
     }
 }
 
 /// What the user's own settings select (`security.auth.selectedType`, or the older top-level
-/// `selectedAuthType`), and what they enforce.
+/// `selectedAuthType`), and what they enforce: the key paths are the profile's `settings`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Selected {
     pub selected: Option<String>,
@@ -65,21 +61,22 @@ impl Selected {
                 cur.as_str().map(str::to_string)
             })
         };
+        let spec = &paths.profile.settings;
         Selected {
-            selected: pick(&["security", "auth", "selectedType"])
-                .or_else(|| pick(&["selectedAuthType"])),
-            enforced: pick(&["security", "auth", "enforcedType"]),
-            model_name: pick(&["model", "name"]),
+            selected: pick(spec.selected).or_else(|| pick(&[spec.legacy_selected])),
+            enforced: pick(spec.enforced),
+            model_name: pick(spec.model),
         }
     }
 }
 
-/// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json.
-pub fn system_path() -> PathBuf {
-    std::env::var_os(SYSTEM_SETTINGS_VAR)
+/// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json
+/// (the profile's `system_var` and `system_default`).
+pub fn system_path(spec: &SettingsSpec) -> PathBuf {
+    std::env::var_os(spec.system_var)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SYSTEM_SETTINGS_DEFAULT))
+        .unwrap_or_else(|| PathBuf::from(spec.system_default))
 }
 
 /// One settings file as [`read`] finds it.
@@ -127,9 +124,9 @@ pub fn read(path: &Path) -> Doc {
 /// workspace (`<cwd>/.qwen/settings.json`, when `cwd` is given and that is not the user's file),
 /// user. A file that is missing, unreadable or invalid is left out.
 pub fn layers(paths: &Paths, cwd: Option<&Path>) -> Vec<(PathBuf, Value)> {
-    let mut files = vec![system_path()];
+    let mut files = vec![system_path(&paths.profile.settings)];
     if let Some(cwd) = cwd {
-        let workspace = cwd.join(".qwen/settings.json");
+        let workspace = cwd.join(paths.profile.settings.workspace);
         if workspace != paths.settings {
             files.push(workspace);
         }
@@ -211,12 +208,12 @@ pub fn strip_comments(text: &str) -> String {
 }
 
 /// Why a slot cannot run under the user's settings, if it cannot.
-pub fn blocked(launch: &Launch, selected: &Selected) -> Option<String> {
-    let want = auth_type(launch.kind);
+pub fn blocked(paths: &Paths, launch: &Launch, selected: &Selected) -> Option<String> {
+    let want = auth_type(&paths.profile.settings, launch.kind);
     match &selected.enforced {
         Some(enforced) if enforced != want => Some(format!(
-            "qwen's settings enforce the auth type `{enforced}`, so account {} ({want}) cannot be used",
-            launch.slot
+            "{}'s settings enforce the auth type `{enforced}`, so account {} ({want}) cannot be used",
+            paths.profile.name, launch.slot
         )),
         _ => None,
     }
@@ -229,7 +226,8 @@ pub fn override_env(
     launch: &Launch,
     selected: &Selected,
 ) -> std::io::Result<Vec<(OsString, OsString)>> {
-    let want = auth_type(launch.kind);
+    let spec = &paths.profile.settings;
+    let want = auth_type(spec, launch.kind);
     let model = launch.api.as_ref().and_then(|a| a.model.clone());
     let model_differs = launch.kind == Kind::ApiKey
         && model.is_some()
@@ -238,16 +236,12 @@ pub fn override_env(
     if selected.selected.as_deref() == Some(want) && !model_differs {
         return Ok(Vec::new());
     }
-    let mut system = read(&system_path())
+    let mut system = read(&system_path(spec))
         .object()
         .unwrap_or_else(|| Value::Object(Map::new()));
-    set(
-        &mut system,
-        &["security", "auth", "selectedType"],
-        Value::String(want.to_string()),
-    );
+    set(&mut system, spec.selected, Value::String(want.to_string()));
     if let (Kind::ApiKey, Some(model)) = (launch.kind, model) {
-        set(&mut system, &["model", "name"], Value::String(model));
+        set(&mut system, spec.model, Value::String(model));
     }
     let dir = paths.private.clone();
     fs::DirBuilder::new()
@@ -268,16 +262,18 @@ pub fn override_env(
         crate::files::keep_owner(Some(tmp.as_file()), &file);
         tmp.persist(&file).map_err(|e| e.error)?;
     }
-    let defaults = std::env::var_os(SYSTEM_DEFAULTS_VAR)
+    let defaults = std::env::var_os(spec.defaults_var)
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| OsString::from(SYSTEM_DEFAULTS_DEFAULT));
+        .unwrap_or_else(|| OsString::from(spec.defaults_default));
     Ok(vec![
-        (OsString::from(SYSTEM_SETTINGS_VAR), file.into_os_string()),
-        (OsString::from(SYSTEM_DEFAULTS_VAR), defaults),
+        (OsString::from(spec.system_var), file.into_os_string()),
+        (OsString::from(spec.defaults_var), defaults),
     ])
 }
 
-fn set(root: &mut Value, path: &[&str], value: Value) {
+/// Sets `value` at the key path `path`, making each key on the way an object (a value that is
+/// not one is replaced).
+pub fn set(root: &mut Value, path: &[&str], value: Value) {
     let mut cur = root;
     for key in &path[..path.len() - 1] {
         if !cur.get(*key).is_some_and(Value::is_object)
@@ -396,7 +392,9 @@ mod tests {
                 .collect()
         };
         // No system file in this test's environment unless one is installed there.
-        let system = read(&system_path()).object().is_some() as usize;
+        let system = read(&system_path(&paths.profile.settings))
+            .object()
+            .is_some() as usize;
         assert_eq!(
             who(layers(&paths, Some(&work)))[system..],
             ["workspace", "user"]
@@ -404,6 +402,43 @@ mod tests {
         assert_eq!(who(layers(&paths, None))[system..], ["user"]);
         fs::write(work.join(".qwen/settings.json"), "[]").unwrap();
         assert_eq!(who(layers(&paths, Some(&work)))[system..], ["user"]);
+    }
+
+    #[test]
+    fn the_profile_names_the_keys_and_the_system_file_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.json");
+        let mut profile = crate::profile::QWEN.clone();
+        profile.settings.selected = &["auth", "kind"];
+        profile.settings.legacy_selected = "authKind";
+        profile.settings.enforced = &["auth", "must"];
+        profile.settings.model = &["llm"];
+        profile.settings.system_var = "QWEN_ROTATION_TEST_UNSET_SYSTEM_SETTINGS";
+        profile.settings.system_default = system.to_str().unwrap().to_string().leak();
+        let paths = Paths::of(Box::leak(Box::new(profile)), dir.path().join("home"));
+        fs::create_dir_all(paths.settings.parent().unwrap()).unwrap();
+        fs::write(
+            &paths.settings,
+            r#"{"auth": {"kind": "a", "must": "b"}, "llm": "m",
+                "security": {"auth": {"selectedType": "x", "enforcedType": "y"}},
+                "model": {"name": "z"}}"#,
+        )
+        .unwrap();
+        let want = |s: &str, e: &str, m: &str| Selected {
+            selected: Some(s.into()),
+            enforced: Some(e.into()),
+            model_name: Some(m.into()),
+        };
+        assert_eq!(Selected::read(&paths), want("a", "b", "m"));
+        // The older top-level key, and the system layer (the profile's default path) first.
+        fs::write(
+            &paths.settings,
+            r#"{"authKind": "c", "auth": {"must": "b"}, "llm": "m"}"#,
+        )
+        .unwrap();
+        assert_eq!(Selected::read(&paths), want("c", "b", "m"));
+        fs::write(&system, r#"{"auth": {"kind": "s"}, "llm": "n"}"#).unwrap();
+        assert_eq!(Selected::read(&paths), want("s", "b", "n"));
     }
 
     #[test]

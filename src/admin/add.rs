@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, exit};
 use crate::files;
 use crate::model::Secret;
+use crate::profile::SettingsSpec;
 use crate::text::{printable, redact_url};
 use crate::vault::{self, ApiKeySlot, LiveFile, Vault};
 
@@ -23,8 +24,9 @@ pub(super) fn add_live(v: &Vault, label: Option<&str>) -> Result<i32, Error> {
     let live = &v.paths.live_creds;
     let file = LiveFile::read(live).map_err(|e| Error::io("read", live, e))?;
     let Some(bytes) = file.bytes() else {
+        let name = v.paths.profile.name;
         return Err(Error::Other(format!(
-            "there is no login to capture: {} does not exist; log in with the real qwen first, or run qwen --rotation-add --login",
+            "there is no login to capture: {} does not exist; log in with the real {name} first, or run {name} --rotation-add --login",
             live.display()
         )));
     };
@@ -46,10 +48,12 @@ pub(super) fn add_live(v: &Vault, label: Option<&str>) -> Result<i32, Error> {
 /// Runs the real qwen in a fresh temporary home so the person logs in to another account;
 /// then stores the login it wrote. The live login is never touched.
 pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize, Error> {
+    let profile = v.paths.profile;
     if !ui.tty_in || !ui.tty_out {
-        return Err(Error::Usage(
-            "--rotation-add --login runs qwen's interactive login and needs a terminal; on a server, log in elsewhere and copy the oauth_creds.json, or use --api-key".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "--rotation-add --login runs {}'s interactive login and needs a terminal; on a server, log in elsewhere and copy the {}, or use --api-key",
+            profile.name, profile.creds.file
+        )));
     }
     let real = crate::locate::real_qwen()?;
     files::ensure_dir(&v.paths.home)?;
@@ -57,26 +61,24 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
         .prefix(".login-")
         .tempdir_in(&v.paths.home)
         .map_err(|e| Error::io("create a temporary home in", &v.paths.home, e))?;
-    let qwen_home = tmp.path().join(".qwen");
+    let qwen_home = tmp.path().join(profile.home.dir);
     files::ensure_dir(&qwen_home)?;
+    let settings = qwen_home.join(profile.settings.file);
     fs::write(
-        qwen_home.join("settings.json"),
-        login_settings(&v.paths.settings),
+        &settings,
+        login_settings(&profile.settings, &v.paths.settings),
     )
-    .map_err(|e| Error::io("write", qwen_home.join("settings.json"), e))?;
-    crate::error::say(
-        "starting qwen in a temporary home: log in to the account to add, then quit qwen (/quit).\n\
+    .map_err(|e| Error::io("write", &settings, e))?;
+    crate::error::say(format_args!(
+        "starting {name} in a temporary home: log in to the account to add, then quit {name} (/quit).\n\
          Your current login is not touched.",
-    );
+        name = profile.name
+    ));
     let mut cmd = std::process::Command::new(&real.path);
-    cmd.env("HOME", tmp.path()).env("QWEN_HOME", &qwen_home);
+    cmd.env("HOME", tmp.path())
+        .env(profile.home.var, &qwen_home);
     // qwen picks API-key auth when these are set; the login needs OAuth.
-    for var in [
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_MODEL",
-        "QWEN_MODEL",
-    ] {
+    for var in profile.api.login_clears {
         cmd.env_remove(var);
     }
     let mut child = cmd.spawn().map_err(|e| Error::RealNotExecutable {
@@ -88,12 +90,13 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
     let status = child
         .wait()
         .map_err(|e| Error::io("wait for", &real.path, e))?;
-    let creds = qwen_home.join("oauth_creds.json");
+    let creds = qwen_home.join(profile.creds.file);
     let bytes = match files::read_regular(&creds, files::MAX_OWN_FILE, true) {
         Ok(b) => b,
         Err(_) => {
             return Err(Error::Other(format!(
-                "qwen exited ({status}) without a login (it wrote no oauth_creds.json); nothing was added"
+                "{} exited ({status}) without a login (it wrote no {}); nothing was added",
+                profile.name, profile.creds.file
             )));
         }
     };
@@ -107,29 +110,20 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
 }
 
 /// The settings for the login home: the person's own settings (so proxies and the like keep
-/// working) with the OAuth login selected.
-fn login_settings(user_settings: &Path) -> String {
+/// working) without what could pick an API key (the profile's `login_strip`: for qwen
+/// settings.env too), and with the OAuth login selected.
+fn login_settings(spec: &SettingsSpec, user_settings: &Path) -> String {
     let mut v: Value = crate::settings::read(user_settings)
         .object()
         .unwrap_or_else(|| json!({}));
-    if let Some(o) = v.as_object_mut() {
-        // The login must not inherit API-key variables from settings.env either.
-        o.remove("env");
-        let security = o.entry("security").or_insert_with(|| json!({}));
-        if !security.is_object() {
-            *security = json!({});
-        }
-        if let Some(s) = security.as_object_mut() {
-            let auth = s.entry("auth").or_insert_with(|| json!({}));
-            if !auth.is_object() {
-                *auth = json!({});
-            }
-            if let Some(a) = auth.as_object_mut() {
-                a.retain(|k, _| k != "apiKey" && k != "baseUrl");
-                a.insert("selectedType".into(), json!("qwen-oauth"));
-            }
+    for pointer in spec.login_strip {
+        let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        let key = key.replace("~1", "/").replace("~0", "~");
+        if let Some(o) = v.pointer_mut(parent).and_then(Value::as_object_mut) {
+            o.remove(&key);
         }
     }
+    crate::settings::set(&mut v, spec.selected, json!(spec.auth_oauth));
     serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
 }
 
@@ -175,9 +169,10 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
     };
     let key = key.trim().to_string();
     if key.is_empty() {
-        return Err(Error::Usage(
-            "no key given; pipe it in (printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL) or type it at the prompt".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "no key given; pipe it in (printf %s \"$KEY\" | {} --rotation-add --api-key LABEL) or type it at the prompt",
+            v.paths.profile.name
+        )));
     }
     vault::valid_api_key(&key).map_err(|p| {
         Error::Usage(format!(
@@ -191,12 +186,12 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
         env_key: a
             .env_key
             .clone()
-            .unwrap_or_else(|| vault::DEFAULT_ENV_KEY.into()),
+            .unwrap_or_else(|| v.paths.profile.api.key_var.into()),
     };
     let n = v.add_api_key(&slot, a.label.as_deref())?;
     let o = v.overview()?;
     let mut text = format!(
-        "Added {}: an API key{}{}, given to qwen as {}.\n",
+        "Added {}: an API key{}{}, given to {} as {}.\n",
         describe(&o.state, n),
         slot.base_url
             .as_ref()
@@ -206,12 +201,17 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
             .as_ref()
             .map(|m| format!(" (model {})", printable(m)))
             .unwrap_or_default(),
+        v.paths.profile.name,
         slot.env_key
     );
     if slot.base_url.is_none() || slot.model.is_none() {
-        text.push_str(
-            "Note: without --base-url and --model, qwen takes them from its settings (or OPENAI_BASE_URL/OPENAI_MODEL).\n",
-        );
+        let api = &v.paths.profile.api;
+        text.push_str(&format!(
+            "Note: without --base-url and --model, {} takes them from its settings (or {}/{}).\n",
+            v.paths.profile.name,
+            api.base_url_var,
+            api.model_vars.first().copied().unwrap_or_default()
+        ));
     }
     out(&text);
     Ok(0)
@@ -281,16 +281,18 @@ pub(super) fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     if !ui.tty_in || !ui.tty_out {
         crate::error::say(format_args!(
             "--rotation-setup is interactive and needs a terminal; from a script, add accounts one at a time:\n\
-             \x20 qwen --rotation-add LABEL                       capture the login in {}\n\
-             \x20 printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL --base-url URL --model M\n\
-             \x20 (on a terminal: qwen --rotation-add --login LABEL logs in to another account)",
-            v.paths.live_creds.display()
+             \x20 {name} --rotation-add LABEL                       capture the login in {}\n\
+             \x20 printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL --base-url URL --model M\n\
+             \x20 (on a terminal: {name} --rotation-add --login LABEL logs in to another account)",
+            v.paths.live_creds.display(),
+            name = v.paths.profile.name
         ));
         return Ok(exit::USAGE);
     }
     out(&format!(
-        "Setting up account rotation in {}.\nEach account is added by logging in to it in a temporary qwen session; your current login stays as it is.\n\n",
-        v.paths.home.display()
+        "Setting up account rotation in {}.\nEach account is added by logging in to it in a temporary {} session; your current login stays as it is.\n\n",
+        v.paths.home.display(),
+        v.paths.profile.name
     ));
     let before = v.overview()?;
     if let Some(bytes) = before.live.bytes()
@@ -313,8 +315,9 @@ pub(super) fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     loop {
         let count = v.overview()?.state.accounts.len();
         let reply = ask(&format!(
-            "\n=== Account {} ===\nPress Enter to start qwen and log in to another account (q + Enter to finish): ",
-            count + 1
+            "\n=== Account {} ===\nPress Enter to start {} and log in to another account (q + Enter to finish): ",
+            count + 1,
+            v.paths.profile.name
         ))?;
         match reply.as_deref() {
             None => break,
@@ -336,8 +339,9 @@ pub(super) fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     }
     let o = v.overview()?;
     out(&format!(
-        "\nDone: {added} added, {} accounts in total. qwen --rotation-status shows them; plain `qwen` now rotates.\n",
-        o.state.accounts.len()
+        "\nDone: {added} added, {} accounts in total. {name} --rotation-status shows them; plain `{name}` now rotates.\n",
+        o.state.accounts.len(),
+        name = v.paths.profile.name
     ));
     Ok(0)
 }
@@ -362,7 +366,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("settings.json");
         fs::write(&p, r#"{"security":{"auth":{"selectedType":"openai","apiKey":"k"}},"env":{"X":"y"},"general":{"a":1}}"#).unwrap();
-        let v: Value = serde_json::from_str(&login_settings(&p)).unwrap();
+        let v: Value =
+            serde_json::from_str(&login_settings(&crate::profile::QWEN.settings, &p)).unwrap();
         assert_eq!(
             v.pointer("/security/auth/selectedType"),
             Some(&json!("qwen-oauth"))
@@ -370,7 +375,11 @@ mod tests {
         assert_eq!(v.pointer("/security/auth/apiKey"), None);
         assert_eq!(v.get("env"), None);
         assert_eq!(v.pointer("/general/a"), Some(&json!(1)));
-        let v: Value = serde_json::from_str(&login_settings(&dir.path().join("absent"))).unwrap();
+        let v: Value = serde_json::from_str(&login_settings(
+            &crate::profile::QWEN.settings,
+            &dir.path().join("absent"),
+        ))
+        .unwrap();
         assert_eq!(
             v.pointer("/security/auth/selectedType"),
             Some(&json!("qwen-oauth"))

@@ -506,6 +506,7 @@ pub(super) fn check_config(paths: &Paths, f: &mut Findings) {
 /// API-key slots need qwen to pick OpenAI-compatible auth from the environment.
 fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
     use crate::settings::{Doc, read};
+    let (name, spec) = (paths.profile.name, &paths.profile.settings);
     // The same reader as the run's: a file with comments (which qwen accepts) is valid.
     let v = match read(&paths.settings) {
         Doc::Json(v) => v,
@@ -517,28 +518,37 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
                     Level::Problem,
                     format!("{} is not valid JSON", paths.settings.display()),
                 )
-                .fix("fix it; qwen cannot start with it either"),
+                .fix(format!("fix it; {name} cannot start with it either")),
             );
             return;
         }
     };
-    let selected = v
-        .pointer("/security/auth/selectedType")
+    let selected = spec
+        .selected
+        .iter()
+        .try_fold(&v, |cur, key| cur.get(key))
         .and_then(Value::as_str);
-    if selected == Some("qwen-oauth") {
+    if selected == Some(spec.auth_oauth) {
         f.push(
             Finding::new(
                 "settings",
                 Level::Info,
-                "settings.json selects qwen-oauth: qwen 0.12 then ignores an API-key account's environment (0.24 uses it)",
+                format!(
+                    "{} selects {}: {name} 0.12 then ignores an API-key account's environment (0.24 uses it)",
+                    spec.file, spec.auth_oauth
+                ),
             )
-            .fix("for API-key accounts with qwen 0.12, set security.auth.selectedType to \"openai\""),
+            .fix(format!(
+                "for API-key accounts with {name} 0.12, set {} to \"{}\"",
+                spec.selected.join("."),
+                spec.auth_api_key
+            )),
         );
     }
-    if let Some(providers) = v
-        .pointer("/modelProviders/openai")
-        .and_then(Value::as_array)
-    {
+    if let Some((table, providers)) = spec.providers.and_then(|table| {
+        let entries = v.get(table)?.get(spec.auth_api_key)?.as_array()?;
+        Some((table, entries))
+    }) {
         let keys: Vec<&str> = providers
             .iter()
             .filter_map(|p| p.get("envKey").and_then(Value::as_str))
@@ -548,7 +558,8 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
                 "settings",
                 Level::Info,
                 format!(
-                    "settings.json modelProviders read keys from {}; an API-key account must use the same name (--env-key when adding it)",
+                    "{} {table} read keys from {}; an API-key account must use the same name (--env-key when adding it)",
+                    spec.file,
                     keys.join(", ")
                 ),
             ));

@@ -156,7 +156,10 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     }
     let mut text = String::from("Account usage:\n");
     if st.accounts.is_empty() {
-        text.push_str("  (no accounts yet; see qwen --rotation-help)\n");
+        text.push_str(&format!(
+            "  (no accounts yet; see {} --rotation-help)\n",
+            v.paths.profile.name
+        ));
     } else {
         let most = st
             .accounts

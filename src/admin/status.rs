@@ -54,7 +54,10 @@ pub(super) fn watch_mode(
     if slot.base_url.is_none() {
         return (
             "scan",
-            Some("the slot has no base URL (qwen's default is used)".into()),
+            Some(format!(
+                "the slot has no base URL ({}'s default is used)",
+                v.paths.profile.name
+            )),
         );
     }
     match crate::relay::relay_possible_for(&v.paths, slot.model.as_deref(), &[]) {
@@ -134,7 +137,10 @@ pub(super) fn pool_line(v: &Vault) -> Option<String> {
             )
         }
         crate::vault::env_pool::StateHome::Memory(_) => {
-            "for this process only (no writable QWEN_HOME or QWEN_ROTATION_STATE_DIR)".to_string()
+            format!(
+                "for this process only (no writable {} or {})",
+                v.paths.profile.home.var, v.paths.profile.pool_vars.state_dir
+            )
         }
     };
     Some(format!(
@@ -156,8 +162,9 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     let st = &o.state;
     if st.accounts.is_empty() {
         return format!(
-            "No accounts in {} yet.\n  Capture the current login:      qwen --rotation-add LABEL\n  Log in to another account:      qwen --rotation-add --login LABEL\n  Add an API key (from stdin):    printf %s \"$KEY\" | qwen --rotation-add --api-key LABEL --base-url URL --model M\n",
-            v.paths.home.display()
+            "No accounts in {} yet.\n  Capture the current login:      {name} --rotation-add LABEL\n  Log in to another account:      {name} --rotation-add --login LABEL\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL --base-url URL --model M\n",
+            v.paths.home.display(),
+            name = v.paths.profile.name
         );
     }
     let rows: Vec<Vec<String>> = st
@@ -240,12 +247,13 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
                 "All accounts are spent; the first returns {}.\n",
                 relative(Some(t), now)
             )),
-            None => text.push_str(
-                "No account is usable; see the notes below or run qwen --rotation-doctor.\n",
-            ),
+            None => text.push_str(&format!(
+                "No account is usable; see the notes below or run {} --rotation-doctor.\n",
+                v.paths.profile.name
+            )),
         }
     }
-    for note in notes(o) {
+    for note in notes(v.paths.profile, o) {
         // Notes quote reasons and problems from hand-editable files.
         text.push_str(&format!("{} {}\n", ui.paint("!", "33"), printable(&note)));
     }
@@ -256,8 +264,8 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
 }
 
 /// Problems worth a line under the status table.
-fn notes(o: &Overview) -> Vec<String> {
-    let mut notes = Vec::new();
+fn notes(profile: &crate::profile::Profile, o: &Overview) -> Vec<String> {
+    let (name, mut notes) = (profile.name, Vec::new());
     match &o.state_problem {
         // Not corrupt text: what is in its place (a FIFO, another user's file) is left alone.
         Some(p) if p.starts_with("cannot read") => notes.push(format!(
@@ -271,7 +279,7 @@ fn notes(o: &Overview) -> Vec<String> {
     for (n, a) in &o.state.accounts {
         match a.status_at(o.now) {
             Status::NeedsLogin if a.enabled => notes.push(format!(
-                "account {n} needs a new login ({}): qwen --rotation-add --login, then qwen --rotation-remove {n}; or qwen --rotation-reset {n} if it works again",
+                "account {n} needs a new login ({}): {name} --rotation-add --login, then {name} --rotation-remove {n}; or {name} --rotation-reset {n} if it works again",
                 a.last_reason.as_deref().unwrap_or("refused")
             )),
             Status::Invalid => notes.push(format!(
@@ -282,24 +290,25 @@ fn notes(o: &Overview) -> Vec<String> {
         }
         if o.slots.get(n).is_some_and(|i| files::too_open(i.mode)) {
             notes.push(format!(
-                "account {n}'s file can be read by other users: qwen --rotation-doctor --fix"
+                "account {n}'s file can be read by other users: {name} --rotation-doctor --fix"
             ));
         }
     }
     if matches!(o.live, LiveFile::Symlink { .. }) {
-        notes.push(
-            "oauth_creds.json is a symlink (the old layout); the next run makes it a regular file"
-                .into(),
-        );
+        notes.push(format!(
+            "{} is a symlink (the old layout); the next run makes it a regular file",
+            profile.creds.file
+        ));
     }
     notes
 }
 
 pub(super) fn watch(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     if !ui.tty_out || ui.json {
-        return Err(Error::Usage(
-            "--watch redraws a terminal; run it in one, or use qwen --rotation-status --json in scripts".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "--watch redraws a terminal; run it in one, or use {} --rotation-status --json in scripts",
+            v.paths.profile.name
+        )));
     }
     // The first frame clears the screen; later ones redraw in place: cursor home, each line
     // followed by "erase to end of line", then "erase below" (no blank flash between frames).
@@ -358,9 +367,10 @@ pub(super) fn next(v: &Vault) -> Result<i32, Error> {
             Ok(0)
         }
         None => {
-            crate::error::say(
-                "no other account is available (all cooling down, disabled or needing login); qwen --rotation-status shows each",
-            );
+            crate::error::say(format_args!(
+                "no other account is available (all cooling down, disabled or needing login); {} --rotation-status shows each",
+                v.paths.profile.name
+            ));
             Ok(exit::FAILURE)
         }
     }

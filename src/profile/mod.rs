@@ -33,7 +33,7 @@ pub use qwen::QWEN;
 pub static ALL: &[&Profile] = &[&QWEN];
 
 /// One CLI: its names, files, variables, argv, output shapes and wording.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Profile {
     /// The name on PATH and in argv[0] (`qwen`); also how messages name the real CLI.
     pub name: &'static str,
@@ -52,7 +52,7 @@ pub struct Profile {
 }
 
 /// Our own variables for this profile: switch-off, real CLI, accounts from the environment.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PoolVars {
     /// `off` or `0`: run the real CLI untouched.
     pub off: &'static str,
@@ -71,7 +71,7 @@ pub struct PoolVars {
 }
 
 /// Where the CLI keeps its files (and we keep the pool).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Home {
     /// The variable that names the home (`QWEN_HOME`).
     pub var: &'static str,
@@ -82,7 +82,7 @@ pub struct Home {
 }
 
 /// A version from which the CLI does something, and how messages name the ones before it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Since {
     /// (major, minor).
     pub version: (u64, u64),
@@ -91,7 +91,7 @@ pub struct Since {
 }
 
 /// The live login file and how the CLI treats it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Creds {
     /// The live credentials file in the home.
     pub file: &'static str,
@@ -110,14 +110,14 @@ pub struct Creds {
 }
 
 /// A lock file the CLI takes, and when a left-over one counts as abandoned.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Lock {
     pub file: &'static str,
     pub stale: Duration,
 }
 
 /// The API-key variables the CLI reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Api {
     /// The key (`OPENAI_API_KEY`): the default variable an API-key account sets.
     pub key_var: &'static str,
@@ -139,7 +139,7 @@ pub struct Api {
 }
 
 /// The CLI's settings files and the keys we read or write in them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SettingsSpec {
     /// The user settings file in the home.
     pub file: &'static str,
@@ -169,7 +169,7 @@ pub struct SettingsSpec {
 }
 
 /// The CLI's command line, as far as we read it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Argv {
     /// Options whose value is the next argument (so it is not taken for a positional prompt).
     pub value_options: &'static [&'static str],
@@ -186,7 +186,7 @@ pub struct Argv {
 }
 
 /// What the CLI's errors look like in its output.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Detection {
     /// The built-in phrases: (class, the name a hit carries, a regex over normalised text —
     /// lowercase, single spaces).
@@ -196,7 +196,7 @@ pub struct Detection {
 }
 
 /// What the CLI's interactive screen looks like around an error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Screen {
     /// The character that opens an error block.
     pub error_marker: char,

@@ -31,14 +31,16 @@ pub fn relay_possible_for(
     model: Option<&str>,
     args: &[OsString],
 ) -> Result<(), String> {
-    let from_args = model_from_args(args)?;
+    let from_args = model_from_args(paths, args)?;
     match fixed_base_url(paths, from_args, model) {
         Some(fixed) => Err(format!(
-            "{} fixes the base URL of model `{}` (modelProviders.{}), so qwen would send its \
-             requests past the relay",
+            "{} fixes the base URL of model `{}` ({}.{}), so {} would send its requests past \
+             the relay",
             fixed.file.display(),
             fixed.model,
-            fixed.provider
+            fixed.providers,
+            fixed.provider,
+            paths.profile.name
         )),
         None => Ok(()),
     }
@@ -55,12 +57,13 @@ pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option
         return None;
     }
     let api = launch.api.as_ref();
+    let model_var = paths.profile.api.model_vars.first();
     let slot_model = launch
         .env
         .iter()
-        .find(|(k, _)| k == "OPENAI_MODEL")
+        .find(|(k, _)| model_var.is_some_and(|v| k == v))
         .map(|(_, v)| v.expose().to_string());
-    let from_args = model_from_args(args).unwrap_or(None);
+    let from_args = model_from_args(paths, args).unwrap_or(None);
     let fixed = fixed_base_url(paths, from_args, slot_model.as_deref())?;
     let same = |base: &str| base.trim_end_matches('/') == fixed.base_url.trim_end_matches('/');
     let foreign = match api {
@@ -68,13 +71,15 @@ pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option
         None => fixed.workspace,
     };
     foreign.then(|| {
+        let name = paths.profile.name;
         format!(
-            "{} sends model `{}` to {} (modelProviders.{}), not to the base URL of account {}: \
-             qwen runs without that key and without rotation; remove that entry, or run qwen \
+            "{} sends model `{}` to {} ({}.{}), not to the base URL of account {}: \
+             {name} runs without that key and without rotation; remove that entry, or run {name} \
              outside that directory",
             fixed.file.display(),
             fixed.model,
             shown_url(&fixed.base_url),
+            fixed.providers,
             fixed.provider,
             launch.slot
         )
@@ -83,28 +88,29 @@ pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option
 
 /// The model named on the command line; Err when the command line itself points qwen at
 /// another endpoint or key.
-fn model_from_args(args: &[OsString]) -> Result<Option<String>, String> {
-    let mut from_args = None;
+fn model_from_args(paths: &Paths, args: &[OsString]) -> Result<Option<String>, String> {
+    let (profile, mut from_args) = (paths.profile, None);
     let mut it = args.iter().map(|a| a.to_string_lossy());
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
             _ => (arg.to_string(), None),
         };
-        match name.as_str() {
-            "--" => break,
-            "--openai-base-url" | "--openaiBaseUrl" => {
-                return Err(format!(
-                    "{name} on the command line sends qwen's requests past the relay"
-                ));
-            }
-            "--openai-api-key" | "--openaiApiKey" => {
-                return Err(format!(
-                    "{name} on the command line gives qwen a key of its own"
-                ));
-            }
-            "--model" | "-m" => from_args = inline.or_else(|| it.next().map(|v| v.to_string())),
-            _ => {}
+        let is = |options: &[&str]| options.contains(&name.as_str());
+        if name == "--" {
+            break;
+        } else if is(profile.api.argv_base_url) {
+            return Err(format!(
+                "{name} on the command line sends {}'s requests past the relay",
+                profile.name
+            ));
+        } else if is(profile.api.argv_key) {
+            return Err(format!(
+                "{name} on the command line gives {} a key of its own",
+                profile.name
+            ));
+        } else if is(profile.argv.model) {
+            from_args = inline.or_else(|| it.next().map(|v| v.to_string()));
         }
     }
     Ok(from_args)
@@ -113,6 +119,8 @@ fn model_from_args(args: &[OsString]) -> Result<Option<String>, String> {
 /// A `modelProviders` entry that fixes the base URL of the model qwen will use.
 struct Fixed {
     file: PathBuf,
+    /// The key of the providers table (`modelProviders`).
+    providers: &'static str,
     /// The file is the workspace's `.qwen/settings.json`.
     workspace: bool,
     provider: String,
@@ -124,19 +132,26 @@ struct Fixed {
 /// resolves: `from_args`, else settings `model.name`, else `model` (the slot's), else the
 /// environment's `OPENAI_MODEL`/`QWEN_MODEL`.
 fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>) -> Option<Fixed> {
+    let spec = &paths.profile.settings;
+    let providers_key = spec.providers?;
     let cwd = std::env::current_dir().ok();
-    let workspace = cwd.as_deref().map(|c| c.join(".qwen/settings.json"));
+    let workspace = cwd.as_deref().map(|c| c.join(spec.workspace));
     // A workspace's file is a repository's (untrusted) content: the reader never blocks on it
     // and never reads more than a settings file can hold.
     let docs = crate::settings::layers(paths, cwd.as_deref());
     let from_settings = docs.iter().find_map(|(_, d)| {
-        d.pointer("/model/name")
+        spec.model
+            .iter()
+            .try_fold(d, |cur, key| cur.get(key))
             .and_then(|v| v.as_str())
             .filter(|s| !s.trim().is_empty())
             .map(str::to_string)
     });
     let from_env = || {
-        ["OPENAI_MODEL", "QWEN_MODEL"]
+        paths
+            .profile
+            .api
+            .model_vars
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     };
@@ -145,7 +160,7 @@ fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>)
         .or_else(|| model.map(str::to_string))
         .or_else(from_env)?;
     for (path, doc) in &docs {
-        let Some(providers) = doc.get("modelProviders").and_then(|v| v.as_object()) else {
+        let Some(providers) = doc.get(providers_key).and_then(|v| v.as_object()) else {
             continue;
         };
         for (provider, entries) in providers {
@@ -161,6 +176,7 @@ fn fixed_base_url(paths: &Paths, from_args: Option<String>, model: Option<&str>)
             if let Some(base_url) = base_url {
                 return Some(Fixed {
                     file: path.clone(),
+                    providers: providers_key,
                     workspace: workspace.as_ref() == Some(path),
                     provider: provider.clone(),
                     model: selected,
@@ -236,6 +252,35 @@ mod tests {
         assert!(key_withheld(&paths, &slot, &args).is_none());
         // A slot without a base URL follows the user's own settings.
         assert!(key_withheld(&paths, &launch(None), &[]).is_none());
+    }
+
+    #[test]
+    fn the_profile_names_the_options_and_the_providers_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut profile = crate::profile::QWEN.clone();
+        profile.name = "other";
+        profile.api.argv_key = &["--key"];
+        profile.argv.model = &["--llm"];
+        profile.settings.providers = Some("providers");
+        let paths = Paths::of(Box::leak(Box::new(profile)), dir.path());
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            relay_possible_for(&paths, None, &args(&["--key", "k"])).unwrap_err(),
+            "--key on the command line gives other a key of its own"
+        );
+        assert!(relay_possible_for(&paths, None, &args(&["--openai-api-key", "k"])).is_ok());
+        std::fs::write(
+            &paths.settings,
+            r#"{"modelProviders":{"openai":[{"id":"m1","baseUrl":"https://a.test/v1"}]},
+                "providers":{"openai":[{"id":"m2","baseUrl":"https://b.test/v1"}]}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible_for(&paths, Some("m1"), &[]).is_ok());
+        let err = relay_possible_for(&paths, None, &args(&["--llm", "m2"])).unwrap_err();
+        assert!(
+            err.ends_with("(providers.openai), so other would send its requests past the relay"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -318,7 +318,8 @@ pub(super) fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
 pub(super) fn unservable_answer(slot: usize) -> Answer {
     let message = format!(
         "qwen-rotation: quota exhausted (insufficient_quota) on this key; account {slot} is next and \
-         qwen must be restarted to use it; the spent key's quota will reset at the provider's next reset"
+         {} must be restarted to use it; the spent key's quota will reset at the provider's next reset",
+        crate::profile::active().name
     );
     let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
     answer.headers.push(("x-should-retry", "false".into()));

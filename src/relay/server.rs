@@ -164,7 +164,10 @@ fn serve_request(shared: &Shared, req: &Incoming, out: &mut ToQwen<'_>) -> io::R
     }
     let mut answer = openai_error(
         502,
-        "qwen-rotation relay: internal error while relaying this request (a bug in qwen-rotation; please report it with qwen --rotation-version)",
+        &format!(
+            "qwen-rotation relay: internal error while relaying this request (a bug in qwen-rotation; please report it with {} --rotation-version)",
+            crate::profile::active().name
+        ),
         "relay_error",
         "relay_internal_error",
     );

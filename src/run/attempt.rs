@@ -71,7 +71,7 @@ pub(super) fn attempt_env(
 ) -> Vec<(OsString, OsString)> {
     let mut env = slot_env(vault, launch, relay, args);
     let selected = settings::Selected::read(&vault.paths);
-    if let Some(why) = settings::blocked(launch, &selected) {
+    if let Some(why) = settings::blocked(&vault.paths, launch, &selected) {
         warn(why);
     }
     match settings::override_env(&vault.paths, launch, &selected) {

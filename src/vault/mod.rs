@@ -31,8 +31,8 @@ mod tx;
 pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
 pub use live::{LiveFile, owner_of, qwen_lock_is_stale};
 pub use slots::{
-    ApiKeySlot, DEFAULT_ENV_KEY, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name,
-    read_slot, scan, slot_path, valid_api_key, valid_env_name,
+    ApiKeySlot, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name, read_slot, scan,
+    slot_path, valid_api_key, valid_env_name,
 };
 pub use source::SlotSource;
 pub use store::{FileStore, RotationLock, Scope, Store, StoreFiles};

@@ -164,8 +164,9 @@ impl Vault {
                 n => format!(" and {} more", n - 1),
             };
             crate::error::warn(format!(
-                "{}{more} can be read by other users; run `qwen --rotation-doctor --fix` (files 0600, directories 0700)",
-                first.display()
+                "{}{more} can be read by other users; run `{} --rotation-doctor --fix` (files 0600, directories 0700)",
+                first.display(),
+                self.paths.profile.name
             ));
         }
     }

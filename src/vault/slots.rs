@@ -14,9 +14,6 @@ use crate::files::{self, digest};
 use crate::model::{Kind, Secret};
 use crate::text::io_reason;
 
-/// The qwen profile's key variable (`profile.api.key_var`), for callers that hold no profile.
-pub const DEFAULT_ENV_KEY: &str = "OPENAI_API_KEY";
-
 /// Credential files are a few hundred bytes; anything past this is not one.
 pub(super) const MAX_CRED_BYTES: u64 = files::MAX_OWN_FILE;
 
@@ -355,7 +352,7 @@ mod tests {
         assert_eq!(env.len(), 2);
         assert!(!format!("{back:?}").contains("sk-test-123"));
         let minimal = check_api_key(br#"{"api_key":"k1"}"#).unwrap();
-        assert_eq!(minimal.env_key, DEFAULT_ENV_KEY);
+        assert_eq!(minimal.env_key, crate::profile::QWEN.api.key_var);
         assert!(check_api_key(br#"{"api_key":"has space"}"#).is_err());
         assert!(check_api_key(br#"{"api_key":"k","env_key":"1BAD"}"#).is_err());
     }
