@@ -6,7 +6,7 @@
 //! (`{"api_key","base_url","model","env_key"}`, injected into the child's environment).
 //! Slot numbers are shared by both kinds.
 //!
-//! Files, lowest first: state, audit, slots → env_pool, live, store → source → reconcile →
+//! Files, lowest first: state → selection, audit, slots → env_pool, live, store → source → reconcile →
 //! handle → tx → install, rotate → manage, prepare; a file imports only files before it (the
 //! methods of `Vault` and `Tx` are spread over handle … prepare). `store` is the seam of the
 //! pool's shared record (lock, state.yaml, history); `source` says where the slots come from. The transaction invariants
@@ -22,6 +22,7 @@ mod manage;
 mod prepare;
 mod reconcile;
 mod rotate;
+mod selection;
 mod slots;
 mod source;
 pub mod state;
