@@ -736,6 +736,11 @@ fn helper_report_quota_hit() {
         return;
     };
     if let Some(start) = std::env::var_os("VAULT_HELPER_START") {
+        // Says it is at the start line (one file per helper), then waits for the start.
+        if let Some(ready) = std::env::var_os("VAULT_HELPER_READY") {
+            let me = std::path::Path::new(&ready).join(std::process::id().to_string());
+            fs::write(me, "").unwrap();
+        }
         let start = std::path::PathBuf::from(start);
         while !start.exists() {
             std::thread::sleep(Duration::from_millis(1));
@@ -1019,6 +1024,8 @@ fn sixty_four_processes_hitting_the_same_account_rotate_once() {
     let h = Home::with_oauth(3);
     h.vault().prepare(None).unwrap();
     let start = h.dir.path().join("start");
+    let ready = h.dir.path().join("ready");
+    fs::create_dir(&ready).unwrap();
     let me = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..64)
         .map(|_| {
@@ -1031,13 +1038,23 @@ fn sixty_four_processes_hitting_the_same_account_rotate_once() {
                 ])
                 .env("VAULT_HELPER_HOME", &h.paths.home)
                 .env("VAULT_HELPER_START", &start)
+                .env("VAULT_HELPER_READY", &ready)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Every helper at the start line before the start: they race from one instant.
+    let all_ready = Instant::now() + Duration::from_secs(60);
+    while fs::read_dir(&ready).unwrap().count() < 64 {
+        if Instant::now() >= all_ready {
+            // Let the helpers that did start end rather than wait for ever.
+            let _ = fs::write(&start, "go");
+            panic!("the helpers did not all start within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let t = Instant::now();
     fs::write(&start, "go").unwrap();
     let outputs: Vec<_> = children
