@@ -70,7 +70,9 @@ fn quota_hit_rotates_marks_and_logs_once() {
     let h = Home::with_oauth(3);
     let v = h.vault();
     v.prepare(None).unwrap();
+    let before = Utc::now();
     let r = v.report(1, &hit(Class::Quota)).unwrap();
+    let after = Utc::now();
     assert_eq!(r, Rotation::Switched { from: 1, to: 2 });
     assert_eq!(h.live().as_deref(), Some(creds("b").as_str()));
     let st = h.state();
@@ -78,9 +80,14 @@ fn quota_hit_rotates_marks_and_logs_once() {
     assert_eq!(st.switches_total, 1);
     let a1 = &st.accounts[&1];
     assert_eq!(a1.status, Status::CoolingDown);
+    // Five hours from the moment of the report, however long the report took (whole seconds,
+    // so a stored time cut to the second still counts).
     let until = a1.cooldown_until.unwrap();
-    let expect = Utc::now() + TimeDelta::hours(5);
-    assert!((until - expect).num_seconds().abs() < 60, "{until}");
+    assert!(
+        (before + TimeDelta::hours(5)).timestamp() <= until.timestamp()
+            && until <= after + TimeDelta::hours(5),
+        "{until} not 5 h after the report ({before} to {after})"
+    );
     assert_eq!(a1.hits.quota, 1);
     assert_eq!(st.accounts[&2].switches_count, 1);
     // Slot files are untouched by a rotation without a refresh.
@@ -241,13 +248,17 @@ fn throttle_is_short_and_auth_needs_login() {
     let h = Home::with_oauth(3);
     let v = h.vault_with(|c| c.throttle_cooldown = Duration::from_secs(90));
     v.prepare(None).unwrap();
+    let before = Utc::now();
     v.report(1, &hit(Class::Throttle)).unwrap();
+    let after = Utc::now();
     v.report(2, &hit(Class::Auth)).unwrap();
     let st = h.state();
-    let left = st.accounts[&1].cooldown_until.unwrap() - Utc::now();
+    // throttle_cooldown (90 s) from the moment of the report, however long the report took.
+    let until = st.accounts[&1].cooldown_until.unwrap();
     assert!(
-        left <= TimeDelta::seconds(90) && left > TimeDelta::seconds(80),
-        "{left}"
+        (before + TimeDelta::seconds(90)).timestamp() <= until.timestamp()
+            && until <= after + TimeDelta::seconds(90),
+        "{until} not 90 s after the report ({before} to {after})"
     );
     assert_eq!(st.accounts[&2].status, Status::NeedsLogin);
     assert_eq!(st.accounts[&2].cooldown_until, None);
