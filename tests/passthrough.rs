@@ -373,23 +373,35 @@ wait"#;
     }
 }
 
-/// The grandchild must die; a zombie waiting for its reaper counts as gone.
+/// The grandchild must die; a zombie waiting for its reaper counts as gone, and so does a
+/// process that reused its pid (another start time, field 22 of /proc/PID/stat). The deadline
+/// detects a grandchild that never dies; it is not a speed target.
 fn wait_gone(pid: u32) {
     let start = std::time::Instant::now();
+    // "pid (comm) S ...": the fields after the last ')' start at field 3.
+    let fields = |s: &str| -> Vec<String> {
+        s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let born = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| fields(&s).get(19).cloned())
+        .unwrap_or_default();
     loop {
         match fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return,
-            Ok(s)
-                if s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
-            {
-                return;
+            Ok(s) => {
+                let f = fields(&s);
+                if f.first().is_some_and(|state| state == "Z") || f.get(19) != born.as_ref() {
+                    return;
+                }
             }
-            Ok(_) => {}
         }
         assert!(
-            start.elapsed() < 10 * SECOND,
+            start.elapsed() < 30 * SECOND,
             "grandchild {pid} is still running"
         );
         std::thread::sleep(Duration::from_millis(10));

@@ -415,7 +415,9 @@ fn a_slow_oauth_throttle_rotates_with_a_short_cooldown() {
         return;
     };
     sb.timeout = Duration::from_secs(240);
+    let started = chrono::Utc::now();
     let out = sb.run(&["-p", "hello"], None);
+    let ended = chrono::Utc::now();
     assert_eq!(out.code(), 0, "{}", out.dump());
     assert_eq!(out.stdout(), "REPLY-FROM-tok2_ok", "{}", out.dump());
     assert_clean_retry(&out, 2);
@@ -423,18 +425,27 @@ fn a_slow_oauth_throttle_rotates_with_a_short_cooldown() {
     assert_eq!(tokens.last().map(String::as_str), Some("tok2_ok"));
     let a1 = account(&sb, 1);
     assert_eq!(a1["status"], "cooling_down", "{a1}");
-    assert_short_cooldown(&a1);
+    assert_short_cooldown(&a1, started, ended);
     eprintln!("oauth throttle→ok: {:.1?}", out.elapsed);
 }
 
 /// A throttle cooldown: set, and well under the quota default (5 h).
-fn assert_short_cooldown(account: &serde_json::Value) {
+/// Measured against the run that hit it (`started` to `ended`), not against a clock read later,
+/// so a slow machine cannot use the cooldown up before it is checked: still running when the
+/// run ended (the default 5 min outlasts the run's rest after the hit and its 240 s limit), and
+/// under an hour from the end.
+fn assert_short_cooldown(
+    account: &serde_json::Value,
+    started: chrono::DateTime<chrono::Utc>,
+    ended: chrono::DateTime<chrono::Utc>,
+) {
     let until = account["cooldown_until"].as_str().expect("cooldown_until");
-    let until = chrono::DateTime::parse_from_rfc3339(until).expect("RFC 3339");
-    let left = until.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    let until = chrono::DateTime::parse_from_rfc3339(until)
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc);
     assert!(
-        left > chrono::TimeDelta::zero() && left < chrono::TimeDelta::hours(1),
-        "throttle cooldown should be short: {account}"
+        until > ended && until < ended + chrono::TimeDelta::hours(1),
+        "throttle cooldown should be short: {account} (run {started} to {ended})"
     );
 }
 
@@ -485,13 +496,15 @@ fn api_key_throttle_rotates_with_a_short_cooldown() {
     let Some((mock, sb)) = api_pool(&["key1_fast_throttle", "key2_ok"]) else {
         return;
     };
+    let started = chrono::Utc::now();
     let out = sb.run(&["-p", "hello"], None);
+    let ended = chrono::Utc::now();
     assert_eq!(out.code(), 0, "{}", out.dump());
     assert_eq!(out.stdout(), "REPLY-FROM-key2_ok\n", "{}", out.dump());
     assert_eq!(mock.tokens().last().map(String::as_str), Some("key2_ok"));
     let a1 = account(&sb, 1);
     assert_eq!(a1["status"], "cooling_down", "{a1}");
-    assert_short_cooldown(&a1);
+    assert_short_cooldown(&a1, started, ended);
     eprintln!("api throttle→ok: {:.1?}", out.elapsed);
 }
 

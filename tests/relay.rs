@@ -244,7 +244,10 @@ impl Conn {
 
     fn head(&mut self) -> (u16, Vec<(String, String)>) {
         let mut line = String::new();
-        self.r.read_line(&mut line).expect("status line");
+        // The read timeout (30 s, set in `open`) detects a relay that never answers.
+        self.r
+            .read_line(&mut line)
+            .expect("the relay's status line (no answer within the read timeout: a hang)");
         let status: u16 = line
             .split(' ')
             .nth(1)
@@ -613,7 +616,8 @@ fn auth_failure_marks_needs_login_and_moves_on() {
 fn all_keys_refused_moves_once_and_never_loops() {
     let mock = Mock::start();
     let f = on_mock(&mock, &["unauthorized", "unauthorized", "unauthorized"]);
-    let started = Instant::now();
+    // A loop between keys would never answer: the connection's 30 s read timeout fails the
+    // test in `head`, and the tokens below would show more than two tries.
     let r = f.chat(false);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(
@@ -623,7 +627,6 @@ fn all_keys_refused_moves_once_and_never_loops() {
     );
     // One auth-triggered move per request: key 1, then key 2, whose 401 reaches qwen.
     assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -743,7 +746,9 @@ fn gated_sse_upstream(gate: mpsc::Receiver<()>) -> (String, thread::JoinHandle<b
             w.flush().unwrap();
         };
         chunk(&mut w, b"data: {\"first\":true}\n\n");
-        let got = gate.recv_timeout(Duration::from_secs(5)).is_ok();
+        // A generous deadline: a relay that buffered the stream would never let the client see
+        // the first chunk, and the gate would never open.
+        let got = gate.recv_timeout(Duration::from_secs(30)).is_ok();
         chunk(&mut w, b"data: {\"second\":true}\n\n");
         chunk(&mut w, b"data: [DONE]\n\n");
         w.write_all(b"0\r\n\r\n").unwrap();
@@ -856,6 +861,8 @@ fn slow_upstream_still_answers() {
     let r = f.chat(true);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("REPLY-FROM-"), "{}", r.text());
+    // A lower bound, not a speed target: the mock sleeps 1.5 s by design before it answers,
+    // so an answer sooner than that did not come through the slow upstream at all.
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert!(f.notices().is_empty());
 }
@@ -1015,14 +1022,15 @@ fn a_refused_request_is_not_buffered() {
     let mock = Mock::start();
     let f = on_mock(&mock, &["ok"]);
     let mut c = Conn::open(&f.relay);
-    // Announces 200 MB and sends none of it: the refusal comes at once, nothing is read.
+    // Announces 200 MB and sends none of it: the refusal comes at once, nothing is read. A
+    // relay that read the body first would wait for bytes that never come (its 300 s idle
+    // timeout, then no answer): no 401 arrives and the connection's 30 s read timeout fails
+    // the test in `head`. The 401 itself proves it was answered from the head alone.
     c.w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 200000000\r\n\r\n")
         .unwrap();
-    let started = Instant::now();
     let r = c.response();
     assert_eq!(r.status, 401);
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(mock.requests().is_empty());
 }
 
@@ -1252,9 +1260,11 @@ fn a_head_trickled_line_by_line_is_cut_off_at_the_head_deadline() {
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let cut = loop {
+        // A hang detector, not a speed target: the head deadline is 10 s, and a relay that let
+        // each line reset its 300 s idle timeout would hold the head for ever.
         let elapsed = started.elapsed();
         assert!(
-            elapsed < Duration::from_secs(25),
+            elapsed < Duration::from_secs(60),
             "the relay still held a trickling head after {elapsed:.1?}"
         );
         let mut buf = [0u8; 256];
@@ -1273,6 +1283,7 @@ fn a_head_trickled_line_by_line_is_cut_off_at_the_head_deadline() {
         }
     };
     println!("a trickling head was cut off after {cut:.1?}");
+    // A lower bound the relay keeps by design: it waits out its 10 s head deadline.
     assert!(
         cut >= Duration::from_secs(9),
         "cut off too early: {cut:.1?}"
@@ -1288,16 +1299,14 @@ fn a_token_less_request_is_refused_before_its_body_is_read() {
     let mock = Mock::start();
     let f = on_mock(&mock, &["ok"]);
     let mut c = Conn::open(&f.relay);
-    c.r.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    // None of the body is ever sent: a relay that waited for it would give no 401 (its 300 s
+    // idle timeout, then no answer), and the connection's 30 s read timeout fails the test in
+    // `head`. The 401 proves the refusal came from the head alone.
     c.w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n")
         .unwrap();
-    let started = Instant::now();
     let r = c.response();
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(started.elapsed() < Duration::from_secs(3));
     assert!(mock.requests().is_empty());
 }
 
@@ -1396,10 +1405,9 @@ fn a_notice_that_cannot_be_printed_does_not_stop_a_quota_switch() {
         notify: Box::new(|_| panic!("failed printing to stderr: Broken pipe (os error 32)")),
     })
     .unwrap();
+    // A dead connection thread never answers: the connection's 30 s read timeout fails the
+    // test in `head`.
     let mut c = Conn::open(&relay);
-    c.r.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let token = relay.token.expose().to_string();
     let r = c.roundtrip(
         "POST",
@@ -1429,13 +1437,13 @@ fn the_all_spent_answer_calls_on_exhausted() {
     // it before or after the hook's call), then the hook.
     assert_eq!(r.status, 429, "{}", r.text());
     called
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(Duration::from_secs(30))
         .expect("on_exhausted was called");
     assert!(f.relay.exhausted().is_some());
     // qwen's retry of it: answered the same way, the hook called again.
     assert_eq!(f.chat(false).status, 429);
     called
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(Duration::from_secs(30))
         .expect("called for the retry too");
 }
 
@@ -1459,10 +1467,9 @@ fn panicking_relay_child() {
     }
     let mock = Mock::start();
     let f = on_mock(&mock, &["ok"]);
+    // The bug left the socket open and unanswered: the connection's 30 s read timeout fails
+    // the test in `head`; the 502 proves the panic was answered.
     let mut c = Conn::open(&f.relay);
-    c.r.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     let started = Instant::now();
     let r = c.roundtrip(
         "POST",
