@@ -2,7 +2,7 @@
 //!
 //! The qwen home is found as the real qwen finds it: `QWEN_HOME` when set (qwen 0.15+), else
 //! `$HOME/.qwen` (the profile's `home.var` and `home.dir`; `Paths` carries its profile, and the
-//! names of the live credentials, its lock and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
+//! names of the live credentials, its lock (if it takes one) and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
 //! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,12 @@ pub struct Paths {
     pub home: PathBuf,
     pub accounts: PathBuf,
     pub live_creds: PathBuf,
+    /// The lock the CLI holds while it rewrites `live_creds` (`None`: it takes none, and a swap
+    /// waits for nothing).
+    pub cli_lock: Option<PathBuf>,
+    /// `cli_lock`, or an empty path when there is none: kept only for the integration tests
+    /// written against qwen's lock; code reads `cli_lock`.
+    #[doc(hidden)]
     pub qwen_lock: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
@@ -48,12 +54,12 @@ impl Paths {
     /// `profile`'s files under `home`.
     pub fn of(profile: &'static Profile, home: impl Into<PathBuf>) -> Paths {
         let home = home.into();
-        // A CLI that takes no lock gets a lock path that nobody creates.
-        let lock = profile.creds.lock.as_ref().map_or("", |l| l.file);
+        let cli_lock = profile.creds.lock.as_ref().map(|l| home.join(l.file));
         Paths {
             accounts: home.join("accounts"),
             live_creds: home.join(profile.creds.file),
-            qwen_lock: home.join(lock),
+            qwen_lock: cli_lock.clone().unwrap_or_default(),
+            cli_lock,
             state: home.join("state.yaml"),
             log: home.join("rotation.log"),
             config: home.join("rotation.yaml"),
@@ -290,11 +296,24 @@ mod tests {
         let p = Paths::at("/h");
         assert!(std::ptr::eq(p.profile, &crate::profile::QWEN));
         assert_eq!(p.live_creds, Path::new("/h/oauth_creds.json"));
+        assert_eq!(
+            p.cli_lock.as_deref(),
+            Some(Path::new("/h/oauth_creds.lock"))
+        );
         assert_eq!(p.qwen_lock, Path::new("/h/oauth_creds.lock"));
         assert_eq!(p.settings, Path::new("/h/settings.json"));
         // Our own files are the same whatever the CLI.
         assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
         assert_eq!(p.private, Path::new("/h/rotation-settings"));
+    }
+
+    #[test]
+    fn a_cli_without_a_lock_has_no_lock_path() {
+        let mut profile = crate::profile::QWEN.clone();
+        profile.creds.lock = None;
+        let p = Paths::of(Box::leak(Box::new(profile)), "/h");
+        assert_eq!(p.cli_lock, None);
+        assert!(!p.qwen_lock.starts_with("/h"), "{:?}", p.qwen_lock);
     }
 
     #[test]

@@ -199,38 +199,33 @@ pub(super) fn check_locks(v: &Vault, f: &mut Findings) {
             None,
         ),
     }
-    if paths.qwen_lock.exists() {
-        if vault::qwen_lock_is_stale(&paths.qwen_lock) {
-            f.push(
-                Finding::new(
-                    "locks",
-                    Level::Problem,
-                    format!(
-                        "{} is stale (its holder is gone)",
-                        paths.qwen_lock.display()
-                    ),
-                )
-                .fix(format!("rm {}", paths.qwen_lock.display())),
-                Some(Repair::Remove(paths.qwen_lock.clone())),
-            );
-        } else {
-            f.push(
-                Finding::new(
-                    "locks",
-                    Level::Info,
-                    format!(
-                        "{} exists: {} is saving credentials right now",
-                        paths
-                            .qwen_lock
-                            .file_name()
-                            .unwrap_or_default()
-                            .to_string_lossy(),
-                        paths.profile.name
-                    ),
+    // A CLI that takes no lock has none to be left over.
+    let Some(lock) = paths.cli_lock.as_ref().filter(|l| l.exists()) else {
+        return;
+    };
+    if vault::cli_lock_is_stale(lock, paths.profile) {
+        f.push(
+            Finding::new(
+                "locks",
+                Level::Problem,
+                format!("{} is stale (its holder is gone)", lock.display()),
+            )
+            .fix(format!("rm {}", lock.display())),
+            Some(Repair::Remove(lock.clone())),
+        );
+    } else {
+        f.push(
+            Finding::new(
+                "locks",
+                Level::Info,
+                format!(
+                    "{} exists: {} is saving credentials right now",
+                    lock.file_name().unwrap_or_default().to_string_lossy(),
+                    paths.profile.name
                 ),
-                None,
-            );
-        }
+            ),
+            None,
+        );
     }
 }
 
@@ -564,5 +559,32 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cli_without_a_lock_has_no_lock_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir_all(&home).unwrap();
+        fs::write(home.join("oauth_creds.lock"), "some-uuid").unwrap();
+        let locks = |paths: Paths| {
+            let mut f = Findings::default();
+            check_locks(&Vault::open(paths, Config::default()), &mut f);
+            f.list.into_iter().map(|x| x.message).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            locks(Paths::at(&home)),
+            ["oauth_creds.lock exists: qwen is saving credentials right now"]
+        );
+        // Neither that file nor the home itself is the lock of a CLI that takes none.
+        let mut profile = crate::profile::QWEN.clone();
+        profile.creds.lock = None;
+        let lockless = Paths::of(Box::leak(Box::new(profile)), &home);
+        assert_eq!(locks(lockless), Vec::<String>::new());
     }
 }
