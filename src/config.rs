@@ -5,6 +5,7 @@
 //! names of the live credentials, its lock (if it takes one) and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
 //! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -87,11 +88,23 @@ pub fn qwen_home() -> PathBuf {
     home_of(crate::profile::active())
 }
 
-/// The profile's home variable when set and non-empty, else its directory under `$HOME`.
+/// The profile's home variable when set and non-empty (or its `home.dir` inside it, for a
+/// variable that names the parent), else its directory under `$HOME`.
 pub fn home_of(profile: &Profile) -> PathBuf {
-    match std::env::var_os(profile.home.var) {
+    home_in(
+        profile,
+        std::env::var_os(profile.home.var),
+        std::env::home_dir,
+    )
+}
+
+fn home_in(profile: &Profile, var: Option<OsString>, user: fn() -> Option<PathBuf>) -> PathBuf {
+    match var {
+        Some(h) if !h.is_empty() && profile.home.var_is_parent => {
+            PathBuf::from(h).join(profile.home.dir)
+        }
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => std::env::home_dir()
+        _ => user()
             .unwrap_or_else(|| PathBuf::from("/"))
             .join(profile.home.dir),
     }
@@ -305,6 +318,26 @@ mod tests {
         // Our own files are the same whatever the CLI.
         assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
         assert_eq!(p.private, Path::new("/h/rotation-settings"));
+    }
+
+    #[test]
+    fn a_home_variable_names_the_home_or_its_parent() {
+        let user = || Some(PathBuf::from("/u"));
+        let mut profile = crate::profile::QWEN.clone();
+        for (var, want) in [
+            (Some("/q"), "/q"),
+            (Some(""), "/u/.qwen"),
+            (None, "/u/.qwen"),
+        ] {
+            assert_eq!(
+                home_in(&profile, var.map(OsString::from), user),
+                Path::new(want)
+            );
+        }
+        profile.home.var_is_parent = true;
+        let under = home_in(&profile, Some(OsString::from("/q")), user);
+        assert_eq!(under, Path::new("/q/.qwen"));
+        assert_eq!(home_in(&profile, None, user), Path::new("/u/.qwen"));
     }
 
     #[test]

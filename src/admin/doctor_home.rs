@@ -523,18 +523,21 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
         .iter()
         .try_fold(&v, |cur, key| cur.get(key))
         .and_then(Value::as_str);
-    if selected == Some(spec.auth_oauth) {
+    if let Some(since) = &spec.oauth_hides_env
+        && selected == Some(spec.auth_oauth)
+    {
+        let (old, (major, minor)) = (since.older, since.version);
         f.push(
             Finding::new(
                 "settings",
                 Level::Info,
                 format!(
-                    "{} selects {}: {name} 0.12 then ignores an API-key account's environment (0.24 uses it)",
+                    "{} selects {}: {name} {old} then ignores an API-key account's environment ({major}.{minor} uses it)",
                     spec.file, spec.auth_oauth
                 ),
             )
             .fix(format!(
-                "for API-key accounts with {name} 0.12, set {} to \"{}\"",
+                "for API-key accounts with {name} {old}, set {} to \"{}\"",
                 spec.selected.join("."),
                 spec.auth_api_key
             )),
@@ -586,5 +589,28 @@ mod tests {
         profile.creds.lock = None;
         let lockless = Paths::of(Box::leak(Box::new(profile)), &home);
         assert_eq!(locks(lockless), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_selected_oauth_note_is_for_a_cli_whose_versions_need_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#;
+        fs::write(dir.path().join("settings.json"), settings).unwrap();
+        let notes = |paths: &Paths| {
+            let mut f = Vec::new();
+            api_key_settings(&mut f, paths);
+            f.into_iter().map(|x| x.message).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            notes(&Paths::at(dir.path())),
+            [
+                "settings.json selects qwen-oauth: qwen 0.12 then ignores an API-key account's \
+              environment (0.24 uses it)"
+            ]
+        );
+        let mut profile = crate::profile::QWEN.clone();
+        profile.settings.oauth_hides_env = None;
+        let paths = Paths::of(Box::leak(Box::new(profile)), dir.path());
+        assert_eq!(notes(&paths), Vec::<String>::new());
     }
 }
