@@ -2,9 +2,10 @@
 //!
 //! The qwen home is found as the real qwen finds it: `QWEN_HOME` when set (qwen 0.15+), else
 //! `$HOME/.qwen` (the profile's `home.var` and `home.dir`; `Paths` carries its profile, and the
-//! names of the live credentials, its lock and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
+//! names of the live credentials, its lock (if it takes one) and settings.json are the profile's). Every default is compiled in; `rotation.yaml` only overrides. A broken
 //! `rotation.yaml` never blocks qwen: `Config::load` returns the defaults plus a warning.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,12 @@ pub struct Paths {
     pub home: PathBuf,
     pub accounts: PathBuf,
     pub live_creds: PathBuf,
+    /// The lock the CLI holds while it rewrites `live_creds` (`None`: it takes none, and a swap
+    /// waits for nothing).
+    pub cli_lock: Option<PathBuf>,
+    /// `cli_lock`, or an empty path when there is none: kept only for the integration tests
+    /// written against qwen's lock; code reads `cli_lock`.
+    #[doc(hidden)]
     pub qwen_lock: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
@@ -48,12 +55,12 @@ impl Paths {
     /// `profile`'s files under `home`.
     pub fn of(profile: &'static Profile, home: impl Into<PathBuf>) -> Paths {
         let home = home.into();
-        // A CLI that takes no lock gets a lock path that nobody creates.
-        let lock = profile.creds.lock.as_ref().map_or("", |l| l.file);
+        let cli_lock = profile.creds.lock.as_ref().map(|l| home.join(l.file));
         Paths {
             accounts: home.join("accounts"),
             live_creds: home.join(profile.creds.file),
-            qwen_lock: home.join(lock),
+            qwen_lock: cli_lock.clone().unwrap_or_default(),
+            cli_lock,
             state: home.join("state.yaml"),
             log: home.join("rotation.log"),
             config: home.join("rotation.yaml"),
@@ -81,11 +88,23 @@ pub fn qwen_home() -> PathBuf {
     home_of(crate::profile::active())
 }
 
-/// The profile's home variable when set and non-empty, else its directory under `$HOME`.
+/// The profile's home variable when set and non-empty (or its `home.dir` inside it, for a
+/// variable that names the parent), else its directory under `$HOME`.
 pub fn home_of(profile: &Profile) -> PathBuf {
-    match std::env::var_os(profile.home.var) {
+    home_in(
+        profile,
+        std::env::var_os(profile.home.var),
+        std::env::home_dir,
+    )
+}
+
+fn home_in(profile: &Profile, var: Option<OsString>, user: fn() -> Option<PathBuf>) -> PathBuf {
+    match var {
+        Some(h) if !h.is_empty() && profile.home.var_is_parent => {
+            PathBuf::from(h).join(profile.home.dir)
+        }
         Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => std::env::home_dir()
+        _ => user()
             .unwrap_or_else(|| PathBuf::from("/"))
             .join(profile.home.dir),
     }
@@ -290,11 +309,44 @@ mod tests {
         let p = Paths::at("/h");
         assert!(std::ptr::eq(p.profile, &crate::profile::QWEN));
         assert_eq!(p.live_creds, Path::new("/h/oauth_creds.json"));
+        assert_eq!(
+            p.cli_lock.as_deref(),
+            Some(Path::new("/h/oauth_creds.lock"))
+        );
         assert_eq!(p.qwen_lock, Path::new("/h/oauth_creds.lock"));
         assert_eq!(p.settings, Path::new("/h/settings.json"));
         // Our own files are the same whatever the CLI.
         assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
         assert_eq!(p.private, Path::new("/h/rotation-settings"));
+    }
+
+    #[test]
+    fn a_home_variable_names_the_home_or_its_parent() {
+        let user = || Some(PathBuf::from("/u"));
+        let mut profile = crate::profile::QWEN.clone();
+        for (var, want) in [
+            (Some("/q"), "/q"),
+            (Some(""), "/u/.qwen"),
+            (None, "/u/.qwen"),
+        ] {
+            assert_eq!(
+                home_in(&profile, var.map(OsString::from), user),
+                Path::new(want)
+            );
+        }
+        profile.home.var_is_parent = true;
+        let under = home_in(&profile, Some(OsString::from("/q")), user);
+        assert_eq!(under, Path::new("/q/.qwen"));
+        assert_eq!(home_in(&profile, None, user), Path::new("/u/.qwen"));
+    }
+
+    #[test]
+    fn a_cli_without_a_lock_has_no_lock_path() {
+        let mut profile = crate::profile::QWEN.clone();
+        profile.creds.lock = None;
+        let p = Paths::of(Box::leak(Box::new(profile)), "/h");
+        assert_eq!(p.cli_lock, None);
+        assert!(!p.qwen_lock.starts_with("/h"), "{:?}", p.qwen_lock);
     }
 
     #[test]

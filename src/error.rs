@@ -4,6 +4,7 @@
 //! is only for the rotation layer breaking. Messages never carry a secret: variants hold paths,
 //! slot numbers and reasons, never file contents.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -39,7 +40,7 @@ pub enum Error {
     RealNotExecutable { path: PathBuf, source: io::Error },
     /// Reading or writing a file of ours failed.
     Io {
-        action: &'static str,
+        action: Cow<'static, str>,
         path: PathBuf,
         source: io::Error,
     },
@@ -61,6 +62,15 @@ pub enum Error {
 
 impl Error {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::io_worded(action.into(), path, source)
+    }
+
+    /// [`Error::io`] with an action worded at run time (one that names the CLI).
+    pub fn io_worded(
+        action: Cow<'static, str>,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> Self {
         Error::Io {
             action,
             path: path.into(),

@@ -75,8 +75,12 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
         name = profile.name
     ));
     let mut cmd = std::process::Command::new(&real.path);
-    cmd.env("HOME", tmp.path())
-        .env(profile.home.var, &qwen_home);
+    let home_var = if profile.home.var_is_parent {
+        tmp.path()
+    } else {
+        &qwen_home
+    };
+    cmd.env("HOME", tmp.path()).env(profile.home.var, home_var);
     // qwen picks API-key auth when these are set; the login needs OAuth.
     for var in profile.api.login_clears {
         cmd.env_remove(var);

@@ -199,38 +199,33 @@ pub(super) fn check_locks(v: &Vault, f: &mut Findings) {
             None,
         ),
     }
-    if paths.qwen_lock.exists() {
-        if vault::qwen_lock_is_stale(&paths.qwen_lock) {
-            f.push(
-                Finding::new(
-                    "locks",
-                    Level::Problem,
-                    format!(
-                        "{} is stale (its holder is gone)",
-                        paths.qwen_lock.display()
-                    ),
-                )
-                .fix(format!("rm {}", paths.qwen_lock.display())),
-                Some(Repair::Remove(paths.qwen_lock.clone())),
-            );
-        } else {
-            f.push(
-                Finding::new(
-                    "locks",
-                    Level::Info,
-                    format!(
-                        "{} exists: {} is saving credentials right now",
-                        paths
-                            .qwen_lock
-                            .file_name()
-                            .unwrap_or_default()
-                            .to_string_lossy(),
-                        paths.profile.name
-                    ),
+    // A CLI that takes no lock has none to be left over.
+    let Some(lock) = paths.cli_lock.as_ref().filter(|l| l.exists()) else {
+        return;
+    };
+    if vault::cli_lock_is_stale(lock, paths.profile) {
+        f.push(
+            Finding::new(
+                "locks",
+                Level::Problem,
+                format!("{} is stale (its holder is gone)", lock.display()),
+            )
+            .fix(format!("rm {}", lock.display())),
+            Some(Repair::Remove(lock.clone())),
+        );
+    } else {
+        f.push(
+            Finding::new(
+                "locks",
+                Level::Info,
+                format!(
+                    "{} exists: {} is saving credentials right now",
+                    lock.file_name().unwrap_or_default().to_string_lossy(),
+                    paths.profile.name
                 ),
-                None,
-            );
-        }
+            ),
+            None,
+        );
     }
 }
 
@@ -528,18 +523,21 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
         .iter()
         .try_fold(&v, |cur, key| cur.get(key))
         .and_then(Value::as_str);
-    if selected == Some(spec.auth_oauth) {
+    if let Some(since) = &spec.oauth_hides_env
+        && selected == Some(spec.auth_oauth)
+    {
+        let (old, (major, minor)) = (since.older, since.version);
         f.push(
             Finding::new(
                 "settings",
                 Level::Info,
                 format!(
-                    "{} selects {}: {name} 0.12 then ignores an API-key account's environment (0.24 uses it)",
+                    "{} selects {}: {name} {old} then ignores an API-key account's environment ({major}.{minor} uses it)",
                     spec.file, spec.auth_oauth
                 ),
             )
             .fix(format!(
-                "for API-key accounts with {name} 0.12, set {} to \"{}\"",
+                "for API-key accounts with {name} {old}, set {} to \"{}\"",
                 spec.selected.join("."),
                 spec.auth_api_key
             )),
@@ -564,5 +562,55 @@ fn api_key_settings(f: &mut Vec<Finding>, paths: &Paths) {
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cli_without_a_lock_has_no_lock_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir_all(&home).unwrap();
+        fs::write(home.join("oauth_creds.lock"), "some-uuid").unwrap();
+        let locks = |paths: Paths| {
+            let mut f = Findings::default();
+            check_locks(&Vault::open(paths, Config::default()), &mut f);
+            f.list.into_iter().map(|x| x.message).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            locks(Paths::at(&home)),
+            ["oauth_creds.lock exists: qwen is saving credentials right now"]
+        );
+        // Neither that file nor the home itself is the lock of a CLI that takes none.
+        let mut profile = crate::profile::QWEN.clone();
+        profile.creds.lock = None;
+        let lockless = Paths::of(Box::leak(Box::new(profile)), &home);
+        assert_eq!(locks(lockless), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_selected_oauth_note_is_for_a_cli_whose_versions_need_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = r#"{"security":{"auth":{"selectedType":"qwen-oauth"}}}"#;
+        fs::write(dir.path().join("settings.json"), settings).unwrap();
+        let notes = |paths: &Paths| {
+            let mut f = Vec::new();
+            api_key_settings(&mut f, paths);
+            f.into_iter().map(|x| x.message).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            notes(&Paths::at(dir.path())),
+            [
+                "settings.json selects qwen-oauth: qwen 0.12 then ignores an API-key account's \
+              environment (0.24 uses it)"
+            ]
+        );
+        let mut profile = crate::profile::QWEN.clone();
+        profile.settings.oauth_hides_env = None;
+        let paths = Paths::of(Box::leak(Box::new(profile)), dir.path());
+        assert_eq!(notes(&paths), Vec::<String>::new());
     }
 }

@@ -14,12 +14,28 @@ use super::ui::{Ui, out, print_json};
 
 /// The help, worded for `profile` (its name, home, files and variables).
 pub(super) fn help_text(profile: &Profile) -> String {
-    let (pool, api) = (&profile.pool_vars, &profile.api);
+    let (pool, api, name) = (&profile.pool_vars, &profile.api, profile.name);
+    // Text before a column that names the CLI, padded to where that column starts for qwen (a
+    // longer name moves the column, both usage lines together).
+    let usage = [
+        format!("Usage: {name} [{name}'s own arguments]"),
+        format!("       {name} --rotation-<command> [options]"),
+    ];
+    let usage_column = usage
+        .iter()
+        .map(|u| u.chars().count() + 2)
+        .fold(44, usize::max);
+    let [usage, usage_command] = usage.map(|u| to_column(&u, usage_column));
+    // qwen's entry ends one column before the other examples; a longer name reaches them.
+    let version_entry = to_column(
+        &format!("  --rotation-version           versions of the shim and the real {name}"),
+        72,
+    );
     format!(
         "qwen-rotation {version}: a drop-in `{name}` that moves to the next account when one runs out of quota.
 
-Usage: {name} [{name}'s own arguments]          runs the real {name}, rotating accounts on quota errors
-       {name} --rotation-<command> [options]  manages the accounts (the real {name} does not run)
+{usage}runs the real {name}, rotating accounts on quota errors
+{usage_command}manages the accounts (the real {name} does not run)
 
 Per-run modifiers (removed before {name} sees argv):
   --rotation-account N|LABEL   use this account for this run         {name} --rotation-account 2 -p hi
@@ -30,7 +46,7 @@ Per-run modifiers (removed before {name} sees argv):
 
 Commands (read commands take --json for machine output):
   --rotation-help              this text                                 {name} --rotation-help
-  --rotation-version           versions of the shim and the real {name}   {name} --rotation-version --json
+{version_entry}{name} --rotation-version --json
   --rotation-status            accounts, the live one, cooldowns         {name} --rotation-status
   --rotation-list              the same as --rotation-status             {name} --rotation-list --json
   --rotation-status --watch    redraws the status every 2s on a terminal {name} --rotation-status --watch
@@ -75,7 +91,6 @@ Accounts from the environment (CI secrets; slot files are then ignored, docs/CI.
   writable, else for the run only).            {keys}=\"$KEY1 $KEY2\" {name} -p hi
 ",
         version = env!("CARGO_PKG_VERSION"),
-        name = profile.name,
         home = profile.home.var,
         dir = profile.home.dir,
         creds = profile.creds.file,
@@ -138,6 +153,12 @@ pub(super) fn real_qwen_version(path: &Path, npm: &str) -> Option<String> {
     None
 }
 
+/// `text` and spaces up to column `column` (at least two: a longer text still leaves a gap).
+fn to_column(text: &str, column: usize) -> String {
+    let width = text.chars().count();
+    format!("{text}{}", " ".repeat(column.saturating_sub(width).max(2)))
+}
+
 /// (major, minor) of "0.12.0".
 pub(super) fn version_pair(v: &str) -> Option<(u64, u64)> {
     let mut parts = v.split('.');
@@ -155,5 +176,48 @@ mod tests {
         for c in cli::COMMANDS.iter().chain(cli::MODIFIERS) {
             assert!(h.contains(c), "{c}");
         }
+    }
+
+    /// Where each column of a line starts: the text after every run of two or more spaces.
+    fn columns(line: &str) -> Vec<usize> {
+        let chars: Vec<char> = line.chars().collect();
+        (2..chars.len())
+            .filter(|&i| chars[i] != ' ' && chars[i - 1] == ' ' && chars[i - 2] == ' ')
+            .collect()
+    }
+
+    #[test]
+    fn the_columns_do_not_move_with_the_length_of_the_name() {
+        let mut profile = crate::profile::QWEN.clone();
+        profile.name = "gemini";
+        let (qwen, other) = (help_text(&crate::profile::QWEN), help_text(&profile));
+        let (qwen, other): (Vec<&str>, Vec<&str>) =
+            (qwen.lines().collect(), other.lines().collect());
+        assert_eq!(qwen.len(), other.len());
+        // The usage lines' descriptions start in one column.
+        assert!(other[2].starts_with("Usage: gemini "), "{}", other[2]);
+        assert_eq!(
+            columns(other[2])[0],
+            columns(other[3])[1],
+            "\n{}\n{}",
+            other[2],
+            other[3]
+        );
+        // Every other column is where qwen's is; the version example reaches the examples' column.
+        let help_entry = other
+            .iter()
+            .find(|l| l.contains("--rotation-help "))
+            .unwrap();
+        let example = *columns(help_entry).last().unwrap();
+        let mut compared = 0;
+        for (q, o) in qwen.iter().zip(&other).skip(4) {
+            let mut want = columns(q);
+            if o.contains("gemini --rotation-version --json") {
+                want = vec![2, 31, example];
+            }
+            assert_eq!(columns(o), want, "\n{q}\n{o}");
+            compared += usize::from(!want.is_empty());
+        }
+        assert!(compared > 20, "{compared} lines with columns");
     }
 }

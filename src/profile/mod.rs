@@ -79,6 +79,9 @@ pub struct Home {
     pub dir: &'static str,
     /// The first version that honours [`Home::var`]; `None`: every version does.
     pub var_since: Option<Since>,
+    /// The variable names the directory that holds [`Home::dir`] (a `$HOME` for the CLI), not
+    /// the home itself.
+    pub var_is_parent: bool,
 }
 
 /// A version from which the CLI does something, and how messages name the ones before it.
@@ -158,6 +161,9 @@ pub struct SettingsSpec {
     pub enforced: &'static [&'static str],
     /// Key path of the model name.
     pub model: &'static [&'static str],
+    /// The versions that ignore an API key's environment while [`SettingsSpec::selected`] is
+    /// [`SettingsSpec::auth_oauth`] (`version`: the first known to use it); `None`: none do.
+    pub oauth_hides_env: Option<Since>,
     /// The key of the model providers table (entries with `id`, `baseUrl`, `envKey`), if any.
     pub providers: Option<&'static str>,
     /// JSON pointers removed from the user's settings for a fresh login's home (what could

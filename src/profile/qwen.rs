@@ -29,6 +29,7 @@ pub static QWEN: Profile = Profile {
             version: (0, 15),
             older: "0.12 and older",
         }),
+        var_is_parent: false,
     },
     // QWEN_FACTS.md §2–§5: the live login is `oauth_creds.json`, rewritten under
     // `oauth_creds.lock` (0.12 takes a lock over after 10 s, 0.24 after 35 s: the shorter); a running qwen re-reads the file at most every
@@ -74,6 +75,10 @@ pub static QWEN: Profile = Profile {
         legacy_selected: "selectedAuthType",
         enforced: &["security", "auth", "enforcedType"],
         model: &["model", "name"],
+        oauth_hides_env: Some(Since {
+            version: (0, 24),
+            older: "0.12",
+        }),
         providers: Some("modelProviders"),
         login_strip: &["/env", "/security/auth/apiKey", "/security/auth/baseUrl"],
         auth_oauth: "qwen-oauth",

@@ -1,4 +1,4 @@
-//! Installing a slot: qwen's lock, syncing the live file back into its slot (validated, backed
+//! Installing a slot: the CLI's lock, syncing the live file back into its slot (validated, backed
 //! up first), replacing the live file atomically, and the switch bookkeeping (`switch_to`).
 
 use std::fs;
@@ -10,7 +10,7 @@ use crate::model::Hit;
 use crate::model::{Kind, Strategy};
 
 use super::audit::{Event, events};
-use super::live::{Live, LiveFile, QwenLock, owner_of};
+use super::live::{CliLock, Live, LiveFile, owner_of};
 use super::slots::{check_oauth, read_bounded, read_slot};
 use super::state::Status;
 use super::tx::Tx;
@@ -19,24 +19,31 @@ use super::tx::Tx;
 pub(super) const MAX_BACKUPS: usize = 20;
 
 impl Tx<'_> {
-    pub(super) fn qwen_lock(&mut self) -> Result<()> {
+    /// Takes the CLI's lock on its live file (once per transaction); a CLI that takes no lock
+    /// has nothing to wait for.
+    pub(super) fn cli_lock(&mut self) -> Result<()> {
+        let vault = self.vault;
+        let Some(path) = &vault.paths.cli_lock else {
+            return Ok(());
+        };
         if self.qlock.is_none() {
-            self.qlock = Some(QwenLock::acquire(
-                &self.vault.paths.qwen_lock,
-                self.vault.config.lock_timeout,
+            self.qlock = Some(CliLock::acquire(
+                path,
+                vault.paths.profile,
+                vault.config.lock_timeout,
             )?);
             self.point("qwen_locked");
         }
         Ok(())
     }
 
-    /// Settles the live file (once per transaction, under qwen's lock): migrates a symlink
+    /// Settles the live file (once per transaction, under the CLI's lock if it takes one): migrates a symlink
     /// to a regular file, and syncs changed, valid content back into the slot it belongs to.
     pub(super) fn sync_live(&mut self) -> Result<Live> {
         if let Some(live) = self.live {
             return Ok(live);
         }
-        self.qwen_lock()?;
+        self.cli_lock()?;
         let paths = &self.vault.paths;
         let file = LiveFile::read(&paths.live_creds)
             .map_err(|e| Error::io("read", &paths.live_creds, e))?;
@@ -289,5 +296,68 @@ impl Tx<'_> {
                 .slot(n)
                 .reason(problem.to_string()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use crate::config::{Config, Paths};
+    use crate::error::Error;
+    use crate::vault::Vault;
+
+    fn creds(who: &str) -> String {
+        format!(
+            r#"{{"access_token":"acc-{who}-0123456789","refresh_token":"ref-{who}-0123456789","token_type":"Bearer","expiry_date":4102444800000}}"#
+        )
+    }
+
+    /// Two OAuth slots under `paths`, and a file held where qwen's lock goes.
+    fn home(paths: &Paths) {
+        fs::create_dir_all(&paths.accounts).unwrap();
+        for d in [&paths.home, &paths.accounts] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        for (n, who) in [(1, "a"), (2, "b")] {
+            fs::write(paths.oauth_slot(n), creds(who)).unwrap();
+            fs::set_permissions(paths.oauth_slot(n), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        fs::write(paths.home.join("oauth_creds.lock"), "some-uuid").unwrap();
+    }
+
+    fn quick(paths: &Paths) -> Vault {
+        let config = Config {
+            lock_timeout: Duration::from_millis(300),
+            ..Config::default()
+        };
+        Vault::open(paths.clone(), config)
+    }
+
+    #[test]
+    fn a_cli_without_a_lock_gets_its_live_file_without_waiting_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // qwen takes its lock: held by someone else, the swap gives up.
+        let qwen = Paths::at(dir.path().join("qwen"));
+        home(&qwen);
+        assert!(matches!(
+            quick(&qwen).switch("2"),
+            Err(Error::LockTimeout { .. })
+        ));
+        assert!(!qwen.live_creds.exists());
+        // The same CLI without a lock: the swap neither waits nor touches that file.
+        let mut profile = crate::profile::QWEN.clone();
+        profile.creds.lock = None;
+        let lockless = Paths::of(Box::leak(Box::new(profile)), dir.path().join("lockless"));
+        home(&lockless);
+        quick(&lockless).switch("2").unwrap();
+        assert_eq!(
+            fs::read_to_string(&lockless.live_creds).unwrap(),
+            creds("b")
+        );
+        let left = fs::read_to_string(lockless.home.join("oauth_creds.lock")).unwrap();
+        assert_eq!(left, "some-uuid");
     }
 }

@@ -1,5 +1,5 @@
-//! The live credential file the real qwen reads (`oauth_creds.json`) and qwen's own
-//! `oauth_creds.lock`, which we hold whenever we replace the live file.
+//! The live credential file the real CLI reads (qwen's `oauth_creds.json`) and the CLI's own
+//! lock on it (qwen's `oauth_creds.lock`), which we hold whenever we replace the live file.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::{Error, Result};
 use crate::files::{self, digest, keep_owner};
 use crate::model::Kind;
+use crate::profile::Profile;
 
 use super::slots::{SlotInfo, check_oauth, read_bounded};
 
@@ -126,16 +127,18 @@ pub fn owner_of(
     }
 }
 
-/// qwen's own `oauth_creds.lock` (QWEN_FACTS.md §0): created with O_CREAT|O_EXCL, treated as
-/// stale after 10 s. Holding it while we read and replace the live file means qwen never
-/// saves a refreshed token in the middle of our swap (and we never read half of its save).
-pub(super) struct QwenLock {
+/// The CLI's own lock on its live file, for a CLI that takes one (qwen's `oauth_creds.lock`,
+/// QWEN_FACTS.md §0: created with O_CREAT|O_EXCL, treated as stale after 10 s). Holding it
+/// while we read and replace the live file means the CLI never saves a refreshed token in the
+/// middle of our swap (and we never read half of its save).
+pub(super) struct CliLock {
     pub(super) path: PathBuf,
     pub(super) ino: u64,
 }
 
-impl QwenLock {
-    pub(super) fn acquire(path: &Path, timeout: Duration) -> Result<QwenLock> {
+impl CliLock {
+    /// Takes `cli`'s lock at `path`.
+    pub(super) fn acquire(path: &Path, cli: &Profile, timeout: Duration) -> Result<CliLock> {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(2);
         loop {
@@ -150,18 +153,21 @@ impl QwenLock {
                     // Our signature lets a later run remove the file at once when we crashed.
                     let _ = f.write_all(holder_signature().as_bytes());
                     let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
-                    return Ok(QwenLock {
+                    return Ok(CliLock {
                         path: path.to_path_buf(),
                         ino,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if qwen_lock_is_stale(path) {
+                    if cli_lock_is_stale(path, cli) {
                         let _ = fs::remove_file(path);
                         continue;
                     }
                 }
-                Err(e) => return Err(Error::io("create qwen's lock", path, e)),
+                Err(e) => {
+                    let action = format!("create {}'s lock", cli.name);
+                    return Err(Error::io_worded(action.into(), path, e));
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Error::LockTimeout {
@@ -175,9 +181,9 @@ impl QwenLock {
     }
 }
 
-impl Drop for QwenLock {
+impl Drop for CliLock {
     fn drop(&mut self) {
-        // Remove it only while it is still ours (qwen may have judged it stale and replaced it).
+        // Remove it only while it is still ours (the CLI may have judged it stale and replaced it).
         if fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = fs::remove_file(&self.path);
         }
@@ -200,10 +206,15 @@ pub(super) fn pid_namespace() -> String {
         .unwrap_or_default()
 }
 
-/// Stale: older than the CLI's own rule (the profile's `creds.lock.stale`: qwen's 10 s), or
-/// written by a qwen-rotation process of our pid
-/// namespace that no longer exists (a crash between taking and releasing it).
+/// [`cli_lock_is_stale`] by the active profile's rule.
 pub fn qwen_lock_is_stale(path: &Path) -> bool {
+    cli_lock_is_stale(path, crate::profile::active())
+}
+
+/// Stale: older than `cli`'s own rule (its `creds.lock.stale`: qwen's 10 s), or written by a
+/// qwen-rotation process of our pid namespace that no longer exists (a crash between taking
+/// and releasing it).
+pub fn cli_lock_is_stale(path: &Path, cli: &Profile) -> bool {
     let Ok(meta) = fs::metadata(path) else {
         return false;
     };
@@ -211,11 +222,7 @@ pub fn qwen_lock_is_stale(path: &Path) -> bool {
         .modified()
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok());
-    let stale_after = crate::profile::active()
-        .creds
-        .lock
-        .as_ref()
-        .map_or(Duration::ZERO, |l| l.stale);
+    let stale_after = cli.creds.lock.as_ref().map_or(Duration::ZERO, |l| l.stale);
     if age.is_some_and(|a| a >= stale_after) {
         return true;
     }

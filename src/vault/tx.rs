@@ -10,9 +10,9 @@
 //!   the slot that content belongs to (same bytes or same refresh token as a slot; else the
 //!   slot last installed, whose previous content is first kept in `accounts/backup/`). An
 //!   `invalid` slot file is never written. `remove` moves the file to `accounts/removed/`.
-//! - The live file is replaced only while holding qwen's own `oauth_creds.lock`, only after
-//!   its current content was synced back (or, when it belongs to no slot, kept in
-//!   `accounts/backup/`), and always atomically (temp + fsync + rename + fsync dir), so after a
+//! - The live file is replaced only while holding the CLI's own lock (qwen's
+//!   `oauth_creds.lock`; none for a CLI that takes none), only after its current content was
+//!   synced back (or, when it belongs to no slot, kept in `accounts/backup/`), and always atomically (temp + fsync + rename + fsync dir), so after a
 //!   crash at any point it is a complete credential file of one account.
 //! - `switches_total` and the `account_switch` log lines change together (`Tx::switch_to`).
 //! - Nothing here formats a token or a key: `Secret` redacts itself, error messages name
@@ -31,7 +31,7 @@ use crate::model::Kind;
 
 use super::audit::{Event, events};
 use super::handle::Vault;
-use super::live::{Live, LiveFile, QwenLock, owner_of};
+use super::live::{CliLock, Live, LiveFile, owner_of};
 use super::reconcile::reconcile;
 use super::slots::{SlotInfo, slot_path};
 use super::state::{State, Status};
@@ -87,7 +87,7 @@ impl Vault {
             home_unsynced: false,
         };
         let result = f(&mut tx);
-        // qwen's lock covers only the live file: release it before our own bookkeeping.
+        // The CLI's lock covers only the live file: release it before our own bookkeeping.
         drop(tx.qlock.take());
         let Tx {
             st,
@@ -164,7 +164,7 @@ pub(super) struct Tx<'v> {
     pub(super) infos: BTreeMap<usize, SlotInfo>,
     pub(super) events: Vec<Event>,
     pub(super) dirty: bool,
-    pub(super) qlock: Option<QwenLock>,
+    pub(super) qlock: Option<CliLock>,
     /// Set by `sync_live` (once per transaction) and kept current by `install`.
     pub(super) live: Option<Live>,
     /// A file in the qwen home was renamed and the directory not yet fsynced.
