@@ -25,10 +25,6 @@ pub struct Paths {
     /// The lock the CLI holds while it rewrites `live_creds` (`None`: it takes none, and a swap
     /// waits for nothing).
     pub cli_lock: Option<PathBuf>,
-    /// `cli_lock`, or an empty path when there is none: kept only for the integration tests
-    /// written against qwen's lock; code reads `cli_lock`.
-    #[doc(hidden)]
-    pub qwen_lock: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
     pub config: PathBuf,
@@ -59,7 +55,6 @@ impl Paths {
         Paths {
             accounts: home.join("accounts"),
             live_creds: home.join(profile.creds.file),
-            qwen_lock: cli_lock.clone().unwrap_or_default(),
             cli_lock,
             state: home.join("state.yaml"),
             log: home.join("rotation.log"),
@@ -313,7 +308,10 @@ mod tests {
             p.cli_lock.as_deref(),
             Some(Path::new("/h/oauth_creds.lock"))
         );
-        assert_eq!(p.qwen_lock, Path::new("/h/oauth_creds.lock"));
+        assert_eq!(
+            p.cli_lock.as_deref(),
+            Some(Path::new("/h/oauth_creds.lock"))
+        );
         assert_eq!(p.settings, Path::new("/h/settings.json"));
         // Our own files are the same whatever the CLI.
         assert_eq!(p.oauth_slot(2), Path::new("/h/accounts/oauth_creds_2.json"));
@@ -346,7 +344,11 @@ mod tests {
         profile.creds.lock = None;
         let p = Paths::of(Box::leak(Box::new(profile)), "/h");
         assert_eq!(p.cli_lock, None);
-        assert!(!p.qwen_lock.starts_with("/h"), "{:?}", p.qwen_lock);
+        assert!(
+            !p.cli_lock.as_ref().unwrap().starts_with("/h"),
+            "{:?}",
+            p.cli_lock
+        );
     }
 
     #[test]

@@ -576,11 +576,11 @@ fn doctor_finds_and_fixes_permissions_locks_symlinks_and_corrupt_state() {
     fs::set_permissions(&h.paths.accounts, fs::Permissions::from_mode(0o755)).unwrap();
     fs::remove_file(&h.paths.live_creds).unwrap();
     std::os::unix::fs::symlink("accounts/oauth_creds_1.json", &h.paths.live_creds).unwrap();
-    fs::write(&h.paths.qwen_lock, "x").unwrap();
+    fs::write(h.paths.cli_lock.as_deref().unwrap(), "x").unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
     fs::File::options()
         .write(true)
-        .open(&h.paths.qwen_lock)
+        .open(h.paths.cli_lock.as_deref().unwrap())
         .unwrap()
         .set_modified(old)
         .unwrap();
@@ -615,7 +615,7 @@ fn doctor_finds_and_fixes_permissions_locks_symlinks_and_corrupt_state() {
     assert!(stdout(&out).contains("fixed"), "{}", stdout(&out));
     assert_eq!(mode(&h.paths.oauth_slot(2)), 0o600);
     assert_eq!(mode(&h.paths.accounts), 0o700);
-    assert!(!h.paths.qwen_lock.exists());
+    assert!(!h.paths.cli_lock.as_deref().unwrap().exists());
     assert!(
         fs::symlink_metadata(&h.paths.live_creds)
             .unwrap()

@@ -207,7 +207,10 @@ fn check_home(sb: &Sandbox) -> vault_home::Counts {
         vault_home::account_of(&live).is_some(),
         "the live file is one whole login"
     );
-    assert!(!p.qwen_lock.exists(), "qwen's lock left behind");
+    assert!(
+        !p.cli_lock.as_deref().unwrap().exists(),
+        "qwen's lock left behind"
+    );
     let lock = fs::File::open(&p.lock).unwrap();
     lock.try_lock().expect("rotation.lock is free");
     assert_log_matches_state(&p)

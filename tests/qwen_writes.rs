@@ -63,7 +63,7 @@ fn qwen_save(paths: &Paths, w: &mut Writes, seq: u64) {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&paths.qwen_lock)
+            .open(paths.cli_lock.as_deref().unwrap())
         {
             Ok(mut f) => {
                 let _ = f.write_all(format!("qwen-writer-{seq}").as_bytes());
@@ -71,14 +71,14 @@ fn qwen_save(paths: &Paths, w: &mut Writes, seq: u64) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 w.busy += 1;
-                let old = fs::metadata(&paths.qwen_lock)
+                let old = fs::metadata(paths.cli_lock.as_deref().unwrap())
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
                     .is_some_and(|age| age >= QWEN_STALE);
                 if old {
                     w.stale += 1;
-                    let _ = fs::remove_file(&paths.qwen_lock);
+                    let _ = fs::remove_file(paths.cli_lock.as_deref().unwrap());
                 }
                 // qwen polls its lock; a shim holds it for a few milliseconds.
                 std::thread::sleep(Duration::from_micros(500));
@@ -109,7 +109,8 @@ fn qwen_save(paths: &Paths, w: &mut Writes, seq: u64) {
             w.total += 1;
         }
     }
-    fs::remove_file(&paths.qwen_lock).expect("the writer's own lock is still there");
+    fs::remove_file(paths.cli_lock.as_deref().unwrap())
+        .expect("the writer's own lock is still there");
 }
 
 /// The generation of a refreshed login (`…-rN`), 0 for the original.
@@ -234,7 +235,10 @@ fn qwens_own_token_saves_are_never_lost_while_shims_rotate() {
         w.torn
     );
     assert_eq!(w.stale, 0, "a shim held qwen's lock for 10 s");
-    assert!(!paths.qwen_lock.exists(), "a lock was left behind");
+    assert!(
+        !paths.cli_lock.as_deref().unwrap().exists(),
+        "a lock was left behind"
+    );
 
     // No write lost: each account's newest refresh is in its slot, or still live.
     let live = fs::read_to_string(&paths.live_creds).unwrap();

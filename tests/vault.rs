@@ -62,7 +62,7 @@ fn a_steady_prepare_writes_nothing_and_takes_no_lock() {
         h.log_text(),
     );
     assert_eq!(before, after);
-    assert!(!h.paths.qwen_lock.exists());
+    assert!(!h.paths.cli_lock.as_deref().unwrap().exists());
 }
 
 #[test]
@@ -105,7 +105,10 @@ fn quota_hit_rotates_marks_and_logs_once() {
     assert_eq!(v.prepare(None).unwrap().slot, 2);
     h.assert_counters_match();
     h.assert_no_secrets_in_our_files();
-    assert!(!h.paths.qwen_lock.exists(), "qwen's lock is released");
+    assert!(
+        !h.paths.cli_lock.as_deref().unwrap().exists(),
+        "qwen's lock is released"
+    );
 }
 
 #[test]
@@ -663,7 +666,7 @@ fn qwens_lock_is_respected_and_stale_ones_are_cleared() {
     let v = h.vault_with(|c| c.lock_timeout = Duration::from_millis(300));
     v.prepare(None).unwrap();
     // Held by a live qwen: we wait, then give up.
-    fs::write(&h.paths.qwen_lock, "some-uuid").unwrap();
+    fs::write(h.paths.cli_lock.as_deref().unwrap(), "some-uuid").unwrap();
     assert!(matches!(
         v.report(1, &hit(Class::Quota)),
         Err(Error::LockTimeout { .. })
@@ -673,7 +676,7 @@ fn qwens_lock_is_respected_and_stale_ones_are_cleared() {
     let old = std::time::SystemTime::now() - Duration::from_secs(30);
     fs::File::options()
         .write(true)
-        .open(&h.paths.qwen_lock)
+        .open(h.paths.cli_lock.as_deref().unwrap())
         .unwrap()
         .set_modified(old)
         .unwrap();
@@ -681,7 +684,7 @@ fn qwens_lock_is_respected_and_stale_ones_are_cleared() {
         v.report(1, &hit(Class::Quota)).unwrap(),
         Rotation::Switched { from: 1, to: 2 }
     );
-    assert!(!h.paths.qwen_lock.exists());
+    assert!(!h.paths.cli_lock.as_deref().unwrap().exists());
     // Left by a qwen-rotation process that died: removed at once.
     let ns = fs::read_link("/proc/self/ns/pid").unwrap();
     let dead = {
@@ -691,7 +694,7 @@ fn qwens_lock_is_respected_and_stale_ones_are_cleared() {
         pid
     };
     fs::write(
-        &h.paths.qwen_lock,
+        h.paths.cli_lock.as_deref().unwrap(),
         format!("qwen-rotation pid={dead} ns={}\n", ns.display()),
     )
     .unwrap();
@@ -836,7 +839,7 @@ fn a_crash_in_the_middle_of_a_write_leaves_a_temporary_the_next_run_removes() {
             .iter()
             .flat_map(|d| fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
             // The killed process's qwen lock is stale, and removed as such.
-            .filter(|p| !left.contains(p) && *p != h.paths.qwen_lock)
+            .filter(|p| !left.contains(p) && *p != h.paths.cli_lock.as_deref().unwrap())
             .collect()
     };
     let before = others();
@@ -944,9 +947,12 @@ fn a_crash_at_any_step_loses_nothing() {
             lock.try_lock()
                 .unwrap_or_else(|e| panic!("{fault}: rotation.lock still held: {e:?}"));
             drop(lock);
-            if h.paths.qwen_lock.exists() {
+            if h.paths.cli_lock.as_deref().unwrap().exists() {
                 assert!(
-                    qwen_rotation::vault::qwen_lock_is_stale(&h.paths.qwen_lock),
+                    qwen_rotation::vault::cli_lock_is_stale(
+                        h.paths.cli_lock.as_deref().unwrap(),
+                        &qwen_rotation::profile::QWEN
+                    ),
                     "{fault}: oauth_creds.lock left and not recognisably stale"
                 );
             }
@@ -999,7 +1005,7 @@ fn a_crash_at_any_step_loses_nothing() {
             v.report(launch.slot, &hit(Class::Quota))
                 .unwrap_or_else(|e| panic!("{fault}: next report: {e}"));
             assert!(
-                !h.paths.qwen_lock.exists(),
+                !h.paths.cli_lock.as_deref().unwrap().exists(),
                 "{fault}: qwen's lock left behind"
             );
             // qwen's refreshed login survived the crash: in its slot, or kept aside (removed/

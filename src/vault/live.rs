@@ -206,11 +206,6 @@ pub(super) fn pid_namespace() -> String {
         .unwrap_or_default()
 }
 
-/// [`cli_lock_is_stale`] by the active profile's rule.
-pub fn qwen_lock_is_stale(path: &Path) -> bool {
-    cli_lock_is_stale(path, crate::profile::active())
-}
-
 /// Stale: older than `cli`'s own rule (its `creds.lock.stale`: qwen's 10 s), or written by a
 /// qwen-rotation process of our pid namespace that no longer exists (a crash between taking
 /// and releasing it).

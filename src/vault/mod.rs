@@ -30,7 +30,7 @@ mod store;
 mod tx;
 
 pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
-pub use live::{LiveFile, cli_lock_is_stale, owner_of, qwen_lock_is_stale};
+pub use live::{LiveFile, cli_lock_is_stale, owner_of};
 pub use slots::{
     ApiKeySlot, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name, read_slot, scan,
     slot_path, valid_api_key, valid_env_name,
