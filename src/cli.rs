@@ -50,6 +50,7 @@ pub const COMMANDS: &[&str] = &[
     "--rotation-label",
     "--rotation-log",
     "--rotation-doctor",
+    "--rotation-demo",
 ];
 
 /// The per-run modifiers.

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("settings", 25),
     ("relay", 30),
     ("run", 40),
+    ("demo", 45),
     ("admin", 50),
 ];
 

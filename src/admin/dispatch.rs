@@ -43,6 +43,10 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
             return exit::USAGE;
         }
     };
+    // The demo reads nothing of the person's (not even rotation.yaml): it builds its own home.
+    if parsed.command == Command::Demo {
+        return crate::demo::run(paths.profile);
+    }
     let (config, problem) = Config::load(&paths.config);
     if let Some(problem) = problem.filter(|_| {
         !matches!(
@@ -122,5 +126,6 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
         Command::Label(spec, label) => status::label(v, spec, label),
         Command::Log { tail } => log(v, *tail, ui),
         Command::Doctor { fix } => doctor(v, *fix, ui),
+        Command::Demo => Ok(crate::demo::run(v.paths.profile)),
     }
 }

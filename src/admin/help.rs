@@ -75,6 +75,10 @@ Commands (read commands take --json for machine output):
                                                                          {name} --rotation-log --tail 50
   --rotation-doctor [--fix]    check the setup: real {name}, PATH, {home}, permissions, locks,
                                files; --fix repairs what it can          {name} --rotation-doctor --fix
+  --rotation-demo              a quota rotation on the real {name}, offline, in a temporary home
+                               (built-in provider on 127.0.0.1; nothing of yours is touched)
+                               exit 0 it worked, 1 it did not (the line says why), 127 no real {name}
+                                                                         {name} --rotation-demo
 
 Files (in {home}, default ~/{dir}): accounts/oauth_creds_N.json (OAuth accounts),
 accounts/api_key_N.json (API keys), {creds} (the live login), state.yaml, rotation.log,

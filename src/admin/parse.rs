@@ -25,6 +25,7 @@ pub(super) enum Command {
     Label(String, Option<String>),
     Log { tail: Option<usize> },
     Doctor { fix: bool },
+    Demo,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -318,6 +319,10 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
                 fix: opts.contains_key("--fix"),
             }
         }
+        "--rotation-demo" => {
+            arity(0, 0, "")?;
+            Command::Demo
+        }
         other => return Err(cli::unknown_flag(other)),
     };
     Ok(Parsed { command, json })
@@ -453,6 +458,7 @@ fn example_of(flag: &str) -> String {
         "--rotation-reset" => format!("{name} --rotation-reset 2 (or all)"),
         "--rotation-label" => format!("{name} --rotation-label 2 work"),
         "--rotation-add" => format!("{name} --rotation-add work"),
+        "--rotation-demo" => format!("{name} --rotation-demo"),
         "--tail" => "--tail 20".to_string(),
         "--base-url" => format!("--base-url {}", p.api.example_base_url),
         "--model" => format!("--model {}", p.api.example_model),

@@ -139,6 +139,17 @@ pub struct Api {
     pub example_model: &'static str,
     /// A subscription plan's base URL, for the `--rotation-add --api-key` example in help.
     pub example_plan_url: &'static str,
+    /// The provider API the CLI speaks with an API key (what `--rotation-demo`'s built-in
+    /// provider answers in).
+    pub wire: Wire,
+}
+
+/// A provider API, as far as the built-in demo provider speaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI-compatible chat completions: `POST <base>/chat/completions` with a bearer key,
+    /// JSON or server-sent events (`stream: true`); errors as `{"error":{message,type,code}}`.
+    OpenAiChat,
 }
 
 /// The CLI's settings files and the keys we read or write in them.

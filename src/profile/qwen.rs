@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{
-    Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since,
+    Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since, Wire,
 };
 use crate::model::Class;
 
@@ -62,6 +62,7 @@ pub static QWEN: Profile = Profile {
         example_base_url: "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         example_model: "qwen3-coder-plus",
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
+        wire: Wire::OpenAiChat,
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).
     settings: SettingsSpec {

@@ -1,0 +1,277 @@
+//! The demo's private world: a temporary home (0700) with its own HOME, CLI home, TMPDIR,
+//! working directory and settings paths, children started in it with a scrubbed environment,
+//! waits with deadlines, and Ctrl-C.
+//!
+//! Invariants:
+//! - A child sees only the variables in [`KEPT`] from the caller's environment (so none of the
+//!   user's keys, base URLs, proxies or pool variables), plus the home's own paths. Nothing a
+//!   child reads or writes lies outside the home, except the real CLI's installation.
+//! - Every wait has a deadline and ends early on SIGINT, SIGTERM or SIGHUP: the child's process
+//!   group is stopped (TERM, then KILL after a grace) before the wait returns.
+//! - The home is removed when [`Home`] is dropped, which every way out of the demo does.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::profile::Profile;
+
+/// The caller's variables a child keeps: how to find programs and how to show text. Keys, base
+/// URLs, proxies, `NODE_OPTIONS` and our pool variables are not among them.
+pub const KEPT: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TERM",
+    "NO_COLOR",
+    "TZ",
+    "USER",
+    "LOGNAME",
+];
+
+/// How long a stopped child's group has between TERM and KILL.
+const GRACE: Duration = Duration::from_secs(5);
+/// How often a wait looks at the child and the signal flag.
+const TICK: Duration = Duration::from_millis(20);
+
+/// SIGINT, SIGTERM and SIGHUP, caught: the demo stops its child and cleans up instead of dying.
+#[derive(Clone)]
+pub struct Stop(Arc<AtomicUsize>);
+
+impl Stop {
+    pub fn install() -> Stop {
+        let flag = Arc::new(AtomicUsize::new(0));
+        for sig in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            // A signal that cannot be caught keeps its default action: the demo then dies as
+            // any program would, and only the temporary home (in TMPDIR) is left.
+            let _ = signal_hook::flag::register_usize(sig, Arc::clone(&flag), sig as usize);
+        }
+        Stop(flag)
+    }
+
+    /// The signal received, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            sig => i32::try_from(sig).ok(),
+        }
+    }
+}
+
+/// The temporary home and the paths inside it.
+pub struct Home {
+    dir: tempfile::TempDir,
+    /// `$HOME` of the children.
+    pub home: PathBuf,
+    /// The CLI's home (`$HOME/.qwen`).
+    pub cli_home: PathBuf,
+    /// The children's working directory (empty: no workspace settings, no `.env`).
+    pub work: PathBuf,
+    profile: &'static Profile,
+}
+
+impl Home {
+    /// Creates the home under TMPDIR, mode 0700 (tempfile's default), with its directories.
+    pub fn create(profile: &'static Profile) -> io::Result<Home> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-rotation-demo-", profile.name))
+            .tempdir()?;
+        let home = dir.path().join("home");
+        let cli_home = home.join(profile.home.dir);
+        let work = dir.path().join("work");
+        for d in [&home, &cli_home, &work, &dir.path().join("tmp")] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
+        }
+        Ok(Home {
+            dir,
+            home,
+            cli_home,
+            work,
+            profile,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `program` with the scrubbed environment, in the home, in its own process group, stdin
+    /// null, both outputs piped.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear();
+        for (k, v) in std::env::vars_os() {
+            if KEPT.iter().any(|kept| OsStr::new(kept) == k) {
+                cmd.env(k, v);
+            }
+        }
+        // The real CLI's path when the person named it: not a secret, and where it lives.
+        if let Some(real) = std::env::var_os(self.profile.pool_vars.real) {
+            cmd.env(self.profile.pool_vars.real, real);
+        }
+        let settings = &self.profile.settings;
+        let home_var = if self.profile.home.var_is_parent {
+            &self.home
+        } else {
+            &self.cli_home
+        };
+        cmd.env("HOME", &self.home)
+            .env(self.profile.home.var, home_var)
+            .env("TMPDIR", self.root().join("tmp"))
+            // No system settings of the machine: both names point at files that do not exist.
+            .env(
+                settings.system_var,
+                self.root().join("system-settings.json"),
+            )
+            .env(
+                settings.defaults_var,
+                self.root().join("system-defaults.json"),
+            )
+            .current_dir(&self.work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        cmd
+    }
+}
+
+/// How a wait ended.
+pub enum Waited {
+    Exited(ExitStatus),
+    /// The deadline passed; the child was stopped.
+    TimedOut,
+    /// A signal arrived; the child was stopped.
+    Interrupted(i32),
+}
+
+/// A started child whose outputs are read in the background.
+pub struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    stderr: mpsc::Receiver<Vec<u8>>,
+}
+
+/// What a finished child printed.
+pub struct Finished {
+    pub waited: Waited,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Running {
+    /// Spawns `cmd` (from [`Home::command`]) and writes `input` to its stdin, if any.
+    pub fn spawn(mut cmd: Command, input: Option<&[u8]>) -> io::Result<Running> {
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn()?;
+        if let (Some(bytes), Some(mut w)) = (input, child.stdin.take()) {
+            // A few bytes: the pipe holds them, and EPIPE (the child left early) is its answer.
+            let _ = io::Write::write_all(&mut w, bytes);
+        }
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        Ok(Running {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Waits for the exit until `deadline` or a signal, calling `tick` every few milliseconds
+    /// meanwhile; then collects the outputs.
+    pub fn finish_with(
+        mut self,
+        deadline: Instant,
+        stop: &Stop,
+        mut tick: impl FnMut(),
+    ) -> Finished {
+        let waited = loop {
+            tick();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break Waited::Exited(status);
+            }
+            if let Some(sig) = stop.signal() {
+                self.stop_group();
+                break Waited::Interrupted(sig);
+            }
+            if Instant::now() >= deadline {
+                self.stop_group();
+                break Waited::TimedOut;
+            }
+            thread::sleep(TICK);
+        };
+        tick();
+        // Whatever the child left in its group (a node grandchild) goes with it.
+        self.kill_group(Signal::SIGKILL);
+        let grace = Instant::now() + GRACE;
+        let collect = |rx: &mpsc::Receiver<Vec<u8>>| {
+            rx.recv_timeout(grace.saturating_duration_since(Instant::now()))
+                .unwrap_or_default()
+        };
+        Finished {
+            stdout: collect(&self.stdout),
+            stderr: collect(&self.stderr),
+            waited,
+        }
+    }
+
+    /// TERM to the group, KILL after the grace, and the child reaped.
+    fn stop_group(&mut self) {
+        self.kill_group(Signal::SIGTERM);
+        let until = Instant::now() + GRACE;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(TICK);
+        }
+        self.kill_group(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    fn kill_group(&self, sig: Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// Reads a pipe to its end in a thread (bounded: a child that floods it is cut at 1 MiB).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(pipe) = pipe {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut pipe = pipe;
+            let _ = pipe.by_ref().take(1 << 20).read_to_end(&mut buf);
+            // Past the cap, keep reading so the child never blocks on a full pipe.
+            let _ = io::copy(&mut pipe, &mut io::sink());
+            let _ = tx.send(buf);
+        });
+    } else {
+        let _ = tx.send(Vec::new());
+    }
+    rx
+}
