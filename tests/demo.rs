@@ -1,0 +1,438 @@
+//! `qwen --rotation-demo` end to end: the shim under test runs the demo with the REAL qwen 0.12.0
+//! and 0.24.4 (from `.ci/install-qwen`, tests/support/real_qwen.rs) behind it, as a person's
+//! shell would (the shim first on PATH). Without the installed releases these print SKIP (and
+//! fail under CI).
+//!
+//! Each run gets a TMPDIR of its own, so "the temporary home is removed" is "that directory is
+//! empty afterwards", and a HOME whose `~/.qwen` holds a person's files (settings that would
+//! break the demo if read, a login, accounts, keys in the environment): they must come out
+//! byte-identical and never opened (inotify watches them during the run).
+
+#[path = "support/real_qwen.rs"]
+mod real_qwen;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use real_qwen::{Output, Sandbox, Version, mkdir_private, run_with_timeout, write_private};
+
+/// What the demo's provider answers on account 2 (src/demo/provider.rs).
+const ANSWER: &str = "Hello from account 2: account 1 ran out of quota";
+
+/// A sandbox for `version` whose person has a `~/.qwen` of their own and keys in the
+/// environment, and a TMPDIR of its own for the demo.
+fn demo_sandbox(version: Version) -> Option<(Sandbox, PathBuf)> {
+    let mut sb = Sandbox::new(version)?;
+    let tmp = sb.root.join("tmpdir");
+    mkdir_private(&tmp);
+    sb.env("TMPDIR", &tmp);
+    let qh = sb.qwen_home.clone();
+    sb.env("QWEN_HOME", qh);
+    // Were any of these used, the demo's provider would refuse the key or the pool would not be
+    // the demo's: the run would fail.
+    sb.env("OPENAI_API_KEY", "sk-person-own-key-A1b2C3d4E5f6G7h8I9j0");
+    sb.env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1");
+    sb.env("OPENAI_MODEL", "person-model");
+    sb.env(
+        "QWEN_ROTATION_KEYS",
+        "sk-person-pool-key-1,sk-person-pool-key-2",
+    );
+    sb.env("HTTPS_PROXY", "http://127.0.0.1:9");
+    sb.env("HTTP_PROXY", "http://127.0.0.1:9");
+    // The person's own files: an OAuth selection and a provider table pointing elsewhere.
+    write_private(
+        &sb.qwen_home.join("settings.json"),
+        br#"{"security":{"auth":{"selectedType":"qwen-oauth"}},"modelProviders":{"openai":[{"id":"demo-model","baseUrl":"http://127.0.0.1:9/v1","envKey":"PERSON_KEY"}]}}"#,
+    );
+    write_private(
+        &sb.qwen_home.join("oauth_creds.json"),
+        br#"{"access_token":"person-access","refresh_token":"person-refresh","expiry_date":1}"#,
+    );
+    mkdir_private(&sb.accounts());
+    write_private(
+        &sb.accounts().join("oauth_creds_1.json"),
+        br#"{"access_token":"person-slot","refresh_token":"person-slot-refresh","expiry_date":1}"#,
+    );
+    write_private(
+        &sb.accounts().join("api_key_2.json"),
+        br#"{"api_key":"person-slot-key","env_key":"OPENAI_API_KEY"}"#,
+    );
+    write_private(
+        &sb.qwen_home.join("rotation.yaml"),
+        b"strategy: [not yaml\n",
+    );
+    Some((sb, tmp))
+}
+
+/// Every file under `dir` with its bytes and mode.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&path));
+            out.insert(path, (Vec::new(), meta.permissions().mode()));
+        } else {
+            out.insert(
+                path.clone(),
+                (fs::read(&path).unwrap(), meta.permissions().mode()),
+            );
+        }
+    }
+    out
+}
+
+/// Watches the person's qwen home (and its accounts) for any open, read or change, and HOME
+/// for anything created in it.
+fn watch(sb: &Sandbox) -> Inotify {
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    let everything = AddWatchFlags::IN_OPEN
+        | AddWatchFlags::IN_ACCESS
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO;
+    ino.add_watch(&sb.qwen_home, everything).unwrap();
+    ino.add_watch(&sb.accounts(), everything).unwrap();
+    ino.add_watch(
+        &sb.home,
+        AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_TO,
+    )
+    .unwrap();
+    ino
+}
+
+/// The events seen so far (none is `EAGAIN`).
+fn events(ino: &Inotify) -> Vec<String> {
+    match ino.read_events() {
+        Ok(evs) => evs
+            .into_iter()
+            .map(|e| format!("{:?} {:?}", e.mask, e.name))
+            .collect(),
+        Err(nix::errno::Errno::EAGAIN) => Vec::new(),
+        Err(e) => panic!("inotify: {e}"),
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Processes whose working directory is under `tmp` (left behind by this test's run).
+fn processes_in(tmp: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(cwd) = fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(tmp)
+        {
+            found.push(format!(
+                "{} in {}",
+                entry.file_name().to_string_lossy(),
+                cwd.display()
+            ));
+        }
+    }
+    found
+}
+
+fn demo_works(version: Version) {
+    let Some((sb, tmp)) = demo_sandbox(version) else {
+        return;
+    };
+    let before = snapshot(&sb.qwen_home);
+    let ino = watch(&sb);
+    // stdout is a pipe: not a terminal.
+    let out = run_with_timeout(
+        sb.command("qwen", &["--rotation-demo"], false, false),
+        None,
+        sb.timeout,
+    );
+    let touched = events(&ino);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let stdout = out.stdout();
+    for step in [
+        &format!("the real qwen: {}", sb.real_dir.join("qwen").display()),
+        "account 1 (spent) added",
+        "account 2 (fresh) added",
+        "running qwen \"Say hello in one line.\" --output-format text",
+        "request on account 1 → 429 insufficient_quota \"Free allocated quota exceeded.\"",
+        "switch: the shim marked account 1 out of quota and sent the same request on account 2 → 200",
+        &format!("qwen exited 0 and printed account 2's answer: \"{ANSWER}"),
+        "stderr: qwen-rotation: account 1 (spent) quota exhausted; switched to account 2 (fresh)",
+        "rotation.log: account_switch from 1 to 2, reason quota_exhausted",
+        "Rotation works",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?}\n{}", out.dump());
+    }
+    // The steps come in order, numbered, each with its time.
+    let numbered: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let digits = t.chars().take_while(char::is_ascii_digit).count();
+            digits > 0 && t[digits..].starts_with(". [")
+        })
+        .collect();
+    assert_eq!(numbered.len(), 9, "{}", out.dump());
+    for (i, l) in numbered.iter().enumerate() {
+        assert!(
+            l.trim_start().starts_with(&format!("{}. [", i + 1)) && l.contains(" s] "),
+            "step {} reads {l:?}",
+            i + 1
+        );
+    }
+    // The status table of the demo home: account 2 live, account 1 cooling down.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("--rotation-status in the demo home"))
+        .collect();
+    assert!(
+        table
+            .iter()
+            .any(|l| l.contains("1  spent") && l.contains("cooling down")),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        table.iter().any(|l| l.starts_with("  *  2  fresh")),
+        "{}",
+        out.dump()
+    );
+    // Piped: plain text, no escape sequence anywhere.
+    assert!(!out.stdout.contains(&0x1b), "{}", out.dump());
+    assert!(!out.stderr.contains(&0x1b), "{}", out.dump());
+    // Nothing of the person's was opened, changed or added; the demo home is gone.
+    assert!(
+        touched.is_empty(),
+        "the person's files were touched: {touched:?}"
+    );
+    assert_eq!(
+        snapshot(&sb.qwen_home),
+        before,
+        "the person's ~/.qwen changed"
+    );
+    assert_eq!(entries(&sb.home), [".qwen"], "something was added to HOME");
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+    assert!(
+        !stdout.contains("sk-person") && !out.stderr().contains("sk-person"),
+        "{}",
+        out.dump()
+    );
+    eprintln!("demo on qwen {}: {:.1?}", version.as_str(), out.elapsed);
+}
+
+#[test]
+fn the_demo_rotates_on_real_qwen_0_12() {
+    demo_works(Version::V0_12);
+}
+
+#[test]
+fn the_demo_rotates_on_real_qwen_0_24() {
+    demo_works(Version::V0_24);
+}
+
+/// Stopped by `signal` once the demo says qwen runs: exit 128 + signal, the home removed, no
+/// process of the run left.
+fn demo_interrupted(version: Version, signal: Signal) {
+    let Some((sb, tmp)) = demo_sandbox(version) else {
+        return;
+    };
+    let mut cmd = sb.command("qwen", &["--rotation-demo"], false, false);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The demo's own line says qwen was started: interrupt it then.
+    let deadline = Instant::now() + sb.timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let started = line.contains("running qwen");
+                seen.push(line);
+                if started {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+                panic!("the demo never said qwen runs: {seen:?}");
+            }
+        }
+    }
+    // As a terminal's Ctrl-C: to the demo's process group (its children have their own).
+    killpg(pid, signal).unwrap();
+    let started = Instant::now();
+    let status = real_qwen::child::wait_within(&mut child, Duration::from_secs(60), "the demo");
+    let stopped_in = started.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + signal as i32),
+        "{status:?}\n{seen:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("qwen-rotation: demo: interrupted"),
+        "{stderr}"
+    );
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+    let left = processes_in(&tmp);
+    assert!(left.is_empty(), "processes of the demo left: {left:?}");
+    eprintln!(
+        "demo on qwen {} stopped by {signal:?} in {stopped_in:.1?}",
+        version.as_str()
+    );
+}
+
+#[test]
+fn ctrl_c_while_qwen_0_24_runs_removes_the_home_and_exits_130() {
+    demo_interrupted(Version::V0_24, Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_while_qwen_0_12_runs_removes_the_home_and_exits_143() {
+    demo_interrupted(Version::V0_12, Signal::SIGTERM);
+}
+
+/// The shim alone, with `path` as PATH and a TMPDIR of its own.
+fn shim_alone(path: &Path, tmp: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qwen"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", tmp.join("home"))
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    real_qwen::child::default_signals(&mut cmd);
+    run_with_timeout(cmd, None, Duration::from_secs(60))
+}
+
+#[test]
+fn without_a_real_qwen_the_demo_says_so_and_exits_127() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-bin");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&empty).unwrap();
+    fs::create_dir_all(&tmp).unwrap();
+    let out = shim_alone(&empty, &tmp, &["--rotation-demo"]);
+    assert_eq!(out.code(), 127, "{}", out.dump());
+    let err = out.stderr();
+    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    assert!(
+        err.starts_with("qwen-rotation: demo: the real qwen was not found on PATH")
+            && err.contains("npm install -g @qwen-code/qwen-code"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+}
+
+#[test]
+fn a_qwen_too_new_for_the_node_at_hand_is_named_with_the_fix() {
+    // An npm layout: bin/qwen → lib/node_modules/@qwen-code/qwen-code/cli.js, whose package asks
+    // for a Node.js no machine has; `node` is the machine's.
+    let Some(node) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("node"))
+        .find(|p| p.is_file())
+    else {
+        assert!(std::env::var_os("CI").is_none(), "node is not on PATH");
+        eprintln!("SKIP: node is not on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("lib/node_modules/@qwen-code/qwen-code");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(
+        pkg.join("package.json"),
+        r#"{"name":"@qwen-code/qwen-code","version":"9.9.9","engines":{"node":">=999.0.0"}}"#,
+    )
+    .unwrap();
+    let cli = pkg.join("cli.js");
+    fs::write(&cli, "#!/bin/sh\necho 9.9.9\n").unwrap();
+    fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&cli, bin.join("qwen")).unwrap();
+    std::os::unix::fs::symlink(&node, bin.join("node")).unwrap();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let out = shim_alone(&bin, &tmp, &["--rotation-demo"]);
+    assert_eq!(out.code(), 1, "{}", out.dump());
+    let err = out.stderr();
+    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    assert!(
+        err.contains("demo: the real qwen 9.9.9 needs Node.js >=999.0.0 and node on PATH is v")
+            && err.contains("@qwen-code/qwen-code@0.12.0"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+}
+
+#[test]
+fn help_lists_the_demo_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shim_alone(dir.path(), dir.path(), &["--rotation-help"]);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let help = out.stdout();
+    assert!(
+        help.lines().any(|l| l.starts_with("  --rotation-demo ")),
+        "{help}"
+    );
+    assert!(help.contains("  qwen --rotation-demo\n"), "{help}");
+    // And it takes nothing else: one line says so.
+    let out = shim_alone(dir.path(), dir.path(), &["--rotation-demo", "now"]);
+    assert_eq!(out.code(), 2, "{}", out.dump());
+    assert_eq!(
+        out.stderr(),
+        "qwen-rotation: unexpected argument `now` for --rotation-demo; usage: qwen --rotation-demo\n"
+    );
+}
