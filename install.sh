@@ -3,13 +3,15 @@
 # of the real qwen. It never writes into npm's bin directory and never replaces npm's `qwen`.
 #
 #   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile]
-#                [--doctor] [--uninstall]
+#                [--doctor] [--demo] [--uninstall]
 #
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
 # --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
 # (and ~/.bashrc, ~/.zshrc when present); QWEN_ROTATION_PROFILE=FILE names another file.
 # --uninstall removes the shim, its PATH line, and the real qwen only when --with-qwen installed
 # it (recorded in PREFIX/installed-qwen); a qwen installed otherwise is kept.
+# --demo runs the installed shim's `qwen --rotation-demo` (a quota rotation on the real qwen in a
+# temporary home, nothing of yours touched); install.sh fails when the demo does.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +27,7 @@ binary=""
 with_qwen=""
 write_profile=0
 doctor=0
+demo=0
 uninstall=0
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -40,8 +43,9 @@ while [ $# -gt 0 ]; do
         --with-qwen=*) with_qwen=${1#--with-qwen=} ;;
         --write-profile) write_profile=1 ;;
         --doctor) doctor=1 ;;
+        --demo) demo=1 ;;
         --uninstall) uninstall=1 ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
     esac
     shift
@@ -238,4 +242,12 @@ esac
 if [ "$doctor" = 1 ]; then
     say "running: qwen --rotation-doctor (with $bindir first on PATH)"
     PATH="$bindir:$PATH" "$target" --rotation-doctor || true
+fi
+
+# --demo: the installed shim, first on PATH, shows a rotation on the real qwen; its status is ours.
+if [ "$demo" = 1 ]; then
+    say "running: qwen --rotation-demo (with $bindir first on PATH)"
+    status=0
+    PATH="$bindir:$PATH" "$target" --rotation-demo || status=$?
+    [ "$status" = 0 ] || die "the demo failed (exit $status; its line above says why); the shim is installed in $bindir"
 fi

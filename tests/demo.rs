@@ -436,3 +436,85 @@ fn help_lists_the_demo_with_an_example() {
         "qwen-rotation: unexpected argument `now` for --rotation-demo; usage: qwen --rotation-demo\n"
     );
 }
+
+/// `install.sh --prefix P --binary SHIM --demo` in a clean environment with `path` as PATH.
+fn install_with_demo(dir: &Path, path: &str) -> Output {
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::create_dir_all(dir.join("home")).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_qwen"), "--prefix"])
+        .arg(dir.join("prefix"))
+        .arg("--demo")
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", dir.join("home"))
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    real_qwen::child::default_signals(&mut cmd);
+    run_with_timeout(cmd, None, Duration::from_secs(180))
+}
+
+#[test]
+fn install_sh_demo_installs_then_shows_the_rotation() {
+    let Some(real) = real_qwen::installed(Version::V0_12) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin",
+        real.parent().unwrap().display()
+    );
+    let out = install_with_demo(dir.path(), &path);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let stdout = out.stdout();
+    let bindir = dir.path().join("prefix/bin");
+    for line in [
+        format!("install.sh: installed {}/qwen", bindir.display()),
+        format!(
+            "install.sh: running: qwen --rotation-demo (with {} first on PATH)",
+            bindir.display()
+        ),
+        "Rotation works".to_string(),
+    ] {
+        assert!(stdout.contains(&line), "missing {line:?}\n{}", out.dump());
+    }
+    assert!(entries(&dir.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn install_sh_demo_fails_when_the_rotation_does_not_show() {
+    // A "real qwen" that answers without asking any provider: the demo cannot show a rotation.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("fake-bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(bin.join("qwen"), "#!/bin/sh\necho 1.0.0\n").unwrap();
+    fs::set_permissions(
+        bin.join("qwen"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = install_with_demo(dir.path(), &format!("{}:/usr/bin:/bin", bin.display()));
+    assert_eq!(out.code(), 1, "{}", out.dump());
+    let err = out.stderr();
+    assert!(
+        err.contains(
+            "qwen-rotation: demo: the answer never came: account 1 was never asked; qwen exited 0"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "install.sh: the demo failed (exit 1; its line above says why); the shim is installed in {}",
+            dir.path().join("prefix/bin").display()
+        )),
+        "{}",
+        out.dump()
+    );
+    assert!(entries(&dir.path().join("tmp")).is_empty());
+}
