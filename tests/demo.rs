@@ -518,3 +518,29 @@ fn install_sh_demo_fails_when_the_rotation_does_not_show() {
     );
     assert!(entries(&dir.path().join("tmp")).is_empty());
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_stop_the_clean_up() {
+    // `qwen --rotation-demo | head -1`: the demo's writes fail from then on; it still finishes,
+    // stops its children and removes its home.
+    let Some((sb, tmp)) = demo_sandbox(Version::V0_24) else {
+        return;
+    };
+    let mut cmd = sb.command("qwen", &["--rotation-demo"], false, false);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains("--rotation-demo"), "{first}");
+    drop(reader);
+    let status = real_qwen::child::wait_within(&mut child, sb.timeout, "the demo");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+    let left = processes_in(&tmp);
+    assert!(left.is_empty(), "processes of the demo left: {left:?}");
+}

@@ -63,6 +63,13 @@ impl Stop {
             // any program would, and only the temporary home (in TMPDIR) is left.
             let _ = signal_hook::flag::register_usize(sig, Arc::clone(&flag), sig as usize);
         }
+        // A reader that goes away (`| head`) must not end the demo before it cleans up: with a
+        // handler (not SIG_IGN, which children would inherit) a write fails with EPIPE instead,
+        // and the output helpers ignore that.
+        let _ = signal_hook::flag::register(
+            signal_hook::consts::SIGPIPE,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        );
         Stop(flag)
     }
 

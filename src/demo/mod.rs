@@ -10,7 +10,7 @@
 //! Invariants:
 //! - Nothing of the person's is read or written: every child runs in the temporary home with a
 //!   scrubbed environment (`home::KEPT`), and the home is removed on every way out, Ctrl-C and
-//!   SIGTERM included.
+//!   SIGTERM included, and a reader that goes away (`| head`) does not stop the clean-up.
 //! - Every wait has a deadline.
 //! - Output is plain text (the status table is coloured only when stdout is a terminal, by the
 //!   status command itself).
