@@ -8,6 +8,8 @@
 //! break the demo if read, a login, accounts, keys in the environment): they must come out
 //! byte-identical and never opened (inotify watches them during the run).
 
+#[path = "support/pty.rs"]
+mod pty;
 #[path = "support/real_qwen.rs"]
 mod real_qwen;
 
@@ -543,4 +545,49 @@ fn a_reader_that_goes_away_does_not_stop_the_clean_up() {
     );
     let left = processes_in(&tmp);
     assert!(left.is_empty(), "processes of the demo left: {left:?}");
+}
+
+#[test]
+fn on_a_terminal_the_status_table_is_the_commands_own() {
+    // The demo on a terminal: the same steps, and the status table as `--rotation-status` draws
+    // it on a terminal (coloured), which a pipe never gets.
+    let Some((sb, tmp)) = demo_sandbox(Version::V0_24) else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(sb.shim_dir.join("qwen"));
+    cmd.arg("--rotation-demo")
+        .current_dir(&sb.work)
+        .env_clear()
+        .env("PATH", sb.path_var(false))
+        .env("HOME", &sb.home)
+        .env("QWEN_HOME", &sb.qwen_home)
+        .env("TMPDIR", &tmp)
+        .env("TERM", "xterm-256color");
+    let (mut master, mut child) = pty::start(cmd, 40, 200);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        // EIO once the demo and everything on the terminal are gone.
+        let _ = std::io::Read::read_to_end(&mut master, &mut screen);
+        let _ = tx.send(screen);
+    });
+    let status = real_qwen::child::wait_within(&mut child, sb.timeout, "the demo on a terminal");
+    let screen = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let text = String::from_utf8_lossy(&screen);
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("Rotation works"), "{text}");
+    let table_at = text
+        .find("--rotation-status in the demo home")
+        .unwrap_or_else(|| panic!("no status table: {text}"));
+    assert!(
+        text[table_at..].contains("\x1b["),
+        "the table is not the terminal's: {text}"
+    );
+    // The steps themselves are plain text.
+    assert!(!text[..table_at].contains('\x1b'), "{text}");
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
 }
