@@ -591,3 +591,56 @@ fn on_a_terminal_the_status_table_is_the_commands_own() {
         entries(&tmp)
     );
 }
+
+#[test]
+fn without_loopback_the_demo_names_the_port_it_cannot_open() {
+    // A network namespace of its own has a loopback interface that is down: binding works,
+    // connecting does not. Needs the privilege to make one (root, as CI and containers run).
+    let Some(real) = real_qwen::installed(Version::V0_24) else {
+        return;
+    };
+    let can_unshare = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_unshare {
+        eprintln!("SKIP: `unshare -n` is not allowed here (needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.arg("-n")
+        .arg(env!("CARGO_BIN_EXE_qwen"))
+        .arg("--rotation-demo")
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", real.parent().unwrap().display()),
+        )
+        .env("HOME", dir.path())
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    real_qwen::child::default_signals(&mut cmd);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(60));
+    assert_eq!(out.code(), 1, "{}", out.dump());
+    let err = out.stderr();
+    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    assert!(
+        err.starts_with(
+            "qwen-rotation: demo: cannot open a port on 127.0.0.1 for the demo's provider ("
+        ) && err.contains("the demo needs loopback TCP"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+}

@@ -55,6 +55,9 @@ impl Provider {
     pub fn start(wire: Wire, spent: &str, fresh: &str) -> io::Result<(Provider, Receiver<Seen>)> {
         let listener = TcpListener::bind(("127.0.0.1", 0))?;
         let addr = listener.local_addr()?;
+        // Bound is not reachable: with the loopback interface down, connecting fails. The
+        // backlog holds this probe until the accept loop takes it and sees it close.
+        drop(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let keys = Arc::new(Keys {

@@ -74,7 +74,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
             Fail(
                 FAILED,
                 format!(
-                    "cannot open a port on 127.0.0.1 for the demo's provider ({}); the demo needs loopback TCP",
+                    "cannot open a port on 127.0.0.1 for the demo's provider ({}); the demo needs loopback TCP (is the lo interface up?)",
                     crate::text::io_reason(&e)
                 ),
             )
