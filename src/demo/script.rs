@@ -135,6 +135,10 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     }
     let status = run_command(cmd, &me, None, STEP_DEADLINE, stop)?;
     out.raw(&status.stdout);
+    // A Ctrl-C after the last wait still means the person stopped it.
+    if let Some(sig) = stop.signal() {
+        return Err(interrupted(sig));
+    }
     out.say(&format!(
         "\nRotation works: account 1 ran out of quota, the shim moved the request to account 2,\n\
          and {name} answered without seeing the error ({:.1} s in all). The temporary home is removed.",
