@@ -51,6 +51,8 @@ pub const COMMANDS: &[&str] = &[
     "--rotation-log",
     "--rotation-doctor",
     "--rotation-demo",
+    "--rotation-dashboard",
+    "--rotation-report",
 ];
 
 /// The per-run modifiers.

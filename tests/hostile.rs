@@ -180,7 +180,13 @@ fn bad_usage_through_the_binary_exits_2_with_one_line_and_qwen_does_not_run() {
 
 /// A management command with hostile arguments: values, flags, control characters, non-ASCII.
 fn admin_argv() -> impl Strategy<Value = Vec<String>> {
-    let command = proptest::sample::select(cli::COMMANDS.to_vec());
+    // The dashboard serves until it is stopped (tests/dashboard.rs gives it bad arguments).
+    let commands: Vec<&str> = cli::COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| *c != "--rotation-dashboard")
+        .collect();
+    let command = proptest::sample::select(commands);
     let extra = prop_oneof![
         3 => proptest::sample::select(vec![
             "1", "2", "9", "0", "-1", "all", "work", "--json", "--tail", "x", "--fix", "--api-key",

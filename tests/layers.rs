@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("relay", 30),
     ("run", 40),
     ("demo", 45),
+    ("dashboard", 48),
     ("admin", 50),
 ];
 

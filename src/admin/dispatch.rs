@@ -100,6 +100,17 @@ fn fail(e: &Error, paths: &Paths) -> i32 {
     }
 }
 
+/// `--rotation-report FILE.html`: the dashboard's page with the pool inlined.
+fn report(v: &Vault, file: &str) -> Result<i32, Error> {
+    let snap = crate::dashboard::snapshot(v)?;
+    crate::dashboard::write_report(std::path::Path::new(file), &snap)?;
+    out(&format!(
+        "Wrote {} (the pool as of now; open it in a browser, no server needed).\n",
+        crate::text::printable(file)
+    ));
+    Ok(0)
+}
+
 fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
     match cmd {
         Command::Help => {
@@ -127,5 +138,7 @@ fn execute(cmd: &Command, v: &Vault, ui: &Ui) -> Result<i32, Error> {
         Command::Log { tail } => log(v, *tail, ui),
         Command::Doctor { fix } => doctor(v, *fix, ui),
         Command::Demo => Ok(crate::demo::run(v.paths.profile)),
+        Command::Dashboard { port } => crate::dashboard::serve(v, *port),
+        Command::Report(file) => report(v, file),
     }
 }

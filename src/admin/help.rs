@@ -73,6 +73,12 @@ Commands (read commands take --json for machine output):
   --rotation-label N LABEL     name an account (\"\" removes the label)    {name} --rotation-label 2 work
   --rotation-log [--tail N]    the audit log (default: last 20; --tail 0: all)
                                                                          {name} --rotation-log --tail 50
+  --rotation-dashboard [--port N]
+                               a live page of the pool on 127.0.0.1 (URL with its token printed;
+                               also /api/pool JSON and /metrics for Prometheus; Ctrl-C stops it)
+                                                                         {name} --rotation-dashboard
+  --rotation-report FILE.html  the same page as one offline file, the pool as of now
+                                                                         {name} --rotation-report pool.html
   --rotation-doctor [--fix]    check the setup: real {name}, PATH, {home}, permissions, locks,
                                files; --fix repairs what it can          {name} --rotation-doctor --fix
   --rotation-demo              a quota rotation on the real {name}, offline, in a temporary home

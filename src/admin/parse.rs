@@ -26,6 +26,8 @@ pub(super) enum Command {
     Log { tail: Option<usize> },
     Doctor { fix: bool },
     Demo,
+    Dashboard { port: Option<u16> },
+    Report(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,13 +53,14 @@ fn options_of(cmd: &str) -> &'static [&'static str] {
         "--rotation-stats" | "--rotation-version" => &["--json"],
         "--rotation-log" => &["--json", "--tail"],
         "--rotation-doctor" => &["--json", "--fix"],
+        "--rotation-dashboard" => &["--port"],
         "--rotation-add" => &["--login", "--api-key", "--base-url", "--model", "--env-key"],
         _ => &[],
     }
 }
 
 /// Options that take a value.
-const VALUED: &[&str] = &["--tail", "--base-url", "--model", "--env-key"];
+const VALUED: &[&str] = &["--port", "--tail", "--base-url", "--model", "--env-key"];
 
 pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
     let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
@@ -323,6 +326,30 @@ pub(super) fn parse(args: &[String]) -> Result<Parsed, String> {
             arity(0, 0, "")?;
             Command::Demo
         }
+        "--rotation-dashboard" => {
+            arity(0, 0, "")?;
+            let port = match opts.get("--port").cloned().flatten() {
+                None => None,
+                Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    format!(
+                        "--port takes a port number from 1 to 65535, not `{}`; e.g. {}",
+                        shown(&p),
+                        example_of("--port")
+                    )
+                })?),
+            };
+            Command::Dashboard { port }
+        }
+        "--rotation-report" => {
+            arity(1, 1, "the file to write")?;
+            if !positional[0].ends_with(".html") && !positional[0].ends_with(".htm") {
+                return Err(format!(
+                    "--rotation-report writes an HTML page; name a file ending in .html, e.g. {}",
+                    example_of(cmd)
+                ));
+            }
+            Command::Report(positional[0].clone())
+        }
         other => return Err(cli::unknown_flag(other)),
     };
     Ok(Parsed { command, json })
@@ -459,6 +486,8 @@ fn example_of(flag: &str) -> String {
         "--rotation-label" => format!("{name} --rotation-label 2 work"),
         "--rotation-add" => format!("{name} --rotation-add work"),
         "--rotation-demo" => format!("{name} --rotation-demo"),
+        "--rotation-report" => format!("{name} --rotation-report pool.html"),
+        "--port" => format!("{name} --rotation-dashboard --port 8377"),
         "--tail" => "--tail 20".to_string(),
         "--base-url" => format!("--base-url {}", p.api.example_base_url),
         "--model" => format!("--model {}", p.api.example_model),
