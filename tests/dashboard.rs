@@ -400,10 +400,7 @@ fn every_byte_served_and_the_report_are_free_of_secrets() {
 fn a_hostile_client_does_not_hang_it() {
     let h = pool();
     let d = Dashboard::start(&h);
-    // A head that never ends, one that is too large, and many idle connections.
-    let mut silent: Vec<TcpStream> = (0..40)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", d.port)).ok())
-        .collect();
+    // A head that is too large is closed unanswered.
     let mut huge = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     let _ = huge.write_all(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(40_000)).as_bytes());
     huge.set_read_timeout(Some(Duration::from_secs(10)))
@@ -411,6 +408,33 @@ fn a_hostile_client_does_not_hang_it() {
     let mut rest = Vec::new();
     let _ = huge.read_to_end(&mut rest);
     assert!(rest.is_empty(), "a too-large head is closed unanswered");
+    assert_eq!(d.get("/api/pool").status, 200);
+    // More idle connections than it serves at once (32): those past the limit are closed at
+    // once, well before the 5 s a request head may take.
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", d.port)).ok())
+        .collect();
+    let mut closed = vec![false; silent.len()];
+    while closed.iter().filter(|c| **c).count() < 8 && started.elapsed() < Duration::from_secs(3) {
+        for (s, c) in silent
+            .iter_mut()
+            .zip(closed.iter_mut())
+            .filter(|(_, c)| !**c)
+        {
+            s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            *c = matches!(s.read(&mut [0u8; 1]), Ok(0));
+        }
+    }
+    let closed = closed.iter().filter(|c| **c).count();
+    println!(
+        "of 40 idle connections, {closed} were closed at once ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        closed >= 8,
+        "connections past the limit are closed: {closed}"
+    );
     // The idle ones are dropped after the head timeout; then the dashboard answers again.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

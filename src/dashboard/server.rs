@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::vault::Vault;
 use crate::vault::audit;
+use crate::vault::state::{Loaded, State};
 
 use super::http::{Request, answer, read_request, same_secret, stream_head};
 use super::metrics::prometheus;
@@ -149,8 +150,27 @@ fn accept(server: &Arc<Server>, listener: &TcpListener, signal: &AtomicUsize) {
     }
 }
 
-/// What the files of the pool look like now (metadata only).
-fn fingerprint(v: &Vault) -> Vec<Option<(u64, u64, SystemTime)>> {
+/// What the pool looks like now: the state as the store's cheap lock-free read gives it (a
+/// store that keeps it elsewhere than in a file included), and the metadata of the log, the
+/// slot files' directory and the live file.
+#[derive(PartialEq)]
+struct Fingerprint {
+    state: Option<State>,
+    files: Vec<Option<(u64, u64, SystemTime)>>,
+}
+
+fn fingerprint(v: &Vault) -> Fingerprint {
+    let state = match v.peek() {
+        Loaded::Ok(st) => Some(st),
+        Loaded::Missing | Loaded::Corrupt(_) => None,
+    };
+    Fingerprint {
+        state,
+        files: file_marks(v),
+    }
+}
+
+fn file_marks(v: &Vault) -> Vec<Option<(u64, u64, SystemTime)>> {
     let files = v.store_files();
     [
         files.state.clone(),
@@ -173,8 +193,8 @@ fn fingerprint(v: &Vault) -> Vec<Option<(u64, u64, SystemTime)>> {
     .collect()
 }
 
-/// Publishes a new snapshot whenever the pool's files change (and at least every `REBUILD`,
-/// when the pool itself changed).
+/// Publishes a new snapshot whenever the pool's state or files change (and at least every
+/// `REBUILD`, when the pool itself changed).
 fn watch(server: &Server, first: Value) {
     let mut shown = first;
     let mut seen = fingerprint(&server.vault);
