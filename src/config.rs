@@ -144,6 +144,11 @@ pub struct Config {
     pub auto_retry: bool,
     /// API-key slots: sit in the request path (loopback relay) instead of scanning output.
     pub relay: bool,
+    /// A shell command run (detached, `notify_timeout` at most) with one JSON event on stdin
+    /// when an account is spent, needs a login, comes back, or every account is spent.
+    pub notify_command: Option<String>,
+    #[serde(with = "duration_text")]
+    pub notify_timeout: Duration,
     /// Headless `text` output to a pipe or file, in an attempt that may be retried: hold it until
     /// qwen ends (bounded), so a quota hit after the answer started is still retried
     /// (`--rotation-hold` for one run).
@@ -165,6 +170,8 @@ impl Default for Config {
             stop_grace: Duration::from_secs(2),
             auto_retry: true,
             relay: true,
+            notify_command: None,
+            notify_timeout: Duration::from_secs(10),
             hold_text_output: false,
             patterns: PatternConfig::default(),
         }

@@ -235,6 +235,10 @@ impl Vault {
 
     /// `--rotation-reset [N|all]`: clears cooldowns and needs_login. Returns the slots reset.
     pub fn reset(&self, spec: Option<&str>) -> Result<Vec<usize>> {
+        self.alerting(None, || self.reset_slots(spec), |_| false)
+    }
+
+    fn reset_slots(&self, spec: Option<&str>) -> Result<Vec<usize>> {
         self.transact("reset", |tx| {
             let targets: Vec<usize> = match spec {
                 None => tx.st.slots().collect(),

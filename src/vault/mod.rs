@@ -19,6 +19,7 @@ mod handle;
 mod install;
 mod live;
 mod manage;
+mod notify;
 mod prepare;
 mod reconcile;
 mod rotate;

@@ -27,7 +27,11 @@ impl Vault {
     /// slot for this run without moving `current_index`. Err(Exhausted) when nothing is
     /// eligible (for a pin: when the pinned slot is not).
     pub fn prepare(&self, pinned: Option<&str>) -> Result<Launch> {
-        crate::error::guarded(|| self.prepare_unguarded(pinned))
+        self.alerting(
+            Some(0),
+            || crate::error::guarded(|| self.prepare_unguarded(pinned)),
+            |_| false,
+        )
     }
 
     pub(super) fn prepare_unguarded(&self, pinned: Option<&str>) -> Result<Launch> {
@@ -173,7 +177,11 @@ impl Vault {
 
     /// The rotation step (DESIGN.md), compare-and-swap on `failed`.
     pub fn report(&self, failed: usize, hit: &Hit) -> Result<Rotation> {
-        crate::error::guarded(|| self.report_unguarded(failed, hit))
+        self.alerting(
+            Some(failed),
+            || crate::error::guarded(|| self.report_unguarded(failed, hit)),
+            super::notify::already_rotated,
+        )
     }
 
     pub(super) fn report_unguarded(&self, failed: usize, hit: &Hit) -> Result<Rotation> {
