@@ -7,7 +7,7 @@
 //! Slot numbers are shared by both kinds.
 //!
 //! Files, lowest first: state → selection, audit, slots → env_pool, live, store → source → reconcile →
-//! handle → tx → install, rotate → manage, prepare; a file imports only files before it (the
+//! handle → tx → install, rotate → notify → manage, prepare; a file imports only files before it (the
 //! methods of `Vault` and `Tx` are spread over handle … prepare). `store` is the seam of the
 //! pool's shared record (lock, state.yaml, history); `source` says where the slots come from. The transaction invariants
 //! are in `tx.rs`. May import the ground floor (text, files, model, error, fault), config and
