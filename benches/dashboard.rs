@@ -114,7 +114,10 @@ fn start(home: &Path) -> Server {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
     let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
     let (port, token) = rest.split_once("/?token=").unwrap();
     Server {
@@ -127,7 +130,12 @@ fn start(home: &Path) -> Server {
 /// One `/events` stream: sends the time of every `event: pool` whose live account is `1`/`2`.
 fn client(s: &Server, tx: mpsc::Sender<(usize, u64, Instant)>, id: usize) {
     let mut conn = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    write!(conn, "GET /events?token={} HTTP/1.1\r\nHost: x\r\n\r\n", s.token).unwrap();
+    write!(
+        conn,
+        "GET /events?token={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        s.token
+    )
+    .unwrap();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(conn);
         let mut line = String::new();
@@ -167,7 +175,8 @@ fn main() {
     // Each stream's first event (the pool as it is).
     let mut first = 0;
     while first < 10 {
-        rx.recv_timeout(Duration::from_secs(10)).expect("every stream starts");
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("every stream starts");
         first += 1;
     }
     let t1 = cpu_ticks(pid);
@@ -208,14 +217,20 @@ fn main() {
 
     println!("dashboard: 3 accounts, rotation.log of {lines} run lines, {secs} s per phase");
     println!("  {:<36} {:>8} {:>10}", "phase", "CPU", "RSS");
-    println!("  {:<36} {:>7.2}% {:>7} KiB", "idle (no client)", idle_cpu, idle_rss);
+    println!(
+        "  {:<36} {:>7.2}% {:>7} KiB",
+        "idle (no client)", idle_cpu, idle_rss
+    );
     println!(
         "  {:<36} {:>7.2}% {:>7} KiB",
         format!("10 /events clients, {switches} switches"),
         busy_cpu,
         busy_rss
     );
-    println!("  peak RSS (VmHWM): {hwm} KiB; the page: {} bytes", page.len());
+    println!(
+        "  peak RSS (VmHWM): {hwm} KiB; the page: {} bytes",
+        page.len()
+    );
     println!(
         "  switch → event on every stream: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms ({} arrivals)",
         pct(0.5).as_secs_f64() * 1000.0,

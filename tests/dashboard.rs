@@ -573,7 +573,7 @@ impl Browser {
                 "binary": CHROMIUM,
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--disable-background-networking", "--disable-component-update",
-                         "--disable-sync", "--no-first-run", "--window-size=1280,1100",
+                         "--disable-sync", "--no-first-run", "--window-size=1280,1700",
                          format!("--user-data-dir={}", b._profile.path().display())]
             }
         }}});
