@@ -96,7 +96,9 @@
       s.append(svg("line", { x1: L, x2: W - R, y1: y(n), y2: y(n), class: "grid" }));
       const t = svg("text", { x: 4, y: y(n) + 4 }); t.textContent = "account " + name(n); s.append(t);
     }
-    for (const e of marks) {
+    // Switches first, so a hit at the same moment stays visible on top.
+    const behind = (e) => e.event === "account_switch" || e.event === "exhausted";
+    for (const e of [...marks.filter(behind), ...marks.filter((e) => !behind(e))]) {
       const t = Date.parse(e.time);
       if (isNaN(t)) continue;
       const what = clock(e.time) + ": " + e.event.replace(/_/g, " ") + (e.slot != null ? " on account " + name(e.slot) : "") +
