@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
+use crate::model::Secret;
 pub use crate::model::Strategy;
 use crate::profile::Profile;
 pub use crate::text::human_duration;
@@ -149,6 +150,19 @@ pub struct Config {
     /// (`--rotation-hold` for one run).
     pub hold_text_output: bool,
     pub patterns: PatternConfig,
+    /// A pool shared by several hosts: `redis://[user:password@]host:port/db` (`rediss://` for
+    /// TLS). `None`: the files in the qwen home. The environment's `QWEN_ROTATION_POOL` wins.
+    /// Never written out (it may hold a password).
+    #[serde(skip_serializing)]
+    pub pool: Option<String>,
+    /// The pool's name inside that Redis (one Redis holds several pools).
+    pub pool_name: String,
+    /// The shared pool's password from the environment (never from rotation.yaml).
+    #[serde(skip)]
+    pub pool_password: Option<Secret>,
+    /// A file holding the shared pool's password (read when the pool is first reached).
+    #[serde(skip)]
+    pub pool_password_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -167,11 +181,67 @@ impl Default for Config {
             relay: true,
             hold_text_output: false,
             patterns: PatternConfig::default(),
+            pool: None,
+            pool_name: DEFAULT_POOL_NAME.into(),
+            pool_password: None,
+            pool_password_file: None,
+        }
+    }
+}
+
+/// The pool name when none is given.
+pub const DEFAULT_POOL_NAME: &str = "default";
+
+/// The shared pool's settings from the environment, read before the run removes them from its
+/// own environment (qwen never sees a `QWEN_ROTATION_POOL*` variable).
+#[derive(Debug, Clone, Default)]
+pub struct PoolEnv {
+    pub url: Option<String>,
+    pub name: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The names of the shared pool's variables set in our environment (every name starting with
+/// the profile's `pool_vars.pool`): a child the shim starts gets none of them.
+pub fn pool_variables() -> Vec<OsString> {
+    let prefix = crate::profile::active().pool_vars.pool;
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_str().is_some_and(|k| k.starts_with(prefix)))
+        .collect()
+}
+
+impl PoolEnv {
+    /// The active profile's pool variables; empty ones count as unset.
+    pub fn capture() -> PoolEnv {
+        let v = &crate::profile::active().pool_vars;
+        let get = |name: &str| std::env::var(name).ok().filter(|s| !s.trim().is_empty());
+        PoolEnv {
+            url: get(v.pool).map(|s| s.trim().to_string()),
+            name: get(v.pool_name).map(|s| s.trim().to_string()),
+            password: get(v.pool_password).map(Secret::new),
+            password_file: std::env::var_os(v.pool_password_file)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
 
 impl Config {
+    /// `rotation.yaml`'s pool settings with the environment's on top (the environment wins).
+    pub fn with_pool_env(mut self, env: &PoolEnv) -> Config {
+        if let Some(url) = &env.url {
+            self.pool = Some(url.clone());
+        }
+        if let Some(name) = &env.name {
+            self.pool_name = name.clone();
+        }
+        self.pool_password = env.password.clone();
+        self.pool_password_file = env.password_file.clone();
+        self
+    }
+
     /// Reads `rotation.yaml`. Missing file: defaults, no warning. Broken file: defaults and a
     /// one-line warning that names the file, the line and the fix.
     pub fn load(path: &Path) -> (Config, Option<String>) {

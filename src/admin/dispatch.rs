@@ -44,6 +44,7 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
         }
     };
     let (config, problem) = Config::load(&paths.config);
+    let config = config.with_pool_env(&crate::config::PoolEnv::capture());
     if let Some(problem) = problem.filter(|_| {
         !matches!(
             parsed.command,
