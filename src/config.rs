@@ -157,6 +157,10 @@ pub struct Config {
     pub pool: Option<String>,
     /// The pool's name inside that Redis (one Redis holds several pools).
     pub pool_name: String,
+    /// How long to wait for the shared pool to connect or answer one command (`100ms`); past
+    /// it the run goes on with the host's own files.
+    #[serde(with = "millis_text")]
+    pub pool_timeout: Duration,
     /// The shared pool's password from the environment (never from rotation.yaml).
     #[serde(skip)]
     pub pool_password: Option<Secret>,
@@ -183,6 +187,7 @@ impl Default for Config {
             patterns: PatternConfig::default(),
             pool: None,
             pool_name: DEFAULT_POOL_NAME.into(),
+            pool_timeout: Duration::from_millis(100),
             pool_password: None,
             pool_password_file: None,
         }
@@ -329,6 +334,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// A duration that may be shorter than a second: "150ms", or any `parse_duration` text.
+mod millis_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => match t.trim().strip_suffix("ms").map(str::trim) {
+                Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => ms
+                    .parse()
+                    .map(Duration::from_millis)
+                    .map_err(|_| serde::de::Error::custom("duration too large")),
+                _ => super::parse_duration(&t).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{}` is not a duration (use e.g. 100ms, 2s)",
+                        t.trim()
+                    ))
+                }),
+            },
+        }
+    }
 }
 
 mod duration_text {

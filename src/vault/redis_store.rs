@@ -11,18 +11,19 @@
 //! a run that cannot reach Redis goes on with recent state.
 //!
 //! Atomicity across hosts is optimistic: `load_locked` reads the pool and its `version` in one
-//! round trip (MULTI/EXEC); `commit` runs one Lua script (EVALSHA, EVAL when the server lost it)
+//! script (`READ`); `commit` runs one Lua script (EVALSHA, EVAL when the server lost it)
 //! that writes state, cooldown keys and events and bumps the version only if the version is
 //! still the one read, else answers `Conflict` and writes nothing. The transaction then runs
 //! again (`Vault::transact`) and the rotation step's compare-and-swap sees the other host's move.
 //!
-//! Fail open: connect and every command time out after `TIMEOUT`; any Redis error (down, slow,
+//! Fail open: connect and every command time out after `pool_timeout` (100 ms); any Redis error (down, slow,
 //! refused password, a bad URL) prints one warning naming the pool (password never shown) and
 //! the reason, and the rest of the process uses the local files. The next run tries again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,9 +39,6 @@ use super::source::SlotSource;
 use super::state::{Loaded, State};
 use super::store::{Commit, Committed, FileStore, FleetCheck, Locked, Scope, Store, StoreFiles};
 
-/// Connect and per-command timeout: a run's whole exchange (a read, maybe a write, its run
-/// line) stays near 200 ms even against a Redis that accepts and never answers.
-pub const TIMEOUT: Duration = Duration::from_millis(100);
 /// Reading the history for stats and log may move more bytes.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stream keeps about this many events (`XADD MAXLEN ~`).
@@ -72,6 +70,16 @@ end
 return {1, v}
 "#;
 
+/// The read: the pool's fields, its accounts, and which cooldown keys are alive, as one
+/// command (one reply, so one timeout bounds it). KEYS: pool, accounts, cooldown keys.
+const READ: &str = r#"
+local p = redis.call('HMGET', KEYS[1], 'version', 'current', 'last_switch', 'switches_total')
+local a = redis.call('HGETALL', KEYS[2])
+local c = {}
+for i = 3, #KEYS do c[#c + 1] = redis.call('EXISTS', KEYS[i]) end
+return {p, a, c}
+"#;
+
 /// Where the pool is and how to log in.
 struct Target {
     info: ConnectionInfo,
@@ -87,9 +95,14 @@ pub struct RedisStore {
     target: std::result::Result<Target, String>,
     shown: String,
     conn: Mutex<Option<Connection>>,
+    /// Connect and per-command timeout (`pool_timeout`).
+    timeout: Duration,
     /// Set at the first failure: why the rest of this process uses the local files.
     down: Mutex<Option<String>>,
+    /// What the last `peek` found (see `Store::settled`).
+    unsettled: AtomicBool,
     script: Script,
+    read_script: Script,
 }
 
 /// What `load_locked` read, kept in the lock until `commit`.
@@ -125,8 +138,11 @@ impl RedisStore {
             }),
             shown,
             conn: Mutex::new(None),
+            timeout: config.pool_timeout.max(Duration::from_millis(1)),
             down: Mutex::new(None),
+            unsettled: AtomicBool::new(false),
             script: Script::new(COMMIT),
+            read_script: Script::new(READ),
         }
     }
 
@@ -138,7 +154,7 @@ impl RedisStore {
     /// process: then, the first time, one warning.
     fn with<T>(
         &self,
-        timeout: Duration,
+        timeout: Option<Duration>,
         f: impl FnOnce(&Target, &mut Connection) -> RedisResult<T>,
     ) -> Option<T> {
         if self
@@ -159,13 +175,13 @@ impl RedisStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
             if conn.is_none() {
-                let c =
-                    redis::Client::open(t.info.clone())?.get_connection_with_timeout(TIMEOUT)?;
-                c.set_write_timeout(Some(TIMEOUT))?;
+                let c = redis::Client::open(t.info.clone())?
+                    .get_connection_with_timeout(self.timeout)?;
+                c.set_write_timeout(Some(self.timeout))?;
                 *conn = Some(c);
             }
             let c = conn.as_mut().expect("connected above");
-            c.set_read_timeout(Some(timeout))?;
+            c.set_read_timeout(Some(timeout.unwrap_or(self.timeout)))?;
             f(t, c)
         })();
         match result {
@@ -173,7 +189,7 @@ impl RedisStore {
             Err(e) => {
                 *conn = None;
                 drop(conn);
-                self.go_down(reason(&e));
+                self.go_down(reason(&e, self.timeout));
                 None
             }
         }
@@ -197,35 +213,28 @@ impl RedisStore {
         Some(fleet::identities(local, &infos))
     }
 
-    /// The pool as Redis holds it, in one round trip.
+    /// The pool as Redis holds it, in one round trip (two the first time a server sees the
+    /// script: EVALSHA, then EVAL).
     fn read(&self, ids: &BTreeMap<usize, String>) -> Option<Shared> {
-        self.with(TIMEOUT, |t, c| {
+        self.with(None, |t, c| {
             let wanted: BTreeSet<&String> = ids.values().collect();
-            let mut p = redis::pipe();
-            p.atomic()
-                .cmd("HMGET")
-                .arg(self.key(t, "pool"))
-                .arg(&["version", "current", "last_switch", "switches_total"])
-                .cmd("HGETALL")
-                .arg(self.key(t, "accounts"));
-            let cd_keys: Vec<String> = wanted
-                .iter()
-                .map(|id| self.key(t, &format!("cooldown:{id}")))
+            let mut call = self.read_script.prepare_invoke();
+            call.key(self.key(t, "pool")).key(self.key(t, "accounts"));
+            for id in &wanted {
+                call.key(self.key(t, &format!("cooldown:{id}")));
+            }
+            let (pool, flat, alive): (Vec<Option<String>>, Vec<String>, Vec<i64>) =
+                call.invoke(c)?;
+            let accounts: BTreeMap<String, String> = flat
+                .chunks(2)
+                .filter_map(|kv| Some((kv[0].clone(), kv.get(1)?.clone())))
                 .collect();
-            let mut cooling = BTreeSet::new();
-            let (pool, accounts): (Vec<Option<String>>, BTreeMap<String, String>) =
-                if cd_keys.is_empty() {
-                    p.query(c)?
-                } else {
-                    p.cmd("MGET").arg(&cd_keys);
-                    let (pool, accounts, cds): (_, _, Vec<Option<String>>) = p.query(c)?;
-                    for (id, cd) in wanted.iter().zip(cds) {
-                        if cd.is_some() {
-                            cooling.insert((*id).clone());
-                        }
-                    }
-                    (pool, accounts)
-                };
+            let cooling: BTreeSet<String> = wanted
+                .iter()
+                .zip(alive)
+                .filter(|(_, n)| *n > 0)
+                .map(|(id, _)| (*id).clone())
+                .collect();
             let field = |i: usize| pool.get(i).cloned().flatten();
             Ok(Shared {
                 version: field(0).and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -260,7 +269,7 @@ impl RedisStore {
             "cooldowns": cooldowns.iter().map(|(_, v)| v).collect::<Vec<_>>(),
             "events": events.iter().map(Event::to_line).collect::<Vec<_>>(),
         });
-        self.with(TIMEOUT, |t, c| {
+        self.with(None, |t, c| {
             let mut call = self.script.prepare_invoke();
             call.key(self.key(t, "pool"))
                 .key(self.key(t, "accounts"))
@@ -331,18 +340,21 @@ fn target(url: &str, name: &str, config: &Config) -> std::result::Result<Connect
 
 /// Why Redis could not be used, in one line (never the password: the crate's messages name
 /// the server's reply or the socket's error, not the credentials).
-fn reason(e: &RedisError) -> String {
+fn reason(e: &RedisError, timeout: Duration) -> String {
     let vars = &crate::profile::active().pool_vars;
     let text = e.to_string();
+    let no_perm = text.contains("NOPERM") || text.contains("can't run this command");
+    if no_perm {
+        return "its user may not run the commands the pool needs (see the ACL in docs/FLEET.md)"
+            .into();
+    }
     if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
     {
         let what = if text.contains("NOAUTH") {
             "it asks for a password"
-        } else if text.contains("NOPERM") {
-            "its user may not run the commands the pool needs"
         } else {
             "it refused the user or password"
         };
@@ -352,7 +364,7 @@ fn reason(e: &RedisError) -> String {
         );
     }
     if e.is_timeout() {
-        return format!("no answer within {} ms", TIMEOUT.as_millis());
+        return format!("no answer within {} ms", timeout.as_millis());
     }
     if e.is_connection_refusal() {
         return "connection refused (is redis-server running there?)".into();
@@ -370,9 +382,21 @@ impl Store for RedisStore {
             return Loaded::Ok(local);
         };
         match self.read(&ids) {
-            Some(shared) => Loaded::Ok(fleet::merge(&local, &ids, &shared).0),
-            None => Loaded::Ok(local),
+            Some(shared) => {
+                let (merged, missing) = fleet::merge(&local, &ids, &shared);
+                self.unsettled
+                    .store(missing || merged != local, Ordering::Relaxed);
+                Loaded::Ok(merged)
+            }
+            None => {
+                self.unsettled.store(false, Ordering::Relaxed);
+                Loaded::Ok(local)
+            }
         }
+    }
+
+    fn settled(&self) -> bool {
+        !self.unsettled.load(Ordering::Relaxed)
     }
 
     fn readable(&self) -> io::Result<()> {
@@ -455,7 +479,7 @@ impl Store for RedisStore {
     }
 
     fn append(&self, event: Event, lock_timeout: Duration) {
-        let written = self.with(TIMEOUT, |t, c| {
+        let written = self.with(None, |t, c| {
             redis::cmd("XADD")
                 .arg(self.key(t, "events"))
                 .arg("MAXLEN")
@@ -472,7 +496,7 @@ impl Store for RedisStore {
     }
 
     fn history(&self, scope: Scope) -> io::Result<audit::Read> {
-        let read = self.with(HISTORY_TIMEOUT, |t, c| {
+        let read = self.with(Some(HISTORY_TIMEOUT), |t, c| {
             redis::cmd("XRANGE")
                 .arg(self.key(t, "events"))
                 .arg("-")

@@ -63,6 +63,12 @@ pub trait Store: Send + Sync {
     fn fleet(&self) -> Option<FleetCheck> {
         None
     }
+    /// False when the last `peek` found something only a transaction puts right (a shared pool
+    /// that lacks this host's accounts, or local files behind the pool): the run's lock-free
+    /// path then takes the locked one.
+    fn settled(&self) -> bool {
+        true
+    }
 }
 
 /// What doctor learns from a shared pool.
