@@ -36,10 +36,11 @@ fn pooled(h: &Home, url: &str) -> Vault {
 /// The pool at `url`. The timeout is generous: these tests are about what the hosts agree on,
 /// not about a Redis slowed down by a busy machine (the bound has its own test).
 fn pool_config(url: &str) -> Config {
-    let mut c = Config::default();
-    c.pool = Some(url.to_string());
-    c.pool_timeout = Duration::from_secs(5);
-    c
+    Config {
+        pool: Some(url.to_string()),
+        pool_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
 }
 
 /// The pool's `current` identity and its switch count, as Redis holds them.
@@ -458,8 +459,10 @@ fn a_redis_that_never_answers_costs_one_timeout_and_the_run_goes_on() {
         silent.local_addr().unwrap().port()
     );
     let h = api_host(&["a", "b"]);
-    let mut c = Config::default();
-    c.pool = Some(url.clone());
+    let c = Config {
+        pool: Some(url.clone()),
+        ..Config::default()
+    };
     assert_eq!(c.pool_timeout, Duration::from_millis(100), "the default");
     let v = Vault::open(h.paths.clone(), c);
     let started = Instant::now();
