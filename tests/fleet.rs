@@ -1,6 +1,8 @@
 //! One pool shared by several hosts through a real redis-server (`pool: redis://…`). A "host"
 //! is its own qwen home (so hosts share no file lock), all pointing at the same Redis.
 
+#[path = "support/mock.rs"]
+mod mock;
 #[path = "support/redis.rs"]
 mod redis_server;
 #[path = "support/vault_home.rs"]
@@ -496,4 +498,68 @@ fn a_redis_that_never_answers_costs_one_timeout_and_the_run_goes_on() {
         err.contains("cannot be used: no answer within 100 ms; this run uses the local state"),
         "{err}"
     );
+}
+
+#[test]
+fn a_key_spent_on_host_a_is_not_asked_again_by_host_b_s_running_relay() {
+    use qwen_rotation::detect::Patterns;
+    use qwen_rotation::relay::{Relay, Setup};
+    let mock = mock::Mock::start();
+    let r = Redis::start();
+    let keys = [token("key-relay1-ok"), token("key-relay2-ok")];
+    let hosts = [Home::new(), Home::new()];
+    for h in &hosts {
+        for (i, k) in keys.iter().enumerate() {
+            let doc = serde_json::json!({"api_key": k, "base_url": mock.base_url(), "model": "mock-model"});
+            write600(&h.paths.api_key_slot(i + 1), &doc.to_string());
+        }
+    }
+    // Host B's run is under way on key 1, its relay in qwen's path.
+    let vb = pooled(&hosts[1], &r.url());
+    let launch = vb.prepare(None).unwrap();
+    assert_eq!(launch.slot, 1);
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&notices);
+    let relay = Relay::start(Setup {
+        vault: vb,
+        patterns: Patterns::defaults(),
+        launch,
+        notify: Box::new(move |line| sink.lock().unwrap().push(line)),
+    })
+    .expect("relay starts");
+    // Host A finds key 1 spent.
+    let va = pooled(&hosts[0], &r.url());
+    va.prepare(None).unwrap();
+    assert_eq!(
+        va.report(1, &hit(Class::Quota)).unwrap(),
+        Rotation::Switched { from: 1, to: 2 }
+    );
+    // Host B's next request goes straight to key 2.
+    let answer = ureq::post(&format!("{}/chat/completions", relay.base_url))
+        .header("Authorization", &format!("Bearer {}", relay.token.expose()))
+        .header("Content-Type", "application/json")
+        .send(
+            serde_json::json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        )
+        .expect("an answer")
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    // (The mock quotes the key without the fixture mark, so no secret reaches an output.)
+    assert!(
+        answer.contains(&format!("REPLY-FROM-{}", secrets::unmarked(&keys[1]))),
+        "{answer}"
+    );
+    assert_eq!(
+        mock.tokens(),
+        vec![secrets::unmarked(&keys[1]).to_string()],
+        "key 1 was not asked"
+    );
+    let said = notices.lock().unwrap().join("\n");
+    assert!(
+        said.contains("the shared pool moved on from account 1; switched to account 2"),
+        "{said}"
+    );
+    assert!(!said.contains(SECRET_MARK), "{said}");
 }

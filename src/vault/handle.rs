@@ -174,6 +174,11 @@ impl Vault {
         self.store.shown()
     }
 
+    /// Is the pool shared with other hosts, and reachable (the relay then follows it)?
+    pub fn is_shared(&self) -> bool {
+        self.store.shared()
+    }
+
     /// A shared pool's health for doctor (`None`: the pool is in files).
     pub fn fleet(&self) -> Option<FleetCheck> {
         self.store.fleet()

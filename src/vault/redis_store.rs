@@ -399,6 +399,13 @@ impl Store for RedisStore {
         !self.unsettled.load(Ordering::Relaxed)
     }
 
+    fn shared(&self) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     fn readable(&self) -> io::Result<()> {
         self.local.readable()
     }

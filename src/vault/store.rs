@@ -69,6 +69,10 @@ pub trait Store: Send + Sync {
     fn settled(&self) -> bool {
         true
     }
+    /// Is the pool shared with other hosts (so it may change without this host's lock)?
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// What doctor learns from a shared pool.
