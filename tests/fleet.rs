@@ -563,3 +563,29 @@ fn a_key_spent_on_host_a_is_not_asked_again_by_host_b_s_running_relay() {
     );
     assert!(!said.contains(SECRET_MARK), "{said}");
 }
+
+#[test]
+fn rediss_verifies_the_server_against_the_system_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, ca) = Redis::start_tls(dir.path());
+    let h = api_host(&["a", "b"]);
+    let url = format!("rediss://localhost:{}/0", r.port);
+    // The test CA is trusted through SSL_CERT_FILE (read with the system's roots).
+    let ca_env = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let out = run_shim(&h, &url, &ca_env, &["-p", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    let out = run_shim(&h, &url, &ca_env, &["--rotation-doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("pool: {url} (default)")), "{text}");
+    assert!(!text.contains("cannot be used"), "{text}");
+    // A server whose certificate no trusted root signed is refused, and the run goes on.
+    let out = run_shim(&h, &url, &[("SSL_CERT_FILE", "/dev/null")], &["-p", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("cannot be used") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}

@@ -62,6 +62,118 @@ impl Redis {
         r
     }
 
+    /// A server that speaks only TLS on its port, with a certificate for `localhost` and
+    /// 127.0.0.1 signed by a fresh CA in `dir` (made with openssl). Returns the CA's file.
+    /// Readiness: the port accepts (a client would need the CA).
+    pub fn start_tls(dir: &Path) -> (Redis, std::path::PathBuf) {
+        assert!(installed(), "redis-server is not installed");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let subj = |cn: &str| format!("/CN={cn}");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &subj("qwen-rotation test CA"),
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            &subj("localhost"),
+        ]);
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let port = free_port();
+        let child = Command::new(SERVER)
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.join("srv.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("srv.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = Redis {
+            child: Some(child),
+            port,
+            args: Vec::new(),
+            auth: Vec::new(),
+        };
+        (r, dir.join("ca.pem"))
+    }
+
     fn spawn(&mut self) {
         let child = Command::new(SERVER)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
