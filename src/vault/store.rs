@@ -1,5 +1,6 @@
 //! The pool's shared record: the `Store` trait (its lock, its state, its history) and
-//! `FileStore`, its only implementation (`state.yaml`, `rotation.lock`, `rotation.log`).
+//! `FileStore`, the default (`state.yaml`, `rotation.lock`, `rotation.log`); `RedisStore`
+//! (`redis_store.rs`) shares it between hosts.
 //! Credentials never go through a store: slot files and the live file are the vault's.
 //!
 //! A transaction is `lock` → `load_locked` → (the vault's work) → `commit`. The one-fsync rule:
@@ -27,8 +28,8 @@ use super::audit::{self, Event, events};
 use super::slots::read_bounded;
 use super::state::{Loaded, State};
 
-/// The shared view of one pool. `FileStore` is the only implementation; another one (a shared
-/// database) keeps the same order of steps and the same fault points.
+/// The shared view of one pool: `FileStore`, or `RedisStore` for a fleet. Each keeps the same
+/// order of steps and the same fault points.
 pub trait Store: Send + Sync {
     /// Lock-free read: a whole old or a whole new state (every write is a rename).
     fn peek(&self) -> Loaded;
