@@ -409,6 +409,39 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_comes_from_rotation_yaml_and_the_environment_wins() {
+        let c = Config::parse("pool: redis://a:6379/0\npool_name: team\npool_timeout: 250ms\n")
+            .unwrap();
+        assert_eq!(c.pool.as_deref(), Some("redis://a:6379/0"));
+        assert_eq!(c.pool_name, "team");
+        assert_eq!(c.pool_timeout, Duration::from_millis(250));
+        assert_eq!(
+            Config::parse("pool_timeout: 2s\n").unwrap().pool_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(Config::parse("pool_timeout: soon\n").is_err());
+        let d = Config::default();
+        assert_eq!((d.pool.as_deref(), d.pool_name.as_str()), (None, "default"));
+        assert_eq!(d.pool_timeout, Duration::from_millis(100));
+        let env = PoolEnv {
+            url: Some("redis://b:6379/1".into()),
+            name: None,
+            password: Some(Secret::new("pw")),
+            password_file: None,
+        };
+        let c = c.with_pool_env(&env);
+        assert_eq!(c.pool.as_deref(), Some("redis://b:6379/1"));
+        assert_eq!(c.pool_name, "team", "kept when the environment names none");
+        assert_eq!(c.pool_password.as_ref().map(Secret::expose), Some("pw"));
+        // Never written out: it may hold a password.
+        let yaml = yaml_serde::to_string(&c).unwrap();
+        assert!(
+            !yaml.contains("redis://") && !yaml.contains("pw\n"),
+            "{yaml}"
+        );
+    }
+
+    #[test]
     fn paths_name_the_cli_files_of_their_profile() {
         let p = Paths::at("/h");
         assert!(std::ptr::eq(p.profile, &crate::profile::QWEN));

@@ -196,6 +196,17 @@ impl RedisStore {
     }
 
     fn go_down(&self, why: String) {
+        // The crate's messages name replies and socket errors, never the credentials; should
+        // one ever quote the password, it is cut out here.
+        let why = match self
+            .target
+            .as_ref()
+            .ok()
+            .and_then(|t| t.info.redis_settings().password())
+        {
+            Some(pw) if !pw.is_empty() && why.contains(pw) => why.replace(pw, "***"),
+            _ => why,
+        };
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         if down.is_none() {
             crate::error::warn(format!(
