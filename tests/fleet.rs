@@ -589,3 +589,24 @@ fn rediss_verifies_the_server_against_the_system_roots() {
         "{err}"
     );
 }
+
+#[test]
+fn doctor_tells_a_host_whose_accounts_differ_from_the_pool_s() {
+    let r = Redis::start();
+    let (a, b) = (api_host(&["a", "b"]), api_host(&["a", "c"]));
+    pooled(&a, &r.url()).prepare(None).unwrap();
+    let out = run_shim(&b, &r.url(), &[], &["--rotation-doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("this host's accounts differ from the pool's"),
+        "{text}"
+    );
+    assert!(text.contains("this host has account 2 (key:"), "{text}");
+    assert!(text.contains("that the pool does not know yet"), "{text}");
+    assert!(text.contains("the pool has key:"), "{text}");
+    assert!(text.contains("give every host the same accounts"), "{text}");
+    // Host A, with the pool's accounts, is told nothing of the kind.
+    let out = run_shim(&a, &r.url(), &[], &["--rotation-doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("differ from the pool"), "{text}");
+}
