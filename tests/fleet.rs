@@ -261,6 +261,14 @@ fn a_password_and_an_acl_user_are_honoured_and_a_wrong_one_is_told_and_the_run_g
             "+xrange",
             "+evalsha",
             "+eval",
+            "--user",
+            "weak",
+            "on",
+            ">weak-pw",
+            "~qwen-rotation:*",
+            "+hget",
+            "+evalsha",
+            "+eval",
         ],
         &["s3cret-pw"],
     );
@@ -328,6 +336,19 @@ fn a_password_and_an_acl_user_are_honoured_and_a_wrong_one_is_told_and_the_run_g
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("it refused the user or password"), "{text}");
     assert!(!text.contains("wrong-pw"), "{text}");
+    // A user without the commands the pool needs.
+    let out = run_shim(
+        &h,
+        &format!("redis://weak:weak-pw@{base}"),
+        &[],
+        &["-p", "hi"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("its user may not run the commands the pool needs"),
+        "{err}"
+    );
     // No password at all against a server that wants one.
     let out = run_shim(&h, &format!("redis://{base}"), &[], &["-p", "hi"]);
     let err = String::from_utf8_lossy(&out.stderr);
