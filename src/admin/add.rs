@@ -85,6 +85,9 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
     for var in profile.api.login_clears {
         cmd.env_remove(var);
     }
+    for var in crate::config::pool_variables() {
+        cmd.env_remove(var);
+    }
     let mut child = cmd.spawn().map_err(|e| Error::RealNotExecutable {
         path: real.path.clone(),
         source: e,

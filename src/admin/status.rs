@@ -100,6 +100,7 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
     json!({
         "home": v.paths.home.display().to_string(),
         "pool": pool_source(v),
+        "pool_store": v.pool_shown(),
         "state_file": v.store_files().state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
@@ -260,6 +261,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     if let Some(line) = pool_line(v) {
         text.push_str(&format!("Note: {line}.\n"));
     }
+    text.push_str(&format!("Pool: {}.\n", v.pool_shown()));
     text
 }
 

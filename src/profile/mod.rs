@@ -68,6 +68,15 @@ pub struct PoolVars {
     pub model: &'static str,
     /// Where state.yaml and rotation.log go when the accounts come from the environment.
     pub state_dir: &'static str,
+    /// The shared pool's URL (`redis://…`); every variable starting with it is ours and never
+    /// reaches the CLI.
+    pub pool: &'static str,
+    /// The shared pool's name (one Redis holds several pools).
+    pub pool_name: &'static str,
+    /// The shared pool's password (when the URL holds none).
+    pub pool_password: &'static str,
+    /// A file holding the shared pool's password.
+    pub pool_password_file: &'static str,
 }
 
 /// Where the CLI keeps its files (and we keep the pool).

@@ -20,6 +20,10 @@ pub static QWEN: Profile = Profile {
         base_url: "QWEN_ROTATION_BASE_URL",
         model: "QWEN_ROTATION_MODEL",
         state_dir: "QWEN_ROTATION_STATE_DIR",
+        pool: "QWEN_ROTATION_POOL",
+        pool_name: "QWEN_ROTATION_POOL_NAME",
+        pool_password: "QWEN_ROTATION_POOL_PASSWORD",
+        pool_password_file: "QWEN_ROTATION_POOL_PASSWORD_FILE",
     },
     // QWEN_FACTS.md: `QWEN_HOME` replaces `~/.qwen` since 0.15; 0.12 ignores it.
     home: Home {

@@ -88,6 +88,7 @@ impl Relay {
             conns: Mutex::new(Conns::new()),
             served: Arc::new(Mutex::new(BTreeMap::new())),
             on_exhausted: Mutex::new(None),
+            pool_checked: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()

@@ -15,10 +15,11 @@ use crate::model::{Kind, Secret};
 use super::audit::{self, Event};
 use super::env_pool::Pool;
 use super::live::LiveFile;
+use super::redis_store::RedisStore;
 use super::slots::{ApiKeySlot, Scan, SlotInfo};
 use super::source::SlotSource;
 use super::state::{Account, Loaded, State};
-use super::store::{FileStore, Scope, Store, StoreFiles};
+use super::store::{FileStore, FleetCheck, Scope, Store, StoreFiles};
 
 /// What one attempt runs with.
 #[derive(Debug, Clone)]
@@ -103,7 +104,12 @@ impl Vault {
     /// The vault of `source`'s slots, its state kept where that source says.
     pub fn with_source(paths: Paths, config: Config, source: SlotSource) -> Vault {
         let paths = source.place(paths);
-        let store = Arc::new(FileStore::new(&paths));
+        let store: Arc<dyn Store> = match config.pool.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                Arc::new(RedisStore::new(url, &config, &paths, source.clone()))
+            }
+            _ => Arc::new(FileStore::new(&paths)),
+        };
         Vault {
             paths,
             config,
@@ -161,6 +167,21 @@ impl Vault {
     /// The files the store keeps.
     pub fn store_files(&self) -> StoreFiles {
         self.store.files()
+    }
+
+    /// Where the pool is kept (`files in ~/.qwen`, `redis://host:6379/0 (default)`).
+    pub fn pool_shown(&self) -> String {
+        self.store.shown()
+    }
+
+    /// Is the pool shared with other hosts, and reachable (the relay then follows it)?
+    pub fn is_shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// A shared pool's health for doctor (`None`: the pool is in files).
+    pub fn fleet(&self) -> Option<FleetCheck> {
+        self.store.fleet()
     }
 
     /// Err(Usage) when the pool is declared in the environment: its accounts are changed there.

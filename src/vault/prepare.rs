@@ -61,6 +61,9 @@ impl Vault {
         let Loaded::Ok(st) = self.peek() else {
             return Ok(None);
         };
+        if !self.store.settled() {
+            return Ok(None);
+        }
         // The slots on disk must be the ones the state knows, with the same kinds.
         let same_slots = scanned.len() == st.accounts.len()
             && scanned.iter().all(|(n, kinds)| {
