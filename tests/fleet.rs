@@ -521,6 +521,89 @@ fn a_redis_that_never_answers_costs_one_timeout_and_the_run_goes_on() {
     );
 }
 
+/// A slow network in front of a real server: every chunk the server sends is held back
+/// `delay` before it reaches the client. Counts the chunks it passed on.
+struct SlowLink {
+    port: u16,
+    answers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowLink {
+    fn start(server_port: u16, delay: Duration) -> SlowLink {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = answers.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", server_port)) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+                let (mut s_in, mut c_out) = (server, client);
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64 * 1024];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        // The slow network itself, not a wait for something to happen.
+                        std::thread::sleep(delay);
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        SlowLink { port, answers }
+    }
+
+    fn answers(&self) -> usize {
+        self.answers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_slow_redis_costs_a_run_at_most_twice_the_timeout_in_all() {
+    let r = Redis::start();
+    // A 1 s timeout (a budget of 2 s) and every answer 700 ms late: each command alone is
+    // within the timeout, with room for a busy machine, but a run's exchange (two round trips
+    // for the read on a server that has not seen the script, then a first commit of a new
+    // pool) would add up to more than the budget.
+    let slow = SlowLink::start(r.port, Duration::from_millis(700));
+    let url = format!("redis://127.0.0.1:{}/0", slow.port);
+    let h = api_host(&["a", "b"]);
+    fs::write(&h.paths.config, "pool_timeout: 1s\n").unwrap();
+    let out = run_shim(&h, &url, &[], &["-p", "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "cannot be used: its answers took more than 2000 ms in all; this run uses the local state"
+        ),
+        "{err}"
+    );
+    // Two answers (1.4 s) fit the budget; the third gets the 0.6 s left and no more.
+    assert!(slow.answers() <= 3, "{} answers waited for", slow.answers());
+    // A Redis at full speed is used again by the next run.
+    let out = run_shim(&h, &r.url(), &[], &["-p", "hi"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pool_current(&r).0.is_some(), "the pool is in Redis");
+}
+
 #[test]
 fn a_key_spent_on_host_a_is_not_asked_again_by_host_b_s_running_relay() {
     use qwen_rotation::detect::Patterns;

@@ -16,15 +16,18 @@
 //! still the one read, else answers `Conflict` and writes nothing. The transaction then runs
 //! again (`Vault::transact`) and the rotation step's compare-and-swap sees the other host's move.
 //!
-//! Fail open: connect and every command time out after `pool_timeout` (100 ms); any Redis error (down, slow,
-//! refused password, a bad URL) prints one warning naming the pool (password never shown) and
-//! the reason, and the rest of the process uses the local files. The next run tries again.
+//! Fail open: connect and every command time out after `pool_timeout` (100 ms), and all the
+//! waiting on Redis a process does is bounded by twice that in every period of twenty times it
+//! (`budget`: a run's whole exchange at its start — connect, read, commit — costs at most
+//! 200 ms, however slowly each answer comes, and a relay at most 200 ms in 2 s); any Redis error (down, slow, refused password, a bad URL) prints one
+//! warning naming the pool (password never shown) and the reason, and the rest of the process
+//! uses the local files. The next run tries again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use redis::{Connection, ConnectionInfo, IntoConnectionInfo, RedisError, RedisResult, Script};
@@ -97,6 +100,10 @@ pub struct RedisStore {
     conn: Mutex<Option<Connection>>,
     /// Connect and per-command timeout (`pool_timeout`).
     timeout: Duration,
+    /// The most this process waits on Redis in one period (twice `timeout`; a period is ten
+    /// budgets long), and what the current period has used: (its start, the time waited).
+    budget: Duration,
+    waited: Mutex<(Instant, Duration)>,
     /// Set at the first failure: why the rest of this process uses the local files.
     down: Mutex<Option<String>>,
     /// What the last `peek` found (see `Store::settled`).
@@ -139,6 +146,8 @@ impl RedisStore {
             shown,
             conn: Mutex::new(None),
             timeout: config.pool_timeout.max(Duration::from_millis(1)),
+            budget: 2 * config.pool_timeout.max(Duration::from_millis(1)),
+            waited: Mutex::new((Instant::now(), Duration::ZERO)),
             down: Mutex::new(None),
             unsettled: AtomicBool::new(false),
             script: Script::new(COMMIT),
@@ -151,7 +160,9 @@ impl RedisStore {
     }
 
     /// Runs `f` on the connection (made on first use). `None` when the pool is down for this
-    /// process: then, the first time, one warning.
+    /// process: then, the first time, one warning. `timeout`: a longer one for an admin
+    /// command that reads more (outside the budget); `None`: a run's command, bounded by
+    /// `pool_timeout` and by what is left of this period's budget.
     fn with<T>(
         &self,
         timeout: Option<Duration>,
@@ -172,27 +183,68 @@ impl RedisStore {
                 return None;
             }
         };
+        let limit = match timeout {
+            Some(long) => long,
+            None => match self.allowance(Instant::now()) {
+                Some(left) => left,
+                None => {
+                    self.go_down(self.over_budget());
+                    return None;
+                }
+            },
+        };
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
         let result = (|| {
             if conn.is_none() {
-                let c = redis::Client::open(t.info.clone())?
-                    .get_connection_with_timeout(self.timeout)?;
-                c.set_write_timeout(Some(self.timeout))?;
+                let c = redis::Client::open(t.info.clone())?.get_connection_with_timeout(limit)?;
                 *conn = Some(c);
             }
             let c = conn.as_mut().expect("connected above");
-            c.set_read_timeout(Some(timeout.unwrap_or(self.timeout)))?;
+            c.set_write_timeout(Some(limit))?;
+            c.set_read_timeout(Some(limit))?;
             f(t, c)
         })();
+        if timeout.is_none() {
+            self.spend(started.elapsed());
+        }
         match result {
             Ok(v) => Some(v),
             Err(e) => {
                 *conn = None;
                 drop(conn);
-                self.go_down(reason(&e, self.timeout));
+                let why = if e.is_timeout() && limit < self.timeout {
+                    self.over_budget()
+                } else {
+                    reason(&e, limit)
+                };
+                self.go_down(why);
                 None
             }
         }
+    }
+
+    /// How long the next command may wait: `pool_timeout`, or less when this period's budget
+    /// is nearly used; `None` when it is used up.
+    fn allowance(&self, now: Instant) -> Option<Duration> {
+        let mut waited = self.waited.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(waited.0) >= 10 * self.budget {
+            *waited = (now, Duration::ZERO);
+        }
+        let left = self.budget.saturating_sub(waited.1);
+        (left >= Duration::from_millis(1)).then(|| left.min(self.timeout))
+    }
+
+    fn over_budget(&self) -> String {
+        format!(
+            "its answers took more than {} ms in all",
+            self.budget.as_millis()
+        )
+    }
+
+    fn spend(&self, spent: Duration) {
+        let mut waited = self.waited.lock().unwrap_or_else(|p| p.into_inner());
+        waited.1 += spent;
     }
 
     fn go_down(&self, why: String) {
