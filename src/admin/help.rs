@@ -220,4 +220,26 @@ mod tests {
         }
         assert!(compared > 20, "{compared} lines with columns");
     }
+
+    #[test]
+    fn the_gemini_help_names_nothing_of_qwen() {
+        let h = help_text(&crate::profile::GEMINI);
+        for c in cli::COMMANDS.iter().chain(cli::MODIFIERS) {
+            assert!(h.contains(c), "{c}");
+        }
+        // The shim's own name (`qwen-rotation`) is the product's, not qwen's.
+        let rest = h.replace("qwen-rotation", "");
+        for word in ["qwen", "QWEN", "OPENAI", "dashscope", ".qwen"] {
+            assert!(!rest.contains(word), "{word} in:\n{h}");
+        }
+        for want in [
+            "GEMINI_CLI_HOME",
+            "~/.gemini",
+            "GEMINI_ROTATION_KEYS",
+            "GOOGLE_GEMINI_BASE_URL",
+            "gemini --rotation-status",
+        ] {
+            assert!(h.contains(want), "{want}");
+        }
+    }
 }

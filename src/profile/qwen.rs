@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{
-    Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since,
+    Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since, Wire,
 };
 use crate::model::Class;
 
@@ -45,9 +45,15 @@ pub static QWEN: Profile = Profile {
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
         retry_hint: "press Ctrl+Y to retry",
+        extra: &[],
+        file_swap: true,
+        encrypted: None,
     },
     // QWEN_FACTS_APIKEY.md §1: the OpenAI-compatible variables; DashScope examples.
     api: Api {
+        wire: Wire::OpenAi,
+        relay_path: "/v1",
+        default_base_url: None,
         key_var: "OPENAI_API_KEY",
         base_url_var: "OPENAI_BASE_URL",
         model_vars: &["OPENAI_MODEL", "QWEN_MODEL"],
