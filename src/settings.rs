@@ -70,6 +70,28 @@ impl Selected {
     }
 }
 
+/// The CLI will read a system settings file written in our private directory: always, unless
+/// the profile's CLI reads one only when root owns it and every directory above it, none
+/// writable by group or others (then: only when we run as root and those directories are so).
+pub fn private_honored(paths: &Paths) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !paths.profile.settings.system_root_only {
+        return true;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    // `private` may not exist yet: it is created 0700 and owned by us (root) when written.
+    paths
+        .private
+        .ancestors()
+        .skip(1)
+        .all(|dir| match fs::metadata(dir) {
+            Ok(m) => m.uid() == 0 && m.mode() & 0o022 == 0,
+            Err(_) => false,
+        })
+}
+
 /// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json
 /// (the profile's `system_var` and `system_default`).
 pub fn system_path(spec: &SettingsSpec) -> PathBuf {
@@ -227,6 +249,10 @@ pub fn override_env(
     selected: &Selected,
 ) -> std::io::Result<Vec<(OsString, OsString)>> {
     let spec = &paths.profile.settings;
+    if !private_honored(paths) {
+        // The CLI would skip the file (and say so on every run): the run goes without it.
+        return Ok(Vec::new());
+    }
     let want = auth_type(spec, launch.kind);
     let model = launch.api.as_ref().and_then(|a| a.model.clone());
     let model_differs = launch.kind == Kind::ApiKey

@@ -71,13 +71,16 @@ pub static GEMINI: Profile = Profile {
         argv_key: &[],
         example_base_url: "https://generativelanguage.googleapis.com",
         example_model: "gemini-2.5-pro",
+        relay_needs_selected: true,
         example_plan_url: "https://generativelanguage.googleapis.com",
     },
     // Settings layers (read in source): system `GEMINI_CLI_SYSTEM_SETTINGS_PATH` (default
     // /etc/gemini-cli/settings.json) beats workspace `.gemini/settings.json` beats the user's.
     // With the base URL set and no selected type, gemini picks `gateway`, which headless runs
     // reject (exit 41): an API-key run needs `gemini-api-key` selected, which the private
-    // system-settings file does.
+    // system-settings file does, but gemini reads a system settings file only when root owns
+    // it and every directory above it, none writable by group or others (observed: `Security
+    // Warning: Skipping system settings file '…': Parent directory '/tmp' is insecure`).
     settings: SettingsSpec {
         file: "settings.json",
         system_var: "GEMINI_CLI_SYSTEM_SETTINGS_PATH",
@@ -92,6 +95,7 @@ pub static GEMINI: Profile = Profile {
         oauth_hides_env: None,
         providers: None,
         login_strip: &["/security/auth/selectedType"],
+        system_root_only: true,
         auth_oauth: "oauth-personal",
         auth_api_key: "gemini-api-key",
     },

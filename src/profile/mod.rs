@@ -178,6 +178,10 @@ pub struct Api {
     pub example_model: &'static str,
     /// A subscription plan's base URL, for the `--rotation-add --api-key` example in help.
     pub example_plan_url: &'static str,
+    /// With [`Api::base_url_var`] set, the CLI uses the key only while its settings select
+    /// [`SettingsSpec::auth_api_key`] (else it picks another auth type): the relay needs that
+    /// selection, from the user's settings or from the private system-settings override.
+    pub relay_needs_selected: bool,
 }
 
 /// The CLI's settings files and the keys we read or write in them.
@@ -208,6 +212,9 @@ pub struct SettingsSpec {
     /// JSON pointers removed from the user's settings for a fresh login's home (what could
     /// make the login pick an API key).
     pub login_strip: &'static [&'static str],
+    /// The CLI reads a system settings file only when root owns it and every directory above
+    /// it, none writable by group or others: a private override written by a user is skipped.
+    pub system_root_only: bool,
     /// The auth-type names of an OAuth login and of an API key.
     pub auth_oauth: &'static str,
     pub auth_api_key: &'static str,

@@ -67,6 +67,7 @@ pub static QWEN: Profile = Profile {
         argv_key: &["--openai-api-key", "--openaiApiKey"],
         example_base_url: "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         example_model: "qwen3-coder-plus",
+        relay_needs_selected: false,
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).
@@ -87,6 +88,7 @@ pub static QWEN: Profile = Profile {
         }),
         providers: Some("modelProviders"),
         login_strip: &["/env", "/security/auth/apiKey", "/security/auth/baseUrl"],
+        system_root_only: false,
         auth_oauth: "qwen-oauth",
         auth_api_key: "openai",
     },

@@ -32,6 +32,7 @@ pub fn relay_possible_for(
     args: &[OsString],
 ) -> Result<(), String> {
     let from_args = model_from_args(paths, args)?;
+    selection_possible(paths)?;
     match fixed_base_url(paths, from_args, model) {
         Some(fixed) => Err(format!(
             "{} fixes the base URL of model `{}` ({}.{}), so {} would send its requests past \
@@ -44,6 +45,27 @@ pub fn relay_possible_for(
         )),
         None => Ok(()),
     }
+}
+
+/// Err when the CLI would not use the relay's token: with the base URL set it needs its settings
+/// to select the API-key auth type, and neither the user's settings nor a private override the
+/// CLI would read (`settings::private_honored`) can select it.
+fn selection_possible(paths: &Paths) -> Result<(), String> {
+    let (profile, spec) = (paths.profile, &paths.profile.settings);
+    if !profile.api.relay_needs_selected
+        || crate::settings::private_honored(paths)
+        || crate::settings::Selected::read(paths).selected.as_deref() == Some(spec.auth_api_key)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{name} reads its system settings only from files root owns, so the shim cannot select \
+         `{api}` for it; set \"{key}\": \"{api}\" in {file} to let the relay carry the keys",
+        name = profile.name,
+        api = spec.auth_api_key,
+        key = spec.selected.join("."),
+        file = paths.settings.display(),
+    ))
 }
 
 /// Why `launch`'s real key must stay out of qwen's environment when qwen talks to the provider
