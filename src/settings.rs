@@ -468,6 +468,30 @@ mod tests {
     }
 
     #[test]
+    fn a_private_override_counts_only_where_the_cli_reads_it() {
+        use std::os::unix::fs::MetadataExt;
+        // qwen reads any system file; gemini only one that root owns, under directories that
+        // root owns and nobody else may write (a world-writable /tmp is not such a place).
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        assert!(private_honored(&Paths::of(
+            &crate::profile::QWEN,
+            dir.path()
+        )));
+        let gemini = Paths::of(&crate::profile::GEMINI, dir.path().join(".gemini"));
+        assert!(!private_honored(&gemini));
+        // Under the crate's directory (root's, 0755 up to `/` when the tests run as root).
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let secure = crate_dir
+            .ancestors()
+            .all(|d| fs::metadata(d).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0));
+        let inside = Paths::of(&crate::profile::GEMINI, crate_dir);
+        assert_eq!(
+            private_honored(&inside),
+            nix::unistd::geteuid().is_root() && secure
+        );
+    }
+
+    #[test]
     fn set_creates_the_path_and_keeps_siblings() {
         let mut v = serde_json::json!({"security": {"auth": {"apiKey": "k"}, "other": 1}});
         set(

@@ -217,6 +217,34 @@ mod tests {
     use crate::vault::ApiTarget;
 
     #[test]
+    fn gemini_needs_its_api_key_type_selected_where_it_reads_the_selection() {
+        // Under /tmp (writable by all) gemini would skip our private system settings: only the
+        // user's own selection of `gemini-api-key` lets the relay in.
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let paths = Paths::of(&crate::profile::GEMINI, dir.path().join(".gemini"));
+        let err = relay_possible(&paths).unwrap_err();
+        assert!(
+            err.contains("security.auth.selectedType") && err.contains("gemini-api-key"),
+            "{err}"
+        );
+        std::fs::create_dir_all(&paths.home).unwrap();
+        std::fs::write(
+            &paths.settings,
+            r#"{"security":{"auth":{"selectedType":"oauth-personal"}}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible(&paths).is_err());
+        std::fs::write(
+            &paths.settings,
+            r#"{"security":{"auth":{"selectedType":"gemini-api-key"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(relay_possible(&paths), Ok(()));
+        // qwen reads any system settings file: nothing to ask of the user.
+        assert_eq!(relay_possible(&Paths::at(dir.path())), Ok(()));
+    }
+
+    #[test]
     fn argv_that_bypasses_the_relay_rules_it_out() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::at(dir.path());
