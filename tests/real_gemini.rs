@@ -149,6 +149,29 @@ fn a_spent_pro_quota_is_answered_by_key_2_on_the_pro_model() {
 }
 
 #[test]
+fn geminis_own_exit_codes_pass_through_and_other_errors_do_not_rotate() {
+    // A 400 that is not about the key is nobody's quota: gemini sees it as it came and exits
+    // with its own status, the HTTP status & 255 in json mode (144), 1 in text mode; no key is
+    // moved away from.
+    let Some((sb, mock)) = setup(&["k1_ok", "k2_ok"]) else {
+        return;
+    };
+    let json = sb.run(&["-p", "hello", "-m", "gemini-badarg", "-o", "json"], None);
+    assert_eq!(json.code(), 144, "{}", json.dump());
+    let text = sb.run(&["-p", "hello", "-m", "gemini-badarg"], None);
+    assert_eq!(text.code(), 1, "{}", text.dump());
+    assert!(mock.count("k1_ok") >= 2, "{:?}", mock.seen());
+    assert_eq!(mock.count("k2_ok"), 0, "{:?}", mock.seen());
+    assert!(
+        !sb.rotation_log()
+            .iter()
+            .any(|e| e["event"] == "account_switch"),
+        "{:?}",
+        sb.rotation_log()
+    );
+}
+
+#[test]
 fn keys_from_the_environment_rotate_the_same_way() {
     let Some(mut sb) = Sandbox::new() else {
         return;

@@ -223,7 +223,16 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
         v.paths.profile.name,
         slot.env_key
     );
-    if slot.base_url.is_none() || slot.model.is_none() {
+    if let (None, Some(default)) = (&slot.base_url, v.paths.profile.api.default_base_url) {
+        text.push_str(&format!(
+            "Requests with it go to {default}{}.\n",
+            if slot.model.is_none() {
+                format!("; the model is the one {} asks for", v.paths.profile.name)
+            } else {
+                String::new()
+            }
+        ));
+    } else if slot.base_url.is_none() || slot.model.is_none() {
         let api = &v.paths.profile.api;
         text.push_str(&format!(
             "Note: without --base-url and --model, {} takes them from its settings (or {}/{}).\n",

@@ -51,7 +51,7 @@ pub(super) fn watch_mode(
     let Some(slot) = slot else {
         return ("scan", Some("the slot file cannot be read".into()));
     };
-    if slot.base_url.is_none() {
+    if slot.base_url.is_none() && v.paths.profile.api.default_base_url.is_none() {
         return (
             "scan",
             Some(format!(

@@ -13,7 +13,7 @@
 //! The mock answers by the key a request carries (`x-goog-api-key` or `key=`), with the fixture
 //! secret mark dropped: `prodaily` → a daily-quota 429 for models with `pro` in their name ·
 //! `daily` → a daily-quota 429 · `minute` → a per-minute 429 (RetryInfo 7 s) · `invalid` → 400
-//! API_KEY_INVALID · `hold` → the answer waits until [`GeminiMock::release`] · anything else → an
+//! API_KEY_INVALID · a model named `…badarg…` → 400 INVALID_ARGUMENT · `hold` → the answer waits until [`GeminiMock::release`] · anything else → an
 //! answer: `generateContent` (the routing classifier, which wants JSON text) gets
 //! `{"reasoning":…,"model_choice":"flash"}`, `streamGenerateContent?alt=sse` one SSE event with
 //! the text `REPLY-FROM-<key>-ON-<model>`. Every request is recorded in arrival order.
@@ -280,6 +280,11 @@ fn answer(key: &str, model: &str, method: &str) -> (u16, &'static str, String) {
         || (key.contains("daily") && !key.contains("prodaily"))
     {
         return (429, json, quota_body("PerDay", 100, "36s", model));
+    }
+    if model.contains("badarg") {
+        let body = serde_json::json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Request contains an invalid argument."}});
+        return (400, json, body.to_string());
     }
     if key.contains("minute") {
         return (429, json, quota_body("PerMinute", 5, "7s", model));
