@@ -13,10 +13,12 @@
 //! The mock answers by the key a request carries (`x-goog-api-key` or `key=`), with the fixture
 //! secret mark dropped: `prodaily` → a daily-quota 429 for models with `pro` in their name ·
 //! `daily` → a daily-quota 429 · `minute` → a per-minute 429 (RetryInfo 7 s) · `invalid` → 400
-//! API_KEY_INVALID · a model named `…badarg…` → 400 INVALID_ARGUMENT · `hold` → the answer waits until [`GeminiMock::release`] · anything else → an
-//! answer: `generateContent` (the routing classifier, which wants JSON text) gets
-//! `{"reasoning":…,"model_choice":"flash"}`, `streamGenerateContent?alt=sse` one SSE event with
-//! the text `REPLY-FROM-<key>-ON-<model>`. Every request is recorded in arrival order.
+//! API_KEY_INVALID · a key named in [`GeminiMock::spend`] → a daily-quota 429 from then on · a
+//! model named `…badarg…` → 400 INVALID_ARGUMENT · `hold` → the answer waits until
+//! [`GeminiMock::release`] · anything else → an answer: `generateContent` (the routing
+//! classifier, which wants JSON text) gets `{"reasoning":…,"model_choice":"flash"}`,
+//! `streamGenerateContent?alt=sse` one SSE event with the text `REPLY-FROM-<key>-ON-<model>`.
+//! Every request is recorded in arrival order.
 #![allow(dead_code)]
 
 #[path = "real_qwen.rs"]
@@ -107,6 +109,8 @@ pub struct Seen {
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<Seen>>,
+    /// Keys whose daily quota is spent from now on ([`GeminiMock::spend`]).
+    spent: Mutex<Vec<String>>,
     arrived: Condvar,
     released: Mutex<bool>,
     release: Condvar,
@@ -165,6 +169,11 @@ impl GeminiMock {
                 .unwrap()
                 .0;
         }
+    }
+
+    /// From now on, `key` (unmarked) gets a daily-quota 429, whatever its name says.
+    pub fn spend(&self, key: &str) {
+        self.shared.spent.lock().unwrap().push(key.to_string());
     }
 
     /// Lets every held answer go.
@@ -262,7 +271,16 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     .0;
             }
         }
-        let (status, content_type, body) = answer(&key, model, method);
+        let spent = shared.spent.lock().unwrap().contains(&key);
+        let (status, content_type, body) = if spent {
+            (
+                429,
+                "application/json",
+                quota_body("PerDay", 100, "36s", model),
+            )
+        } else {
+            answer(&key, model, method)
+        };
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             body.len()
