@@ -14,6 +14,19 @@ use super::ui::{Ui, out, print_json};
 
 /// The help, worded for `profile` (its name, home, files and variables).
 pub(super) fn help_text(profile: &Profile) -> String {
+    let mut text = commands_text(profile);
+    if !profile.creds.file_swap {
+        text.push_str(&format!(
+            "OAuth logins ({}) are not rotated for {name} yet: --rotation-add without --api-key,\n\
+             --rotation-add --login and --rotation-setup refuse (exit 2); add API keys instead.\n",
+            profile.creds.file,
+            name = profile.name
+        ));
+    }
+    text
+}
+
+fn commands_text(profile: &Profile) -> String {
     let (pool, api, name) = (&profile.pool_vars, &profile.api, profile.name);
     // Text before a column that names the CLI, padded to where that column starts for qwen (a
     // longer name moves the column, both usage lines together).
@@ -232,6 +245,8 @@ mod tests {
         for word in ["qwen", "QWEN", "OPENAI", "dashscope", ".qwen"] {
             assert!(!rest.contains(word), "{word} in:\n{h}");
         }
+        assert!(h.contains("OAuth logins (oauth_creds.json) are not rotated for gemini"));
+        assert!(!help_text(&crate::profile::QWEN).contains("not rotated"));
         for want in [
             "GEMINI_CLI_HOME",
             "~/.gemini",
