@@ -343,6 +343,15 @@ fn quota_answer(wire: Wire, message: &str) -> Answer {
     answer
 }
 
+/// OpenAI's error code in our quota messages, for output scanning of an OpenAI-compatible
+/// CLI; a Google error carries its meaning in its structure instead.
+fn openai_code(wire: Wire) -> &'static str {
+    match wire {
+        Wire::OpenAi => " (insufficient_quota)",
+        Wire::Gemini => "",
+    }
+}
+
 /// Every key spent (see [`quota_answer`] for why the CLI stops at once).
 pub(super) fn exhausted_answer(wire: Wire, earliest: Option<DateTime<Utc>>) -> Answer {
     let when = match earliest {
@@ -357,7 +366,8 @@ pub(super) fn exhausted_answer(wire: Wire, earliest: Option<DateTime<Utc>>) -> A
         ),
     };
     let message = format!(
-        "qwen-rotation: all accounts exhausted (insufficient_quota): every account's quota has been exhausted; {when}"
+        "qwen-rotation: all accounts exhausted{}: every account's quota has been exhausted; {when}",
+        openai_code(wire)
     );
     let mut answer = quota_answer(wire, &message);
     answer.all_spent = true;
@@ -368,8 +378,9 @@ pub(super) fn exhausted_answer(wire: Wire, earliest: Option<DateTime<Utc>>) -> A
 /// (see [`quota_answer`]); run.rs's output scanning then reruns qwen.
 pub(super) fn unservable_answer(wire: Wire, slot: usize) -> Answer {
     let message = format!(
-        "qwen-rotation: quota exhausted (insufficient_quota) on this key; account {slot} is next and \
+        "qwen-rotation: quota exhausted{} on this key; account {slot} is next and \
          {} must be restarted to use it; the spent key's quota will reset at the provider's next reset",
+        openai_code(wire),
         crate::profile::active().name
     );
     quota_answer(wire, &message)
@@ -676,6 +687,7 @@ mod tests {
             let body = String::from_utf8_lossy(&a.body);
             let hit = crate::detect::classify_google(429, &body, now).unwrap();
             assert_eq!(hit.class, Class::Quota);
+            assert!(!body.contains("insufficient_quota"), "{body}");
         }
         let refused = refused_answer(Wire::Gemini);
         let d = doc(&refused);
