@@ -277,3 +277,44 @@ fn rotation_commands_answer_as_gemini() {
     assert!(add.stderr().contains("--api-key"), "{}", add.dump());
     assert_eq!(add.stderr().lines().count(), 1, "{}", add.dump());
 }
+
+/// Without the relay (`relay: false`), gemini gets the key itself and the shim watches its
+/// stderr: the quota line stops gemini at once, and the same command runs again on key 2.
+fn scanned(keys: &[&str]) -> Option<(Sandbox, GeminiMock)> {
+    let (sb, mock) = setup(keys)?;
+    std::fs::write(sb.gemini_home.join("rotation.yaml"), "relay: false\n").unwrap();
+    Some((sb, mock))
+}
+
+#[test]
+fn without_the_relay_the_daily_quota_line_reruns_on_key_2() {
+    let Some((sb, mock)) = scanned(&["k1_daily", "k2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert!(
+        out.stderr()
+            .contains("account 1 (key1) quota exhausted; switched to account 2"),
+        "{}",
+        out.dump()
+    );
+    // gemini talked to the mock itself (no relay): key 1 was refused, key 2 answered.
+    assert!(mock.count("k1_daily") >= 1 && mock.count("k2_ok") >= 1);
+}
+
+#[test]
+fn without_the_relay_a_per_minute_retry_line_stops_gemini_and_reruns_on_key_2() {
+    // gemini alone retries a per-minute quota for about 6 minutes (the deadline here is well
+    // under that); its first `Attempt 1 failed` line is enough for the shim to stop it and run
+    // the same command on key 2: key 1 is asked once, gemini's own retries never go out.
+    let Some((mut sb, mock)) = scanned(&["k1_minute", "k2_ok"]) else {
+        return;
+    };
+    sb.timeout = Duration::from_secs(150);
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert_eq!(mock.count("k1_minute"), 1, "{:?}", mock.seen());
+}
