@@ -271,6 +271,17 @@ fn rotation_commands_answer_as_gemini() {
         log.iter().any(|e| e["trigger"] == "gemini --rotation-next"),
         "{log:?}"
     );
+    // Encrypted credential storage is reported (no OAuth swap could work there).
+    let mut sb = sb;
+    sb.env("GEMINI_FORCE_ENCRYPTED_FILE_STORAGE", "true");
+    let doctor = sb.run(&["--rotation-doctor"], None);
+    assert!(
+        doctor.stdout().contains(
+            "gemini keeps its login encrypted (GEMINI_FORCE_ENCRYPTED_FILE_STORAGE=true)"
+        ),
+        "{}",
+        doctor.dump()
+    );
     // OAuth accounts are refused, with the fix.
     let add = sb.run(&["--rotation-add", "personal"], None);
     assert_eq!(add.code(), 2, "{}", add.dump());
