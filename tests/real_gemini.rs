@@ -329,3 +329,52 @@ fn without_the_relay_a_per_minute_retry_line_stops_gemini_and_reruns_on_key_2() 
     assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
     assert_eq!(mock.count("k1_minute"), 1, "{:?}", mock.seen());
 }
+
+#[test]
+fn a_copy_or_hard_link_named_gemini_is_the_gemini_shim_and_never_taken_for_the_real_one() {
+    use std::os::unix::process::CommandExt;
+    let Some(sb) = Sandbox::new() else {
+        return;
+    };
+    // The shim as a copy in one directory and as a hard link in another, both on PATH before
+    // the real gemini; the copy is what a shell finds first.
+    let (copy, link) = (sb.home.join("copy"), sb.home.join("link"));
+    for d in [&copy, &link] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_qwen"), copy.join("gemini")).unwrap();
+    std::fs::hard_link(env!("CARGO_BIN_EXE_qwen"), link.join("gemini")).unwrap();
+    let mut dirs = vec![copy.clone(), link.clone(), sb.real_dir.clone()];
+    dirs.extend(["/usr/bin", "/bin"].map(std::path::PathBuf::from));
+    let mut cmd = std::process::Command::new(copy.join("gemini"));
+    cmd.arg("--rotation-doctor")
+        .current_dir(&sb.work)
+        .env_clear()
+        .env("PATH", std::env::join_paths(&dirs).unwrap())
+        .env("HOME", &sb.home)
+        .env("GEMINI_CLI_HOME", &sb.home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let out = real_gemini::run_with_timeout(cmd, None, sb.timeout);
+    let text = out.stdout();
+    let real = sb.real_dir.join("gemini");
+    assert!(
+        text.contains(&format!("real gemini: {}", real.display())),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        text.contains(&format!("skipped {}", link.join("gemini").display())),
+        "{}",
+        out.dump()
+    );
+    // It answered as gemini (its home), not as qwen.
+    assert!(
+        text.contains(&sb.gemini_home.display().to_string()),
+        "{}",
+        out.dump()
+    );
+    assert!(!text.contains(".qwen"), "{}", out.dump());
+}
