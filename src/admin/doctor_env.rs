@@ -1,6 +1,6 @@
 //! Doctor checks on the environment: which real qwen (and the PATH order), whether PATH finds
-//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment. The
-//! names, variables and versions are the profile's.
+//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment, a login
+//! kept encrypted. The names, variables and versions are the profile's.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -232,4 +232,32 @@ fn first_qwen_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+}
+
+/// The CLI keeps its login encrypted (its variable is `true`, or its encrypted file is in the
+/// home): swapping the login file cannot work there. API keys are unaffected.
+pub(super) fn check_encrypted(v: &Vault, f: &mut Findings) {
+    let p = v.paths.profile;
+    let Some(enc) = &p.creds.encrypted else {
+        return;
+    };
+    let file = v.paths.home.join(enc.file);
+    let why = if std::env::var(enc.var).is_ok_and(|val| val.trim().eq_ignore_ascii_case("true")) {
+        format!("{}=true", enc.var)
+    } else if fs::symlink_metadata(&file).is_ok() {
+        format!("{} exists", file.display())
+    } else {
+        return;
+    };
+    f.push(
+        Finding::new(
+            "credentials",
+            Level::Info,
+            format!(
+                "{} keeps its login encrypted ({why}): OAuth logins cannot be rotated by swapping {}; API keys rotate as usual",
+                p.name, p.creds.file
+            ),
+        ),
+        None,
+    );
 }

@@ -49,9 +49,15 @@ pub static QWEN: Profile = Profile {
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
         retry_hint: "press Ctrl+Y to retry",
+        extra: &[],
+        file_swap: true,
+        encrypted: None,
     },
     // QWEN_FACTS_APIKEY.md §1: the OpenAI-compatible variables; DashScope examples.
     api: Api {
+        wire: Wire::OpenAi,
+        relay_path: "/v1",
+        default_base_url: None,
         key_var: "OPENAI_API_KEY",
         base_url_var: "OPENAI_BASE_URL",
         model_vars: &["OPENAI_MODEL", "QWEN_MODEL"],
@@ -65,8 +71,8 @@ pub static QWEN: Profile = Profile {
         argv_key: &["--openai-api-key", "--openaiApiKey"],
         example_base_url: "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         example_model: "qwen3-coder-plus",
+        relay_needs_selected: false,
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
-        wire: Wire::OpenAiChat,
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).
     settings: SettingsSpec {
@@ -86,6 +92,7 @@ pub static QWEN: Profile = Profile {
         }),
         providers: Some("modelProviders"),
         login_strip: &["/env", "/security/auth/apiKey", "/security/auth/baseUrl"],
+        system_root_only: false,
         auth_oauth: "qwen-oauth",
         auth_api_key: "openai",
     },

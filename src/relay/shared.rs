@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::model::Hit;
 use crate::model::account_name;
 use crate::model::{Kind, Secret};
+use crate::profile::Wire;
 use crate::vault::{ApiTarget, Launch, Rotation, Vault};
 
 use super::http::{Answer, exhausted_answer, unservable_answer};
@@ -189,6 +190,11 @@ impl Shared {
         (!kept.is_empty()).then(|| kept.join("&"))
     }
 
+    /// What the CLI's requests look like (the profile's).
+    pub(super) fn wire(&self) -> Wire {
+        self.vault.paths.profile.api.wire
+    }
+
     pub(super) fn conns(&self) -> MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -255,15 +261,15 @@ impl Shared {
                     st.blocked = None;
                     Ok(st.active.clone())
                 }
-                None => Err(unservable_answer(launch.slot)),
+                None => Err(unservable_answer(self.wire(), launch.slot)),
             },
             Err(Error::Exhausted { earliest }) => {
                 self.state().exhausted = Some(earliest);
-                Err(exhausted_answer(earliest))
+                Err(exhausted_answer(self.wire(), earliest))
             }
             Err(_) => Err(match blocked {
-                Blocked::Exhausted { earliest } => exhausted_answer(earliest),
-                Blocked::Unservable { slot } => unservable_answer(slot),
+                Blocked::Exhausted { earliest } => exhausted_answer(self.wire(), earliest),
+                Blocked::Unservable { slot } => unservable_answer(self.wire(), slot),
             }),
         }
     }
@@ -345,7 +351,7 @@ impl Shared {
                     st.exhausted = Some(earliest);
                 }
                 self.say(format!("{what}; no other account is left"));
-                Next::Answer(exhausted_answer(earliest))
+                Next::Answer(exhausted_answer(self.wire(), earliest))
             }
             Ok(launch) => match Active::from_launch(&launch) {
                 Some(active) => {
@@ -369,7 +375,7 @@ impl Shared {
                     // run.rs reruns qwen on that slot once qwen reports our quota answer, and
                     // says so itself: no notice here, or the person reads it twice.
                     self.state().blocked = Some(Blocked::Unservable { slot: launch.slot });
-                    Next::Answer(unservable_answer(launch.slot))
+                    Next::Answer(unservable_answer(self.wire(), launch.slot))
                 }
             },
         }

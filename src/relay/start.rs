@@ -35,7 +35,8 @@ pub struct Setup {
 
 /// A running relay; stops when dropped.
 pub struct Relay {
-    /// `http://127.0.0.1:PORT/v1`: what qwen gets as `OPENAI_BASE_URL`.
+    /// `http://127.0.0.1:PORT/v1`: what qwen gets as `OPENAI_BASE_URL` (the profile's base-URL
+    /// variable; gemini gets `http://127.0.0.1:PORT` as `GOOGLE_GEMINI_BASE_URL`).
     pub base_url: String,
     /// The per-run token qwen gets as its key; requests without it are refused.
     pub token: Secret,
@@ -95,7 +96,7 @@ impl Relay {
             .name("qwen-relay-accept".into())
             .spawn(move || accept_loop(&accept_shared, &listener))?;
         Ok(Relay {
-            base_url: format!("http://{addr}/v1"),
+            base_url: format!("http://{addr}{}", shared.vault.paths.profile.api.relay_path),
             token,
             shared,
             addr,

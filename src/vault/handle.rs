@@ -196,9 +196,20 @@ impl Vault {
     }
 }
 
-pub(super) fn api_launch(n: usize, account: &Account, api: ApiKeySlot) -> Launch {
+/// The launch of API-key slot `n`. A key stored without a base URL is served by the relay at
+/// `default_base_url` (the profile's provider), if the profile names one.
+pub(super) fn api_launch(
+    n: usize,
+    account: &Account,
+    api: ApiKeySlot,
+    default_base_url: Option<&str>,
+) -> Launch {
     let env = api.env();
-    let target = api.base_url.clone().map(|base_url| ApiTarget {
+    let base_url = api
+        .base_url
+        .clone()
+        .or_else(|| default_base_url.map(str::to_string));
+    let target = base_url.map(|base_url| ApiTarget {
         base_url,
         key: api.key.clone(),
         model: api.model.clone(),

@@ -138,7 +138,12 @@ impl Vault {
                         api
                     }
                 };
-                Ok(Some(api_launch(target, account, api)))
+                Ok(Some(api_launch(
+                    target,
+                    account,
+                    api,
+                    self.paths.profile.api.default_base_url,
+                )))
             }
             None => Ok(None),
         }

@@ -1,6 +1,7 @@
 //! `RedisStore`: one pool shared by any number of hosts through Redis (`pool: redis://…`).
 //!
-//! Under `qwen-rotation:<pool>:` Redis holds `pool` (a hash: `version`, `current`,
+//! Under `<cli>-rotation:<pool>:` (`qwen-rotation:default:`; a gemini pool is
+//! `gemini-rotation:…`, so one Redis holds both CLIs' pools apart) Redis holds `pool` (a hash: `version`, `current`,
 //! `last_switch`, `switches_total`), `accounts` (a hash: identity → the account's shared fields
 //! as JSON), `cooldown:<identity>` (the end of a cooldown, with a TTL, so it expires by
 //! itself) and `events` (the audit events, a stream capped near `STREAM_MAX` entries). Secrets
@@ -86,7 +87,7 @@ return {p, a, c}
 /// Where the pool is and how to log in.
 struct Target {
     info: ConnectionInfo,
-    /// `qwen-rotation:<pool>:`.
+    /// `<cli>-rotation:<pool>:`.
     prefix: String,
 }
 
@@ -141,7 +142,7 @@ impl RedisStore {
             source,
             target: target(url, name, config).map(|info| Target {
                 info,
-                prefix: format!("qwen-rotation:{name}:"),
+                prefix: format!("{}-rotation:{name}:", paths.profile.name),
             }),
             shown,
             conn: Mutex::new(None),
