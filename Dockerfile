@@ -3,6 +3,7 @@
 #   docker build -t qwen-rotation .                                  # qwen 0.24.4: API keys
 #   docker build -t qwen-rotation:oauth --build-arg QWEN_VERSION=0.12.0 .   # OAuth accounts
 #   docker run --rm -it -v "$HOME/.qwen:/home/node/.qwen" qwen-rotation qwen -p "hello"
+#   docker build -t qwen-rotation:gemini --build-arg GEMINI_VERSION=0.61.0 .  # `gemini` as well
 #
 # Stage 1 builds the shim; stage 2 is Node.js with the real qwen from npm in npm's global bin
 # (/usr/local/bin) and the shim in a directory of its own (/opt/qwen-rotation/bin) that comes
@@ -30,6 +31,9 @@ ARG QWEN_VERSION=0.24.4
 # written in the container stay readable and writable on the host.
 ARG QWEN_UID=1000
 ARG QWEN_GID=1000
+# Google's Gemini CLI as well, pinned, with the shim in front of it as `gemini` (docs/GEMINI.md);
+# empty: qwen only.
+ARG GEMINI_VERSION=
 
 # ca-certificates: the API-key relay checks the provider's TLS certificate against the system
 # store. python3: only for examples/watcher.py; drop it if your image runs something else.
@@ -44,10 +48,16 @@ RUN npm install -g --no-audit --no-fund --no-update-notifier "@qwen-code/qwen-co
  && { find "$(npm root -g)/@qwen-code/qwen-code/vendor" -path '*ripgrep*' -name rg -type f \
         -exec chmod 755 {} + 2>/dev/null || true; }
 
+RUN if [ -n "$GEMINI_VERSION" ]; then \
+        npm install -g --no-audit --no-fund --no-update-notifier "@google/gemini-cli@${GEMINI_VERSION}" \
+        && npm cache clean --force; \
+    fi
+
 # The image's `node` user (uid 1000) runs qwen; its ids follow QWEN_UID/QWEN_GID.
 RUN if [ "$QWEN_GID" != "$(id -g node)" ]; then groupmod -o -g "$QWEN_GID" node; fi \
  && if [ "$QWEN_UID" != "$(id -u node)" ]; then usermod -o -u "$QWEN_UID" -g "$QWEN_GID" node; fi \
  && install -d -m 0700 -o node -g node /home/node/.qwen \
+ && if [ -n "$GEMINI_VERSION" ]; then install -d -m 0700 -o node -g node /home/node/.gemini; fi \
  && chown node:node /home/node
 
 # The shim, installed by install.sh into its own prefix: never into /usr/local/bin, where npm
@@ -55,6 +65,7 @@ RUN if [ "$QWEN_GID" != "$(id -g node)" ]; then groupmod -o -g "$QWEN_GID" node;
 COPY --from=build /src/target/release/qwen /tmp/qwen-rotation/qwen
 COPY install.sh /tmp/qwen-rotation/install.sh
 RUN sh /tmp/qwen-rotation/install.sh --binary /tmp/qwen-rotation/qwen --prefix /opt/qwen-rotation \
+        --profiles "qwen${GEMINI_VERSION:+,gemini}" \
  && rm -rf /tmp/qwen-rotation
 ENV PATH=/opt/qwen-rotation/bin:$PATH
 
@@ -76,6 +87,16 @@ RUN set -e; \
     version=$(HOME=$probe qwen --version </dev/null); \
     rm -rf "$probe"; \
     [ "$version" = "$QWEN_VERSION" ] || { echo "qwen --version through the shim says $version, not $QWEN_VERSION"; exit 1; }; \
-    echo "ok: $shim in front of $real (qwen $version)"
+    echo "ok: $shim in front of $real (qwen $version)"; \
+    if [ -n "$GEMINI_VERSION" ]; then \
+        shim=$(command -v gemini); \
+        [ "$shim" = /opt/qwen-rotation/bin/gemini ] || { echo "gemini on PATH is $shim, not the shim"; exit 1; }; \
+        real="$(npm prefix -g)/bin/gemini"; \
+        probe=$(mktemp -d); \
+        doctor=$(GEMINI_CLI_HOME=$probe gemini --rotation-doctor 2>&1 || true); \
+        rm -rf "$probe"; \
+        echo "$doctor" | grep -qF "real gemini: $real" || { echo "the shim does not find the real gemini at $real"; exit 1; }; \
+        echo "ok: $shim in front of $real"; \
+    fi
 
 CMD ["qwen"]

@@ -3,13 +3,15 @@
 # of the real qwen. It never writes into npm's bin directory and never replaces npm's `qwen`.
 #
 #   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile]
-#                [--doctor] [--demo] [--uninstall]
+#                [--profiles qwen,gemini] [--doctor] [--demo] [--uninstall]
 #
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
 # --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
 # (and ~/.bashrc, ~/.zshrc when present); QWEN_ROTATION_PROFILE=FILE names another file.
 # --uninstall removes the shim, its PATH line, and the real qwen only when --with-qwen installed
 # it (recorded in PREFIX/installed-qwen); a qwen installed otherwise is kept.
+# --profiles names the CLIs the shim stands in front of (default: qwen, plus gemini when a real
+# gemini is on PATH); `gemini` is a link to the same binary, in front of npm's gemini.
 # --demo runs the installed shim's `qwen --rotation-demo` (a quota rotation on the real qwen in a
 # temporary home, nothing of yours touched); install.sh fails when the demo does.
 set -eu
@@ -29,6 +31,7 @@ write_profile=0
 doctor=0
 demo=0
 uninstall=0
+profiles_opt=""
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
@@ -45,10 +48,19 @@ while [ $# -gt 0 ]; do
         --doctor) doctor=1 ;;
         --demo) demo=1 ;;
         --uninstall) uninstall=1 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --profiles) [ $# -ge 2 ] || die "--profiles needs a list such as qwen,gemini"; profiles_opt=$2; shift ;;
+        --profiles=*) profiles_opt=${1#--profiles=} ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
     esac
     shift
+done
+
+for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
+    case "$name" in
+        qwen|gemini) ;;
+        *) die "--profiles: unknown CLI $name; use qwen, gemini or qwen,gemini" ;;
+    esac
 done
 
 bindir="$prefix/bin"
@@ -119,6 +131,11 @@ uninstall_real_qwen() {
 }
 
 if [ "$uninstall" = 1 ]; then
+    # The gemini name: our link to the shim (or a copy of it), never npm's gemini.
+    if [ -L "$bindir/gemini" ] || is_shim "$bindir/gemini"; then
+        rm -f "$bindir/gemini"
+        say "removed $bindir/gemini"
+    fi
     if [ -e "$target" ]; then
         is_shim "$target" || die "$target is not the qwen-rotation shim; leaving it alone"
         rm -f "$target"
@@ -181,6 +198,39 @@ cp "$binary" "$tmp"
 chmod 755 "$tmp"
 mv -f "$tmp" "$target"
 say "installed $target"
+
+# The other CLIs, by name: a link to the same binary (it picks its profile from the name).
+# Default: gemini when a real gemini is on PATH.
+real_gemini() {
+    old_ifs=$IFS
+    IFS=:
+    for d in $PATH; do
+        [ "$d" = "$bindir" ] && continue
+        if [ -x "$d/gemini" ] && ! is_shim "$d/gemini"; then
+            IFS=$old_ifs
+            echo "$d/gemini"
+            return 0
+        fi
+    done
+    IFS=$old_ifs
+    return 1
+}
+if [ -z "$profiles_opt" ]; then
+    profiles_opt=qwen
+    real_gemini >/dev/null && profiles_opt=qwen,gemini
+fi
+for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
+    case "$name" in
+        qwen) ;;
+        gemini)
+            if [ -e "$bindir/gemini" ] && [ ! -L "$bindir/gemini" ] && ! is_shim "$bindir/gemini"; then
+                die "$bindir/gemini exists and is not the qwen-rotation shim; choose another --prefix"
+            fi
+            ln -sfn qwen "$bindir/gemini"
+            say "installed $bindir/gemini (the same shim, in front of the real gemini)"
+            real_gemini >/dev/null || say "no real gemini on PATH yet: npm install -g @google/gemini-cli" ;;
+    esac
+done
 
 # Notes that install.sh installed the real qwen into npm prefix $1 (or `beside-the-shim`), so
 # --uninstall removes it.

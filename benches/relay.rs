@@ -7,6 +7,9 @@
 //! - the time from the provider's quota answer on key 1 to the same request reaching key 2
 //!   (report + switch in the vault, with its lock, state.yaml and rotation.log writes).
 //!
+//! The same added latency, first byte and quota → next key for the Gemini API's wire (the
+//! `gemini` profile: `x-goog-api-key`, `/v1beta/models/…:generateContent`, Google error bodies).
+//!
 //! Prints a table with ratios; targets are in docs/PERFORMANCE.md (≤ 1 ms p50 added, ≤ 10 ms
 //! quota → next key). Bounded well under a minute. Not a pass/fail test.
 
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use qwen_rotation::config::{Config, Paths};
 use qwen_rotation::detect::Patterns;
+use qwen_rotation::profile::{GEMINI, QWEN};
 use qwen_rotation::relay::{Relay, Setup};
 use qwen_rotation::vault::Vault;
 
@@ -36,6 +40,7 @@ fn main() {
         home.path(),
         &[&format!("{}/v1", upstream.url())],
         &["sk-bench-ok"],
+        false,
     );
     let token = relay.token.expose().to_string();
     let relay_addr = relay
@@ -46,10 +51,12 @@ fn main() {
     let direct = Target {
         addr: upstream.addr(),
         bearer: "sk-bench-ok".into(),
+        gemini: false,
     };
     let via = Target {
         addr: relay_addr,
         bearer: token,
+        gemini: false,
     };
 
     // Warm both paths (connection pools, page cache, branch predictors).
@@ -75,12 +82,13 @@ fn main() {
     }
     drop(relay);
     let disk = std::env::temp_dir();
-    let rot_disk = rotation_times(&upstream, rotations, &disk);
+    let rot_disk = rotation_times(&upstream, rotations, &disk, false);
+    let gemini = gemini_figures(&upstream, requests, firsts, rotations, &disk);
     // The same on tmpfs: what is left is the relay's own part, without the vault's fsyncs.
     let shm = Path::new("/dev/shm");
     let rot_shm = tempfile::tempdir_in(shm)
         .is_ok()
-        .then(|| rotation_times(&upstream, rotations, shm));
+        .then(|| rotation_times(&upstream, rotations, shm, false));
 
     println!(
         "loopback relay vs direct to the mock ({:.1?} in all)",
@@ -139,7 +147,65 @@ fn main() {
     if let Some(rot) = rot_shm {
         show("tmpfs /dev/shm".into(), rot);
     }
+    let (mut g_direct, mut g_relay, mut g_dfirst, mut g_rfirst, mut g_rot) = gemini;
+    println!("the Gemini API's wire (the gemini profile):");
+    row(
+        "request, generateContent, p50",
+        pct(&mut g_direct, 50),
+        pct(&mut g_relay, 50),
+    );
+    row(
+        "request, generateContent, p99",
+        pct(&mut g_direct, 99),
+        pct(&mut g_relay, 99),
+    );
+    row(
+        "first SSE byte (alt=sse), p50",
+        pct(&mut g_dfirst, 50),
+        pct(&mut g_rfirst, 50),
+    );
+    show(
+        format!("{} (gemini)", disk.display()),
+        std::mem::take(&mut g_rot),
+    );
     println!("targets: added p50 <= 1 ms; quota → next key <= 10 ms (docs/PERFORMANCE.md)");
+}
+
+type Samples = Vec<Duration>;
+
+/// The gemini profile's figures: (direct, relay) request latencies, (direct, relay) first SSE
+/// bytes, and quota → next key times with the home under `disk`.
+fn gemini_figures(
+    upstream: &Upstream,
+    requests: usize,
+    firsts: usize,
+    rotations: usize,
+    disk: &Path,
+) -> (Samples, Samples, Samples, Samples, Samples) {
+    let home = tempfile::tempdir().unwrap();
+    let relay = relay_on(home.path(), &[&upstream.url()], &["AIza-bench-ok"], true);
+    let direct = Target {
+        addr: upstream.addr(),
+        bearer: "AIza-bench-ok".into(),
+        gemini: true,
+    };
+    let via = Target {
+        addr: relay.base_url.trim_start_matches("http://").to_string(),
+        bearer: relay.token.expose().to_string(),
+        gemini: true,
+    };
+    latencies(&direct, 200);
+    latencies(&via, 200);
+    let (mut d, mut r, mut df, mut rf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        d.extend(latencies(&direct, requests / 2));
+        r.extend(latencies(&via, requests / 2));
+        df.extend(first_bytes(&direct, firsts / 2));
+        rf.extend(first_bytes(&via, firsts / 2));
+    }
+    drop(relay);
+    let rot = rotation_times(upstream, rotations, disk, true);
+    (d, r, df, rf, rot)
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -169,9 +235,13 @@ fn pct(v: &mut [Duration], p: usize) -> Duration {
 // The relay under test
 // ---------------------------------------------------------------------------------------------
 
-/// A qwen home with API-key slots (`bases[i]`, `keys[i]`) and a relay on slot 1.
-fn relay_on(dir: &Path, bases: &[&str], keys: &[&str]) -> Relay {
-    let paths = Paths::at(dir.join(".qwen"));
+/// A qwen (or gemini) home with API-key slots (`bases[i]`, `keys[i]`) and a relay on slot 1.
+fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], gemini: bool) -> Relay {
+    let paths = if gemini {
+        Paths::of(&GEMINI, dir.join(".gemini"))
+    } else {
+        Paths::of(&QWEN, dir.join(".qwen"))
+    };
     for d in [&paths.home, &paths.accounts] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -201,6 +271,8 @@ fn relay_on(dir: &Path, bases: &[&str], keys: &[&str]) -> Relay {
 struct Target {
     addr: String,
     bearer: String,
+    /// The Gemini API's wire: `x-goog-api-key` and its paths, not OpenAI's.
+    gemini: bool,
 }
 
 struct Conn {
@@ -227,6 +299,29 @@ impl Conn {
             body.len()
         );
         self.w.write_all(req.as_bytes()).unwrap();
+    }
+
+    /// A request as gemini sends it: the model in the path, the key in `x-goog-api-key`.
+    fn send_gemini(&mut self, key: &str, stream: bool) {
+        let body = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
+        let path = if stream {
+            "/v1beta/models/bench-model:streamGenerateContent?alt=sse"
+        } else {
+            "/v1beta/models/bench-model:generateContent"
+        };
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: bench\r\nx-goog-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.w.write_all(req.as_bytes()).unwrap();
+    }
+
+    fn request(&mut self, t: &Target, stream: bool) {
+        if t.gemini {
+            self.send_gemini(&t.bearer, stream);
+        } else {
+            self.send("/v1/chat/completions", &t.bearer, stream);
+        }
     }
 
     /// Reads the head; returns (status, chunked, content-length).
@@ -292,7 +387,7 @@ fn latencies(t: &Target, n: usize) -> Vec<Duration> {
     (0..n)
         .map(|_| {
             let start = Instant::now();
-            c.send("/v1/chat/completions", &t.bearer, false);
+            c.request(t, false);
             let (status, chunked, len) = c.head();
             assert_eq!(status, 200);
             c.body(chunked, len);
@@ -306,7 +401,7 @@ fn first_bytes(t: &Target, n: usize) -> Vec<Duration> {
     (0..n)
         .map(|_| {
             let start = Instant::now();
-            c.send("/v1/chat/completions", &t.bearer, true);
+            c.request(t, true);
             let (status, chunked, len) = c.head();
             // The first byte of the body: the size line of the first chunk.
             c.r.fill_buf().unwrap();
@@ -334,21 +429,31 @@ fn throughput(t: &Target, mib: usize) -> f64 {
 /// From the moment the provider finished writing its 429 for key 1 to the moment the same
 /// request arrived with key 2. A fresh qwen home (under `parent`) per sample: the spent slot
 /// stays spent.
-fn rotation_times(upstream: &Upstream, n: usize, parent: &Path) -> Vec<Duration> {
-    let base = format!("{}/v1", upstream.url());
+fn rotation_times(upstream: &Upstream, n: usize, parent: &Path, gemini: bool) -> Vec<Duration> {
+    let base = if gemini {
+        upstream.url()
+    } else {
+        format!("{}/v1", upstream.url())
+    };
+    let wire = if gemini { "gemini" } else { "openai" };
     (0..n)
         .map(|i| {
             let dir = tempfile::tempdir_in(parent).unwrap();
-            let k1 = format!("sk-bench-quota-{}-{i}", parent.display());
-            let k2 = format!("sk-bench-next-{}-{i}", parent.display());
-            let relay = relay_on(dir.path(), &[&base], &[&k1, &k2]);
+            let k1 = format!("sk-bench-quota-{wire}-{}-{i}", parent.display());
+            let k2 = format!("sk-bench-next-{wire}-{}-{i}", parent.display());
+            let relay = relay_on(dir.path(), &[&base], &[&k1, &k2], gemini);
             let addr = relay
                 .base_url
                 .trim_start_matches("http://")
                 .trim_end_matches("/v1")
                 .to_string();
             let mut c = Conn::open(&addr);
-            c.send("/v1/chat/completions", relay.token.expose(), false);
+            let target = Target {
+                addr: addr.clone(),
+                bearer: relay.token.expose().to_string(),
+                gemini,
+            };
+            c.request(&target, false);
             let (status, chunked, len) = c.head();
             assert_eq!(status, 200);
             c.body(chunked, len);
@@ -433,7 +538,7 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);
             }
-            if lower.starts_with("authorization:") {
+            if lower.starts_with("authorization:") || lower.starts_with("x-goog-api-key:") {
                 key = l.split_whitespace().last().unwrap_or("").to_string();
             }
         }
@@ -452,7 +557,11 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             l.len() - 1
         });
         let ok = if key.contains("quota") {
-            let body = br#"{"error":{"message":"Free allocated quota exceeded.","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+            let body: &[u8] = if key.contains("gemini") {
+                br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"You exceeded your current quota.","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#
+            } else {
+                br#"{"error":{"message":"Free allocated quota exceeded.","type":"insufficient_quota","code":"insufficient_quota"}}"#
+            };
             let head = format!(
                 "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 body.len()
@@ -467,6 +576,12 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             ok
         } else if let Some(mib) = path.strip_prefix("/v1/big/") {
             big_stream(&mut w, mib.parse().unwrap_or(1)).is_ok()
+        } else if path.contains(":streamGenerateContent") {
+            sse(
+                &mut w,
+                &[br#"{"candidates":[{"content":{"parts":[{"text":"hi"}],"role":"model"}}]}"#],
+            )
+            .is_ok()
         } else if String::from_utf8_lossy(&body).contains(r#""stream":true"#) {
             sse(
                 &mut w,

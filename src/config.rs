@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
+use crate::model::Secret;
 pub use crate::model::Strategy;
 use crate::profile::Profile;
 pub use crate::text::human_duration;
@@ -154,6 +155,23 @@ pub struct Config {
     /// (`--rotation-hold` for one run).
     pub hold_text_output: bool,
     pub patterns: PatternConfig,
+    /// A pool shared by several hosts: `redis://[user:password@]host:port/db` (`rediss://` for
+    /// TLS). `None`: the files in the qwen home. The environment's `QWEN_ROTATION_POOL` wins.
+    /// Never written out (it may hold a password).
+    #[serde(skip_serializing)]
+    pub pool: Option<String>,
+    /// The pool's name inside that Redis (one Redis holds several pools).
+    pub pool_name: String,
+    /// How long to wait for the shared pool to connect or answer one command (`100ms`); past
+    /// it the run goes on with the host's own files.
+    #[serde(with = "millis_text")]
+    pub pool_timeout: Duration,
+    /// The shared pool's password from the environment (never from rotation.yaml).
+    #[serde(skip)]
+    pub pool_password: Option<Secret>,
+    /// A file holding the shared pool's password (read when the pool is first reached).
+    #[serde(skip)]
+    pub pool_password_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -174,11 +192,68 @@ impl Default for Config {
             notify_timeout: Duration::from_secs(10),
             hold_text_output: false,
             patterns: PatternConfig::default(),
+            pool: None,
+            pool_name: DEFAULT_POOL_NAME.into(),
+            pool_timeout: Duration::from_millis(100),
+            pool_password: None,
+            pool_password_file: None,
+        }
+    }
+}
+
+/// The pool name when none is given.
+pub const DEFAULT_POOL_NAME: &str = "default";
+
+/// The shared pool's settings from the environment, read before the run removes them from its
+/// own environment (qwen never sees a `QWEN_ROTATION_POOL*` variable).
+#[derive(Debug, Clone, Default)]
+pub struct PoolEnv {
+    pub url: Option<String>,
+    pub name: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The names of the shared pool's variables set in our environment (every name starting with
+/// the profile's `pool_vars.pool`): a child the shim starts gets none of them.
+pub fn pool_variables() -> Vec<OsString> {
+    let prefix = crate::profile::active().pool_vars.pool;
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_str().is_some_and(|k| k.starts_with(prefix)))
+        .collect()
+}
+
+impl PoolEnv {
+    /// The active profile's pool variables; empty ones count as unset.
+    pub fn capture() -> PoolEnv {
+        let v = &crate::profile::active().pool_vars;
+        let get = |name: &str| std::env::var(name).ok().filter(|s| !s.trim().is_empty());
+        PoolEnv {
+            url: get(v.pool).map(|s| s.trim().to_string()),
+            name: get(v.pool_name).map(|s| s.trim().to_string()),
+            password: get(v.pool_password).map(Secret::new),
+            password_file: std::env::var_os(v.pool_password_file)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
 
 impl Config {
+    /// `rotation.yaml`'s pool settings with the environment's on top (the environment wins).
+    pub fn with_pool_env(mut self, env: &PoolEnv) -> Config {
+        if let Some(url) = &env.url {
+            self.pool = Some(url.clone());
+        }
+        if let Some(name) = &env.name {
+            self.pool_name = name.clone();
+        }
+        self.pool_password = env.password.clone();
+        self.pool_password_file = env.password_file.clone();
+        self
+    }
+
     /// Reads `rotation.yaml`. Missing file: defaults, no warning. Broken file: defaults and a
     /// one-line warning that names the file, the line and the fix.
     pub fn load(path: &Path) -> (Config, Option<String>) {
@@ -268,6 +343,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// A duration that may be shorter than a second: "150ms", or any `parse_duration` text.
+mod millis_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => match t.trim().strip_suffix("ms").map(str::trim) {
+                Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => ms
+                    .parse()
+                    .map(Duration::from_millis)
+                    .map_err(|_| serde::de::Error::custom("duration too large")),
+                _ => super::parse_duration(&t).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{}` is not a duration (use e.g. 100ms, 2s)",
+                        t.trim()
+                    ))
+                }),
+            },
+        }
+    }
+}
+
 mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
@@ -304,6 +413,39 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn the_pool_comes_from_rotation_yaml_and_the_environment_wins() {
+        let c = Config::parse("pool: redis://a:6379/0\npool_name: team\npool_timeout: 250ms\n")
+            .unwrap();
+        assert_eq!(c.pool.as_deref(), Some("redis://a:6379/0"));
+        assert_eq!(c.pool_name, "team");
+        assert_eq!(c.pool_timeout, Duration::from_millis(250));
+        assert_eq!(
+            Config::parse("pool_timeout: 2s\n").unwrap().pool_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(Config::parse("pool_timeout: soon\n").is_err());
+        let d = Config::default();
+        assert_eq!((d.pool.as_deref(), d.pool_name.as_str()), (None, "default"));
+        assert_eq!(d.pool_timeout, Duration::from_millis(100));
+        let env = PoolEnv {
+            url: Some("redis://b:6379/1".into()),
+            name: None,
+            password: Some(Secret::new("pw")),
+            password_file: None,
+        };
+        let c = c.with_pool_env(&env);
+        assert_eq!(c.pool.as_deref(), Some("redis://b:6379/1"));
+        assert_eq!(c.pool_name, "team", "kept when the environment names none");
+        assert_eq!(c.pool_password.as_ref().map(Secret::expose), Some("pw"));
+        // Never written out: it may hold a password.
+        let yaml = yaml_serde::to_string(&c).unwrap();
+        assert!(
+            !yaml.contains("redis://") && !yaml.contains("pw\n"),
+            "{yaml}"
+        );
     }
 
     #[test]

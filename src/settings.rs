@@ -70,6 +70,28 @@ impl Selected {
     }
 }
 
+/// The CLI will read a system settings file written in our private directory: always, unless
+/// the profile's CLI reads one only when root owns it and every directory above it, none
+/// writable by group or others (then: only when we run as root and those directories are so).
+pub fn private_honored(paths: &Paths) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !paths.profile.settings.system_root_only {
+        return true;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    // `private` may not exist yet: it is created 0700 and owned by us (root) when written.
+    paths
+        .private
+        .ancestors()
+        .skip(1)
+        .all(|dir| match fs::metadata(dir) {
+            Ok(m) => m.uid() == 0 && m.mode() & 0o022 == 0,
+            Err(_) => false,
+        })
+}
+
 /// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json
 /// (the profile's `system_var` and `system_default`).
 pub fn system_path(spec: &SettingsSpec) -> PathBuf {
@@ -227,6 +249,10 @@ pub fn override_env(
     selected: &Selected,
 ) -> std::io::Result<Vec<(OsString, OsString)>> {
     let spec = &paths.profile.settings;
+    if !private_honored(paths) {
+        // The CLI would skip the file (and say so on every run): the run goes without it.
+        return Ok(Vec::new());
+    }
     let want = auth_type(spec, launch.kind);
     let model = launch.api.as_ref().and_then(|a| a.model.clone());
     let model_differs = launch.kind == Kind::ApiKey
@@ -439,6 +465,30 @@ mod tests {
         assert_eq!(Selected::read(&paths), want("c", "b", "m"));
         fs::write(&system, r#"{"auth": {"kind": "s"}, "llm": "n"}"#).unwrap();
         assert_eq!(Selected::read(&paths), want("s", "b", "n"));
+    }
+
+    #[test]
+    fn a_private_override_counts_only_where_the_cli_reads_it() {
+        use std::os::unix::fs::MetadataExt;
+        // qwen reads any system file; gemini only one that root owns, under directories that
+        // root owns and nobody else may write (a world-writable /tmp is not such a place).
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        assert!(private_honored(&Paths::of(
+            &crate::profile::QWEN,
+            dir.path()
+        )));
+        let gemini = Paths::of(&crate::profile::GEMINI, dir.path().join(".gemini"));
+        assert!(!private_honored(&gemini));
+        // Under the crate's directory (root's, 0755 up to `/` when the tests run as root).
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let secure = crate_dir
+            .ancestors()
+            .all(|d| fs::metadata(d).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0));
+        let inside = Paths::of(&crate::profile::GEMINI, crate_dir);
+        assert_eq!(
+            private_honored(&inside),
+            nix::unistd::geteuid().is_root() && secure
+        );
     }
 
     #[test]

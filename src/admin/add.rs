@@ -21,6 +21,7 @@ use super::ui::{Ui, describe, out};
 // -- add --------------------------------------------------------------------------------------
 
 pub(super) fn add_live(v: &Vault, label: Option<&str>) -> Result<i32, Error> {
+    oauth_supported(v)?;
     let live = &v.paths.live_creds;
     let file = LiveFile::read(live).map_err(|e| Error::io("read", live, e))?;
     let Some(bytes) = file.bytes() else {
@@ -45,9 +46,23 @@ pub(super) fn add_live(v: &Vault, label: Option<&str>) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// Err(Usage) for a CLI whose logins cannot be rotated by swapping its credentials file.
+fn oauth_supported(v: &Vault) -> Result<(), Error> {
+    let profile = v.paths.profile;
+    if profile.creds.file_swap {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "OAuth accounts are not supported for {name} yet ({name} rewrites {} without a lock, so swapping logins is unsafe); add API keys instead: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
+        profile.creds.file,
+        name = profile.name
+    )))
+}
+
 /// Runs the real qwen in a fresh temporary home so the person logs in to another account;
 /// then stores the login it wrote. The live login is never touched.
 pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize, Error> {
+    oauth_supported(v)?;
     let profile = v.paths.profile;
     if !ui.tty_in || !ui.tty_out {
         return Err(Error::Usage(format!(
@@ -83,6 +98,9 @@ pub(super) fn add_login(v: &Vault, label: Option<&str>, ui: &Ui) -> Result<usize
     cmd.env("HOME", tmp.path()).env(profile.home.var, home_var);
     // qwen picks API-key auth when these are set; the login needs OAuth.
     for var in profile.api.login_clears {
+        cmd.env_remove(var);
+    }
+    for var in crate::config::pool_variables() {
         cmd.env_remove(var);
     }
     let mut child = cmd.spawn().map_err(|e| Error::RealNotExecutable {
@@ -208,7 +226,16 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
         v.paths.profile.name,
         slot.env_key
     );
-    if slot.base_url.is_none() || slot.model.is_none() {
+    if let (None, Some(default)) = (&slot.base_url, v.paths.profile.api.default_base_url) {
+        text.push_str(&format!(
+            "Requests with it go to {default}{}.\n",
+            if slot.model.is_none() {
+                format!("; the model is the one {} asks for", v.paths.profile.name)
+            } else {
+                String::new()
+            }
+        ));
+    } else if slot.base_url.is_none() || slot.model.is_none() {
         let api = &v.paths.profile.api;
         text.push_str(&format!(
             "Note: without --base-url and --model, {} takes them from its settings (or {}/{}).\n",
@@ -282,6 +309,7 @@ fn prompt_secret(prompt: &str) -> io::Result<Option<String>> {
 // -- setup ------------------------------------------------------------------------------------
 
 pub(super) fn setup(v: &Vault, ui: &Ui) -> Result<i32, Error> {
+    oauth_supported(v)?;
     if !ui.tty_in || !ui.tty_out {
         crate::error::say(format_args!(
             "--rotation-setup is interactive and needs a terminal; from a script, add accounts one at a time:\n\

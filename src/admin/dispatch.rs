@@ -48,6 +48,7 @@ pub fn run(args: &[String], paths: &Paths) -> i32 {
         return crate::demo::run(paths.profile);
     }
     let (config, problem) = Config::load(&paths.config);
+    let config = config.with_pool_env(&crate::config::PoolEnv::capture());
     if let Some(problem) = problem.filter(|_| {
         !matches!(
             parsed.command,

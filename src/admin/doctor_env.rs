@@ -1,6 +1,6 @@
 //! Doctor checks on the environment: which real qwen (and the PATH order), whether PATH finds
-//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment. The
-//! names, variables and versions are the profile's.
+//! the shim first, QWEN_HOME against $HOME/.qwen, a pool declared in the environment, a login
+//! kept encrypted. The names, variables and versions are the profile's.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -163,10 +163,66 @@ pub(super) fn check_qwen_home(p: &Profile, real_version: Option<&str>, f: &mut F
     }
 }
 
-/// Check 3b: a pool declared in the environment.
+/// Check 3b: a pool declared in the environment, and where the pool's state is kept (a shared
+/// pool: can it be reached, and does it know the same accounts as this host).
 pub(super) fn check_pool(v: &Vault, f: &mut Findings) {
     if let Some(line) = pool_line(v) {
         f.push(Finding::new("pool", Level::Info, line), None);
+    }
+    let shown = v.pool_shown();
+    let Some(fleet) = v.fleet() else {
+        f.push(
+            Finding::new("shared_pool", Level::Info, format!("pool: {shown}")),
+            None,
+        );
+        return;
+    };
+    let vars = &v.paths.profile.pool_vars;
+    if let Some(problem) = fleet.problem {
+        f.push(
+            Finding::new(
+                "shared_pool",
+                Level::Problem,
+                format!("pool: {shown} cannot be used: {problem}; runs use the local state"),
+            )
+            .fix(format!(
+                "start or reach that Redis, or fix its URL (pool: in rotation.yaml or {}), its password ({}, {}) or name ({})",
+                vars.pool, vars.pool_password, vars.pool_password_file, vars.pool_name
+            )),
+            None,
+        );
+        return;
+    }
+    f.push(
+        Finding::new("shared_pool", Level::Ok, format!("pool: {shown}")),
+        None,
+    );
+    if !fleet.only_here.is_empty() || !fleet.only_there.is_empty() {
+        let mut parts = Vec::new();
+        if !fleet.only_here.is_empty() {
+            parts.push(format!(
+                "this host has {} that the pool does not know yet (the next run adds them)",
+                fleet.only_here.join(", ")
+            ));
+        }
+        if !fleet.only_there.is_empty() {
+            parts.push(format!(
+                "the pool has {} that this host lacks",
+                fleet.only_there.join(", ")
+            ));
+        }
+        f.push(
+            Finding::new(
+                "shared_pool_accounts",
+                Level::Problem,
+                format!("this host's accounts differ from the pool's: {}", parts.join("; ")),
+            )
+            .fix(
+                "give every host the same accounts (the same keys, or OAuth slots with the same labels:                  --rotation-label N LABEL), or give the hosts with other accounts another pool name"
+                    .to_string(),
+            ),
+            None,
+        );
     }
 }
 
@@ -176,4 +232,32 @@ fn first_qwen_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+}
+
+/// The CLI keeps its login encrypted (its variable is `true`, or its encrypted file is in the
+/// home): swapping the login file cannot work there. API keys are unaffected.
+pub(super) fn check_encrypted(v: &Vault, f: &mut Findings) {
+    let p = v.paths.profile;
+    let Some(enc) = &p.creds.encrypted else {
+        return;
+    };
+    let file = v.paths.home.join(enc.file);
+    let why = if std::env::var(enc.var).is_ok_and(|val| val.trim().eq_ignore_ascii_case("true")) {
+        format!("{}=true", enc.var)
+    } else if fs::symlink_metadata(&file).is_ok() {
+        format!("{} exists", file.display())
+    } else {
+        return;
+    };
+    f.push(
+        Finding::new(
+            "credentials",
+            Level::Info,
+            format!(
+                "{} keeps its login encrypted ({why}): OAuth logins cannot be rotated by swapping {}; API keys rotate as usual",
+                p.name, p.creds.file
+            ),
+        ),
+        None,
+    );
 }

@@ -356,7 +356,10 @@ pub(super) fn check_accounts(v: &Vault, f: &mut Findings) {
                             Level::Info,
                             format!("{} is watched by output scanning, not the request relay: {why}", a.describe(*n)),
                         )
-                        .fix(format!("let the shim set the base URL: keep it in the account (--base-url), not in a modelProviders entry of {name}'s settings, and set relay: true")),
+                        .fix(match paths.profile.settings.providers {
+                            Some(table) => format!("let the shim set the base URL: keep it in the account (--base-url), not in a {table} entry of {name}'s settings, and set relay: true"),
+                            None => "do what the reason above says, and keep relay: true in rotation.yaml".to_string(),
+                        }),
                         None,
                     );
                 }

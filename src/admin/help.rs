@@ -14,6 +14,19 @@ use super::ui::{Ui, out, print_json};
 
 /// The help, worded for `profile` (its name, home, files and variables).
 pub(super) fn help_text(profile: &Profile) -> String {
+    let mut text = commands_text(profile);
+    if !profile.creds.file_swap {
+        text.push_str(&format!(
+            "OAuth logins ({}) are not rotated for {name} yet: --rotation-add without --api-key,\n\
+             --rotation-add --login and --rotation-setup refuse (exit 2); add API keys instead.\n",
+            profile.creds.file,
+            name = profile.name
+        ));
+    }
+    text
+}
+
+fn commands_text(profile: &Profile) -> String {
     let (pool, api, name) = (&profile.pool_vars, &profile.api, profile.name);
     // Text before a column that names the CLI, padded to where that column starts for qwen (a
     // longer name moves the column, both usage lines together).
@@ -229,5 +242,29 @@ mod tests {
             compared += usize::from(!want.is_empty());
         }
         assert!(compared > 20, "{compared} lines with columns");
+    }
+
+    #[test]
+    fn the_gemini_help_names_nothing_of_qwen() {
+        let h = help_text(&crate::profile::GEMINI);
+        for c in cli::COMMANDS.iter().chain(cli::MODIFIERS) {
+            assert!(h.contains(c), "{c}");
+        }
+        // The shim's own name (`qwen-rotation`) is the product's, not qwen's.
+        let rest = h.replace("qwen-rotation", "");
+        for word in ["qwen", "QWEN", "OPENAI", "dashscope", ".qwen"] {
+            assert!(!rest.contains(word), "{word} in:\n{h}");
+        }
+        assert!(h.contains("OAuth logins (oauth_creds.json) are not rotated for gemini"));
+        assert!(!help_text(&crate::profile::QWEN).contains("not rotated"));
+        for want in [
+            "GEMINI_CLI_HOME",
+            "~/.gemini",
+            "GEMINI_ROTATION_KEYS",
+            "GOOGLE_GEMINI_BASE_URL",
+            "gemini --rotation-status",
+        ] {
+            assert!(h.contains(want), "{want}");
+        }
     }
 }

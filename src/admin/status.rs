@@ -51,7 +51,7 @@ pub(super) fn watch_mode(
     let Some(slot) = slot else {
         return ("scan", Some("the slot file cannot be read".into()));
     };
-    if slot.base_url.is_none() {
+    if slot.base_url.is_none() && v.paths.profile.api.default_base_url.is_none() {
         return (
             "scan",
             Some(format!(
@@ -100,6 +100,7 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
     json!({
         "home": v.paths.home.display().to_string(),
         "pool": pool_source(v),
+        "pool_store": v.pool_shown(),
         "state_file": v.store_files().state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
@@ -160,6 +161,15 @@ fn strategy_name(s: Strategy) -> &'static str {
 fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     let now = o.now;
     let st = &o.state;
+    if st.accounts.is_empty() && !v.paths.profile.creds.file_swap {
+        // A CLI whose logins cannot be swapped: API keys only (a key's base URL is the
+        // provider's by default).
+        return format!(
+            "No accounts in {} yet.\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL\n",
+            v.paths.home.display(),
+            name = v.paths.profile.name
+        );
+    }
     if st.accounts.is_empty() {
         return format!(
             "No accounts in {} yet.\n  Capture the current login:      {name} --rotation-add LABEL\n  Log in to another account:      {name} --rotation-add --login LABEL\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL --base-url URL --model M\n",
@@ -260,6 +270,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     if let Some(line) = pool_line(v) {
         text.push_str(&format!("Note: {line}.\n"));
     }
+    text.push_str(&format!("Pool: {}.\n", v.pool_shown()));
     text
 }
 

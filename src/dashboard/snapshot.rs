@@ -31,7 +31,20 @@ pub fn snapshot(v: &Vault) -> Result<Value, Error> {
     let log = v
         .history(Scope::All)
         .map_err(|e| Error::io("read", v.store_files().log, e))?;
-    let pool = if v.env_pool().is_some() {
+    // Where the pool is kept, in a word: never a path or a URL (a URL may name a host the
+    // viewer has no business knowing).
+    let pool = if v
+        .config
+        .pool
+        .as_deref()
+        .is_some_and(|u| !u.trim().is_empty())
+    {
+        if v.is_shared() {
+            "shared"
+        } else {
+            "shared, unreachable: this host's files"
+        }
+    } else if v.env_pool().is_some() {
         "environment"
     } else {
         "files"

@@ -108,7 +108,8 @@ fn serve(wire: Wire, keys: &Keys, tx: &Sender<Seen>, conn: TcpStream) -> io::Res
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         match wire {
-            Wire::OpenAiChat => openai_chat(keys, tx, &req, &mut writer)?,
+            Wire::OpenAi => openai_chat(keys, tx, &req, &mut writer)?,
+            Wire::Gemini => return Ok(()),
         }
         if close {
             break;
@@ -377,7 +378,7 @@ mod tests {
 
     #[test]
     fn each_key_gets_its_answer_and_every_request_is_reported() {
-        let (p, rx) = Provider::start(Wire::OpenAiChat, "k-spent", "k-fresh").unwrap();
+        let (p, rx) = Provider::start(Wire::OpenAi, "k-spent", "k-fresh").unwrap();
         let url = p.base_url();
         let spent = post(&url, "k-spent", true);
         assert!(spent.starts_with("HTTP/1.1 429"), "{spent}");

@@ -58,6 +58,14 @@ pub fn run(profile: &'static Profile) -> i32 {
 
 fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     let name = profile.name;
+    if profile.api.wire != crate::profile::Wire::OpenAi {
+        return Err(Fail(
+            FAILED,
+            format!(
+                "the demo speaks only the OpenAI-compatible API so far, not {name}'s; run qwen --rotation-demo"
+            ),
+        ));
+    }
     let real = crate::locate::real_qwen().map_err(|e| Fail(e.exit_code(), e.to_string()))?;
     let home = Home::create(profile).map_err(|e| {
         Fail(

@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use crate::detect::google::classify_google;
 use crate::detect::patterns::Patterns;
 use crate::detect::reset::parse_reset;
 use crate::model::{Class, Hit};
@@ -12,8 +13,12 @@ use crate::model::{Class, Hit};
 /// Throttle; 401 → Auth; 403 with a quota phrase → Quota, any other 403 → Auth; other 4xx → what
 /// the body says, if anything; 5xx and everything else → `None` (a server fault is not the
 /// account's). An error event inside a 200 SSE stream is not an HTTP status: classify its text
-/// with [`Patterns::classify`].
+/// with [`Patterns::classify`]. A Google API error (the Gemini API's shape) is judged by its
+/// structure first (`google::classify_google`: daily vs per-minute quota, rejected key).
 pub fn classify_http(status: u16, body: &str, patterns: &Patterns) -> Option<Hit> {
+    if let Some(hit) = classify_google(status, body, patterns.now()) {
+        return Some(hit);
+    }
     let found = patterns.classify(body);
     let status_hit = |class: Class| Hit {
         class,

@@ -2,7 +2,7 @@
 //!
 //! Ground floor: a [`Profile`] is a value of plain structs, strings, slices and durations (no
 //! trait, no behaviour), so every layer above may read it. It imports only `model` (for the
-//! [`Class`] of a phrase). One profile per CLI: `qwen` ([`QWEN`], the only one today).
+//! [`Class`] of a phrase). One profile per CLI: `qwen` ([`QWEN`]) and `gemini` ([`GEMINI`]).
 //!
 //! How a profile is chosen: `main` calls [`select`] with argv[0] first thing; the file name the
 //! binary was run as picks a profile from [`ALL`] by [`Profile::name`], and any other name falls
@@ -16,8 +16,10 @@
 //! `rotation-settings/`, `.qwen-rotation-` temporaries, the shim marker), which is the same
 //! whatever CLI a pool belongs to.
 //!
-//! Files: `qwen` (the [`QWEN`] value, each group with the facts it comes from).
+//! Files: `qwen` (the [`QWEN`] value), `gemini` (the [`GEMINI`] value), each group with the
+//! facts it comes from.
 
+mod gemini;
 mod qwen;
 
 use std::ffi::OsStr;
@@ -27,10 +29,11 @@ use std::time::Duration;
 
 use crate::model::Class;
 
+pub use gemini::GEMINI;
 pub use qwen::QWEN;
 
 /// Every profile the binary knows, chosen by the name it was run as.
-pub static ALL: &[&Profile] = &[&QWEN];
+pub static ALL: &[&Profile] = &[&QWEN, &GEMINI];
 
 /// One CLI: its names, files, variables, argv, output shapes and wording.
 #[derive(Debug, Clone)]
@@ -68,6 +71,15 @@ pub struct PoolVars {
     pub model: &'static str,
     /// Where state.yaml and rotation.log go when the accounts come from the environment.
     pub state_dir: &'static str,
+    /// The shared pool's URL (`redis://…`); every variable starting with it is ours and never
+    /// reaches the CLI.
+    pub pool: &'static str,
+    /// The shared pool's name (one Redis holds several pools).
+    pub pool_name: &'static str,
+    /// The shared pool's password (when the URL holds none).
+    pub pool_password: &'static str,
+    /// A file holding the shared pool's password.
+    pub pool_password_file: &'static str,
 }
 
 /// Where the CLI keeps its files (and we keep the pool).
@@ -110,6 +122,22 @@ pub struct Creds {
     pub retry_key: Option<u8>,
     /// What to tell the person once a swapped login is live and we did not retry for them.
     pub retry_hint: &'static str,
+    /// Other files of the live login, kept with it (a display cache; a missing one is no
+    /// error).
+    pub extra: &'static [&'static str],
+    /// The login can be rotated by swapping [`Creds::file`]; false: OAuth accounts cannot be
+    /// added (API keys only), and `--rotation-add` says so.
+    pub file_swap: bool,
+    /// Where the CLI keeps the login instead when it encrypts it, if it can: file swapping
+    /// cannot work there.
+    pub encrypted: Option<Encrypted>,
+}
+
+/// The CLI's encrypted credential storage: the variable that turns it on and the file it uses.
+#[derive(Debug, Clone)]
+pub struct Encrypted {
+    pub var: &'static str,
+    pub file: &'static str,
 }
 
 /// A lock file the CLI takes, and when a left-over one counts as abandoned.
@@ -119,9 +147,29 @@ pub struct Lock {
     pub stale: Duration,
 }
 
+/// How the CLI talks to an API-key provider, which is what the relay speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI-compatible: the key as `Authorization: Bearer`, a base URL ending in `/v1`, the
+    /// model in the request body, errors as `{"error":{"message","type","code"}}`.
+    OpenAi,
+    /// The Gemini API: the key as `x-goog-api-key` (or `?key=`), paths
+    /// `/v1beta/models/<model>:generateContent` under a base URL without a path, the model in
+    /// the path, errors as `{"error":{"code","status","message","details"}}`.
+    Gemini,
+}
+
 /// The API-key variables the CLI reads.
 #[derive(Debug, Clone)]
 pub struct Api {
+    /// What the requests look like.
+    pub wire: Wire,
+    /// The path the relay's base URL ends in (`/v1`), stripped before the slot's base URL is
+    /// put in front of a request's path; empty: the CLI adds the whole path itself.
+    pub relay_path: &'static str,
+    /// The provider's base URL for a key stored without one; `None`: the key's base URL comes
+    /// from the CLI's settings.
+    pub default_base_url: Option<&'static str>,
     /// The key (`OPENAI_API_KEY`): the default variable an API-key account sets.
     pub key_var: &'static str,
     /// The base URL (`OPENAI_BASE_URL`).
@@ -139,17 +187,10 @@ pub struct Api {
     pub example_model: &'static str,
     /// A subscription plan's base URL, for the `--rotation-add --api-key` example in help.
     pub example_plan_url: &'static str,
-    /// The provider API the CLI speaks with an API key (what `--rotation-demo`'s built-in
-    /// provider answers in).
-    pub wire: Wire,
-}
-
-/// A provider API, as far as the built-in demo provider speaks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// OpenAI-compatible chat completions: `POST <base>/chat/completions` with a bearer key,
-    /// JSON or server-sent events (`stream: true`); errors as `{"error":{message,type,code}}`.
-    OpenAiChat,
+    /// With [`Api::base_url_var`] set, the CLI uses the key only while its settings select
+    /// [`SettingsSpec::auth_api_key`] (else it picks another auth type): the relay needs that
+    /// selection, from the user's settings or from the private system-settings override.
+    pub relay_needs_selected: bool,
 }
 
 /// The CLI's settings files and the keys we read or write in them.
@@ -180,6 +221,9 @@ pub struct SettingsSpec {
     /// JSON pointers removed from the user's settings for a fresh login's home (what could
     /// make the login pick an API key).
     pub login_strip: &'static [&'static str],
+    /// The CLI reads a system settings file only when root owns it and every directory above
+    /// it, none writable by group or others: a private override written by a user is skipped.
+    pub system_root_only: bool,
     /// The auth-type names of an OAuth login and of an API key.
     pub auth_oauth: &'static str,
     pub auth_api_key: &'static str,
@@ -221,9 +265,9 @@ pub struct Screen {
     pub breaks: &'static [char],
     /// The deepest indent (columns) of an error block's marker.
     pub marker_indent: u32,
-    /// The hint under a retryable error (normalised: lowercase).
+    /// The hint under a retryable error (normalised: lowercase; empty: the CLI shows none).
     pub live_hint: &'static str,
-    /// The countdown of an error the CLI retries by itself (normalised).
+    /// The countdown of an error the CLI retries by itself (normalised; empty: none).
     pub countdown: &'static str,
 }
 
@@ -264,6 +308,17 @@ mod tests {
             );
         }
         assert!(std::ptr::eq(for_name(None), &QWEN));
+    }
+
+    #[test]
+    fn the_name_gemini_picks_the_gemini_profile() {
+        for argv0 in ["gemini", "/usr/local/bin/gemini", "./gemini"] {
+            assert!(std::ptr::eq(for_name(Some(OsStr::new(argv0))), &GEMINI));
+        }
+        assert!(!std::ptr::eq(
+            for_name(Some(OsStr::new("gemini-cli"))),
+            &GEMINI
+        ));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub static QWEN: Profile = Profile {
         base_url: "QWEN_ROTATION_BASE_URL",
         model: "QWEN_ROTATION_MODEL",
         state_dir: "QWEN_ROTATION_STATE_DIR",
+        pool: "QWEN_ROTATION_POOL",
+        pool_name: "QWEN_ROTATION_POOL_NAME",
+        pool_password: "QWEN_ROTATION_POOL_PASSWORD",
+        pool_password_file: "QWEN_ROTATION_POOL_PASSWORD_FILE",
     },
     // QWEN_FACTS.md: `QWEN_HOME` replaces `~/.qwen` since 0.15; 0.12 ignores it.
     home: Home {
@@ -45,9 +49,15 @@ pub static QWEN: Profile = Profile {
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
         retry_hint: "press Ctrl+Y to retry",
+        extra: &[],
+        file_swap: true,
+        encrypted: None,
     },
     // QWEN_FACTS_APIKEY.md §1: the OpenAI-compatible variables; DashScope examples.
     api: Api {
+        wire: Wire::OpenAi,
+        relay_path: "/v1",
+        default_base_url: None,
         key_var: "OPENAI_API_KEY",
         base_url_var: "OPENAI_BASE_URL",
         model_vars: &["OPENAI_MODEL", "QWEN_MODEL"],
@@ -61,8 +71,8 @@ pub static QWEN: Profile = Profile {
         argv_key: &["--openai-api-key", "--openaiApiKey"],
         example_base_url: "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         example_model: "qwen3-coder-plus",
+        relay_needs_selected: false,
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
-        wire: Wire::OpenAiChat,
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).
     settings: SettingsSpec {
@@ -82,6 +92,7 @@ pub static QWEN: Profile = Profile {
         }),
         providers: Some("modelProviders"),
         login_strip: &["/env", "/security/auth/apiKey", "/security/auth/baseUrl"],
+        system_root_only: false,
         auth_oauth: "qwen-oauth",
         auth_api_key: "openai",
     },

@@ -32,6 +32,7 @@ pub fn relay_possible_for(
     args: &[OsString],
 ) -> Result<(), String> {
     let from_args = model_from_args(paths, args)?;
+    selection_possible(paths)?;
     match fixed_base_url(paths, from_args, model) {
         Some(fixed) => Err(format!(
             "{} fixes the base URL of model `{}` ({}.{}), so {} would send its requests past \
@@ -44,6 +45,27 @@ pub fn relay_possible_for(
         )),
         None => Ok(()),
     }
+}
+
+/// Err when the CLI would not use the relay's token: with the base URL set it needs its settings
+/// to select the API-key auth type, and neither the user's settings nor a private override the
+/// CLI would read (`settings::private_honored`) can select it.
+fn selection_possible(paths: &Paths) -> Result<(), String> {
+    let (profile, spec) = (paths.profile, &paths.profile.settings);
+    if !profile.api.relay_needs_selected
+        || crate::settings::private_honored(paths)
+        || crate::settings::Selected::read(paths).selected.as_deref() == Some(spec.auth_api_key)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{name} reads its system settings only from files root owns, so the shim cannot select \
+         `{api}` for it; set \"{key}\": \"{api}\" in {file} to let the relay carry the keys",
+        name = profile.name,
+        api = spec.auth_api_key,
+        key = spec.selected.join("."),
+        file = paths.settings.display(),
+    ))
 }
 
 /// Why `launch`'s real key must stay out of qwen's environment when qwen talks to the provider
@@ -193,6 +215,34 @@ mod tests {
     use super::*;
     use crate::model::Secret;
     use crate::vault::ApiTarget;
+
+    #[test]
+    fn gemini_needs_its_api_key_type_selected_where_it_reads_the_selection() {
+        // Under /tmp (writable by all) gemini would skip our private system settings: only the
+        // user's own selection of `gemini-api-key` lets the relay in.
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let paths = Paths::of(&crate::profile::GEMINI, dir.path().join(".gemini"));
+        let err = relay_possible(&paths).unwrap_err();
+        assert!(
+            err.contains("security.auth.selectedType") && err.contains("gemini-api-key"),
+            "{err}"
+        );
+        std::fs::create_dir_all(&paths.home).unwrap();
+        std::fs::write(
+            &paths.settings,
+            r#"{"security":{"auth":{"selectedType":"oauth-personal"}}}"#,
+        )
+        .unwrap();
+        assert!(relay_possible(&paths).is_err());
+        std::fs::write(
+            &paths.settings,
+            r#"{"security":{"auth":{"selectedType":"gemini-api-key"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(relay_possible(&paths), Ok(()));
+        // qwen reads any system settings file: nothing to ask of the user.
+        assert_eq!(relay_possible(&Paths::at(dir.path())), Ok(()));
+    }
 
     #[test]
     fn argv_that_bypasses_the_relay_rules_it_out() {

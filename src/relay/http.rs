@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::profile::Wire;
+
 /// An idle keep-alive connection from qwen is closed after this long. Announced in a
 /// `Keep-Alive: timeout=` header so undici closes its side first and never reuses a connection
 /// we are about to drop (undici subtracts a second from the hint).
@@ -266,7 +268,7 @@ pub(super) fn read_body(reader: &mut impl BufRead, req: &Incoming) -> io::Result
 }
 
 // ---------------------------------------------------------------------------------------------
-// Answers the relay makes itself (OpenAI-shaped, so qwen shows them like a provider's)
+// Answers the relay makes itself (shaped like the provider's, so the CLI shows them as such)
 // ---------------------------------------------------------------------------------------------
 
 pub(super) struct Answer {
@@ -277,8 +279,19 @@ pub(super) struct Answer {
     pub(super) all_spent: bool,
 }
 
-pub(super) fn openai_error(status: u16, message: &str, kind: &str, code: &str) -> Answer {
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+/// An answer of the relay's own in the shape of the CLI's provider: OpenAI's
+/// `{"error":{"message","type","code"}}`, or Google's `{"error":{"code","status","message"}}`.
+pub(super) fn own_error(wire: Wire, status: u16, message: &str, kind: &str, code: &str) -> Answer {
+    let body = match wire {
+        Wire::OpenAi => {
+            serde_json::json!({"error": {"message": message, "type": kind, "code": code}})
+        }
+        Wire::Gemini => serde_json::json!({"error": {
+            "code": status,
+            "status": google_status(status, code),
+            "message": message,
+        }}),
+    };
     Answer {
         status,
         headers: vec![("content-type", "application/json".into())],
@@ -287,12 +300,60 @@ pub(super) fn openai_error(status: u16, message: &str, kind: &str, code: &str) -
     }
 }
 
-/// Every key spent. Worded so qwen gives up at once instead of retrying for an hour: 0.24
-/// fails fast on a message with "quota", "exhausted" and "will reset"/"reset at"
-/// (`isQuotaExhaustedError`), and `x-should-retry: false` turns off the OpenAI SDK's own three
-/// retries. `insufficient_quota` in the text lets output scanning classify it whatever qwen
-/// prints around it (0.12 shows only the message).
-pub(super) fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
+/// Google's status name for one of our answers. A refused token is a wiring fault, not a
+/// rejected key: it gets a status no auth phrase matches.
+fn google_status(status: u16, code: &str) -> &'static str {
+    match (status, code) {
+        (_, "relay_token_mismatch") => "FAILED_PRECONDITION",
+        (429, _) => "RESOURCE_EXHAUSTED",
+        (504, _) => "DEADLINE_EXCEEDED",
+        (500..=599, "relay_internal_error") => "INTERNAL",
+        (500..=599, _) => "UNAVAILABLE",
+        _ => "INVALID_ARGUMENT",
+    }
+}
+
+/// A quota answer the CLI gives up on at once. OpenAI-compatible: 0.24 fails fast on a
+/// message with "quota", "exhausted" and "will reset"/"reset at" (`isQuotaExhaustedError`),
+/// `x-should-retry: false` turns off the OpenAI SDK's own three retries, and
+/// `insufficient_quota` in the text lets output scanning classify it whatever qwen prints
+/// around it (0.12 shows only the message). Gemini: a 429 whose `QuotaFailure` names a daily
+/// quota is terminal in gemini (no retry, no fallback in a headless run).
+fn quota_answer(wire: Wire, message: &str) -> Answer {
+    let mut answer = own_error(
+        wire,
+        429,
+        message,
+        "insufficient_quota",
+        "insufficient_quota",
+    );
+    if wire == Wire::Gemini {
+        let body = serde_json::json!({"error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "message": message,
+            "details": [{
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel"}],
+            }],
+        }});
+        answer.body = body.to_string().into_bytes();
+    }
+    answer.headers.push(("x-should-retry", "false".into()));
+    answer
+}
+
+/// OpenAI's error code in our quota messages, for output scanning of an OpenAI-compatible
+/// CLI; a Google error carries its meaning in its structure instead.
+fn openai_code(wire: Wire) -> &'static str {
+    match wire {
+        Wire::OpenAi => " (insufficient_quota)",
+        Wire::Gemini => "",
+    }
+}
+
+/// Every key spent (see [`quota_answer`] for why the CLI stops at once).
+pub(super) fn exhausted_answer(wire: Wire, earliest: Option<DateTime<Utc>>) -> Answer {
     let when = match earliest {
         Some(t) => format!(
             "the first one will reset at {} (in {})",
@@ -305,31 +366,31 @@ pub(super) fn exhausted_answer(earliest: Option<DateTime<Utc>>) -> Answer {
         ),
     };
     let message = format!(
-        "qwen-rotation: all accounts exhausted (insufficient_quota): every account's quota has been exhausted; {when}"
+        "qwen-rotation: all accounts exhausted{}: every account's quota has been exhausted; {when}",
+        openai_code(wire)
     );
-    let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
-    answer.headers.push(("x-should-retry", "false".into()));
+    let mut answer = quota_answer(wire, &message);
     answer.all_spent = true;
     answer
 }
 
 /// The next slot is one qwen must be restarted for: a quota answer qwen gives up on at once
-/// (same wording rules as [`exhausted_answer`]); run.rs's output scanning then reruns qwen.
-pub(super) fn unservable_answer(slot: usize) -> Answer {
+/// (see [`quota_answer`]); run.rs's output scanning then reruns qwen.
+pub(super) fn unservable_answer(wire: Wire, slot: usize) -> Answer {
     let message = format!(
-        "qwen-rotation: quota exhausted (insufficient_quota) on this key; account {slot} is next and \
+        "qwen-rotation: quota exhausted{} on this key; account {slot} is next and \
          {} must be restarted to use it; the spent key's quota will reset at the provider's next reset",
+        openai_code(wire),
         crate::profile::active().name
     );
-    let mut answer = openai_error(429, &message, "insufficient_quota", "insufficient_quota");
-    answer.headers.push(("x-should-retry", "false".into()));
-    answer
+    quota_answer(wire, &message)
 }
 
 /// The request did not carry the run's token. Worded without the auth phrases output scanning
 /// rotates on: this is a wiring fault, not a spent account.
-pub(super) fn refused_answer() -> Answer {
-    let mut answer = openai_error(
+pub(super) fn refused_answer(wire: Wire) -> Answer {
+    let mut answer = own_error(
+        wire,
         401,
         "qwen-rotation relay: this request does not carry the key of this run; refused",
         "invalid_request_error",
@@ -566,9 +627,9 @@ mod tests {
         };
         let t = "2026-11-30T09:25:00Z".parse::<DateTime<Utc>>().unwrap();
         for a in [
-            exhausted_answer(Some(t)),
-            exhausted_answer(None),
-            unservable_answer(3),
+            exhausted_answer(Wire::OpenAi, Some(t)),
+            exhausted_answer(Wire::OpenAi, None),
+            unservable_answer(Wire::OpenAi, 3),
         ] {
             assert_eq!(a.status, 429);
             assert!(fail_fast(&a));
@@ -579,7 +640,7 @@ mod tests {
             );
         }
         assert!(
-            String::from_utf8_lossy(&exhausted_answer(Some(t)).body)
+            String::from_utf8_lossy(&exhausted_answer(Wire::OpenAi, Some(t)).body)
                 .contains("2026-11-30T09:25:00Z")
         );
     }
@@ -593,11 +654,49 @@ mod tests {
         };
         // What qwen prints of them (0.12 shows the message alone) must classify as quota, so
         // run.rs reruns on an OAuth slot or ends with "exhausted" …
-        for a in [exhausted_answer(None), unservable_answer(2)] {
+        for a in [
+            exhausted_answer(Wire::OpenAi, None),
+            unservable_answer(Wire::OpenAi, 2),
+        ] {
             let hit = patterns.classify(&message(&a)).expect("classified");
             assert_eq!(hit.class, Class::Quota, "{}", message(&a));
         }
         // … and a refused token is a wiring fault, not an account to rotate away from.
-        assert_eq!(patterns.classify(&message(&refused_answer())), None);
+        assert_eq!(
+            patterns.classify(&message(&refused_answer(Wire::OpenAi))),
+            None
+        );
+    }
+
+    #[test]
+    fn gemini_answers_are_google_errors_and_all_spent_is_a_daily_quota() {
+        let now = "2026-11-30T09:25:00Z".parse::<DateTime<Utc>>().unwrap();
+        let doc = |a: &Answer| serde_json::from_slice::<serde_json::Value>(&a.body).unwrap();
+        for a in [
+            exhausted_answer(Wire::Gemini, None),
+            unservable_answer(Wire::Gemini, 2),
+        ] {
+            let d = doc(&a);
+            assert_eq!((a.status, d["error"]["code"].as_u64()), (429, Some(429)));
+            assert_eq!(d["error"]["status"], "RESOURCE_EXHAUSTED");
+            // What gemini reads as final (a PerDay quotaId), and what we read as a quota.
+            let id = d["error"]["details"][0]["violations"][0]["quotaId"]
+                .as_str()
+                .unwrap();
+            assert!(id.contains("PerDay"), "{id}");
+            let body = String::from_utf8_lossy(&a.body);
+            let hit = crate::detect::classify_google(429, &body, now).unwrap();
+            assert_eq!(hit.class, Class::Quota);
+            assert!(!body.contains("insufficient_quota"), "{body}");
+        }
+        let refused = refused_answer(Wire::Gemini);
+        let d = doc(&refused);
+        assert_eq!(d["error"]["code"], 401);
+        assert_eq!(d["error"]["status"], "FAILED_PRECONDITION");
+        // A wiring fault: none of gemini's phrases (what output scanning rotates on) matches.
+        let text = String::from_utf8_lossy(&refused.body).to_lowercase();
+        for (_, name, re) in crate::profile::GEMINI.detect.phrases {
+            assert!(!regex::Regex::new(re).unwrap().is_match(&text), "{name}");
+        }
     }
 }

@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::model::Secret;
+use crate::profile::Wire;
 
 use super::http::{
-    CHUNK, FromQwen, IDLE_TIMEOUT, Incoming, ToQwen, openai_error, read_body, read_head,
+    CHUNK, FromQwen, IDLE_TIMEOUT, Incoming, ToQwen, own_error, read_body, read_head,
     refused_answer, write_answer,
 };
 use super::shared::Shared;
@@ -98,7 +99,8 @@ fn serve_connection(shared: &Shared, id: u64, conn: &TcpStream) -> io::Result<()
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let answer = openai_error(
+                let answer = own_error(
+                    shared.wire(),
                     400,
                     "qwen-rotation relay: malformed request",
                     "invalid_request_error",
@@ -112,9 +114,9 @@ fn serve_connection(shared: &Shared, id: u64, conn: &TcpStream) -> io::Result<()
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if !authorized(&req, &shared.token) {
+        if !authorized(&req, &shared.token, shared.wire()) {
             // Answered from the head alone: nobody without the token makes us read its body.
-            write_answer(&mut out, &refused_answer(), &req.method, true)?;
+            write_answer(&mut out, &refused_answer(shared.wire()), &req.method, true)?;
             return refuse_rest(conn);
         }
         if !trusted {
@@ -130,7 +132,8 @@ fn serve_connection(shared: &Shared, id: u64, conn: &TcpStream) -> io::Result<()
         match read_body(&mut reader, &req) {
             Ok(body) => req.body = body,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let answer = openai_error(
+                let answer = own_error(
+                    shared.wire(),
                     413,
                     "qwen-rotation relay: request body too large or malformed",
                     "invalid_request_error",
@@ -162,7 +165,8 @@ fn serve_request(shared: &Shared, req: &Incoming, out: &mut ToQwen<'_>) -> io::R
     if out.started {
         return Ok(false);
     }
-    let mut answer = openai_error(
+    let mut answer = own_error(
+        shared.wire(),
         502,
         &format!(
             "qwen-rotation relay: internal error while relaying this request (a bug in qwen-rotation; please report it with {} --rotation-version)",
@@ -198,15 +202,30 @@ fn refuse_rest(conn: &TcpStream) -> io::Result<()> {
 
 /// `Authorization: Bearer <token>`, compared in constant time (the token is the only thing that
 /// stands between another local user and the keys).
-fn authorized(req: &Incoming, token: &Secret) -> bool {
-    let Some(value) = req.header("authorization") else {
-        return false;
+/// The request carries the run's token where the CLI puts its key: `Authorization: Bearer`
+/// (OpenAI-compatible), or `x-goog-api-key` / the `key=` query parameter (the Gemini API).
+fn authorized(req: &Incoming, token: &Secret, wire: Wire) -> bool {
+    let given = match wire {
+        Wire::OpenAi => req
+            .header("authorization")
+            .and_then(|value| match value.get(..7) {
+                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+                    Some(value[7..].trim_ascii())
+                }
+                _ => None,
+            }),
+        Wire::Gemini => req
+            .header("x-goog-api-key")
+            .map(<[u8]>::trim_ascii)
+            .or_else(|| {
+                req.query.as_deref().and_then(|q| {
+                    q.split('&')
+                        .find_map(|p| p.strip_prefix("key="))
+                        .map(str::as_bytes)
+                })
+            }),
     };
-    let given = match value.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
-        _ => return false,
-    };
-    constant_time_eq(given, token.expose().as_bytes())
+    given.is_some_and(|g| constant_time_eq(g, token.expose().as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

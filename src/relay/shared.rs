@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::model::Hit;
 use crate::model::account_name;
 use crate::model::{Kind, Secret};
+use crate::profile::Wire;
 use crate::vault::{ApiTarget, Launch, Rotation, Vault};
 
 use super::http::{Answer, exhausted_answer, unservable_answer};
@@ -55,7 +56,13 @@ pub(super) struct Shared {
     pub(super) served: Served,
     /// See [`Relay::on_exhausted`](crate::relay::Relay::on_exhausted).
     pub(super) on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// When a shared pool was last looked at (`pool_check_due`).
+    pub(super) pool_checked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the relay looks at a pool shared with other hosts (at most; only while requests
+/// come).
+const POOL_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The connections the relay holds, oldest first (ids only grow).
 pub(super) struct Conns {
@@ -183,6 +190,11 @@ impl Shared {
         (!kept.is_empty()).then(|| kept.join("&"))
     }
 
+    /// What the CLI's requests look like (the profile's).
+    pub(super) fn wire(&self) -> Wire {
+        self.vault.paths.profile.api.wire
+    }
+
     pub(super) fn conns(&self) -> MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -230,7 +242,12 @@ impl Shared {
         let blocked = {
             let st = self.state();
             match st.blocked {
-                None => return Ok(st.active.clone()),
+                None if !self.pool_check_due() => return Ok(st.active.clone()),
+                None => {
+                    let active = st.active.clone();
+                    drop(st);
+                    return Ok(self.follow_pool(active));
+                }
                 Some(b) => b,
             }
         };
@@ -244,17 +261,66 @@ impl Shared {
                     st.blocked = None;
                     Ok(st.active.clone())
                 }
-                None => Err(unservable_answer(launch.slot)),
+                None => Err(unservable_answer(self.wire(), launch.slot)),
             },
             Err(Error::Exhausted { earliest }) => {
                 self.state().exhausted = Some(earliest);
-                Err(exhausted_answer(earliest))
+                Err(exhausted_answer(self.wire(), earliest))
             }
             Err(_) => Err(match blocked {
-                Blocked::Exhausted { earliest } => exhausted_answer(earliest),
-                Blocked::Unservable { slot } => unservable_answer(slot),
+                Blocked::Exhausted { earliest } => exhausted_answer(self.wire(), earliest),
+                Blocked::Unservable { slot } => unservable_answer(self.wire(), slot),
             }),
         }
+    }
+
+    /// A pool shared with other hosts: is it time to look at it again? At most once per
+    /// `POOL_CHECK` (a burst of parallel requests looks once; the look is one Redis round trip).
+    fn pool_check_due(&self) -> bool {
+        if !self.vault.is_shared() {
+            return false;
+        }
+        let mut last = self.pool_checked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < POOL_CHECK) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// Another host moved the shared pool away from `active` (its key spent there, say): this
+    /// request starts on the pool's account instead of asking the spent key again.
+    fn follow_pool(&self, active: Active) -> Active {
+        let now = Utc::now();
+        let moved = match self.vault.peek() {
+            crate::vault::state::Loaded::Ok(view) => {
+                view.current_index != active.slot || !view.eligible(active.slot, now)
+            }
+            _ => false,
+        };
+        if !moved {
+            return active;
+        }
+        let Ok(launch) = self.vault.prepare(None) else {
+            // Spent or unreadable: the request goes as it was; its answer decides.
+            return active;
+        };
+        let Some(next) = Active::from_launch(&launch) else {
+            return active;
+        };
+        let mut st = self.state();
+        if st.blocked.is_some() || st.active.slot != active.slot || next.slot == active.slot {
+            return st.active.clone();
+        }
+        st.active = next.clone();
+        drop(st);
+        self.say(format!(
+            "the shared pool moved on from {}; switched to {}",
+            active.who(),
+            next.who()
+        ));
+        next
     }
 
     /// The rotation step for a request whose answer on `failed` classified as `hit`.
@@ -285,7 +351,7 @@ impl Shared {
                     st.exhausted = Some(earliest);
                 }
                 self.say(format!("{what}; no other account is left"));
-                Next::Answer(exhausted_answer(earliest))
+                Next::Answer(exhausted_answer(self.wire(), earliest))
             }
             Ok(launch) => match Active::from_launch(&launch) {
                 Some(active) => {
@@ -309,7 +375,7 @@ impl Shared {
                     // run.rs reruns qwen on that slot once qwen reports our quota answer, and
                     // says so itself: no notice here, or the person reads it twice.
                     self.state().blocked = Some(Blocked::Unservable { slot: launch.slot });
-                    Next::Answer(unservable_answer(launch.slot))
+                    Next::Answer(unservable_answer(self.wire(), launch.slot))
                 }
             },
         }

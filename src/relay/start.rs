@@ -35,7 +35,8 @@ pub struct Setup {
 
 /// A running relay; stops when dropped.
 pub struct Relay {
-    /// `http://127.0.0.1:PORT/v1`: what qwen gets as `OPENAI_BASE_URL`.
+    /// `http://127.0.0.1:PORT/v1`: what qwen gets as `OPENAI_BASE_URL` (the profile's base-URL
+    /// variable; gemini gets `http://127.0.0.1:PORT` as `GOOGLE_GEMINI_BASE_URL`).
     pub base_url: String,
     /// The per-run token qwen gets as its key; requests without it are refused.
     pub token: Secret,
@@ -88,13 +89,14 @@ impl Relay {
             conns: Mutex::new(Conns::new()),
             served: Arc::new(Mutex::new(BTreeMap::new())),
             on_exhausted: Mutex::new(None),
+            pool_checked: Mutex::new(None),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("qwen-relay-accept".into())
             .spawn(move || accept_loop(&accept_shared, &listener))?;
         Ok(Relay {
-            base_url: format!("http://{addr}/v1"),
+            base_url: format!("http://{addr}{}", shared.vault.paths.profile.api.relay_path),
             token,
             shared,
             addr,

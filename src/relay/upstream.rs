@@ -6,11 +6,13 @@ use std::io::{self, Read};
 
 use crate::detect::{self};
 use crate::model::Class;
+use crate::profile::Wire;
 
-use super::http::{
-    Answer, Incoming, ToQwen, hop_by_hop, openai_error, stream_answer, write_answer,
-};
+use super::http::{Answer, Incoming, ToQwen, hop_by_hop, own_error, stream_answer, write_answer};
 use super::shared::{Active, Next, REDACTED, Shared};
+
+/// The header the Gemini API takes its key from; never forwarded from the CLI.
+const KEY_HEADER: &str = "x-goog-api-key";
 
 /// Error answers are read whole to classify them. Provider error bodies are a few hundred
 /// bytes; a larger one is passed through unclassified.
@@ -25,7 +27,8 @@ pub(super) fn relay_request(
 ) -> io::Result<bool> {
     crate::fault::point("relay.request");
     if req.method.eq_ignore_ascii_case("CONNECT") {
-        let answer = openai_error(
+        let answer = own_error(
+            shared.wire(),
             405,
             "qwen-rotation relay: CONNECT is not supported",
             "invalid_request_error",
@@ -43,6 +46,7 @@ pub(super) fn relay_request(
         tries += 1;
         let url = upstream_url(
             &active.target.base_url,
+            shared.vault.paths.profile.api.relay_path,
             &shared.scrub(&req.path),
             req.query
                 .as_deref()
@@ -59,7 +63,8 @@ pub(super) fn relay_request(
                 } else {
                     "relay_upstream_unreachable"
                 };
-                let answer = openai_error(
+                let answer = own_error(
+                    shared.wire(),
                     status,
                     &format!("qwen-rotation relay: {message}"),
                     "relay_error",
@@ -149,11 +154,12 @@ fn answer_own(
     written.map(|()| !req.close)
 }
 
-/// `base` + the request path without the relay's `/v1`: what qwen would have requested had it
-/// been given `base` as `OPENAI_BASE_URL` (the OpenAI SDK appends the path to the base as is).
-fn upstream_url(base: &str, path: &str, query: Option<&str>) -> String {
-    let rest = match path.strip_prefix("/v1") {
-        Some(r) if r.is_empty() || r.starts_with('/') => r,
+/// `base` + the request path without the relay's own path (`prefix`, `/v1` for qwen): what the
+/// CLI would have requested had it been given `base` as its base URL (the OpenAI SDK appends
+/// the path to the base as is; the Gemini SDK appends `/v1beta/…` to a base without a path).
+fn upstream_url(base: &str, prefix: &str, path: &str, query: Option<&str>) -> String {
+    let rest = match path.strip_prefix(prefix) {
+        Some(r) if !prefix.is_empty() && (r.is_empty() || r.starts_with('/')) => r,
         _ => path,
     };
     let mut url = format!("{}{rest}", base.trim_end_matches('/'));
@@ -194,6 +200,7 @@ fn send(
         // Also drop any header that carries the run's token under another name (`api-key`, …):
         // the provider never sees it.
         if hop_by_hop(name)
+            || name.eq_ignore_ascii_case(KEY_HEADER)
             || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
             || shared.token_at.is_match(value)
         {
@@ -207,12 +214,23 @@ fn send(
         };
         builder = builder.header(n, v);
     }
-    let mut auth = HeaderValue::from_str(&format!("Bearer {}", active.target.key.expose()))
-        .map_err(|_| {
-            ureq::Error::BadUri("the key contains characters a header cannot carry".into())
-        })?;
+    // The slot's key where the provider's API wants it (the run's token, wherever the CLI put
+    // it, was dropped above).
+    let (header, value) = match shared.wire() {
+        Wire::OpenAi => (
+            ureq::http::header::AUTHORIZATION,
+            format!("Bearer {}", active.target.key.expose()),
+        ),
+        Wire::Gemini => (
+            HeaderName::from_static(KEY_HEADER),
+            active.target.key.expose().to_string(),
+        ),
+    };
+    let mut auth = HeaderValue::from_str(&value).map_err(|_| {
+        ureq::Error::BadUri("the key contains characters a header cannot carry".into())
+    })?;
     auth.set_sensitive(true);
-    builder = builder.header(ureq::http::header::AUTHORIZATION, auth);
+    builder = builder.header(header, auth);
     let agent = shared.routes.agent_for(url);
     let rewritten = rewrite_model(
         &req.body,
@@ -360,8 +378,22 @@ mod tests {
             ),
         ];
         for (base, path, query, want) in cases {
-            assert_eq!(upstream_url(base, path, query), want, "{base} + {path}");
+            assert_eq!(
+                upstream_url(base, "/v1", path, query),
+                want,
+                "{base} + {path}"
+            );
         }
+        // The Gemini API: the relay's base has no path; the whole path goes on the slot's base.
+        assert_eq!(
+            upstream_url(
+                "https://generativelanguage.googleapis.com/",
+                "",
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+                Some("alt=sse")
+            ),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::error::Error;
 pub(super) fn exec(real: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> ! {
     let mut cmd = Command::new(real);
     cmd.args(args);
+    // Also when rotation is off: the shared pool's URL and password are ours, never qwen's.
+    for k in crate::config::pool_variables() {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

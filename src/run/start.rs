@@ -12,7 +12,7 @@ use super::exec::{exec, fail, notice, within};
 use super::headless::headless;
 use super::interactive::interactive_session;
 use crate::cli::Modifiers;
-use crate::config::{Config, OnExhausted, Paths};
+use crate::config::{Config, OnExhausted, Paths, PoolEnv};
 use crate::detect::Patterns;
 use crate::error::Error;
 use crate::error::warn;
@@ -34,6 +34,8 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
         exec(&real, &args, &[]);
     }
     let paths = Paths::from_env();
+    // Read before `pool_source` removes the pool's variables from our environment.
+    let pool_env = PoolEnv::capture();
     let source = match pool_source(&paths) {
         Ok(source) => source,
         Err(problem) => {
@@ -66,6 +68,7 @@ pub fn main(args: Vec<OsString>, modifiers: Modifiers) -> ! {
     if let Some(problem) = problem {
         warn(problem);
     }
+    let config = config.with_pool_env(&pool_env);
     let patterns = Patterns::from_config(&config.patterns).unwrap_or_else(|problem| {
         warn(format!(
             "{}: {problem}; using the built-in patterns",

@@ -67,19 +67,21 @@ pub struct Pool {
 }
 
 /// 32 bits of FNV-1a over a domain-separated key, as 8 hex digits.
-fn fingerprint(key: &str) -> String {
+pub(super) fn fingerprint(key: &str) -> String {
     let full = files::digest(format!("qwen-rotation-env-key\0{key}").as_bytes());
     full[..8].to_string()
 }
 
-/// The variables that hold keys (removed from qwen's environment).
+/// The variables that hold keys, and the shared pool's (its URL and password): removed from
+/// qwen's environment.
 pub fn key_variables(vars: &[(OsString, OsString)]) -> Vec<OsString> {
     let pool_vars = self::vars().0;
     let (keys_var, key_prefix_var) = (pool_vars.keys, pool_vars.key_prefix);
     vars.iter()
         .filter(|(k, _)| {
-            k.to_str()
-                .is_some_and(|k| k == keys_var || k.starts_with(key_prefix_var))
+            k.to_str().is_some_and(|k| {
+                k == keys_var || k.starts_with(key_prefix_var) || k.starts_with(pool_vars.pool)
+            })
         })
         .map(|(k, _)| k.clone())
         .collect()
@@ -557,12 +559,18 @@ mod tests {
             ("QWEN_ROTATION_KEY_3", "b"),
             ("QWEN_ROTATION_BASE_URL", "http://x"),
             ("OPENAI_API_KEY", "c"),
+            ("QWEN_ROTATION_POOL", "redis://:pw@h:6379/0"),
+            ("QWEN_ROTATION_POOL_PASSWORD", "pw"),
+            ("QWEN_ROTATION_POOL_PASSWORD_FILE", "/run/pw"),
         ]);
         assert_eq!(
             key_variables(&vars),
             vec![
                 OsString::from("QWEN_ROTATION_KEYS"),
-                OsString::from("QWEN_ROTATION_KEY_3")
+                OsString::from("QWEN_ROTATION_KEY_3"),
+                OsString::from("QWEN_ROTATION_POOL"),
+                OsString::from("QWEN_ROTATION_POOL_PASSWORD"),
+                OsString::from("QWEN_ROTATION_POOL_PASSWORD_FILE"),
             ]
         );
     }

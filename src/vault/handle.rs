@@ -15,10 +15,11 @@ use crate::model::{Kind, Secret};
 use super::audit::{self, Event};
 use super::env_pool::Pool;
 use super::live::LiveFile;
+use super::redis_store::RedisStore;
 use super::slots::{ApiKeySlot, Scan, SlotInfo};
 use super::source::SlotSource;
 use super::state::{Account, Loaded, State};
-use super::store::{FileStore, Scope, Store, StoreFiles};
+use super::store::{FileStore, FleetCheck, Scope, Store, StoreFiles};
 
 /// What one attempt runs with.
 #[derive(Debug, Clone)]
@@ -103,7 +104,12 @@ impl Vault {
     /// The vault of `source`'s slots, its state kept where that source says.
     pub fn with_source(paths: Paths, config: Config, source: SlotSource) -> Vault {
         let paths = source.place(paths);
-        let store = Arc::new(FileStore::new(&paths));
+        let store: Arc<dyn Store> = match config.pool.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                Arc::new(RedisStore::new(url, &config, &paths, source.clone()))
+            }
+            _ => Arc::new(FileStore::new(&paths)),
+        };
         Vault {
             paths,
             config,
@@ -163,6 +169,21 @@ impl Vault {
         self.store.files()
     }
 
+    /// Where the pool is kept (`files in ~/.qwen`, `redis://host:6379/0 (default)`).
+    pub fn pool_shown(&self) -> String {
+        self.store.shown()
+    }
+
+    /// Is the pool shared with other hosts, and reachable (the relay then follows it)?
+    pub fn is_shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// A shared pool's health for doctor (`None`: the pool is in files).
+    pub fn fleet(&self) -> Option<FleetCheck> {
+        self.store.fleet()
+    }
+
     /// Err(Usage) when the pool is declared in the environment: its accounts are changed there.
     pub fn files_pool(&self, what: &str) -> Result<()> {
         match self.env_pool() {
@@ -175,9 +196,20 @@ impl Vault {
     }
 }
 
-pub(super) fn api_launch(n: usize, account: &Account, api: ApiKeySlot) -> Launch {
+/// The launch of API-key slot `n`. A key stored without a base URL is served by the relay at
+/// `default_base_url` (the profile's provider), if the profile names one.
+pub(super) fn api_launch(
+    n: usize,
+    account: &Account,
+    api: ApiKeySlot,
+    default_base_url: Option<&str>,
+) -> Launch {
     let env = api.env();
-    let target = api.base_url.clone().map(|base_url| ApiTarget {
+    let base_url = api
+        .base_url
+        .clone()
+        .or_else(|| default_base_url.map(str::to_string));
+    let target = base_url.map(|base_url| ApiTarget {
         base_url,
         key: api.key.clone(),
         model: api.model.clone(),

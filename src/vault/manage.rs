@@ -39,11 +39,11 @@ impl Vault {
                     problem,
                 });
             }
-            tx.clear_status(to, "qwen --rotation-switch");
+            tx.clear_status(to, &command(tx, "switch"));
             if from == to {
                 tx.install(to)?;
             } else {
-                tx.switch_to(from, to, "manual", "qwen --rotation-switch", None)?;
+                tx.switch_to(from, to, "manual", &command(tx, "switch"), None)?;
             }
             Ok(Switch { from, to })
         })
@@ -57,7 +57,7 @@ impl Vault {
                 from,
                 from,
                 "manual",
-                "qwen --rotation-next",
+                &command(tx, "next"),
                 None,
                 Strategy::RoundRobin,
             )?;
@@ -188,10 +188,10 @@ impl Vault {
                 Event::new(events::SLOT_REMOVED, tx.now)
                     .slot(n)
                     .label(label.as_deref())
-                    .trigger("qwen --rotation-remove"),
+                    .trigger(command(tx, "remove")),
             );
             if tx.st.current_index == n {
-                tx.move_off(n, "removed", "qwen --rotation-remove")?;
+                tx.move_off(n, "removed", &command(tx, "remove"))?;
             }
             moved.ok_or_else(|| Error::NoSuchSlot(spec.to_string()))
         })
@@ -206,7 +206,7 @@ impl Vault {
                 .st
                 .find(spec)
                 .ok_or_else(|| Error::NoSuchSlot(spec.to_string()))?;
-            let trigger = format!("qwen --rotation-{op}");
+            let trigger = command(tx, op);
             let changed = tx.st.accounts.get(&n).is_some_and(|a| a.enabled != enabled);
             if changed {
                 if let Some(a) = tx.st.accounts.get_mut(&n) {
@@ -251,7 +251,7 @@ impl Vault {
             };
             let mut done = Vec::new();
             for n in targets {
-                if tx.clear_status(n, "qwen --rotation-reset") {
+                if tx.clear_status(n, &command(tx, "reset")) {
                     done.push(n);
                 }
             }
@@ -277,7 +277,7 @@ impl Vault {
                 Event::new(events::LABEL, tx.now)
                     .slot(n)
                     .label(label)
-                    .trigger("qwen --rotation-label"),
+                    .trigger(command(tx, "label")),
             );
             Ok(())
         })
@@ -350,7 +350,7 @@ impl Tx<'_> {
                 .slot(n)
                 .kind(kind.as_str())
                 .label(label)
-                .trigger("qwen --rotation-add"),
+                .trigger(command(self, "add")),
         );
         // The first slot (or the first enabled one) becomes the live account.
         let current = self.st.current_index;
@@ -363,7 +363,7 @@ impl Tx<'_> {
                         .from(current)
                         .to(n)
                         .reason("added")
-                        .trigger("qwen --rotation-add"),
+                        .trigger(command(self, "add")),
                 );
             }
         }
@@ -409,4 +409,8 @@ impl Tx<'_> {
         }
         Ok(())
     }
+}
+/// How the log names a management command: `qwen --rotation-switch` (the profile's name).
+fn command(tx: &Tx<'_>, op: &str) -> String {
+    format!("{} --rotation-{op}", tx.vault.paths.profile.name)
 }

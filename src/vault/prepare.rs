@@ -65,6 +65,9 @@ impl Vault {
         let Loaded::Ok(st) = self.peek() else {
             return Ok(None);
         };
+        if !self.store.settled() {
+            return Ok(None);
+        }
         // The slots on disk must be the ones the state knows, with the same kinds.
         let same_slots = scanned.len() == st.accounts.len()
             && scanned.iter().all(|(n, kinds)| {
@@ -139,7 +142,12 @@ impl Vault {
                         api
                     }
                 };
-                Ok(Some(api_launch(target, account, api)))
+                Ok(Some(api_launch(
+                    target,
+                    account,
+                    api,
+                    self.paths.profile.api.default_base_url,
+                )))
             }
             None => Ok(None),
         }

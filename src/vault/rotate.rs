@@ -93,7 +93,12 @@ impl Tx<'_> {
                         path: self.slot_file(target),
                         problem: "not a valid API-key slot".into(),
                     })?;
-                Ok(api_launch(target, &account, api))
+                Ok(api_launch(
+                    target,
+                    &account,
+                    api,
+                    self.vault.paths.profile.api.default_base_url,
+                ))
             }
             _ => Ok(Launch {
                 slot: target,

@@ -1,5 +1,6 @@
 //! The pool's shared record: the `Store` trait (its lock, its state, its history) and
-//! `FileStore`, its only implementation (`state.yaml`, `rotation.lock`, `rotation.log`).
+//! `FileStore`, the default (`state.yaml`, `rotation.lock`, `rotation.log`); `RedisStore`
+//! (`redis_store.rs`) shares it between hosts.
 //! Credentials never go through a store: slot files and the live file are the vault's.
 //!
 //! A transaction is `lock` → `load_locked` → (the vault's work) → `commit`. The one-fsync rule:
@@ -27,8 +28,8 @@ use super::audit::{self, Event, events};
 use super::slots::read_bounded;
 use super::state::{Loaded, State};
 
-/// The shared view of one pool. `FileStore` is the only implementation; another one (a shared
-/// database) keeps the same order of steps and the same fault points.
+/// The shared view of one pool: `FileStore`, or `RedisStore` for a fleet. Each keeps the same
+/// order of steps and the same fault points.
 pub trait Store: Send + Sync {
     /// Lock-free read: a whole old or a whole new state (every write is a rename).
     fn peek(&self) -> Loaded;
@@ -45,8 +46,9 @@ pub trait Store: Send + Sync {
         events: &mut Vec<Event>,
     ) -> Result<(State, bool)>;
     /// Ends a transaction (see the module notes), then releases the lock. The events are
-    /// logged whether or not the state changed.
-    fn commit(&self, held: Locked, op: &'static str, c: Commit<'_>) -> Result<()>;
+    /// logged whether or not the state changed. `Conflict`: a shared store changed since
+    /// `load_locked` and nothing was written; the caller runs the transaction again.
+    fn commit(&self, held: Locked, op: &'static str, c: Commit<'_>) -> Result<Committed>;
     /// One event outside a transaction (a run's line); the lock only to rotate the log.
     fn append(&self, event: Event, lock_timeout: Duration);
     /// The history, oldest first.
@@ -55,11 +57,64 @@ pub trait Store: Send + Sync {
     fn holders(&self) -> Vec<String>;
     /// The files this store keeps.
     fn files(&self) -> StoreFiles;
+    /// Where the pool is kept, as status and doctor say it (`files in ~/.qwen`,
+    /// `redis://host:6379/0 (default)`; never a password).
+    fn shown(&self) -> String;
+    /// A shared pool's health for doctor; `None` for a pool in files.
+    fn fleet(&self) -> Option<FleetCheck> {
+        None
+    }
+    /// False when the last `peek` found something only a transaction puts right (a shared pool
+    /// that lacks this host's accounts, or local files behind the pool): the run's lock-free
+    /// path then takes the locked one.
+    fn settled(&self) -> bool {
+        true
+    }
+    /// Is the pool shared with other hosts (so it may change without this host's lock)?
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// What doctor learns from a shared pool.
+#[derive(Debug, Clone, Default)]
+pub struct FleetCheck {
+    /// Why the pool cannot be used now (down, refused the password, bad URL).
+    pub problem: Option<String>,
+    /// This host's accounts the pool does not know yet ("account 2 (key:1a2b3c4d)").
+    pub only_here: Vec<String>,
+    /// The pool's accounts this host lacks (their identities).
+    pub only_there: Vec<String>,
+}
+
+/// How a commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Done,
+    /// Another host changed the shared pool first: nothing was written.
+    Conflict,
 }
 
 /// The pool lock, held until dropped or handed to `commit`.
 pub struct Locked {
     _held: Box<dyn Any + Send>,
+}
+
+impl Locked {
+    pub(super) fn new(held: impl Any + Send) -> Locked {
+        Locked {
+            _held: Box::new(held),
+        }
+    }
+
+    /// What a store put in it.
+    pub(super) fn get<T: Any>(&self) -> Option<&T> {
+        self._held.downcast_ref()
+    }
+
+    pub(super) fn into_inner<T: Any>(self) -> Option<T> {
+        self._held.downcast().ok().map(|b| *b)
+    }
 }
 
 /// What `commit` writes.
@@ -69,6 +124,8 @@ pub struct Commit<'a> {
     pub events: &'a [Event],
     /// A directory with a rename not yet fsynced (the live file's home), synced with the state.
     pub also_sync: Option<&'a Path>,
+    /// The transaction's last try: a shared store writes what it has instead of `Conflict`.
+    pub last_try: bool,
 }
 
 /// Which part of the history.
@@ -157,9 +214,7 @@ impl Store for FileStore {
 
     fn lock(&self, timeout: Duration) -> Result<Locked> {
         let lock = RotationLock::acquire(&self.files.lock, timeout)?;
-        Ok(Locked {
-            _held: Box::new(lock),
-        })
+        Ok(Locked::new(lock))
     }
 
     fn load_locked(
@@ -203,7 +258,7 @@ impl Store for FileStore {
         })
     }
 
-    fn commit(&self, held: Locked, op: &'static str, c: Commit<'_>) -> Result<()> {
+    fn commit(&self, held: Locked, op: &'static str, c: Commit<'_>) -> Result<Committed> {
         let saved = match c.state {
             Some(st) => replace_file(&self.files.state, st.to_yaml().as_bytes()),
             None => Ok(()),
@@ -241,7 +296,7 @@ impl Store for FileStore {
         }
         point(op, "logged");
         drop(held);
-        Ok(())
+        Ok(Committed::Done)
     }
 
     /// One O_APPEND write, no fsync (a lost line after a power cut costs one count in the
@@ -273,6 +328,10 @@ impl Store for FileStore {
 
     fn files(&self) -> StoreFiles {
         self.files.clone()
+    }
+
+    fn shown(&self) -> String {
+        format!("files in {}", self.dir.display())
     }
 }
 
@@ -429,6 +488,7 @@ mod tests {
             state: Some(&next),
             events: &[],
             also_sync: None,
+            last_try: true,
         };
         theirs.commit(held, "test", commit).unwrap();
         assert_eq!(current(ours.peek()), 7);

@@ -35,15 +35,36 @@ use super::live::{CliLock, Live, LiveFile, owner_of};
 use super::reconcile::reconcile;
 use super::slots::{SlotInfo, slot_path};
 use super::state::{State, Status};
-use super::store::{Commit, point};
+use super::store::{Commit, Committed, point};
+
+/// How many times a transaction runs when a shared pool keeps changing under it.
+const TRIES: u32 = 5;
 
 impl Vault {
-    /// Runs `f` as one locked transaction (see the module invariants).
+    /// Runs `f` as one locked transaction (see the module invariants). A shared pool that
+    /// another host changed between our read and our write (`Committed::Conflict`) runs it
+    /// again on the new state, at most `TRIES` times: the rotation step's own compare-and-swap
+    /// then sees the other host's move and records no second rotation.
     pub(super) fn transact<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut Tx) -> Result<T>,
+        mut f: impl FnMut(&mut Tx) -> Result<T>,
     ) -> Result<T> {
+        let mut try_ = 1;
+        loop {
+            match self.transact_once(op, &mut f, try_ == TRIES)? {
+                (result, Committed::Done) => return result,
+                (_, Committed::Conflict) => try_ += 1,
+            }
+        }
+    }
+
+    fn transact_once<T>(
+        &self,
+        op: &'static str,
+        f: &mut impl FnMut(&mut Tx) -> Result<T>,
+        last_try: bool,
+    ) -> Result<(Result<T>, Committed)> {
         let held = self.store.lock(self.config.lock_timeout)?;
         point(op, "locked");
         let now = Utc::now();
@@ -96,16 +117,17 @@ impl Vault {
             home_unsynced,
             ..
         } = tx;
-        self.store.commit(
+        let committed = self.store.commit(
             held,
             op,
             Commit {
                 state: dirty.then_some(&st),
                 events: &events,
                 also_sync: home_unsynced.then_some(self.paths.home.as_path()),
+                last_try,
             },
         )?;
-        result
+        Ok((result, committed))
     }
 
     /// The directories our temporaries are written in, all guarded by `rotation.lock`: its own
