@@ -5,6 +5,8 @@
 //! served for the fixture secrets in the slots. The browser tests print a line and pass when
 //! chromium or chromedriver is not installed (`.ci/run` installs both).
 
+#[path = "support/redis.rs"]
+mod redis_server;
 #[path = "support/vault_home.rs"]
 mod vault_home;
 
@@ -789,4 +791,65 @@ fn the_report_opens_offline_in_chromium() {
     assert_eq!(statuses, ["cooling_down", "needs_login", "healthy"]);
     assert!(rows[0][4].as_str().unwrap().contains('h'), "{rows}");
     b.screenshot("report");
+}
+
+#[test]
+fn a_shared_pool_is_the_fleets_view() {
+    // Two hosts with the same three keys on one Redis; the dashboard runs on host A.
+    let r = redis_server::Redis::start();
+    let hosts: Vec<Home> = (0..2)
+        .map(|_| {
+            let h = Home::new();
+            for (i, who) in ["a", "b", "c"].iter().enumerate() {
+                h.put_api(i + 1, who);
+            }
+            fs::write(
+                h.paths.home.join("rotation.yaml"),
+                format!("pool: {}\npool_timeout: 5000ms\n", r.url()),
+            )
+            .unwrap();
+            h
+        })
+        .collect();
+    let pooled = |h: &Home| {
+        qwen_rotation::vault::Vault::open(
+            h.paths.clone(),
+            qwen_rotation::config::Config {
+                pool: Some(r.url()),
+                pool_timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+        )
+    };
+    // Each host has run once (which maps its slots to the pool's accounts).
+    pooled(&hosts[0]).prepare(None).unwrap();
+    let b = pooled(&hosts[1]);
+    b.prepare(None).unwrap();
+    let d = Dashboard::start(&hosts[0]);
+    let pool =
+        |d: &Dashboard| -> Value { serde_json::from_slice(&d.get("/api/pool").body).unwrap() };
+    assert_eq!(pool(&d)["pool"], "shared");
+    // A hit on host B shows on host A's dashboard, through its event stream, within 2 s.
+    b.report(1, &hit(Class::Quota)).unwrap();
+    let seen = Instant::now();
+    let text = stream_start(&d, "\"status\":\"cooling_down\"", Duration::from_secs(2));
+    assert!(
+        text.contains("\"status\":\"cooling_down\""),
+        "host B's hit reaches host A's stream within 2 s: {text}"
+    );
+    println!(
+        "host B's hit on host A's dashboard after {:?}",
+        seen.elapsed()
+    );
+    let p = pool(&d);
+    assert_eq!(p["accounts"][0]["status"], "cooling_down");
+    assert_eq!(p["live"], 2);
+    for path in ["/", "/api/pool", "/metrics"] {
+        let a = d.get(path);
+        vault_home::secrets::assert_clean(path, &a.body);
+        assert!(
+            !a.text().contains(&r.url()) && !a.text().contains(&format!(":{}", r.port)),
+            "{path} names the Redis"
+        );
+    }
 }
