@@ -345,7 +345,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A duration that may be shorter than a second: "150ms", or any `parse_duration` text.
 mod millis_text {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -353,26 +353,18 @@ mod millis_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => match t.trim().strip_suffix("ms").map(str::trim) {
-                Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => ms
-                    .parse()
-                    .map(Duration::from_millis)
-                    .map_err(|_| serde::de::Error::custom("duration too large")),
-                _ => super::parse_duration(&t).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "`{}` is not a duration (use e.g. 100ms, 2s)",
-                        t.trim()
-                    ))
-                }),
-            },
+        super::duration_text::read(d, parse)
+    }
+
+    /// "100ms", or anything `parse_duration` takes.
+    fn parse(text: &str) -> Result<Duration, String> {
+        match text.trim().strip_suffix("ms").map(str::trim) {
+            Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => ms
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| "duration too large".to_string()),
+            _ => super::parse_duration(text)
+                .map_err(|_| format!("`{}` is not a duration (use e.g. 100ms, 2s)", text.trim())),
         }
     }
 }
@@ -386,6 +378,14 @@ mod duration_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        read(d, super::parse_duration)
+    }
+
+    /// A bare number of seconds, or text for `parse`.
+    pub(super) fn read<'de, D: Deserializer<'de>>(
+        d: D,
+        parse: fn(&str) -> Result<Duration, String>,
+    ) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -394,7 +394,7 @@ mod duration_text {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
         }
     }
 }
