@@ -173,12 +173,12 @@ fn a_command_that_hangs_holds_nothing_up_and_is_stopped() {
     let pid_file = out.path().join("pid");
     let v = h.vault_with(|c| {
         c.notify_command = Some(format!("echo $$ > '{}'; exec sleep 60", pid_file.display()));
-        c.notify_timeout = Duration::from_secs(1);
+        c.notify_timeout = Duration::from_secs(3);
     });
     let started = Instant::now();
     v.report(1, &hit(Class::Quota)).unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_millis(2500),
         "the report does not wait for the command: {:?}",
         started.elapsed()
     );
@@ -202,6 +202,11 @@ fn a_command_that_hangs_holds_nothing_up_and_is_stopped() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("stopped after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "it had its notify_timeout to run: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
