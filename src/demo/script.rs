@@ -43,6 +43,9 @@ struct Cli {
     model: &'static str,
     /// The option that runs one prompt headless; None: the prompt alone does (qwen).
     one_shot: Option<&'static str>,
+    /// An older release for a Node.js older than the latest release needs: (the release, the
+    /// Node.js it runs on, the Node.js the latest needs).
+    older: Option<(&'static str, u64, u64)>,
 }
 
 impl Cli {
@@ -51,16 +54,43 @@ impl Cli {
             Wire::OpenAi => Cli {
                 model: "demo-model",
                 one_shot: None,
+                older: Some(("0.12.0", 20, 22)),
             },
             // A prompt alone starts gemini's interactive session; `-p` runs it headless.
             Wire::Gemini => Cli {
                 model: "gemini-2.5-flash",
                 one_shot: profile.argv.one_shot.first().copied(),
+                older: None,
             },
         }
     }
 
     /// The headless run's arguments: `[-p] PROMPT --output-format text`.
+    /// The older release as a fix for a Node.js too old (`, or P@0.12.0 (it runs on Node.js
+    /// 20)`), or nothing.
+    fn older_fix(&self, profile: &Profile) -> String {
+        self.older
+            .map(|(v, node, _)| {
+                format!(
+                    ", or {}@{v} (it runs on Node.js {node})",
+                    profile.npm_package
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// The same for a CLI that does not start (`, or on Node.js older than 22 install P@0.12.0`).
+    fn older_install(&self, profile: &Profile) -> String {
+        self.older
+            .map(|(v, _, latest)| {
+                format!(
+                    ", or on Node.js older than {latest} install {}@{v}",
+                    profile.npm_package
+                )
+            })
+            .unwrap_or_default()
+    }
+
     fn run_args(&self) -> Vec<&'static str> {
         self.one_shot
             .into_iter()
@@ -118,6 +148,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     ));
 
     let version = real_version(&home, &real.path, profile, stop)?;
+    let cli = Cli::of(profile);
     out.step(&format!(
         "the real {name}: {} ({version})",
         printable(&real.path.to_string_lossy())
@@ -133,7 +164,6 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
             format!("cannot find this program's own file ({e}); run it by its path"),
         )
     })?;
-    let cli = Cli::of(profile);
     for (n, key, label) in [(1, KEY_SPENT, "spent"), (2, KEY_FRESH, "fresh")] {
         add_account(&home, &me, &provider, key, label, cli.model, stop)?;
         out.step(&format!(
@@ -143,7 +173,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
         ));
     }
 
-    let finished = headless_run(&home, &me, profile, &cli, &seen, stop, out)?;
+    let (finished, asked) = headless_run(&home, &me, profile, &cli, &seen, stop, out)?;
     check_run(&finished, name)?;
     let answer = String::from_utf8_lossy(&finished.stdout).trim().to_string();
     out.step(&format!(
@@ -156,6 +186,12 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
             out.say(&format!("              stderr: {}", printable(line)));
         }
     }
+    // How often the provider was asked on each key: account 1's quota answer came once.
+    out.say(&format!(
+        "              provider: account 1 asked {}, account 2 asked {}",
+        times(asked[0]),
+        times(asked[1])
+    ));
     let switch = logged_switch(&home, &me, stop)?;
     out.step(&format!("rotation.log: {switch}"));
 
@@ -198,12 +234,12 @@ fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Ste
         _ => Err(Fail(
             FAILED,
             format!(
-                "the real {name} ({}) does not start here: `{name} --version` {}{}; reinstall it (npm install -g {}), or on Node.js older than 22 install {}@0.12.0",
+                "the real {name} ({}) does not start here: `{name} --version` {}{}; reinstall it (npm install -g {}){}",
                 printable(&real.to_string_lossy()),
                 ended(&done.waited),
                 last_line(&done.stderr),
                 profile.npm_package,
-                profile.npm_package
+                Cli::of(profile).older_install(profile)
             ),
         )),
     }
@@ -244,10 +280,10 @@ fn node_too_old(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Opt
     let version = package.get("version")?.as_str()?;
     (major < needed).then(|| {
         format!(
-            "the real {} {version} needs Node.js {needs} and node on PATH is {}; install Node.js {needed} or later, or {}@0.12.0 (it runs on Node.js 20)",
+            "the real {} {version} needs Node.js {needs} and node on PATH is {}; install Node.js {needed} or later{}",
             profile.name,
             printable(&have),
-            profile.npm_package
+            Cli::of(profile).older_fix(profile)
         )
     })
 }
@@ -296,7 +332,7 @@ fn headless_run(
     seen: &Receiver<Seen>,
     stop: &Stop,
     out: &mut Out,
-) -> Step<Finished> {
+) -> Step<(Finished, [usize; 2])> {
     let name = profile.name;
     let args = cli.run_args();
     let mut cmd = home.shim(me);
@@ -324,8 +360,12 @@ fn headless_run(
     let (quota_code, quota_message) = provider::quota_words(profile.api.wire);
     let mut spent_at: Option<Instant> = None;
     let mut answered = false;
+    let mut asked = [0usize; 2];
     let finished = running.finish_with(Instant::now() + RUN_DEADLINE, stop, || {
         while let Ok(s) = seen.try_recv() {
+            if let Some(n @ 1..=2) = s.account {
+                asked[n - 1] += 1;
+            }
             match (s.account, s.status) {
                 (Some(1), _) if spent_at.is_none() => {
                     spent_at = Some(s.at);
@@ -381,7 +421,16 @@ fn headless_run(
                 ended_with(&finished)
             ),
         )),
-        Waited::Exited(_) => Ok(finished),
+        Waited::Exited(_) => Ok((finished, asked)),
+    }
+}
+
+/// "once", "twice", "3 times".
+fn times(n: usize) -> String {
+    match n {
+        1 => "once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
     }
 }
 
