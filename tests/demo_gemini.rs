@@ -510,3 +510,69 @@ fn a_gemini_too_new_for_the_node_at_hand_is_named_with_the_fix() {
     );
     assert!(entries(&dir.path().join("tmp")).is_empty());
 }
+
+#[test]
+fn install_sh_demo_shows_the_rotation_on_qwen_then_on_gemini() {
+    // The default profiles take gemini when a real gemini is on PATH: --demo runs both demos.
+    let Some(qwen) = real_gemini::real_qwen::installed(real_gemini::real_qwen::Version::V0_12)
+    else {
+        return;
+    };
+    let Some(gemini) = real_gemini::installed() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::create_dir_all(dir.path().join("home")).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_qwen"), "--prefix"])
+        .arg(dir.path().join("prefix"))
+        .arg("--demo")
+        .env_clear()
+        .env(
+            "PATH",
+            format!(
+                "{}:{}:/usr/local/bin:/usr/bin:/bin",
+                qwen.parent().unwrap().display(),
+                gemini.parent().unwrap().display()
+            ),
+        )
+        .env("HOME", dir.path().join("home"))
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    child::default_signals(&mut cmd);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(240));
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let stdout = out.stdout();
+    let bindir = dir.path().join("prefix/bin");
+    let qwen_demo = stdout
+        .find("install.sh: running: qwen --rotation-demo")
+        .unwrap_or_else(|| panic!("no qwen demo: {}", out.dump()));
+    let gemini_demo = stdout
+        .find(&format!(
+            "install.sh: running: gemini --rotation-demo (with {} first on PATH)",
+            bindir.display()
+        ))
+        .unwrap_or_else(|| panic!("no gemini demo: {}", out.dump()));
+    assert!(qwen_demo < gemini_demo, "{}", out.dump());
+    assert!(
+        stdout[qwen_demo..gemini_demo].contains("and qwen answered without seeing the error"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        stdout[gemini_demo..].contains("and gemini answered without seeing the error"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        entries(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        entries(&tmp)
+    );
+}
