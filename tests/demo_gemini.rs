@@ -576,3 +576,23 @@ fn install_sh_demo_shows_the_rotation_on_qwen_then_on_gemini() {
         entries(&tmp)
     );
 }
+
+#[test]
+fn gemini_help_lists_the_demo_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gemini_alone(dir.path(), "/nonexistent", &["--rotation-help"]);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let help = out.stdout();
+    assert!(
+        help.lines().any(|l| l.starts_with("  --rotation-demo ")
+            && l.contains("a quota rotation on the real gemini")),
+        "{help}"
+    );
+    assert!(help.contains(" gemini --rotation-demo\n"), "{help}");
+    let out = gemini_alone(dir.path(), "/nonexistent", &["--rotation-demo", "now"]);
+    assert_eq!(out.code(), 2, "{}", out.dump());
+    assert_eq!(
+        out.stderr(),
+        "qwen-rotation: unexpected argument `now` for --rotation-demo; usage: gemini --rotation-demo\n"
+    );
+}
