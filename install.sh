@@ -13,7 +13,8 @@
 # --profiles names the CLIs the shim stands in front of (default: qwen, plus gemini when a real
 # gemini is on PATH); `gemini` is a link to the same binary, in front of npm's gemini.
 # --demo runs the installed shim's `qwen --rotation-demo` (a quota rotation on the real qwen in a
-# temporary home, nothing of yours touched); install.sh fails when the demo does.
+# temporary home, nothing of yours touched), and `gemini --rotation-demo` too when the gemini
+# profile is installed and a real gemini is on PATH; install.sh fails when a demo does.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -294,10 +295,21 @@ if [ "$doctor" = 1 ]; then
     PATH="$bindir:$PATH" "$target" --rotation-doctor || true
 fi
 
-# --demo: the installed shim, first on PATH, shows a rotation on the real qwen; its status is ours.
+# --demo: the installed shim, first on PATH, shows a rotation on the real qwen (and on the real
+# gemini when its profile is installed and gemini is there); its status is ours.
 if [ "$demo" = 1 ]; then
     say "running: qwen --rotation-demo (with $bindir first on PATH)"
     status=0
     PATH="$bindir:$PATH" "$target" --rotation-demo || status=$?
     [ "$status" = 0 ] || die "the demo failed (exit $status; its line above says why); the shim is installed in $bindir"
+    case ",$profiles_opt," in
+        *,gemini,*)
+            if real_gemini >/dev/null; then
+                say "running: gemini --rotation-demo (with $bindir first on PATH)"
+                PATH="$bindir:$PATH" "$bindir/gemini" --rotation-demo || status=$?
+                [ "$status" = 0 ] || die "the gemini demo failed (exit $status; its line above says why); the shim is installed in $bindir"
+            else
+                say "no gemini demo: no real gemini on PATH (npm install -g @google/gemini-cli, then gemini --rotation-demo)"
+            fi ;;
+    esac
 fi

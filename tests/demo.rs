@@ -180,6 +180,7 @@ fn demo_works(version: Version) {
         "switch: the shim marked account 1 out of quota and sent the same request on account 2 → 200",
         &format!("qwen exited 0 and printed account 2's answer: \"{ANSWER}"),
         "stderr: qwen-rotation: account 1 (spent) quota exhausted; switched to account 2 (fresh)",
+        "provider: account 1 asked once, account 2 asked ",
         "rotation.log: account_switch from 1 to 2, reason quota_exhausted",
         "Rotation works",
     ] {

@@ -12,7 +12,7 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -41,6 +41,10 @@ pub const KEPT: &[&str] = &[
     "USER",
     "LOGNAME",
 ];
+
+/// Variables a CLI needs to run headless in the demo's empty working directory, by profile name:
+/// gemini refuses an untrusted folder (exit 55).
+const TRUST: &[(&str, &str, &str)] = &[("gemini", "GEMINI_CLI_TRUST_WORKSPACE", "true")];
 
 /// How long a stopped child's group has between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -109,6 +113,22 @@ impl Home {
                 .mode(0o700)
                 .create(d)?;
         }
+        // A CLI that uses an API key only while its settings select it (gemini) gets the
+        // selection in the home's own user settings, as its `/auth` writes it: a private system
+        // settings file would be read only as root.
+        if profile.api.relay_needs_selected {
+            let spec = &profile.settings;
+            let mut doc = serde_json::Value::String(spec.auth_api_key.to_string());
+            for key in spec.selected.iter().rev() {
+                doc = serde_json::json!({ *key: doc });
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(cli_home.join(spec.file))?;
+            io::Write::write_all(&mut file, doc.to_string().as_bytes())?;
+        }
         Ok(Home {
             dir,
             home,
@@ -154,11 +174,27 @@ impl Home {
                 settings.defaults_var,
                 self.root().join("system-defaults.json"),
             )
+            .envs(
+                TRUST
+                    .iter()
+                    .filter(|(name, _, _)| *name == self.profile.name)
+                    .map(|(_, k, v)| (k, v)),
+            )
             .current_dir(&self.work)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        cmd
+    }
+}
+
+impl Home {
+    /// This binary (`me`) run as the profile's CLI: argv[0] is the CLI's name, which is how the
+    /// binary picks its profile whatever its file is called.
+    pub fn shim(&self, me: &Path) -> Command {
+        let mut cmd = self.command(me);
+        cmd.arg0(self.profile.name);
         cmd
     }
 }

@@ -1,9 +1,10 @@
-//! `qwen --rotation-demo`: the whole job shown on the real CLI, offline, in seconds, touching
-//! none of the person's files.
+//! `qwen --rotation-demo`, `gemini --rotation-demo`: the whole job shown on the real CLI of the
+//! profile, offline, in seconds, touching none of the person's files.
 //!
 //! A private temporary home, a provider built into the shim on 127.0.0.1 that speaks the
-//! profile's wire format (`Profile::api.wire`; key 1 answers with a quota error, key 2
-//! answers), two API-key accounts added by this same binary (`--rotation-add --api-key`), one
+//! profile's wire format (`Profile::api.wire`: the OpenAI-compatible API for qwen, the Gemini API
+//! for gemini; key 1 answers with the provider's quota error, key 2 answers), two API-key
+//! accounts added by this same binary run as the CLI's name (`--rotation-add --api-key`), one
 //! headless run of the real CLI through this same binary, and the status table; each step is
 //! printed with the time it took.
 //!

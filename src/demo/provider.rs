@@ -1,6 +1,7 @@
 //! The demo's provider: a small HTTP/1.1 server on 127.0.0.1 that speaks the profile's wire
-//! format and answers by the key it is asked with: the spent key gets a quota error, the fresh
-//! key a short answer, any other key 401.
+//! format (the OpenAI-compatible API, or the Gemini API) and answers by the key it is asked with:
+//! the spent key gets the provider's quota error, the fresh key a short answer, any other key the
+//! provider's bad-key error.
 //!
 //! Invariant: it serves loopback only, reads bounded requests with a deadline, and tells the
 //! script about every request it answers (which account's key, what it answered) through a
@@ -14,14 +15,34 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::profile::Wire;
+use crate::profile::{Profile, Wire};
 
-/// The quota answer of the spent key: the words and code of a provider's 429.
+/// The quota answer of the spent key on the OpenAI-compatible API: the words and code of a
+/// provider's 429.
 pub const QUOTA_MESSAGE: &str = "Free allocated quota exceeded.";
 pub const QUOTA_CODE: &str = "insufficient_quota";
-/// What the fresh key answers.
-pub const ANSWER: &str = "Hello from account 2: account 1 ran out of quota, and the shim moved \
-                          this request here before qwen noticed.";
+/// The Gemini API's: a daily quota (a `QuotaFailure` whose quota id names a day), which gemini
+/// gives up on at once, as the Gemini API sends it.
+pub const GEMINI_QUOTA_STATUS: &str = "RESOURCE_EXHAUSTED";
+pub const GEMINI_QUOTA_MESSAGE: &str =
+    "You exceeded your current quota, please check your plan and billing details.";
+const GEMINI_QUOTA_ID: &str = "GenerateRequestsPerDayPerProjectPerModel-FreeTier";
+
+/// The code and words of the spent key's 429 on `wire`, as the step line shows them.
+pub fn quota_words(wire: Wire) -> (&'static str, &'static str) {
+    match wire {
+        Wire::OpenAi => (QUOTA_CODE, QUOTA_MESSAGE),
+        Wire::Gemini => (GEMINI_QUOTA_STATUS, GEMINI_QUOTA_MESSAGE),
+    }
+}
+
+/// What the fresh key answers, naming the CLI (`qwen`).
+pub fn answer_text(name: &str) -> String {
+    format!(
+        "Hello from account 2: account 1 ran out of quota, and the shim moved this request here \
+         before {name} noticed."
+    )
+}
 
 /// A request head or body larger than this is refused (the demo's client sends a few KB).
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
@@ -41,18 +62,38 @@ pub struct Seen {
 struct Keys {
     spent: String,
     fresh: String,
+    answer: String,
+}
+
+impl Keys {
+    /// The account `key` belongs to: 1 (spent), 2 (fresh), None (another key).
+    fn account(&self, key: &str) -> Option<usize> {
+        if key == self.spent {
+            Some(1)
+        } else if key == self.fresh {
+            Some(2)
+        } else {
+            None
+        }
+    }
 }
 
 /// A running provider.
 pub struct Provider {
     addr: SocketAddr,
+    wire: Wire,
     stop: Arc<AtomicBool>,
 }
 
 impl Provider {
-    /// Binds 127.0.0.1 on a free port and serves `wire` in background threads; every answered
-    /// request goes to the returned receiver.
-    pub fn start(wire: Wire, spent: &str, fresh: &str) -> io::Result<(Provider, Receiver<Seen>)> {
+    /// Binds 127.0.0.1 on a free port and serves the profile's wire in background threads; every
+    /// answered request goes to the returned receiver.
+    pub fn start(
+        profile: &Profile,
+        spent: &str,
+        fresh: &str,
+    ) -> io::Result<(Provider, Receiver<Seen>)> {
+        let wire = profile.api.wire;
         let listener = TcpListener::bind(("127.0.0.1", 0))?;
         let addr = listener.local_addr()?;
         // Bound is not reachable: with the loopback interface down, connecting fails. The
@@ -63,6 +104,7 @@ impl Provider {
         let keys = Arc::new(Keys {
             spent: spent.to_string(),
             fresh: fresh.to_string(),
+            answer: answer_text(profile.name),
         });
         let accept_stop = Arc::clone(&stop);
         thread::Builder::new()
@@ -81,12 +123,16 @@ impl Provider {
                         });
                 }
             })?;
-        Ok((Provider { addr, stop }, rx))
+        Ok((Provider { addr, wire, stop }, rx))
     }
 
-    /// The base URL the accounts are added with (`http://127.0.0.1:PORT/v1`).
+    /// The base URL the accounts are added with: `http://127.0.0.1:PORT/v1` (OpenAI-compatible),
+    /// `http://127.0.0.1:PORT` (the Gemini API: the CLI adds `/v1beta/…` itself).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Gemini => format!("http://{}", self.addr),
+        }
     }
 }
 
@@ -109,7 +155,7 @@ fn serve(wire: Wire, keys: &Keys, tx: &Sender<Seen>, conn: TcpStream) -> io::Res
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         match wire {
             Wire::OpenAi => openai_chat(keys, tx, &req, &mut writer)?,
-            Wire::Gemini => return Ok(()),
+            Wire::Gemini => gemini(keys, tx, &req, &mut writer)?,
         }
         if close {
             break;
@@ -118,10 +164,11 @@ fn serve(wire: Wire, keys: &Keys, tx: &Sender<Seen>, conn: TcpStream) -> io::Res
     Ok(())
 }
 
-/// A request: method, path, headers (lowercase names), body.
+/// A request: method, path, query, headers (lowercase names), body.
 struct Request {
     method: String,
     path: String,
+    query: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -151,7 +198,8 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let target = parts.next().unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default().to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let mut headers = Vec::new();
     let mut head_size = line.len();
     loop {
@@ -174,6 +222,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut req = Request {
         method,
         path,
+        query,
         headers,
         body: Vec::new(),
     };
@@ -246,12 +295,11 @@ fn openai_chat(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream)
         .and_then(|b| b.get("model")?.as_str())
         .unwrap_or("demo-model")
         .to_string();
-    let (account, status) = if key == keys.spent {
-        (Some(1), 429)
-    } else if key == keys.fresh {
-        (Some(2), 200)
-    } else {
-        (None, 401)
+    let account = keys.account(key);
+    let status = match account {
+        Some(1) => 429,
+        Some(_) => 200,
+        None => 401,
     };
     let seen = Seen {
         at: Instant::now(),
@@ -261,7 +309,7 @@ fn openai_chat(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream)
     };
     let result = match status {
         429 => send(w, 429, &openai_error(QUOTA_MESSAGE, QUOTA_CODE, QUOTA_CODE)),
-        200 => answer(w, &model, stream),
+        200 => answer(w, &model, &keys.answer, stream),
         _ => send(
             w,
             401,
@@ -282,7 +330,7 @@ fn openai_error(message: &str, kind: &str, code: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn answer(w: &mut TcpStream, model: &str, stream: bool) -> io::Result<()> {
+fn answer(w: &mut TcpStream, model: &str, text: &str, stream: bool) -> io::Result<()> {
     let created = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -292,7 +340,7 @@ fn answer(w: &mut TcpStream, model: &str, stream: bool) -> io::Result<()> {
     if !stream {
         let body = serde_json::json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop"}],
             "usage": usage,
         });
@@ -312,35 +360,145 @@ fn answer(w: &mut TcpStream, model: &str, stream: bool) -> io::Result<()> {
             serde_json::Value::Null,
         ),
         chunk(
-            serde_json::json!({"content": ANSWER}),
+            serde_json::json!({"content": text}),
             serde_json::Value::Null,
         ),
         last,
     ];
+    let mut frames: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
+    frames.push(b"[DONE]".to_vec());
+    send_events(w, &frames)
+}
+
+/// A 200 `text/event-stream` answer: each of `events` as one `data:` event, chunked.
+fn send_events(w: &mut TcpStream, events: &[Vec<u8>]) -> io::Result<()> {
     w.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
           transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
     )?;
-    let mut frame = |data: &[u8]| -> io::Result<()> {
+    for data in events {
         let mut f = Vec::with_capacity(data.len() + 8);
         f.extend_from_slice(b"data: ");
         f.extend_from_slice(data);
         f.extend_from_slice(b"\n\n");
         write!(w, "{:x}\r\n", f.len())?;
         w.write_all(&f)?;
-        w.write_all(b"\r\n")
-    };
-    for e in &events {
-        frame(e.to_string().as_bytes())?;
+        w.write_all(b"\r\n")?;
     }
-    frame(b"[DONE]")?;
     w.write_all(b"0\r\n\r\n")?;
     w.flush()
+}
+
+/// `POST /v1beta/models/<model>:generateContent` or `:streamGenerateContent?alt=sse`, the key in
+/// `x-goog-api-key` or `?key=`: the spent key gets the Gemini API's daily-quota 429, the fresh
+/// key the answer, any other key 400 `API_KEY_INVALID`. `generateContent` is gemini's routing
+/// classifier (and its other JSON questions), which wants JSON text back: anything else makes it
+/// retry for a minute and more; `streamGenerateContent` gets the answer as server-sent events.
+fn gemini(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream) -> io::Result<()> {
+    let target = req
+        .path
+        .strip_prefix("/v1beta/models/")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(model, method)| {
+            req.method == "POST"
+                && !model.is_empty()
+                && matches!(*method, "generateContent" | "streamGenerateContent")
+        });
+    let Some((model, method)) = target else {
+        let body = google_error(404, "NOT_FOUND", "Requested entity was not found.", &[]);
+        return send(w, 404, &body);
+    };
+    let key = req
+        .header("x-goog-api-key")
+        .map(str::to_string)
+        .or_else(|| {
+            req.query
+                .split('&')
+                .find_map(|p| p.strip_prefix("key="))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let account = keys.account(key.trim());
+    let stream = method == "streamGenerateContent";
+    let status = match account {
+        Some(1) => 429,
+        Some(_) => 200,
+        None => 400,
+    };
+    let seen = Seen {
+        at: Instant::now(),
+        account,
+        status,
+        stream,
+    };
+    let candidate = |text: &str| {
+        serde_json::json!({
+            "candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 24,
+                              "totalTokenCount": 36},
+            "modelVersion": model,
+        })
+    };
+    let result = match status {
+        429 => {
+            let message = format!(
+                "{GEMINI_QUOTA_MESSAGE}\n* Quota exceeded for metric: \
+                 generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: \
+                 100, model: {model}\nPlease retry in 36.5s."
+            );
+            let details = [
+                serde_json::json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"quotaMetric":
+                        "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": GEMINI_QUOTA_ID}]}),
+                serde_json::json!({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": "36s"}),
+            ];
+            send(
+                w,
+                429,
+                &google_error(429, GEMINI_QUOTA_STATUS, &message, &details),
+            )
+        }
+        200 if stream => send_events(w, &[candidate(&keys.answer).to_string().into_bytes()]),
+        200 => {
+            // The classifier's JSON (and the next-speaker check's, should one come).
+            let text = serde_json::json!({"reasoning": "a short greeting", "model_choice": "flash",
+                                          "next_speaker": "user"});
+            send(w, 200, candidate(&text.to_string()).to_string().as_bytes())
+        }
+        _ => {
+            let details = [
+                serde_json::json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID", "domain": "googleapis.com"}),
+            ];
+            let message = "API key not valid. Please pass a valid API key.";
+            send(
+                w,
+                400,
+                &google_error(400, "INVALID_ARGUMENT", message, &details),
+            )
+        }
+    };
+    let _ = tx.send(seen);
+    result
+}
+
+fn google_error(code: u16, status: &str, message: &str, details: &[serde_json::Value]) -> Vec<u8> {
+    let mut error = serde_json::json!({"code": code, "status": status, "message": message});
+    if !details.is_empty() {
+        error["details"] = serde_json::Value::Array(details.to_vec());
+    }
+    serde_json::json!({ "error": error })
+        .to_string()
+        .into_bytes()
 }
 
 fn send(w: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         429 => "Too Many Requests",
@@ -378,7 +536,7 @@ mod tests {
 
     #[test]
     fn each_key_gets_its_answer_and_every_request_is_reported() {
-        let (p, rx) = Provider::start(Wire::OpenAi, "k-spent", "k-fresh").unwrap();
+        let (p, rx) = Provider::start(&crate::profile::QWEN, "k-spent", "k-fresh").unwrap();
         let url = p.base_url();
         let spent = post(&url, "k-spent", true);
         assert!(spent.starts_with("HTTP/1.1 429"), "{spent}");
@@ -388,7 +546,7 @@ mod tests {
         );
         let fresh = post(&url, "k-fresh", false);
         assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
-        assert!(fresh.contains(ANSWER), "{fresh}");
+        assert!(fresh.contains(&answer_text("qwen")), "{fresh}");
         let streamed = post(&url, "k-fresh", true);
         assert!(streamed.contains("text/event-stream"), "{streamed}");
         assert!(streamed.contains("data: [DONE]"), "{streamed}");
@@ -404,6 +562,88 @@ mod tests {
                 (Some(2), 200, false),
                 (Some(2), 200, true),
                 (None, 401, false)
+            ]
+        );
+    }
+
+    /// A Gemini API request: `target` (path and query) with `key` in a header (or none).
+    fn gemini_post(addr: &str, target: &str, key: Option<&str>) -> String {
+        let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+        let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+        let key = key
+            .map(|k| format!("x-goog-api-key: {k}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST {target} HTTP/1.1\r\nhost: x\r\n{key}content-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The JSON body of a response (after the head).
+    fn json_body(response: &str) -> serde_json::Value {
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+    }
+
+    #[test]
+    fn the_gemini_wire_answers_each_key_as_the_gemini_api_does() {
+        let (p, rx) = Provider::start(&crate::profile::GEMINI, "k-spent", "k-fresh").unwrap();
+        let url = p.base_url();
+        assert!(!url.ends_with("/v1"), "{url}");
+        let stream = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+        let classify = "/v1beta/models/gemini-2.5-flash-lite:generateContent";
+        // The spent key: the daily-quota 429, as gemini's own classifier reads it.
+        let spent = gemini_post(&url, stream, Some("k-spent"));
+        assert!(spent.starts_with("HTTP/1.1 429"), "{spent}");
+        let error = &json_body(&spent)["error"];
+        assert_eq!(error["status"], GEMINI_QUOTA_STATUS);
+        assert_eq!(error["code"], 429);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(GEMINI_QUOTA_MESSAGE)
+        );
+        assert_eq!(
+            error["details"][0]["violations"][0]["quotaId"],
+            "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+        );
+        // The fresh key by `?key=`: the classifier's question gets JSON text.
+        let classified = gemini_post(&url, &format!("{classify}?key=k-fresh"), None);
+        assert!(classified.starts_with("HTTP/1.1 200"), "{classified}");
+        let text = json_body(&classified)["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let choice: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(choice["model_choice"], "flash");
+        // The fresh key's stream: server-sent events carrying the answer.
+        let streamed = gemini_post(&url, stream, Some("k-fresh"));
+        assert!(streamed.contains("text/event-stream"), "{streamed}");
+        assert!(streamed.contains(&answer_text("gemini")), "{streamed}");
+        // Another key, and another path.
+        let other = gemini_post(&url, stream, Some("other"));
+        assert!(other.starts_with("HTTP/1.1 400") && other.contains("API_KEY_INVALID"));
+        assert!(
+            gemini_post(&url, "/v1/chat/completions", Some("k-fresh")).starts_with("HTTP/1.1 404")
+        );
+        let seen: Vec<(Option<usize>, u16, bool)> = (0..4)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .map(|s| (s.account, s.status, s.stream))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some(1), 429, true),
+                (Some(2), 200, false),
+                (Some(2), 200, true),
+                (None, 400, true)
             ]
         );
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::exit;
-use crate::profile::Profile;
+use crate::profile::{Profile, Wire};
 use crate::text::printable;
 
 use super::home::{Finished, Home, Running, Stop, Waited};
@@ -35,8 +35,69 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
 const KEY_SPENT: &str = "demo-key-account-1-spent";
 const KEY_FRESH: &str = "demo-key-account-2-fresh";
-const MODEL: &str = "demo-model";
 const PROMPT: &str = "Say hello in one line.";
+
+/// What the demo does differently per CLI, beyond what its profile says.
+struct Cli {
+    /// The model the accounts are added with.
+    model: &'static str,
+    /// The option that runs one prompt headless; None: the prompt alone does (qwen).
+    one_shot: Option<&'static str>,
+    /// An older release for a Node.js older than the latest release needs: (the release, the
+    /// Node.js it runs on, the Node.js the latest needs).
+    older: Option<(&'static str, u64, u64)>,
+}
+
+impl Cli {
+    fn of(profile: &Profile) -> Cli {
+        match profile.api.wire {
+            Wire::OpenAi => Cli {
+                model: "demo-model",
+                one_shot: None,
+                older: Some(("0.12.0", 20, 22)),
+            },
+            // A prompt alone starts gemini's interactive session; `-p` runs it headless.
+            Wire::Gemini => Cli {
+                model: "gemini-2.5-flash",
+                one_shot: profile.argv.one_shot.first().copied(),
+                older: None,
+            },
+        }
+    }
+
+    /// The headless run's arguments: `[-p] PROMPT --output-format text`.
+    /// The older release as a fix for a Node.js too old (`, or P@0.12.0 (it runs on Node.js
+    /// 20)`), or nothing.
+    fn older_fix(&self, profile: &Profile) -> String {
+        self.older
+            .map(|(v, node, _)| {
+                format!(
+                    ", or {}@{v} (it runs on Node.js {node})",
+                    profile.npm_package
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// The same for a CLI that does not start (`, or on Node.js older than 22 install P@0.12.0`).
+    fn older_install(&self, profile: &Profile) -> String {
+        self.older
+            .map(|(v, _, latest)| {
+                format!(
+                    ", or on Node.js older than {latest} install {}@{v}",
+                    profile.npm_package
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    fn run_args(&self) -> Vec<&'static str> {
+        self.one_shot
+            .into_iter()
+            .chain([PROMPT, "--output-format", "text"])
+            .collect()
+    }
+}
 
 /// Why the demo stopped early: the exit code and one line.
 struct Fail(i32, String);
@@ -58,14 +119,6 @@ pub fn run(profile: &'static Profile) -> i32 {
 
 fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     let name = profile.name;
-    if profile.api.wire != crate::profile::Wire::OpenAi {
-        return Err(Fail(
-            FAILED,
-            format!(
-                "the demo speaks only the OpenAI-compatible API so far, not {name}'s; run qwen --rotation-demo"
-            ),
-        ));
-    }
     let real = crate::locate::real_qwen().map_err(|e| Fail(e.exit_code(), e.to_string()))?;
     let home = Home::create(profile).map_err(|e| {
         Fail(
@@ -78,7 +131,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
         )
     })?;
     let (provider, seen) =
-        Provider::start(profile.api.wire, KEY_SPENT, KEY_FRESH).map_err(|e| {
+        Provider::start(profile, KEY_SPENT, KEY_FRESH).map_err(|e| {
             Fail(
                 FAILED,
                 format!(
@@ -95,6 +148,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     ));
 
     let version = real_version(&home, &real.path, profile, stop)?;
+    let cli = Cli::of(profile);
     out.step(&format!(
         "the real {name}: {} ({version})",
         printable(&real.path.to_string_lossy())
@@ -111,14 +165,15 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
         )
     })?;
     for (n, key, label) in [(1, KEY_SPENT, "spent"), (2, KEY_FRESH, "fresh")] {
-        add_account(&home, &me, &provider, key, label, stop)?;
+        add_account(&home, &me, &provider, key, label, cli.model, stop)?;
         out.step(&format!(
-            "account {n} ({label}) added: {name} --rotation-add --api-key {label} --base-url {} --model {MODEL}",
-            provider.base_url()
+            "account {n} ({label}) added: {name} --rotation-add --api-key {label} --base-url {} --model {}",
+            provider.base_url(),
+            cli.model
         ));
     }
 
-    let finished = headless_run(&home, &me, name, &seen, stop, out)?;
+    let (finished, asked) = headless_run(&home, &me, profile, &cli, &seen, stop, out)?;
     check_run(&finished, name)?;
     let answer = String::from_utf8_lossy(&finished.stdout).trim().to_string();
     out.step(&format!(
@@ -131,12 +186,18 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
             out.say(&format!("              stderr: {}", printable(line)));
         }
     }
+    // How often the provider was asked on each key: account 1's quota answer came once.
+    out.say(&format!(
+        "              provider: account 1 asked {}, account 2 asked {}",
+        times(asked[0]),
+        times(asked[1])
+    ));
     let switch = logged_switch(&home, &me, stop)?;
     out.step(&format!("rotation.log: {switch}"));
 
     out.say(&format!("\n{name} --rotation-status in the demo home:\n"));
     // On a terminal the table is the command's own, coloured as it colours it.
-    let mut cmd = home.command(&me);
+    let mut cmd = home.shim(&me);
     cmd.arg("--rotation-status");
     if std::io::stdout().is_terminal() {
         cmd.stdout(std::process::Stdio::inherit());
@@ -173,12 +234,12 @@ fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Ste
         _ => Err(Fail(
             FAILED,
             format!(
-                "the real {name} ({}) does not start here: `{name} --version` {}{}; reinstall it (npm install -g {}), or on Node.js older than 22 install {}@0.12.0",
+                "the real {name} ({}) does not start here: `{name} --version` {}{}; reinstall it (npm install -g {}){}",
                 printable(&real.to_string_lossy()),
                 ended(&done.waited),
                 last_line(&done.stderr),
                 profile.npm_package,
-                profile.npm_package
+                Cli::of(profile).older_install(profile)
             ),
         )),
     }
@@ -219,10 +280,10 @@ fn node_too_old(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Opt
     let version = package.get("version")?.as_str()?;
     (major < needed).then(|| {
         format!(
-            "the real {} {version} needs Node.js {needs} and node on PATH is {}; install Node.js {needed} or later, or {}@0.12.0 (it runs on Node.js 20)",
+            "the real {} {version} needs Node.js {needs} and node on PATH is {}; install Node.js {needed} or later{}",
             profile.name,
             printable(&have),
-            profile.npm_package
+            Cli::of(profile).older_fix(profile)
         )
     })
 }
@@ -234,6 +295,7 @@ fn add_account(
     provider: &Provider,
     key: &str,
     label: &str,
+    model: &str,
     stop: &Stop,
 ) -> Step<()> {
     let url = provider.base_url();
@@ -244,9 +306,9 @@ fn add_account(
         "--base-url",
         url.as_str(),
         "--model",
-        MODEL,
+        model,
     ];
-    let done = run_child(home, me, &args, Some(key.as_bytes()), STEP_DEADLINE, stop)?;
+    let done = run_shim(home, me, &args, Some(key.as_bytes()), stop)?;
     match done.waited {
         Waited::Exited(s) if s.success() => Ok(()),
         _ => Err(Fail(
@@ -260,18 +322,21 @@ fn add_account(
     }
 }
 
-/// `<me> "PROMPT" --output-format text` in the home, printing each request the provider answers
-/// as it happens.
+/// `<me> [-p] "PROMPT" --output-format text` in the home, printing each request the provider
+/// answers as it happens.
 fn headless_run(
     home: &Home,
     me: &Path,
-    name: &str,
+    profile: &Profile,
+    cli: &Cli,
     seen: &Receiver<Seen>,
     stop: &Stop,
     out: &mut Out,
-) -> Step<Finished> {
-    let mut cmd = home.command(me);
-    cmd.args([PROMPT, "--output-format", "text"]);
+) -> Step<(Finished, [usize; 2])> {
+    let name = profile.name;
+    let args = cli.run_args();
+    let mut cmd = home.shim(me);
+    cmd.args(&args);
     let running = Running::spawn(cmd, None).map_err(|e| {
         Fail(
             FAILED,
@@ -282,12 +347,25 @@ fn headless_run(
         )
     })?;
     out.step(&format!(
-        "running {name} \"{PROMPT}\" --output-format text (headless, through the shim)"
+        "running {name} {} (headless, through the shim)",
+        args.iter()
+            .map(|a| if *a == PROMPT {
+                format!("\"{a}\"")
+            } else {
+                (*a).to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
+    let (quota_code, quota_message) = provider::quota_words(profile.api.wire);
     let mut spent_at: Option<Instant> = None;
     let mut answered = false;
+    let mut asked = [0usize; 2];
     let finished = running.finish_with(Instant::now() + RUN_DEADLINE, stop, || {
         while let Ok(s) = seen.try_recv() {
+            if let Some(n @ 1..=2) = s.account {
+                asked[n - 1] += 1;
+            }
             match (s.account, s.status) {
                 (Some(1), _) if spent_at.is_none() => {
                     spent_at = Some(s.at);
@@ -296,8 +374,8 @@ fn headless_run(
                         &format!(
                             "request on account 1 → {} {} \"{}\"",
                             s.status,
-                            provider::QUOTA_CODE,
-                            provider::QUOTA_MESSAGE
+                            quota_code,
+                            quota_message
                         ),
                     );
                 }
@@ -343,7 +421,16 @@ fn headless_run(
                 ended_with(&finished)
             ),
         )),
-        Waited::Exited(_) => Ok(finished),
+        Waited::Exited(_) => Ok((finished, asked)),
+    }
+}
+
+/// "once", "twice", "3 times".
+fn times(n: usize) -> String {
+    match n {
+        1 => "once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
     }
 }
 
@@ -351,7 +438,7 @@ fn headless_run(
 fn check_run(done: &Finished, name: &str) -> Step<()> {
     let ok = matches!(done.waited, Waited::Exited(s) if s.success());
     let stdout = String::from_utf8_lossy(&done.stdout);
-    if ok && stdout.contains(provider::ANSWER) {
+    if ok && stdout.contains(&provider::answer_text(name)) {
         return Ok(());
     }
     Err(Fail(
@@ -369,12 +456,11 @@ fn check_run(done: &Finished, name: &str) -> Step<()> {
 
 /// The `account_switch` line the run wrote, read with `--rotation-log --json`.
 fn logged_switch(home: &Home, me: &Path, stop: &Stop) -> Step<String> {
-    let done = run_child(
+    let done = run_shim(
         home,
         me,
         &["--rotation-log", "--json", "--tail", "0"],
         None,
-        STEP_DEADLINE,
         stop,
     )?;
     let entries: Value = serde_json::from_slice(&done.stdout).unwrap_or(Value::Null);
@@ -413,6 +499,20 @@ fn run_child(
     let mut cmd = home.command(program);
     cmd.args(args);
     run_command(cmd, program, input, deadline, stop)
+}
+
+/// Runs this binary, as the profile's CLI, with `args` in the home until it ends, the deadline
+/// passes or a signal arrives.
+fn run_shim(
+    home: &Home,
+    me: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+    stop: &Stop,
+) -> Step<Finished> {
+    let mut cmd = home.shim(me);
+    cmd.args(args);
+    run_command(cmd, me, input, STEP_DEADLINE, stop)
 }
 
 /// Runs `cmd` (from [`Home::command`]) until it ends, the deadline passes or a signal arrives.
