@@ -9,7 +9,9 @@
 //! `GOOGLE_GENAI_USE_GCA=true GOOGLE_CLOUD_ACCESS_TOKEN=…` (gemini's own bare-token route, no
 //! tokeninfo call). Everything else is real: the slots, the file swap, gemini's Code Assist
 //! requests, its capacity retry and stderr, the stop and the re-run. What this does not prove
-//! is gemini's own read of the file.
+//! is gemini's own read of the file — except for an account whose token says `manual`: the
+//! wrapper then starts gemini on the file alone, and gemini's start-up validation (which
+//! cannot reach Google offline) fails the way an expired or revoked login does.
 
 #[path = "support/real_gemini.rs"]
 mod real_gemini;
@@ -59,8 +61,9 @@ fn setup(accounts: &[(&str, &str)]) -> Option<(Sandbox, GeminiMock)> {
         format!(
             "#!/bin/sh\n\
              token=$(node -e 'process.stdout.write(JSON.parse(require(\"fs\").readFileSync(process.argv[1])).access_token)' \"$GEMINI_CLI_HOME/.gemini/oauth_creds.json\") || exit 99\n\
-             GOOGLE_GENAI_USE_GCA=true GOOGLE_CLOUD_ACCESS_TOKEN=\"$token\" exec {} \"$@\"\n",
-            real.display()
+             case \"$token\" in *manual*) exec {real} \"$@\";; esac\n\
+             GOOGLE_GENAI_USE_GCA=true GOOGLE_CLOUD_ACCESS_TOKEN=\"$token\" exec {real} \"$@\"\n",
+            real = real.display()
         ),
     )
     .unwrap();
@@ -199,4 +202,33 @@ fn oauth_accounts_are_refused_with_encrypted_credential_storage() {
         out.dump()
     );
     assert!(!sb.gemini_home.join("accounts/oauth_creds_1.json").exists());
+}
+
+#[test]
+fn a_login_gemini_cannot_validate_headless_needs_login_and_the_run_moves_on() {
+    let Some((sb, mock)) = setup(&[
+        ("a1_manual", "one@example.com"),
+        ("a2_ok", "two@example.com"),
+    ]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello", "-m", "gemini-2.5-pro"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-a2_ok"), "{}", out.dump());
+    assert!(
+        out.stderr().contains(
+            "account 1 (acct1) was refused (needs login) (gemini could not use the stored login"
+        ),
+        "{}",
+        out.dump()
+    );
+    // gemini never got as far as Code Assist on account 1.
+    assert_eq!(mock.count("a1_manual"), 0, "{:?}", mock.seen());
+    let state = fs::read_to_string(sb.gemini_home.join("state.yaml")).unwrap();
+    let st = qwen_rotation::vault::state::State::parse(&state).expect("state parses");
+    assert_eq!(
+        st.accounts[&1].status,
+        qwen_rotation::vault::state::Status::NeedsLogin,
+        "{state}"
+    );
 }
