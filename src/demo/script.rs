@@ -61,9 +61,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     if profile.api.wire != crate::profile::Wire::OpenAi {
         return Err(Fail(
             FAILED,
-            format!(
-                "the demo speaks only the OpenAI-compatible API so far, not {name}'s; run qwen --rotation-demo"
-            ),
+            format!("the demo speaks only the OpenAI-compatible API so far, not {name}'s; run qwen --rotation-demo"),
         ));
     }
     let real = crate::locate::real_qwen().map_err(|e| Fail(e.exit_code(), e.to_string()))?;
