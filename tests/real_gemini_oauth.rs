@@ -159,6 +159,15 @@ fn a_capacity_quota_on_oauth_account_1_is_stopped_and_rerun_on_account_2() {
         (switches[0]["from"].as_u64(), switches[0]["to"].as_u64()),
         (Some(1), Some(2))
     );
+    // doctor watches the companions' modes like the slots'.
+    let companion = sb.gemini_home.join("accounts/google_accounts_1.json");
+    fs::set_permissions(&companion, fs::Permissions::from_mode(0o644)).unwrap();
+    let doctor = sb.run(&["--rotation-doctor"], None);
+    assert!(
+        doctor.stdout().contains("google_accounts_1.json"),
+        "{}",
+        doctor.dump()
+    );
 }
 
 #[test]
