@@ -73,6 +73,13 @@ impl Paths {
         self.accounts.join(format!("oauth_creds_{n}.json"))
     }
 
+    /// The companion of OAuth slot N for one of the CLI's other login files (`Creds::extra`):
+    /// `google_accounts.json` → `accounts/google_accounts_N.json`.
+    pub fn extra_slot(&self, n: usize, file: &str) -> PathBuf {
+        let stem = file.strip_suffix(".json").unwrap_or(file);
+        self.accounts.join(format!("{stem}_{n}.json"))
+    }
+
     /// API-key slot N (1-based): the environment for that key.
     pub fn api_key_slot(&self, n: usize) -> PathBuf {
         self.accounts.join(format!("api_key_{n}.json"))

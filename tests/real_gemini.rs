@@ -282,7 +282,7 @@ fn rotation_commands_answer_as_gemini() {
         "{}",
         doctor.dump()
     );
-    // OAuth accounts are refused, with the fix.
+    // There, OAuth accounts are refused, with the fix.
     let add = sb.run(&["--rotation-add", "personal"], None);
     assert_eq!(add.code(), 2, "{}", add.dump());
     assert!(add.stderr().contains("--api-key"), "{}", add.dump());

@@ -46,17 +46,24 @@ pub(super) fn add_live(v: &Vault, label: Option<&str>) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// Err(Usage) for a CLI whose logins cannot be rotated by swapping its credentials file.
+/// Err(Usage) for a CLI whose logins cannot be rotated by swapping its credentials file, or
+/// that keeps its login encrypted right now.
 fn oauth_supported(v: &Vault) -> Result<(), Error> {
     let profile = v.paths.profile;
-    if profile.creds.file_swap {
-        return Ok(());
+    let name = profile.name;
+    if !profile.creds.file_swap {
+        return Err(Error::Usage(format!(
+            "OAuth accounts are not supported for {name} yet ({name} rewrites {} without a lock, so swapping logins is unsafe); add API keys instead: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
+            profile.creds.file,
+        )));
     }
-    Err(Error::Usage(format!(
-        "OAuth accounts are not supported for {name} yet ({name} rewrites {} without a lock, so swapping logins is unsafe); add API keys instead: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
-        profile.creds.file,
-        name = profile.name
-    )))
+    if let Some(why) = vault::encrypted_storage(&v.paths) {
+        return Err(Error::Usage(format!(
+            "{name} keeps its login in encrypted storage ({why}), where swapping {} cannot work; turn that off and log in again, or add API keys: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
+            profile.creds.file,
+        )));
+    }
+    Ok(())
 }
 
 /// Runs the real qwen in a fresh temporary home so the person logs in to another account;

@@ -234,19 +234,10 @@ fn first_qwen_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }
 
-/// The CLI keeps its login encrypted (its variable is `true`, or its encrypted file is in the
-/// home): swapping the login file cannot work there. API keys are unaffected.
+/// Doctor's line for [`vault::encrypted_storage`].
 pub(super) fn check_encrypted(v: &Vault, f: &mut Findings) {
     let p = v.paths.profile;
-    let Some(enc) = &p.creds.encrypted else {
-        return;
-    };
-    let file = v.paths.home.join(enc.file);
-    let why = if std::env::var(enc.var).is_ok_and(|val| val.trim().eq_ignore_ascii_case("true")) {
-        format!("{}=true", enc.var)
-    } else if fs::symlink_metadata(&file).is_ok() {
-        format!("{} exists", file.display())
-    } else {
+    let Some(why) = crate::vault::encrypted_storage(&v.paths) else {
         return;
     };
     f.push(

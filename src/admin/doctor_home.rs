@@ -88,6 +88,15 @@ pub(super) fn check_permissions(v: &Vault, f: &mut Findings) -> (u32, Scan) {
     let slots = v.scan_slots().unwrap_or_default();
     for (n, kinds) in slots.iter().filter(|_| v.env_pool().is_none()) {
         files.extend(kinds.iter().map(|k| vault::slot_path(paths, *n, *k)));
+        // An OAuth slot's companions (google_accounts_N.json) are kept private too.
+        files.extend(
+            paths
+                .profile
+                .creds
+                .extra
+                .iter()
+                .map(|extra| paths.extra_slot(*n, extra)),
+        );
     }
     for dir in ["backup", "removed"] {
         if let Ok(entries) = fs::read_dir(paths.accounts.join(dir)) {

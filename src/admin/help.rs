@@ -22,6 +22,20 @@ pub(super) fn help_text(profile: &Profile) -> String {
             profile.creds.file,
             name = profile.name
         ));
+    } else if profile.creds.reread_after.is_none() {
+        text.push_str(&format!(
+            "OAuth logins ({file}) rotate by swapping the file; {name} reads it only when it starts,\n\
+             so a swap takes effect at its next start (a headless run is re-run at once). Not with\n\
+             encrypted credential storage{enc}: add API keys there.\n",
+            file = profile.creds.file,
+            name = profile.name,
+            enc = profile
+                .creds
+                .encrypted
+                .as_ref()
+                .map(|e| format!(" ({}=true)", e.var))
+                .unwrap_or_default(),
+        ));
     }
     text
 }
@@ -255,8 +269,10 @@ mod tests {
         for word in ["qwen", "QWEN", "OPENAI", "dashscope", ".qwen"] {
             assert!(!rest.contains(word), "{word} in:\n{h}");
         }
-        assert!(h.contains("OAuth logins (oauth_creds.json) are not rotated for gemini"));
-        assert!(!help_text(&crate::profile::QWEN).contains("not rotated"));
+        assert!(h.contains("OAuth logins (oauth_creds.json) rotate by swapping the file; gemini reads it only when it starts"));
+        assert!(h.contains("GEMINI_FORCE_ENCRYPTED_FILE_STORAGE=true"));
+        let qwen = help_text(&crate::profile::QWEN);
+        assert!(!qwen.contains("not rotated") && !qwen.contains("only when it starts"));
         for want in [
             "GEMINI_CLI_HOME",
             "~/.gemini",

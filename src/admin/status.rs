@@ -171,8 +171,14 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
         );
     }
     if st.accounts.is_empty() {
+        // A key without --base-url goes to the provider's default, where the profile has one.
+        let key_options = if v.paths.profile.api.default_base_url.is_some() {
+            ""
+        } else {
+            " --base-url URL --model M"
+        };
         return format!(
-            "No accounts in {} yet.\n  Capture the current login:      {name} --rotation-add LABEL\n  Log in to another account:      {name} --rotation-add --login LABEL\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL --base-url URL --model M\n",
+            "No accounts in {} yet.\n  Capture the current login:      {name} --rotation-add LABEL\n  Log in to another account:      {name} --rotation-add --login LABEL\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL{key_options}\n",
             v.paths.home.display(),
             name = v.paths.profile.name
         );

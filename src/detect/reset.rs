@@ -37,7 +37,31 @@ pub fn parse_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
             .ok()
         })
         .as_ref()?;
-    re.captures_iter(text).find_map(|c| reset_from(&c, now))
+    re.captures_iter(text)
+        .find_map(|c| reset_from(&c, now))
+        .or_else(|| reset_after(text, now))
+}
+
+/// Gemini's relative form (`Your quota will reset after 2h3m4s.`): `now` plus that duration.
+fn reset_after(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    static RE: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let re = RE
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"(?i)\breset(?:s)?\s+after\s+(?:(?P<h>\d{1,4})h)?(?:(?P<m>\d{1,4})m)?(?:(?P<s>\d{1,6})(?:\.\d+)?s)?",
+            )
+            .ok()
+        })
+        .as_ref()?;
+    re.captures_iter(text).find_map(|c| {
+        let part = |name: &str| c.name(name).and_then(|m| m.as_str().parse::<i64>().ok());
+        let (h, m, s) = (part("h"), part("m"), part("s"));
+        if h.is_none() && m.is_none() && s.is_none() {
+            return None;
+        }
+        let secs = h.unwrap_or(0) * 3600 + m.unwrap_or(0) * 60 + s.unwrap_or(0);
+        now.checked_add_signed(TimeDelta::seconds(secs))
+    })
 }
 
 fn reset_from(c: &regex::Captures<'_>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -109,6 +133,26 @@ mod tests {
         assert_eq!(parse_reset("will reset at 13-40 09:25:00 UTC", now), None);
         assert_eq!(parse_reset("will reset at 11-30 25:00:00 UTC", now), None);
         assert_eq!(parse_reset("discontinued on 2026-04-15", now), None);
+    }
+
+    #[test]
+    fn a_reset_after_a_duration_counts_from_now() {
+        let now = utc(2026, 11, 24, 12, 0, 0);
+        let line = "Attempt 1 failed: You have exhausted your capacity on this model. Your quota will reset after 2h3m4s.. Retrying after 8352610ms...";
+        assert_eq!(parse_reset(line, now), Some(utc(2026, 11, 24, 14, 3, 4)));
+        assert_eq!(
+            parse_reset(&line.to_lowercase(), now),
+            Some(utc(2026, 11, 24, 14, 3, 4))
+        );
+        assert_eq!(
+            parse_reset("your quota will reset after 45s.", now),
+            Some(utc(2026, 11, 24, 12, 0, 45))
+        );
+        assert_eq!(
+            parse_reset("will reset after 1m30.5s", now),
+            Some(utc(2026, 11, 24, 12, 1, 30))
+        );
+        assert_eq!(parse_reset("will reset after a while", now), None);
     }
 
     #[test]

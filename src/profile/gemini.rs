@@ -33,22 +33,24 @@ pub static GEMINI: Profile = Profile {
         var_is_parent: true,
     },
     // The login is `oauth_creds.json` (google-auth-library `Credentials`), with
-    // `google_accounts.json` beside it (a display cache). Gemini takes no lock, builds its OAuth
-    // client once per process (no re-read: a swap takes effect at the next start) and rewrites
-    // the file on refresh without a lock or a merge, so a still-running process could overwrite
-    // a swapped file: OAuth rotation by file swap is not offered; API keys go through the relay.
-    // `GEMINI_FORCE_ENCRYPTED_FILE_STORAGE=true` moves the login to the keychain or to
-    // `gemini-credentials.json` (read in source).
+    // `google_accounts.json` beside it (a display cache, kept per slot). Gemini takes no lock,
+    // builds its OAuth client once per process (no re-read: a swap takes effect at the next
+    // start) and rewrites the file on refresh without a lock or a merge, keeping the refresh
+    // token: a still-running process can overwrite a swapped file, which sync-back matches to
+    // its slot by refresh token (never by position) and the next run installs the current slot
+    // again. `GEMINI_FORCE_ENCRYPTED_FILE_STORAGE=true` moves the login to the keychain or to
+    // `gemini-credentials.json` (read in source): no file to swap there.
     creds: Creds {
         file: "oauth_creds.json",
         lock: None,
         refresh: "/refresh_token",
         access: "/access_token",
+        refresh_rotates: false,
         reread_after: None,
         retry_key: None,
         retry_hint: "the next start of gemini uses it",
         extra: &["google_accounts.json"],
-        file_swap: false,
+        file_swap: true,
         encrypted: Some(Encrypted {
             var: "GEMINI_FORCE_ENCRYPTED_FILE_STORAGE",
             file: "gemini-credentials.json",
@@ -206,6 +208,16 @@ pub static GEMINI: Profile = Profile {
         // Gemini's json output has no `result` element that could carry its errors (they go to
         // stderr as `{"session_id":…,"error":{…}}`).
         json_error_prefixes: &[],
+        auth_why: &[
+            (
+                "no longer supported for Gemini Code Assist for individuals",
+                "Google no longer serves Gemini CLI's Login with Google to this account (only Code Assist Standard/Enterprise); log in with such an account or add API keys",
+            ),
+            (
+                "Manual authorization is required",
+                "gemini could not use the stored login (expired or revoked) and cannot ask for a new one without a terminal; run gemini --rotation-add --login on a terminal, or log in with gemini and add it again",
+            ),
+        ],
     },
     // The TUI draws errors as `✕ [API Error: …]` and answers after `✦`; it shows no retry hint
     // and no countdown under an error.

@@ -116,14 +116,20 @@ pub struct Creds {
     pub refresh: &'static str,
     /// JSON pointer of the access token.
     pub access: &'static str,
+    /// The CLI may save a new refresh token on refresh (qwen): a live file with an unknown
+    /// refresh token is then taken for the slot installed last. False (gemini keeps the refresh
+    /// token): the live file belongs to a slot only by its refresh token, so a process still
+    /// running on another login can never write into the installed slot.
+    pub refresh_rotates: bool,
     /// How long after a swap a running CLI has certainly re-read the file (`None`: never).
     pub reread_after: Option<Duration>,
     /// The key that retries the last request in a session (`None`: there is none).
     pub retry_key: Option<u8>,
     /// What to tell the person once a swapped login is live and we did not retry for them.
     pub retry_hint: &'static str,
-    /// Other files of the live login, kept with it (a display cache; a missing one is no
-    /// error).
+    /// Other files of the live login, kept with it as each OAuth slot's companion
+    /// (`accounts/<stem>_N.json`) and installed with it; a display cache, so a missing or
+    /// unwritable one is no error.
     pub extra: &'static [&'static str],
     /// The login can be rotated by swapping [`Creds::file`]; false: OAuth accounts cannot be
     /// added (API keys only), and `--rotation-add` says so.
@@ -254,6 +260,9 @@ pub struct Detection {
     pub phrases: &'static [(Class, &'static str, &'static str)],
     /// How the CLI's own error reports begin in the `result` of a json run.
     pub json_error_prefixes: &'static [&'static str],
+    /// Why an auth phrase (by its name) means the login needs attention, added to the notice
+    /// when it is not plain from the phrase; empty: none.
+    pub auth_why: &'static [(&'static str, &'static str)],
 }
 
 /// What the CLI's interactive screen looks like around an error.

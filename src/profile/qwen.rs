@@ -46,6 +46,7 @@ pub static QWEN: Profile = Profile {
         }),
         refresh: "/refresh_token",
         access: "/access_token",
+        refresh_rotates: true,
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
         retry_hint: "press Ctrl+Y to retry",
@@ -265,6 +266,7 @@ pub static QWEN: Profile = Profile {
             "[API Error:",
             "Quota exhausted:",
         ],
+        auth_why: &[],
     },
     // QWEN_FACTS.md (screen transcripts): qwen draws its markers (`✕`, `✦`, `◆`, `>`) at column
     // 2 and an answer's text at column 4 and deeper; an error it will not retry ends with the

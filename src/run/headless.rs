@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::attempt::attempt_env;
 use super::exec::{exec, fail, notice, out_of_resources, spawn_error, within};
 use super::pipes::{self, Attempt};
-use super::record::{RunRecord, launch_label, what};
+use super::record::{RunRecord, launch_label, what_why};
 use super::signals;
 use super::stdin::StdinSource;
 use super::streams::StdoutMode;
@@ -150,7 +150,7 @@ pub(super) fn headless(
             && !interrupted.load(Ordering::SeqCst)
             && stdin.replayable();
         let retry = rerunnable && attempt < max_attempts;
-        let who = what(slot, launch_label(slot, &launch), &hit);
+        let who = what_why(slot, launch_label(slot, &launch), &hit, vault.paths.profile);
         match rotation {
             Rotation::Exhausted { earliest } => {
                 let wait = rerunnable && !waited && config.on_exhausted == OnExhausted::Wait;

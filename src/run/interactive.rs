@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::attempt::{attempt_env, start_relay};
 use super::exec::{exec, notice};
-use super::record::{RunRecord, launch_label, what};
+use super::record::{RunRecord, launch_label, what_why};
 use super::signals;
 use crate::detect::Patterns;
 use crate::error::Error;
@@ -140,7 +140,12 @@ pub(super) fn interactive_session(
         let Some(hit) = hit.filter(|_| rerun) else {
             record.finish(vault, failed, outcome);
         };
-        let who = what(failed, launch_label(failed, &launch), &hit);
+        let who = what_why(
+            failed,
+            launch_label(failed, &launch),
+            &hit,
+            vault.paths.profile,
+        );
         match vault.report(failed, &hit) {
             Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => {
                 notice(&format!("{who}; switched to account {to}"));
@@ -224,7 +229,7 @@ fn hot_swap(
     // With the relay in the path, most rotations happen there before qwen sees an error; what
     // reaches the screen is an error inside a stream, on the relay's current key.
     let failed = relay.map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
-    let who = what(failed, None, hit);
+    let who = what_why(failed, None, hit, vault.paths.profile);
     let to = match vault.report(failed, hit) {
         Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => to,
         Ok(Rotation::Exhausted { earliest }) => {
@@ -254,9 +259,10 @@ fn hot_swap(
         }
         (Kind::OAuth, None) => match creds.reread_after {
             Some(pause) => pause,
+            // The CLI reads its login only when it starts (gemini): the swapped file waits.
             None => {
                 return say(format!(
-                    "{who}; account {to} is an OAuth account: restart {name} to continue on it"
+                    "{who}; the next start of {name} uses account {to} ({name} reads its login only when it starts)"
                 ));
             }
         },

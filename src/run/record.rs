@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::exec::fail;
 use super::signals;
 use crate::error::Error;
-use crate::model::Hit;
 use crate::model::account_name;
+use crate::model::{Class, Hit};
 use crate::relay::{self, Relay};
 use crate::vault::audit::{Event, events};
 use crate::vault::{Launch, Vault};
@@ -71,6 +71,25 @@ pub(super) fn what(slot: usize, label: Option<String>, hit: &Hit) -> String {
         account_name(slot, label.as_deref()),
         hit.class.human()
     )
+}
+
+/// `what`, with the profile's reason for an auth phrase that does not explain itself.
+pub(super) fn what_why(
+    slot: usize,
+    label: Option<String>,
+    hit: &Hit,
+    profile: &crate::profile::Profile,
+) -> String {
+    let who = what(slot, label, hit);
+    match profile
+        .detect
+        .auth_why
+        .iter()
+        .find(|(phrase, _)| hit.class == Class::Auth && *phrase == hit.phrase)
+    {
+        Some((_, why)) => format!("{who} ({why})"),
+        None => who,
+    }
 }
 
 /// The label of `slot`: the launch's when it is that slot (no file read), else none.

@@ -76,8 +76,11 @@ impl Tx<'_> {
             let lineage_unknown = by_content.is_none();
             // The fallback needs the slot file unchanged since we installed it: a file the
             // person replaced meanwhile (a new login) is newer than anything in the live file.
+            // Only for a CLI that may change the refresh token: gemini never does, so an
+            // unknown refresh token there is another login (`Creds::refresh_rotates`).
+            let rotates = paths.profile.creds.refresh_rotates;
             let owner = by_content.or_else(|| {
-                self.st.live_slot.filter(|n| {
+                self.st.live_slot.filter(|_| rotates).filter(|n| {
                     let installed = self
                         .st
                         .accounts
@@ -224,6 +227,7 @@ impl Tx<'_> {
         replace_file(&self.vault.paths.live_creds, &bytes)?;
         self.home_unsynced = true;
         self.point("live_written");
+        self.install_extras(n);
         if let Some(a) = self.st.accounts.get_mut(&n) {
             a.installed_digest = Some(digest(&bytes));
         }
@@ -231,6 +235,41 @@ impl Tx<'_> {
         self.live = Some(Live::Owned(n));
         self.dirty = true;
         Ok(())
+    }
+
+    /// Copies the CLI's other login files found in `dir` (the profile's `Creds::extra`, e.g.
+    /// `google_accounts.json`) to slot `n`'s companions. They are a display cache: a missing
+    /// or unreadable one is skipped, a failed write warns and the slot stays.
+    pub(super) fn keep_extras(&mut self, n: usize, dir: &Path) {
+        let paths = &self.vault.paths;
+        for extra in paths.profile.creds.extra {
+            let Ok(bytes) = read_bounded(&dir.join(extra)) else {
+                continue;
+            };
+            let to = paths.extra_slot(n, extra);
+            if let Err(e) = write_atomic(&to, &bytes) {
+                crate::error::warn(format!("{e}; the account was added without its {extra}"));
+            }
+        }
+    }
+
+    /// Writes slot `n`'s companions (see [`Tx::keep_extras`]) beside the live file. Never
+    /// fatal: the login itself is installed already; a slot without a companion leaves the
+    /// CLI's file as it is.
+    fn install_extras(&mut self, n: usize) {
+        let paths = &self.vault.paths;
+        for extra in paths.profile.creds.extra {
+            let Ok(bytes) = read_bounded(&paths.extra_slot(n, extra)) else {
+                continue;
+            };
+            match replace_file(&paths.home.join(extra), &bytes) {
+                Ok(()) => self.home_unsynced = true,
+                Err(e) => crate::error::warn(format!(
+                    "{e}; {} shows the previous account's name until it logs in again",
+                    paths.profile.name
+                )),
+            }
+        }
     }
 
     /// Installs `to` and records the switch: the only place `switches_total` grows, always

@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::files::{self, digest, keep_owner};
 use crate::model::Kind;
@@ -90,6 +91,21 @@ impl LiveFile {
             LiveFile::Symlink { bytes: Some(b), .. } => Some(b),
             _ => None,
         }
+    }
+}
+
+/// Why the CLI keeps its login in encrypted storage (its variable is `true`, or its encrypted
+/// file is in the home), if it does: swapping the login file cannot work there. API keys are
+/// unaffected.
+pub fn encrypted_storage(paths: &Paths) -> Option<String> {
+    let enc = paths.profile.creds.encrypted.as_ref()?;
+    let file = paths.home.join(enc.file);
+    if std::env::var(enc.var).is_ok_and(|val| val.trim().eq_ignore_ascii_case("true")) {
+        Some(format!("{}=true", enc.var))
+    } else if fs::symlink_metadata(&file).is_ok() {
+        Some(format!("{} exists", file.display()))
+    } else {
+        None
     }
 }
 

@@ -94,6 +94,9 @@ impl Vault {
             account.installed_digest = Some(digest(bytes));
             tx.st.accounts.insert(n, account);
             tx.infos.insert(n, inspect_slot(&tx.vault.paths, n, &[Kind::OAuth]));
+            if let Some(dir) = source.parent() {
+                tx.keep_extras(n, dir);
+            }
             if source == tx.vault.paths.live_creds {
                 tx.st.live_slot = Some(n);
                 tx.live = Some(Live::Owned(n));
@@ -170,6 +173,15 @@ impl Vault {
                 let to = unused_name(&removed_dir, name, "");
                 fs::rename(&from, &to).map_err(|e| Error::io("move", &from, e))?;
                 moved = Some(to);
+            }
+            // The slot's companions (google_accounts_N.json) go with it; they are a cache.
+            for extra in tx.vault.paths.profile.creds.extra {
+                let from = tx.vault.paths.extra_slot(n, extra);
+                if let Some(name) = from.file_name().and_then(|f| f.to_str())
+                    && fs::symlink_metadata(&from).is_ok()
+                {
+                    let _ = fs::rename(&from, unused_name(&removed_dir, name, ""));
+                }
             }
             fsync_dir(&tx.vault.paths.accounts)
                 .map_err(|e| Error::io("sync", &tx.vault.paths.accounts, e))?;

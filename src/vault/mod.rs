@@ -34,7 +34,7 @@ mod store;
 mod tx;
 
 pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
-pub use live::{LiveFile, cli_lock_is_stale, owner_of};
+pub use live::{LiveFile, cli_lock_is_stale, encrypted_storage, owner_of};
 pub use redis_store::RedisStore;
 pub use slots::{
     ApiKeySlot, Scan, SlotInfo, check_api_key, check_oauth, parse_slot_name, read_slot, scan,

@@ -18,7 +18,9 @@
 //! [`GeminiMock::release`] · anything else → an answer: `generateContent` (the routing
 //! classifier, which wants JSON text) gets `{"reasoning":…,"model_choice":"flash"}`,
 //! `streamGenerateContent?alt=sse` one SSE event with the text `REPLY-FROM-<key>-ON-<model>`.
-//! Every request is recorded in arrival order.
+//! Code Assist requests (OAuth, under `/v1internal`, `CODE_ASSIST_ENDPOINT`) are told apart by
+//! the bearer access token instead of the key ([`code_assist_answer`]). Every request is
+//! recorded in arrival order.
 #![allow(dead_code)]
 
 #[path = "real_qwen.rs"]
@@ -219,6 +221,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
+        let mut body = Vec::new();
         if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             loop {
                 let mut size = String::new();
@@ -230,12 +233,13 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 if reader.read_exact(&mut chunk).is_err() {
                     return;
                 }
+                body.extend_from_slice(&chunk[..n]);
                 if n == 0 {
                     break;
                 }
             }
         } else if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            let mut body = vec![0; n];
+            body = vec![0; n];
             if reader.read_exact(&mut body).is_err() {
                 return;
             }
@@ -249,9 +253,23 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     .map(str::to_string)
             })
             .unwrap_or_default();
+        // Code Assist (OAuth): the account is the bearer token, the model is in the body.
+        let code_assist = path.starts_with("/v1internal");
+        let key = if code_assist {
+            header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+                .unwrap_or_default()
+        } else {
+            key
+        };
         let key = secrets::unmarked(&key).to_string();
+        let body_model = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_string))
+            .unwrap_or_default();
         let last = path.rsplit('/').next().unwrap_or("");
         let (model, method) = last.split_once(':').unwrap_or((last, ""));
+        let model = if code_assist { &body_model } else { model };
         let seen = Seen {
             key: key.clone(),
             model: model.to_string(),
@@ -278,6 +296,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 "application/json",
                 quota_body("PerDay", 100, "36s", model),
             )
+        } else if code_assist {
+            code_assist_answer(&key, model, method)
         } else {
             answer(&key, model, method)
         };
@@ -326,6 +346,67 @@ fn answer(key: &str, model: &str, method: &str) -> (u16, &'static str, String) {
     }
     let event = candidate(&format!("REPLY-FROM-{key}-ON-{model}"));
     (200, "text/event-stream", format!("data: {event}\r\n\r\n"))
+}
+
+/// The Code Assist answer (OAuth mode, `/v1internal:METHOD`) for the account whose access token
+/// is `key`: set-up calls get a Standard-tier user with a project; `capacity` → the OAuth
+/// capacity 429 (`… Your quota will reset after 2h3m4s.`); `unsupported` → 403 "This client is
+/// no longer supported …"; anything else → [`answer`] wrapped as `{"response": …}`.
+fn code_assist_answer(key: &str, model: &str, method: &str) -> (u16, &'static str, String) {
+    let json = "application/json";
+    match method {
+        "loadCodeAssist" => {
+            let body = serde_json::json!({"currentTier": {"id": "standard-tier", "name": "Gemini Code Assist Standard"}, "cloudaicompanionProject": "mock-project"});
+            return (200, json, body.to_string());
+        }
+        "retrieveUserQuota" => return (200, json, r#"{"buckets":[]}"#.into()),
+        "listExperiments" => return (200, json, r#"{"experimentIds":[],"flags":[]}"#.into()),
+        "generateContent" | "streamGenerateContent" => {}
+        _ => return (200, json, "{}".into()),
+    }
+    if key.contains("capacity") && method == "streamGenerateContent" {
+        return (429, json, capacity_body(model));
+    }
+    if key.contains("unsupported") {
+        let body = serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "This client is no longer supported for Gemini Code Assist for individuals. Please use a Gemini API key or a Gemini Code Assist Standard or Enterprise license."}});
+        return (403, json, body.to_string());
+    }
+    let (status, content_type, body) = answer(key, model, method);
+    if status != 200 {
+        return (status, content_type, body);
+    }
+    if method == "generateContent" {
+        let inner: serde_json::Value = serde_json::from_str(&body).unwrap();
+        return (
+            200,
+            json,
+            serde_json::json!({"response": inner}).to_string(),
+        );
+    }
+    let event = body
+        .trim()
+        .strip_prefix("data: ")
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .unwrap();
+    let wrapped = serde_json::json!({"response": event});
+    (200, "text/event-stream", format!("data: {wrapped}\r\n\r\n"))
+}
+
+/// Code Assist's 429 when an OAuth account's capacity is spent (GEMINI_FACTS.md): ErrorInfo
+/// QUOTA_EXHAUSTED with a RetryInfo of the whole reset delay.
+pub fn capacity_body(model: &str) -> String {
+    serde_json::json!({"error": {
+        "code": 429,
+        "status": "RESOURCE_EXHAUSTED",
+        "message": "You have exhausted your capacity on this model. Your quota will reset after 2h3m4s.",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA_EXHAUSTED",
+             "domain": "cloudcode-pa.googleapis.com", "metadata": {"uiMessage": "true", "model": model}},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7384s"}
+        ]
+    }})
+    .to_string()
 }
 
 /// The Gemini API's 429 for a spent quota (GEMINI_FACTS.md), per day or per minute.
