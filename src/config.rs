@@ -150,6 +150,10 @@ pub struct Config {
     pub notify_command: Option<String>,
     #[serde(with = "duration_text")]
     pub notify_timeout: Duration,
+    /// Relay: an account whose answer announces this much or less remaining quota
+    /// (`x-ratelimit-remaining-requests` / `-tokens`) is cooled down until the announced reset
+    /// before the next request.
+    pub quota_floor: QuotaFloor,
     /// Headless `text` output to a pipe or file, in an attempt that may be retried: hold it until
     /// qwen ends (bounded), so a quota hit after the answer started is still retried
     /// (`--rotation-hold` for one run).
@@ -190,6 +194,7 @@ impl Default for Config {
             relay: true,
             notify_command: None,
             notify_timeout: Duration::from_secs(10),
+            quota_floor: QuotaFloor::default(),
             hold_text_output: false,
             patterns: PatternConfig::default(),
             pool: None,
@@ -300,6 +305,15 @@ impl Config {
         // The message may quote a key the user wrote: keep it on one line.
         yaml_serde::from_str::<Config>(text).map_err(|e| crate::text::printable(&e.to_string()))
     }
+}
+
+/// `quota_floor` in rotation.yaml: the remaining amounts at or under which an account is rested
+/// until its reset. The default, 0 and 0, rests it when the provider says nothing is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaFloor {
+    pub requests: u64,
+    pub tokens: u64,
 }
 
 /// Parses "90s", "5m", "1h30m", "2d", or a bare number of seconds.

@@ -18,6 +18,7 @@ use crate::detect::Patterns;
 use crate::model::{Kind, Secret};
 use crate::vault::{Launch, Vault};
 
+use super::meter::{Metered, Seen};
 use super::proxy::Routes;
 use super::server::accept_loop;
 use super::shared::{Active, Conns, Served, Shared, State};
@@ -67,6 +68,7 @@ impl Relay {
         // Tries per request: one per slot on disk (the vault's report marks each spent slot,
         // so the loop ends anyway; this bound only guards against a slot coming back at once).
         let slots = vault.scan_slots().map(|s| s.len()).unwrap_or(0);
+        let floor = vault.config.quota_floor;
         let shared = Arc::new(Shared {
             max_tries: slots.max(vault.eligible_count()).max(1),
             start_model: active.target.model.clone(),
@@ -88,6 +90,9 @@ impl Relay {
             stop: AtomicBool::new(false),
             conns: Mutex::new(Conns::new()),
             served: Arc::new(Mutex::new(BTreeMap::new())),
+            metered: Arc::new(Mutex::new(BTreeMap::new())),
+            seen: Arc::new(Mutex::new(BTreeMap::new())),
+            floor,
             on_exhausted: Mutex::new(None),
             pool_checked: Mutex::new(None),
         });
@@ -124,6 +129,16 @@ impl Relay {
     /// Successful requests per slot so far (shared: it stays readable after the relay stops).
     pub fn served(&self) -> Served {
         Arc::clone(&self.shared.served)
+    }
+
+    /// What the relay measured per slot so far (requests by class, tokens, latency).
+    pub fn metered(&self) -> Metered {
+        Arc::clone(&self.shared.metered)
+    }
+
+    /// The last remaining quota the provider announced per slot.
+    pub fn remaining(&self) -> Seen {
+        Arc::clone(&self.shared.seen)
     }
 
     /// The slot the relay is using now.
