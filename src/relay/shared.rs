@@ -59,6 +59,9 @@ pub(super) struct Shared {
     pub(super) seen: super::meter::Seen,
     /// `quota_floor` of rotation.yaml.
     pub(super) floor: crate::config::QuotaFloor,
+    /// The slot whose 200 stream carried the last error event the relay classified (and
+    /// rotated away from), until a request succeeds: what qwen then shows came from there.
+    pub(super) stream_hit: Mutex<Option<usize>>,
     /// See [`Relay::on_exhausted`](crate::relay::Relay::on_exhausted).
     pub(super) on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// When a shared pool was last looked at (`pool_check_due`).
@@ -434,6 +437,7 @@ impl Shared {
     /// A 2xx on `slot`: clears the exhausted mark; records the success once per slot change.
     pub(super) fn succeeded(&self, slot: usize) {
         self.warned_upstream.store(false, Ordering::SeqCst);
+        *self.stream_hit.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self
             .served
             .lock()

@@ -93,6 +93,7 @@ impl Relay {
             metered: Arc::new(Mutex::new(BTreeMap::new())),
             seen: Arc::new(Mutex::new(BTreeMap::new())),
             floor,
+            stream_hit: Mutex::new(None),
             on_exhausted: Mutex::new(None),
             pool_checked: Mutex::new(None),
         });
@@ -144,6 +145,18 @@ impl Relay {
     /// The slot the relay is using now.
     pub fn current_slot(&self) -> usize {
         self.shared.state().active.slot
+    }
+
+    /// The slot an error qwen shows came from: the one whose stream carried the last error
+    /// event the relay classified (already marked and left, so reporting it again finds it
+    /// rotated, never blames the next key), else the current slot.
+    pub fn failed_slot(&self) -> usize {
+        let hit = *self
+            .shared
+            .stream_hit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        hit.unwrap_or_else(|| self.current_slot())
     }
 
     /// The variables an attempt on `launch` adds to the inherited environment when qwen talks

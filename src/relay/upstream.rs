@@ -199,10 +199,12 @@ fn answered(
     };
     shared.count(active.slot, outcome, found, first, total);
     match hit {
-        Some(hit) if still_on(shared, active) => {
-            let _ = shared.rotate(active, &hit);
+        Some(hit) => {
+            *shared.stream_hit.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.slot);
+            if still_on(shared, active) {
+                let _ = shared.rotate(active, &hit);
+            }
         }
-        Some(_) => {}
         None if found.error_event.is_none() && (200..300).contains(&status) => {
             shared.succeeded(active.slot);
         }
