@@ -418,6 +418,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quota_floor_defaults_to_nothing_left_and_reads_both_amounts() {
+        assert_eq!(Config::default().quota_floor, QuotaFloor::default());
+        let c = Config::parse("quota_floor:\n  requests: 2\n  tokens: 1000\n").unwrap();
+        assert_eq!(
+            c.quota_floor,
+            QuotaFloor {
+                requests: 2,
+                tokens: 1000
+            }
+        );
+        assert_eq!(
+            Config::parse("quota_floor: {requests: 5}\n")
+                .unwrap()
+                .quota_floor
+                .tokens,
+            0
+        );
+        let bad = Config::parse("quota_floor: {request: 5}\n").unwrap_err();
+        assert!(bad.contains("request"), "{bad}");
+    }
+
+    #[test]
     fn durations_parse_in_every_unit() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));

@@ -76,12 +76,16 @@ fn on_mock(mock: &Mock, behaviours: &[&str]) -> Fixture {
 }
 
 fn start(paths: &Paths) -> (Relay, Arc<Mutex<Vec<String>>>) {
-    let vault = Vault::open(paths.clone(), Config::default());
+    start_with(paths, Config::default())
+}
+
+fn start_with(paths: &Paths, config: Config) -> (Relay, Arc<Mutex<Vec<String>>>) {
+    let vault = Vault::open(paths.clone(), config.clone());
     let launch = vault.prepare(None).expect("prepare");
     let notices = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&notices);
     let relay = Relay::start(Setup {
-        vault: Vault::open(paths.clone(), Config::default()),
+        vault: Vault::open(paths.clone(), config),
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(move |line| sink.lock().unwrap().push(line)),
@@ -586,6 +590,37 @@ fn remaining_requests_at_zero_rest_key_1_before_the_next_request() {
     assert_eq!(seen[&1].requests, Some(0));
     assert_eq!(seen[&1].tokens, Some(90000));
     assert!(!seen.contains_key(&2), "key 2 announced nothing");
+}
+
+#[test]
+fn a_quota_floor_rests_a_key_while_some_quota_is_still_left() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok-remaining", "ok"]);
+    // A second relay on the same pool, with `quota_floor: {requests: 50}`: 42 left is too few.
+    let config = Config {
+        quota_floor: qwen_rotation::config::QuotaFloor {
+            requests: 50,
+            tokens: 0,
+        },
+        ..Config::default()
+    };
+    drop(f.relay);
+    let (relay, notices) = start_with(&f.paths, config);
+    let token = relay.token.expose().to_string();
+    for _ in 0..2 {
+        let r = Conn::open(&relay).roundtrip(
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            &chat_body(false),
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    assert_eq!(
+        notices.lock().unwrap().clone(),
+        ["account 1 has 42 requests left; switched to account 2"]
+    );
 }
 
 #[test]
