@@ -1,7 +1,8 @@
 //! What the loopback relay costs, against a baseline measured in the same run: a client talking
 //! to the same mock provider directly.
 //!
-//! - added latency per request (small JSON answer, keep-alive), p50 and p99;
+//! - added latency per request (small JSON answer with `usage` and `x-ratelimit-*` headers,
+//!   keep-alive), p50 and p99, with the relay's metering on (it always is);
 //! - time to the first streamed byte of an SSE answer;
 //! - throughput of one large streamed answer (`BENCH_RELAY_STREAM_MIB`, default 100 MiB);
 //! - the time from the provider's quota answer on key 1 to the same request reaching key 2
@@ -588,13 +589,17 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
                 &[
                     br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
                     br#"{"choices":[{"delta":{"content":"hi"}}]}"#,
+                    br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
                 ],
             )
             .is_ok()
         } else {
-            let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+            // What the relay meters: `usage`, and the remaining quota (well above the floor).
+            let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 x-ratelimit-remaining-requests: 4999\r\nx-ratelimit-reset-requests: 12ms\r\n\
+                 x-ratelimit-remaining-tokens: 799000\r\nx-ratelimit-reset-tokens: 6m0s\r\n\r\n",
                 body.len()
             );
             w.write_all(head.as_bytes())

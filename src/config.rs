@@ -157,6 +157,10 @@ pub struct Config {
     pub notify_command: Option<String>,
     #[serde(with = "duration_text")]
     pub notify_timeout: Duration,
+    /// Relay: an account whose answer announces this much or less remaining quota
+    /// (`x-ratelimit-remaining-requests` / `-tokens`) is cooled down until the announced reset
+    /// before the next request.
+    pub quota_floor: QuotaFloor,
     /// Headless `text` output to a pipe or file, in an attempt that may be retried: hold it until
     /// qwen ends (bounded), so a quota hit after the answer started is still retried
     /// (`--rotation-hold` for one run).
@@ -197,6 +201,7 @@ impl Default for Config {
             relay: true,
             notify_command: None,
             notify_timeout: Duration::from_secs(10),
+            quota_floor: QuotaFloor::default(),
             hold_text_output: false,
             patterns: PatternConfig::default(),
             pool: None,
@@ -309,6 +314,15 @@ impl Config {
     }
 }
 
+/// `quota_floor` in rotation.yaml: the remaining amounts at or under which an account is rested
+/// until its reset. The default, 0 and 0, rests it when the provider says nothing is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaFloor {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
 /// Parses "90s", "5m", "1h30m", "2d", or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -409,6 +423,28 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_floor_defaults_to_nothing_left_and_reads_both_amounts() {
+        assert_eq!(Config::default().quota_floor, QuotaFloor::default());
+        let c = Config::parse("quota_floor:\n  requests: 2\n  tokens: 1000\n").unwrap();
+        assert_eq!(
+            c.quota_floor,
+            QuotaFloor {
+                requests: 2,
+                tokens: 1000
+            }
+        );
+        assert_eq!(
+            Config::parse("quota_floor: {requests: 5}\n")
+                .unwrap()
+                .quota_floor
+                .tokens,
+            0
+        );
+        let bad = Config::parse("quota_floor: {request: 5}\n").unwrap_err();
+        assert!(bad.contains("request"), "{bad}");
+    }
 
     #[test]
     fn durations_parse_in_every_unit() {

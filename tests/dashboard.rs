@@ -40,6 +40,27 @@ fn pool() -> Home {
     v.set_label("3", Some("plan")).unwrap();
     v.report(1, &hit(Class::Quota)).unwrap();
     v.report(2, &hit(Class::Auth)).unwrap();
+    // What the relay metered on the API key: the remaining quota it announced, and one run.
+    let now = chrono::Utc::now();
+    let remaining = qwen_rotation::vault::usage::Remaining {
+        requests: Some(7),
+        tokens: Some(900),
+        requests_reset: Some(now + chrono::Duration::minutes(6)),
+        tokens_reset: None,
+        seen: Some(now),
+    };
+    v.record_remaining(&[(3, remaining)].into_iter().collect())
+        .unwrap();
+    let usage = qwen_rotation::vault::usage::Usage {
+        requests: 4,
+        ok: 4,
+        tokens_in: 40,
+        tokens_out: 20,
+        ..Default::default()
+    };
+    let mut run = qwen_rotation::vault::audit::Event::new("run", now).slot(3);
+    run.usage = Some([(3, usage)].into_iter().collect());
+    v.append_run(run);
     let st = h.state();
     assert_eq!(st.current_index, 3, "{}", h.state_text());
     h
@@ -369,7 +390,16 @@ fn every_byte_served_and_the_report_are_free_of_secrets() {
     );
     assert!(api["accounts"][0]["cooldown_until"].is_string());
     assert_eq!(api["accounts"][0]["label"], "personal");
-    assert!(api["accounts"][0]["remaining"].is_null(), "no metering yet");
+    assert!(
+        api["accounts"][0]["remaining"].is_null(),
+        "nothing announced"
+    );
+    assert_eq!(api["accounts"][2]["remaining"]["requests"], 7);
+    assert_eq!(api["accounts"][2]["remaining"]["tokens"], 900);
+    assert!(api["accounts"][2]["remaining"]["requests_reset"].is_string());
+    let today = api["days"].as_array().unwrap().last().unwrap();
+    assert_eq!(today["accounts"]["3"]["requests"], 4, "{today}");
+    assert_eq!(today["accounts"]["3"]["tokens"], 60, "{today}");
     let mode = fs::metadata(&report).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let metrics = d.get("/metrics").text();
@@ -716,8 +746,14 @@ fn the_page_shows_the_pool_and_a_rotation_live_in_chromium() {
         (&json!("healthy"), &json!("true"))
     );
     assert!(
-        rows.iter().all(|r| r[5] == "—"),
-        "remaining quota: — until metered"
+        rows[..2].iter().all(|r| r[5] == "—"),
+        "remaining quota: — when unknown"
+    );
+    assert_eq!(rows[2][5], "7 req · 900 tok", "the last announced amounts");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#charts svg.tokens-chart').length"),
+        json!(3),
+        "a tokens chart per account"
     );
     // The countdown moves while nothing else changes.
     let first = rows[0][4].clone();

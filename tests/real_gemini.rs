@@ -378,3 +378,32 @@ fn a_copy_or_hard_link_named_gemini_is_the_gemini_shim_and_never_taken_for_the_r
     );
     assert!(!text.contains(".qwen"), "{}", out.dump());
 }
+
+/// The relay meters the Gemini API's answers too: the run line counts key 1's quota answer and
+/// key 2's answers, with the tokens of Google's `usageMetadata` (the mock reports 3 prompt and
+/// 3 answer tokens per answer), and never the prompt.
+#[test]
+fn the_run_line_meters_requests_and_usage_metadata_tokens() {
+    let Some((sb, mock)) = setup(&["k1_daily", "k2_ok"]) else {
+        return;
+    };
+    let marker = "GEMINI-PROMPT-MARKER-51c";
+    let out = sb.run(&["-p", marker], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let log = sb.rotation_log();
+    let run = log
+        .iter()
+        .find(|e| e["event"] == "run")
+        .unwrap_or_else(|| panic!("no run line: {log:?}"));
+    let one = &run["usage"]["1"];
+    assert_eq!(one["requests"], 1, "{run}");
+    assert_eq!(one["quota"], 1, "{run}");
+    let two = &run["usage"]["2"];
+    let answered = mock.count("k2_ok") as u64;
+    assert_eq!(two["requests"].as_u64(), Some(answered), "{run}");
+    assert_eq!(two["ok"].as_u64(), Some(answered), "{run}");
+    assert_eq!(two["tokens_in"].as_u64(), Some(3 * answered), "{run}");
+    assert_eq!(two["tokens_out"].as_u64(), Some(3 * answered), "{run}");
+    let text = std::fs::read_to_string(sb.gemini_home.join("rotation.log")).unwrap_or_default();
+    assert!(!text.contains(marker), "the prompt was kept");
+}

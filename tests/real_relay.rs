@@ -427,3 +427,119 @@ fn a_closed_stderr_does_not_stop_a_relayed_quota_switch() {
     assert_eq!(switches(&sb).len(), 1);
     assert_mock_saw_only_real_keys(&mock, &keys);
 }
+
+/// Metering with the real qwen: the run line holds the tokens the provider reported, stats
+/// shows them per account and day, an answer saying no request is left on key 1 rests it
+/// before the next request (key 1 is asked once, qwen never sees a 429), status shows the last
+/// remaining amounts, and no byte of the prompt or the answer is in the log or the state.
+#[test]
+fn metering_counts_tokens_and_remaining_zero_moves_the_next_run_to_key_2() {
+    let Some((mock, sb, keys)) = api_pool(&["ok-remaining0", "ok"]) else {
+        return;
+    };
+    let marker = "PROMPT-MARKER-7f3a";
+    let out = sb.run(&["-p", &format!("say {marker}")], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert_eq!(
+        out.stdout(),
+        format!("REPLY-FROM-{}\n", keys[0]),
+        "{}",
+        out.dump()
+    );
+    // qwen may send more than one request in a run (the answer, then its own follow-ups):
+    // the ones after key 1's answer already go to key 2.
+    let first = 1;
+    // The next run starts on key 2: key 1 said it had nothing left.
+    let out2 = sb.run(&["-p", &format!("again {marker}")], None);
+    assert_eq!(out2.code(), 0, "{}", out2.dump());
+    assert_eq!(
+        out2.stdout(),
+        format!("REPLY-FROM-{}\n", keys[1]),
+        "{}",
+        out2.dump()
+    );
+    let tokens = mock.tokens();
+    assert_eq!(
+        tokens.iter().filter(|t| **t == keys[0]).count(),
+        first,
+        "key 1 was asked after it said nothing was left: {tokens:?}"
+    );
+    assert_eq!(tokens.first(), Some(&keys[0]), "{tokens:?}");
+    assert!(tokens[first..].iter().all(|t| *t == keys[1]), "{tokens:?}");
+    let log = sb.rotation_log();
+    let runs: Vec<&serde_json::Value> = log.iter().filter(|e| e["event"] == "run").collect();
+    assert_eq!(runs.len(), 2, "{log:?}");
+    let u1 = &runs[0]["usage"]["1"];
+    assert_eq!(u1["requests"].as_u64(), Some(first as u64), "{:?}", runs[0]);
+    assert_eq!(u1["ok"].as_u64(), Some(first as u64));
+    // The mock reports 10 prompt and 5 answer tokens per answer.
+    assert_eq!(u1["tokens_in"].as_u64(), Some(10 * first as u64));
+    assert_eq!(u1["tokens_out"].as_u64(), Some(5 * first as u64));
+    assert!(
+        runs[1]["usage"]["2"]["tokens_in"].as_u64() >= Some(10),
+        "{:?}",
+        runs[1]
+    );
+    assert!(runs[1]["usage"].get("1").is_none(), "{:?}", runs[1]);
+    let hits: Vec<&serde_json::Value> = log.iter().filter(|e| e["event"] == "cooldown").collect();
+    assert_eq!(hits.len(), 1, "{log:?}");
+    assert_eq!(hits[0]["phrase"], "remaining requests reached 0");
+    assert!(
+        out.stderr()
+            .contains("account 1 has 0 requests left; switched to account 2"),
+        "{}",
+        out.dump()
+    );
+    // Neither the prompt nor the answer is kept.
+    let kept = format!(
+        "{}{}",
+        std::fs::read_to_string(sb.qwen_home.join("rotation.log")).unwrap_or_default(),
+        sb.state_yaml()
+    );
+    assert!(!kept.contains(marker), "the prompt was kept: {kept}");
+    assert!(!kept.contains("REPLY-FROM"), "the answer was kept: {kept}");
+    // Stats: requests and tokens per account and day, in JSON and in the table.
+    let stats = sb.run(&["--rotation-stats", "--json"], None);
+    assert_eq!(stats.code(), 0, "{}", stats.dump());
+    let doc: serde_json::Value = serde_json::from_str(&stats.stdout()).unwrap();
+    let day: Vec<&serde_json::Value> = doc["usage_by_day"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["slot"] == 1)
+        .collect();
+    assert_eq!(day.len(), 1, "{doc}");
+    assert_eq!(day[0]["tokens_in"].as_u64(), Some(10 * first as u64));
+    assert_eq!(
+        doc["accounts"][0]["metered"]["requests"].as_u64(),
+        Some(first as u64)
+    );
+    let table = sb.run(&["--rotation-stats"], None);
+    assert!(
+        table
+            .stdout()
+            .contains("Requests and tokens through the relay, by day and account:"),
+        "{}",
+        table.dump()
+    );
+    // Status: the last remaining amounts key 1 announced.
+    let status = sb.run(&["--rotation-status", "--json"], None);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
+    let a1 = doc["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["slot"] == 1)
+        .unwrap();
+    assert_eq!(a1["remaining"]["requests"].as_u64(), Some(0), "{doc}");
+    assert_eq!(a1["remaining"]["tokens"].as_u64(), Some(90000), "{doc}");
+    assert!(a1["remaining"]["requests_reset"].is_string(), "{doc}");
+    let text = sb.run(&["--rotation-status"], None);
+    assert!(
+        text.stdout().contains("account 1: 0 requests (reset in"),
+        "{}",
+        text.dump()
+    );
+    assert_mock_saw_only_real_keys(&mock, &keys);
+    assert_no_key_anywhere(&sb, &out, &keys);
+}

@@ -76,12 +76,16 @@ fn on_mock(mock: &Mock, behaviours: &[&str]) -> Fixture {
 }
 
 fn start(paths: &Paths) -> (Relay, Arc<Mutex<Vec<String>>>) {
-    let vault = Vault::open(paths.clone(), Config::default());
+    start_with(paths, Config::default())
+}
+
+fn start_with(paths: &Paths, config: Config) -> (Relay, Arc<Mutex<Vec<String>>>) {
+    let vault = Vault::open(paths.clone(), config.clone());
     let launch = vault.prepare(None).expect("prepare");
     let notices = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&notices);
     let relay = Relay::start(Setup {
-        vault: Vault::open(paths.clone(), Config::default()),
+        vault: Vault::open(paths.clone(), config),
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(move |line| sink.lock().unwrap().push(line)),
@@ -478,15 +482,161 @@ fn server_errors_and_other_answers_pass_through_untouched() {
 }
 
 #[test]
-fn an_error_inside_a_stream_is_passed_through() {
+fn an_error_inside_a_stream_is_passed_through_classified_and_the_next_request_moves_on() {
     let mock = Mock::start();
     let f = on_mock(&mock, &["stream_quota", "ok"]);
     let r = f.chat(true);
-    // 200 then an error event: qwen reports it and output scanning in run.rs handles it.
+    // 200 then an error event: its bytes reach qwen as they came (qwen reports it), and the
+    // relay classifies it like a 429 with the same body: key 1 is marked spent at once.
     assert_eq!(r.status, 200);
     assert!(r.text().contains("insufficient_quota"), "{}", r.text());
     assert_eq!(mock.tokens(), [f.keys[0].clone()]);
+    assert_eq!(f.relay.current_slot(), 2);
+    assert_eq!(f.state().accounts[&1].status, Status::CoolingDown);
+    let hits = f.log_events("cooldown");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["class"], "quota");
+    assert_eq!(
+        f.notices(),
+        ["account 1 quota exhausted; switched to account 2"]
+    );
+    let used = f.relay.metered().lock().unwrap().clone();
+    assert_eq!((used[&1].requests, used[&1].quota, used[&1].ok), (1, 1, 0));
+    // The next request goes to key 2 without asking key 1 again.
+    let r = f.chat(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering and quota signals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn requests_answers_tokens_and_latency_are_metered_per_slot_from_json_and_sse() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["quota", "ok"]);
+    // Key 1's 429 is one request of class quota; key 2 answers (JSON, then SSE whose last
+    // chunk carries the usage).
+    assert_eq!(f.chat(false).status, 200);
+    let r = f.chat(true);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("[DONE]"), "{}", r.text());
+    let used = f.relay.metered().lock().unwrap().clone();
+    let one = &used[&1];
+    assert_eq!((one.requests, one.quota, one.ok), (1, 1, 0));
+    assert_eq!((one.tokens_in, one.tokens_out), (0, 0));
+    let two = &used[&2];
+    assert_eq!((two.requests, two.ok, two.quota), (2, 2, 0));
+    // The mock reports 10 prompt and 5 completion tokens per answer.
+    assert_eq!((two.tokens_in, two.tokens_out), (20, 10));
+    assert!(two.first_byte_ms <= two.total_ms, "{two:?}");
+    // Counted, never read: the served count of the run line stays what it was.
+    assert_eq!(f.relay.served().lock().unwrap().get(&2), Some(&2));
+}
+
+#[test]
+fn remaining_requests_at_zero_rest_key_1_before_the_next_request() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok-remaining0", "ok", "ok"]);
+    let before = chrono::Utc::now();
+    let first = f.chat(false);
+    assert_eq!(first.status, 200);
+    assert!(
+        first.text().contains(&format!("REPLY-FROM-{}", f.keys[0])),
+        "{}",
+        first.text()
+    );
+    // The answer said nothing is left: key 1 rests until the announced reset, now.
+    assert_eq!(f.relay.current_slot(), 2);
+    let mut statuses = vec![first.status];
+    for stream in [true, false, true] {
+        let r = f.chat(stream);
+        statuses.push(r.status);
+        assert!(
+            r.text().contains(&format!("REPLY-FROM-{}", f.keys[1])),
+            "{}",
+            r.text()
+        );
+    }
+    // Key 1 was asked once, no failed round trip, no 429 ever reached the client.
+    let tokens = mock.tokens();
+    assert_eq!(
+        tokens.iter().filter(|t| **t == f.keys[0]).count(),
+        1,
+        "{tokens:?}"
+    );
+    assert!(tokens[1..].iter().all(|t| *t == f.keys[1]), "{tokens:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let st = f.state();
+    let a1 = &st.accounts[&1];
+    assert_eq!(a1.status, Status::CoolingDown);
+    let until = a1.cooldown_until.expect("a cooldown end");
+    let rest = until - before;
+    assert!(
+        rest > chrono::Duration::minutes(5) && rest <= chrono::Duration::minutes(7),
+        "rests {rest:?} (the header said 6m0s)"
+    );
+    let hits = f.log_events("cooldown");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["class"], "throttle");
+    assert_eq!(hits[0]["phrase"], "remaining requests reached 0");
+    assert_eq!(f.log_events("account_switch").len(), 1);
+    assert_eq!(
+        f.notices(),
+        ["account 1 has 0 requests left; switched to account 2"]
+    );
+    let seen = f.relay.remaining().lock().unwrap().clone();
+    assert_eq!(seen[&1].requests, Some(0));
+    assert_eq!(seen[&1].tokens, Some(90000));
+    assert!(!seen.contains_key(&2), "key 2 announced nothing");
+}
+
+#[test]
+fn a_quota_floor_rests_a_key_while_some_quota_is_still_left() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok-remaining", "ok"]);
+    // A second relay on the same pool, with `quota_floor: {requests: 50}`: 42 left is too few.
+    let config = Config {
+        quota_floor: qwen_rotation::config::QuotaFloor {
+            requests: 50,
+            tokens: 0,
+        },
+        ..Config::default()
+    };
+    drop(f.relay);
+    let (relay, notices) = start_with(&f.paths, config);
+    let token = relay.token.expose().to_string();
+    for _ in 0..2 {
+        let r = Conn::open(&relay).roundtrip(
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            &chat_body(false),
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[1].clone()]);
+    assert_eq!(
+        notices.lock().unwrap().clone(),
+        ["account 1 has 42 requests left; switched to account 2"]
+    );
+}
+
+#[test]
+fn remaining_above_the_floor_is_kept_and_changes_nothing() {
+    let mock = Mock::start();
+    let f = on_mock(&mock, &["ok-remaining", "ok"]);
+    for stream in [false, true] {
+        assert_eq!(f.chat(stream).status, 200);
+    }
+    assert_eq!(mock.tokens(), [f.keys[0].clone(), f.keys[0].clone()]);
     assert_eq!(f.relay.current_slot(), 1);
+    assert!(f.log_events("cooldown").is_empty());
+    let seen = f.relay.remaining().lock().unwrap().clone();
+    assert_eq!(seen[&1].requests, Some(42));
+    assert_eq!(seen[&1].tokens, Some(12345));
+    assert!(seen[&1].requests_reset.is_some());
 }
 
 // ---------------------------------------------------------------------------------------------

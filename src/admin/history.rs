@@ -12,6 +12,7 @@ use crate::model::Kind;
 use crate::text::printable;
 use crate::vault::audit::{self, Event, events};
 use crate::vault::state::Status;
+use crate::vault::usage::Usage;
 use crate::vault::{Scope, Vault};
 
 use super::ui::{Ui, describe, effective_status, out, plural, print_json, relative, table, ts};
@@ -62,6 +63,8 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     let mut cooldowns: BTreeMap<usize, u64> = BTreeMap::new();
     let mut runs: BTreeMap<usize, Runs> = BTreeMap::new();
     let mut days: BTreeMap<NaiveDate, Day> = BTreeMap::new();
+    // What the relay measured, per day and account (the run line's `usage`).
+    let mut metered: BTreeMap<(NaiveDate, usize), Usage> = BTreeMap::new();
     for e in &log.events {
         let Some(t) = e.time() else { continue };
         let day = days.entry(t.date_naive()).or_default();
@@ -79,6 +82,9 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                 for (n, count) in e.requests.iter().flatten() {
                     let r = runs.entry(*n).or_default();
                     r.requests = r.requests.saturating_add(*count);
+                }
+                for (n, u) in e.usage.iter().flatten() {
+                    metered.entry((t.date_naive(), *n)).or_default().add(u);
                 }
             }
             events::ACCOUNT_SWITCH => day.switches += 1,
@@ -109,6 +115,11 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
         .into_iter()
         .rev()
         .collect();
+    let mut per_account: BTreeMap<usize, Usage> = BTreeMap::new();
+    for ((_, n), u) in &metered {
+        per_account.entry(*n).or_default().add(u);
+    }
+    let recent_days: Vec<NaiveDate> = recent.iter().map(|(d, _)| **d).collect();
     let st = &o.state;
     if ui.json {
         let accounts: Vec<Value> = st
@@ -125,6 +136,7 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
                     "runs_failed": r.map_or(0, |r| r.failed),
                     "runs_retried": r.map_or(0, |r| r.retried),
                     "relay_requests": r.map_or(0, |r| r.requests),
+                    "metered": per_account.get(n).map(usage_json),
                     "run_avg_ms": r.and_then(Runs::average).map(|d| d.as_millis() as u64),
                     "last_run": ts(r.and_then(|r| r.last)),
                     "switches": a.switches_count,
@@ -139,8 +151,13 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
         let history: Vec<Value> = recent
             .iter()
             .map(|(d, day)| {
+                let mut used = Usage::default();
+                for ((_, _), u) in metered.range((**d, 0)..=(**d, usize::MAX)) {
+                    used.add(u);
+                }
                 json!({ "date": d.to_string(), "runs": day.runs, "switches": day.switches, "hits": day.hits,
-                        "quota": day.quota, "throttle": day.throttle, "auth": day.auth, "exhausted": day.exhausted })
+                        "quota": day.quota, "throttle": day.throttle, "auth": day.auth, "exhausted": day.exhausted,
+                        "requests": used.requests, "tokens_in": used.tokens_in, "tokens_out": used.tokens_out })
             })
             .collect();
         print_json(&json!({
@@ -150,6 +167,16 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             "current": (st.current_index > 0).then_some(st.current_index),
             "accounts": accounts,
             "history": history,
+            "usage_by_day": metered
+                .iter()
+                .filter(|((d, _), _)| recent_days.contains(d))
+                .map(|((d, n), u)| {
+                    let mut v = usage_json(u);
+                    v["date"] = json!(d.to_string());
+                    v["slot"] = json!(n);
+                    v
+                })
+                .collect::<Vec<_>>(),
             "log_lines_skipped": log.skipped,
         }));
         return Ok(0);
@@ -234,6 +261,10 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
             relayed.join(", ")
         ));
     }
+    if metered.keys().any(|(d, _)| recent_days.contains(d)) {
+        text.push_str("Requests and tokens through the relay, by day and account:\n");
+        text.push_str(&usage_table(&metered, &recent_days));
+    }
     let runs_total: u64 = runs.values().map(|r| r.total).sum();
     text.push_str(&format!(
         "Total runs: {runs_total}. Total rotations: {}{}.\nCurrent account: {}.\n",
@@ -281,6 +312,68 @@ pub(super) fn stats(v: &Vault, ui: &Ui) -> Result<i32, Error> {
     }
     out(&text);
     Ok(0)
+}
+
+/// One account's metered requests as JSON (stats and the dashboard read the same names).
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "requests": u.requests,
+        "answers": { "ok": u.ok, "quota": u.quota, "throttle": u.throttle, "auth": u.auth,
+                     "server_error": u.server_error, "other": u.other },
+        "tokens_in": u.tokens_in,
+        "tokens_out": u.tokens_out,
+        "avg_first_byte_ms": u.first_byte_ms.checked_div(u.requests),
+        "avg_total_ms": u.total_ms.checked_div(u.requests),
+    })
+}
+
+/// DAY, ACCOUNT, REQUESTS, TOKENS IN, TOKENS OUT, NOT OK, AVG FIRST BYTE for the days shown.
+fn usage_table(metered: &BTreeMap<(NaiveDate, usize), Usage>, days: &[NaiveDate]) -> String {
+    let rows: Vec<Vec<String>> = metered
+        .iter()
+        .filter(|((d, _), _)| days.contains(d))
+        .map(|((d, n), u)| {
+            let not_ok: Vec<String> = [
+                (u.quota, "quota"),
+                (u.throttle, "throttle"),
+                (u.auth, "auth"),
+                (u.server_error, "server error"),
+                (u.other, "other"),
+            ]
+            .iter()
+            .filter(|(c, _)| *c > 0)
+            .map(|(c, what)| format!("{c} {what}"))
+            .collect();
+            vec![
+                d.to_string(),
+                n.to_string(),
+                u.requests.to_string(),
+                u.tokens_in.to_string(),
+                u.tokens_out.to_string(),
+                if not_ok.is_empty() {
+                    "-".into()
+                } else {
+                    not_ok.join(", ")
+                },
+                u.first_byte_ms
+                    .checked_div(u.requests)
+                    .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DAY",
+            "#",
+            "REQUESTS",
+            "TOKENS IN",
+            "TOKENS OUT",
+            "NOT OK",
+            "FIRST BYTE",
+        ],
+        &rows,
+        &|_, _, c| c.to_string(),
+    )
 }
 
 // -- log --------------------------------------------------------------------------------------

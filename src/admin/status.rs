@@ -91,6 +91,13 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
                 "hits": { "quota": a.hits.quota, "throttle": a.hits.throttle, "auth": a.hits.auth },
                 "last_reason": a.last_reason,
                 "last_reset": ts(a.last_reset),
+                "remaining": a.remaining.as_ref().map(|r| json!({
+                    "requests": r.requests,
+                    "tokens": r.tokens,
+                    "requests_reset": ts(r.requests_reset),
+                    "tokens_reset": ts(r.tokens_reset),
+                    "seen": ts(r.seen),
+                })),
                 "file": info.map(|i| i.path.display().to_string()),
                 "mode": info.map(|i| format!("{:04o}", i.mode & 0o7777)),
                 "problem": info.and_then(|i| i.problem.clone()),
@@ -243,6 +250,26 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
         &rows,
         &painted,
     ));
+    let remaining: Vec<String> = st
+        .accounts
+        .iter()
+        .filter_map(|(n, a)| {
+            let r = a.remaining.as_ref().filter(|r| !r.is_empty())?;
+            Some(format!(
+                "account {n}: {}{}",
+                r.describe(now),
+                r.seen
+                    .map(|t| format!(", seen {}", relative(Some(t), now)))
+                    .unwrap_or_default()
+            ))
+        })
+        .collect();
+    if !remaining.is_empty() {
+        text.push_str(&format!(
+            "Remaining quota the provider last announced: {}.\n",
+            remaining.join("; ")
+        ));
+    }
     let eligible = st.eligible_count(now);
     text.push_str(&format!(
         "Live (*): {}. {eligible} of {} usable now. {} in total{}.\n",

@@ -1,6 +1,6 @@
 //! `/metrics`: the snapshot as Prometheus text (exposition format 0.0.4), for people who already
 //! scrape their hosts. Per account: status, live, cooldown seconds left, switches, hits by class,
-//! runs; for the pool: the live account, usable and total accounts, switches.
+//! runs, the remaining requests and tokens last announced (when known); for the pool: the live account, usable and total accounts, switches.
 
 use std::fmt::Write;
 
@@ -61,6 +61,21 @@ pub fn prometheus(snap: &Value) -> String {
             })
             .collect(),
     );
+    // Only the accounts whose provider announced an amount: an unknown is no series, not 0.
+    for (what, key) in [("requests", "requests"), ("tokens", "tokens")] {
+        family(
+            &format!("account_remaining_{what}"),
+            "gauge",
+            &format!("The {what} left the provider last announced (x-ratelimit-remaining-{what})."),
+            accounts
+                .iter()
+                .filter_map(|a| {
+                    let n = a["remaining"][key].as_f64()?;
+                    Some((format!("{{{}}}", id(a)), n))
+                })
+                .collect(),
+        );
+    }
     family(
         "account_live",
         "gauge",
@@ -155,10 +170,17 @@ mod tests {
                   "hits": { "quota": 2, "throttle": 0, "auth": 0 }, "runs": 4 },
                 { "slot": 2, "label": null, "status": "healthy", "live": true,
                   "cooldown_until": null, "switches": 2,
-                  "hits": { "quota": 0, "throttle": 1, "auth": 0 }, "runs": 0 },
+                  "hits": { "quota": 0, "throttle": 1, "auth": 0 }, "runs": 0,
+                  "remaining": { "requests": 0, "tokens": null } },
             ]
         });
         let text = prometheus(&snap);
+        assert!(
+            text.contains("qwen_rotation_account_remaining_requests{slot=\"2\",label=\"\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("qwen_rotation_account_remaining_requests{slot=\"1\""));
+        assert!(!text.contains("qwen_rotation_account_remaining_tokens{slot"));
         assert!(
             text.contains(
                 "qwen_rotation_account_cooldown_seconds{slot=\"1\",label=\"a\\\"b\\\\c\"} 90\n"

@@ -79,6 +79,8 @@ struct Count {
     runs: u64,
     hits: u64,
     switches: u64,
+    requests: u64,
+    tokens: u64,
 }
 
 /// The dashboard's document (see the module's invariant for what may go in).
@@ -100,6 +102,13 @@ pub fn build(
                 if let Some(n) = e.slot {
                     *runs.entry(n).or_default() += 1;
                     day.entry(n).or_default().runs += 1;
+                }
+                for (n, u) in e.usage.iter().flatten() {
+                    let c = day.entry(*n).or_default();
+                    c.requests = c.requests.saturating_add(u.requests);
+                    c.tokens = c
+                        .tokens
+                        .saturating_add(u.tokens_in.saturating_add(u.tokens_out));
                 }
             }
             events::COOLDOWN | events::NEEDS_LOGIN => {
@@ -135,8 +144,14 @@ pub fn build(
                 "switches": a.switches_count,
                 "hits": { "quota": a.hits.quota, "throttle": a.hits.throttle, "auth": a.hits.auth },
                 "runs": runs.get(n).copied().unwrap_or(0),
-                // Filled once the relay meters answers; shown as "—" until then.
-                "remaining": Value::Null,
+                // What the provider last announced through the relay; "—" when unknown.
+                "remaining": a.remaining.as_ref().filter(|r| !r.is_empty()).map(|r| json!({
+                    "requests": r.requests,
+                    "tokens": r.tokens,
+                    "requests_reset": ts(r.requests_reset),
+                    "tokens_reset": ts(r.tokens_reset),
+                    "seen": ts(r.seen),
+                })),
                 "problem": o.slots.get(n).and_then(|i| i.problem.as_deref()).map(printable),
             })
         })
@@ -154,7 +169,8 @@ pub fn build(
                 .map(|(n, c)| {
                     (
                         n.to_string(),
-                        json!({ "runs": c.runs, "hits": c.hits, "switches": c.switches }),
+                        json!({ "runs": c.runs, "hits": c.hits, "switches": c.switches,
+                                "requests": c.requests, "tokens": c.tokens }),
                     )
                 })
                 .collect();

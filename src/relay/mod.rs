@@ -29,7 +29,9 @@
 //! (connection pool, system trust store, `HTTPS_PROXY`/`NO_PROXY`). Answers are streamed back
 //! chunk by chunk and flushed per chunk, so server-sent events reach qwen as they arrive.
 //!
-//! Files, lowest first (a file imports only siblings above it; `proxy` and `http` import none):
+//! Files, lowest first (a file imports only siblings above it; `meter`, `proxy` and `http` import none):
+//! - `meter`: what is measured as an answer passes (tokens, an error event in a stream,
+//!   the `x-ratelimit-*` headers), without holding a byte back;
 //! - `proxy`: one `ureq` agent per way out (`HTTPS_PROXY`/`NO_PROXY` as curl reads them);
 //! - `http`: qwen's requests read within limits, the relay's own answers, answers written back;
 //! - `shared`: what connection threads share (current slot, rotation step, connection table);
@@ -47,6 +49,7 @@
 
 mod gate;
 mod http;
+mod meter;
 mod proxy;
 mod server;
 mod shared;
@@ -54,5 +57,6 @@ mod start;
 mod upstream;
 
 pub use gate::{key_withheld, relay_possible, relay_possible_for};
+pub use meter::{Metered, Seen};
 pub use shared::Served;
 pub use start::{Relay, Setup};

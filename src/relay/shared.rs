@@ -54,6 +54,14 @@ pub(super) struct Shared {
     pub(super) conns: Mutex<Conns>,
     /// Answers that reached qwen with a 2xx, per slot (the run line in rotation.log).
     pub(super) served: Served,
+    /// What was measured per slot, and the last remaining quota announced per slot (`meter`).
+    pub(super) metered: super::meter::Metered,
+    pub(super) seen: super::meter::Seen,
+    /// `quota_floor` of rotation.yaml.
+    pub(super) floor: crate::config::QuotaFloor,
+    /// The slot whose 200 stream carried the last error event the relay classified (and
+    /// rotated away from), until a request succeeds: what qwen then shows came from there.
+    pub(super) stream_hit: Mutex<Option<usize>>,
     /// See [`Relay::on_exhausted`](crate::relay::Relay::on_exhausted).
     pub(super) on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// When a shared pool was last looked at (`pool_check_due`).
@@ -325,7 +333,52 @@ impl Shared {
 
     /// The rotation step for a request whose answer on `failed` classified as `hit`.
     pub(super) fn rotate(&self, failed: &Active, hit: &Hit) -> Next {
-        let what = what(failed, hit);
+        self.rotate_saying(failed, hit, what(failed, hit))
+    }
+
+    /// One send on `slot` ended as `outcome` (the run line's `usage`).
+    pub(super) fn count(
+        &self,
+        slot: usize,
+        outcome: super::meter::Outcome,
+        found: &super::meter::Found,
+        first: std::time::Duration,
+        total: std::time::Duration,
+    ) {
+        let mut m = self.metered.lock().unwrap_or_else(|p| p.into_inner());
+        super::meter::record(m.entry(slot).or_default(), outcome, found, first, total);
+    }
+
+    /// An answer on `active` announced its remaining quota: kept for the run line and state,
+    /// and when it is at or under `quota_floor`, the slot is rested until the announced reset
+    /// now, before the next request (the rotation step, with its one log line).
+    pub(super) fn saw_remaining(
+        &self,
+        active: &Active,
+        r: crate::vault::usage::Remaining,
+        act: bool,
+    ) {
+        let low = super::meter::under_floor(&r, self.floor).filter(|_| act);
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(active.slot, r);
+        let Some((what, n, reset_at)) = low else {
+            return;
+        };
+        if self.state().active.slot != active.slot {
+            return;
+        }
+        let hit = Hit {
+            class: crate::model::Class::Throttle,
+            phrase: format!("remaining {what} reached {n}"),
+            reset_at,
+        };
+        let said = format!("{} has {n} {what} left", active.who());
+        let _ = self.rotate_saying(active, &hit, said);
+    }
+
+    fn rotate_saying(&self, failed: &Active, hit: &Hit, what: String) -> Next {
         let next = match self.vault.report(failed.slot, hit) {
             Err(e) => {
                 self.warn_vault(format!("{what}; cannot rotate: {e}"));
@@ -384,6 +437,7 @@ impl Shared {
     /// A 2xx on `slot`: clears the exhausted mark; records the success once per slot change.
     pub(super) fn succeeded(&self, slot: usize) {
         self.warned_upstream.store(false, Ordering::SeqCst);
+        *self.stream_hit.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self
             .served
             .lock()

@@ -18,6 +18,7 @@ use crate::detect::Patterns;
 use crate::model::{Kind, Secret};
 use crate::vault::{Launch, Vault};
 
+use super::meter::{Metered, Seen};
 use super::proxy::Routes;
 use super::server::accept_loop;
 use super::shared::{Active, Conns, Served, Shared, State};
@@ -67,6 +68,7 @@ impl Relay {
         // Tries per request: one per slot on disk (the vault's report marks each spent slot,
         // so the loop ends anyway; this bound only guards against a slot coming back at once).
         let slots = vault.scan_slots().map(|s| s.len()).unwrap_or(0);
+        let floor = vault.config.quota_floor;
         let shared = Arc::new(Shared {
             max_tries: slots.max(vault.eligible_count()).max(1),
             start_model: active.target.model.clone(),
@@ -88,6 +90,10 @@ impl Relay {
             stop: AtomicBool::new(false),
             conns: Mutex::new(Conns::new()),
             served: Arc::new(Mutex::new(BTreeMap::new())),
+            metered: Arc::new(Mutex::new(BTreeMap::new())),
+            seen: Arc::new(Mutex::new(BTreeMap::new())),
+            floor,
+            stream_hit: Mutex::new(None),
             on_exhausted: Mutex::new(None),
             pool_checked: Mutex::new(None),
         });
@@ -126,9 +132,31 @@ impl Relay {
         Arc::clone(&self.shared.served)
     }
 
+    /// What the relay measured per slot so far (requests by class, tokens, latency).
+    pub fn metered(&self) -> Metered {
+        Arc::clone(&self.shared.metered)
+    }
+
+    /// The last remaining quota the provider announced per slot.
+    pub fn remaining(&self) -> Seen {
+        Arc::clone(&self.shared.seen)
+    }
+
     /// The slot the relay is using now.
     pub fn current_slot(&self) -> usize {
         self.shared.state().active.slot
+    }
+
+    /// The slot an error qwen shows came from: the one whose stream carried the last error
+    /// event the relay classified (already marked and left, so reporting it again finds it
+    /// rotated, never blames the next key), else the current slot.
+    pub fn failed_slot(&self) -> usize {
+        let hit = *self
+            .shared
+            .stream_hit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        hit.unwrap_or_else(|| self.current_slot())
     }
 
     /// The variables an attempt on `launch` adds to the inherited environment when qwen talks

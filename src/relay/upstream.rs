@@ -3,12 +3,16 @@
 //! Invariant: the run's token never goes upstream (header, query, path or body).
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 
 use crate::detect::{self};
 use crate::model::Class;
 use crate::profile::Wire;
 
 use super::http::{Answer, Incoming, ToQwen, hop_by_hop, own_error, stream_answer, write_answer};
+use super::meter::{self, Found, Outcome, Tap};
 use super::shared::{Active, Next, REDACTED, Shared};
 
 /// The header the Gemini API takes its key from; never forwarded from the CLI.
@@ -53,9 +57,18 @@ pub(super) fn relay_request(
                 .and_then(|q| shared.scrub_query(q))
                 .as_deref(),
         );
+        let sent_at = Instant::now();
         let response = match send(shared, req, &active, &url) {
             Ok(r) => r,
             Err(e) => {
+                let took = sent_at.elapsed();
+                shared.count(
+                    active.slot,
+                    Outcome::ServerError,
+                    &Found::default(),
+                    took,
+                    took,
+                );
                 let (status, message) = describe_failure(&e, &url);
                 shared.warn_upstream(format!("{}: {message}", active.who()));
                 let code = if status == 504 {
@@ -73,29 +86,54 @@ pub(super) fn relay_request(
                 return write_answer(out, &answer, &req.method, req.close).map(|()| !req.close);
             }
         };
+        let first = sent_at.elapsed();
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
+        let remaining = meter::remaining(&parts.headers, Utc::now());
         let mut reader = body.into_reader();
         if status < 400 {
-            let keep = stream_answer(
+            // Nothing left on this key: it rests before this answer is passed on, so the next
+            // request (which may follow its last byte at once) already goes to the next key.
+            if let Some(r) = remaining {
+                shared.saw_remaining(&active, r, status < 300);
+            }
+            let mut tap = Tap::new(&mut reader, |found| {
+                answered(shared, &active, status, &found, first, sent_at.elapsed());
+            });
+            let written = stream_answer(
                 out,
                 status,
                 &parts.headers,
                 &req.method,
                 &[],
-                &mut reader,
+                &mut tap,
                 req.close,
-            )?;
-            if (200..300).contains(&status) {
-                shared.succeeded(active.slot);
-            }
-            return Ok(keep);
+            );
+            tap.finish();
+            return written;
+        }
+        // An error answer is classified below; its remaining amounts are only kept.
+        if let Some(r) = remaining {
+            shared.saw_remaining(&active, r, false);
         }
         // An error answer: small, so read it whole and see whether another key can do better.
         let (prefix, complete) = read_prefix(&mut reader, MAX_ERROR_BODY);
+        let hit = complete
+            .then(|| {
+                detect::classify_http(status, &String::from_utf8_lossy(&prefix), &shared.patterns)
+            })
+            .flatten();
+        let outcome = hit
+            .as_ref()
+            .map_or(Outcome::of_status(status), |h| Outcome::Hit(h.class));
+        shared.count(
+            active.slot,
+            outcome,
+            &Found::default(),
+            first,
+            sent_at.elapsed(),
+        );
         if complete {
-            let text = String::from_utf8_lossy(&prefix);
-            let hit = detect::classify_http(status, &text, &shared.patterns);
             // A second auth failure in one request is shown to qwen as it came: moving again
             // could walk every key on one request (never loop). It is reported by output
             // scanning or by the next request.
@@ -137,6 +175,47 @@ pub(super) fn relay_request(
             ),
         };
     }
+}
+
+/// A streamed answer on `active` has passed through: counted, and a 2xx marks the slot's
+/// success, unless the stream carried an error event (`data: {"error":…}` in a 200): that is
+/// classified like the same error as a status code. Its bytes have reached the CLI already, so
+/// it cannot be retried here; the spent slot is marked and the next request goes to the next.
+fn answered(
+    shared: &Shared,
+    active: &Active,
+    status: u16,
+    found: &Found,
+    first: Duration,
+    total: Duration,
+) {
+    let hit = found.error_event.as_deref().and_then(|event| {
+        detect::classify_http(meter::event_status(event), event, &shared.patterns)
+    });
+    let outcome = match (&hit, &found.error_event) {
+        (Some(h), _) => Outcome::Hit(h.class),
+        (None, Some(_)) => Outcome::Other,
+        (None, None) => Outcome::of_status(status),
+    };
+    shared.count(active.slot, outcome, found, first, total);
+    match hit {
+        Some(hit) => {
+            *shared.stream_hit.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.slot);
+            if still_on(shared, active) {
+                let _ = shared.rotate(active, &hit);
+            }
+        }
+        None if found.error_event.is_none() && (200..300).contains(&status) => {
+            shared.succeeded(active.slot);
+        }
+        None => {}
+    }
+}
+
+/// The relay still holds `active`'s slot (no sibling request moved it on).
+fn still_on(shared: &Shared, active: &Active) -> bool {
+    let held = shared.state().active.slot;
+    held == active.slot
 }
 
 /// Writes an answer the relay made itself; one that says every key is spent then lets the run

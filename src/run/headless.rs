@@ -121,8 +121,9 @@ pub(super) fn headless(
         } else {
             finished.outcome
         };
-        // With the relay in the path, the relay rotates keys itself and knows which one is live.
-        let slot = relay.map_or(launch.slot, Relay::current_slot);
+        // With the relay in the path, the relay rotates keys itself and knows which one is live
+        // (or which one carried the error event qwen shows).
+        let slot = relay.map_or(launch.slot, Relay::failed_slot);
         let Some(hit) = finished.hit.clone() else {
             pipes::release(&finished);
             if relay.is_none()

@@ -228,7 +228,7 @@ fn hot_swap(
     };
     // With the relay in the path, most rotations happen there before qwen sees an error; what
     // reaches the screen is an error inside a stream, on the relay's current key.
-    let failed = relay.map_or_else(|| slot.load(Ordering::SeqCst), Relay::current_slot);
+    let failed = relay.map_or_else(|| slot.load(Ordering::SeqCst), Relay::failed_slot);
     let who = what_why(failed, None, hit, vault.paths.profile);
     let to = match vault.report(failed, hit) {
         Ok(Rotation::Switched { to, .. } | Rotation::AlreadyRotated { to }) => to,

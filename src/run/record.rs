@@ -19,6 +19,8 @@ pub(super) struct RunRecord {
     pub(super) attempts: u32,
     /// The relay's count of answered requests per slot, when it is in the path.
     served: Option<relay::Served>,
+    /// What the relay measured per slot, and the remaining quota it last saw per slot.
+    metered: Option<(relay::Metered, relay::Seen)>,
 }
 
 impl RunRecord {
@@ -27,6 +29,7 @@ impl RunRecord {
             started: Instant::now(),
             attempts: 0,
             served: relay.map(Relay::served),
+            metered: relay.map(|r| (r.metered(), r.remaining())),
         }
     }
 
@@ -42,9 +45,20 @@ impl RunRecord {
                 .served
                 .as_ref()
                 .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            usage: self
+                .metered
+                .as_ref()
+                .map(|(m, _)| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .filter(|m| !m.is_empty()),
             ..event
         };
         vault.append_run(event);
+        // The last remaining quota per account, for status and the dashboard: one locked
+        // state write, only when the provider announced any. A failure costs only that view.
+        if let Some((_, seen)) = &self.metered {
+            let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = vault.record_remaining(&seen);
+        }
     }
 
     /// Records the run and leaves with qwen's outcome.

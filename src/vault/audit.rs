@@ -88,6 +88,10 @@ pub struct Event {
     /// `run` through the relay: the requests each slot answered (slot → count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<std::collections::BTreeMap<usize, u64>>,
+    /// `run` through the relay: what it measured per slot (requests by answer class, tokens,
+    /// latency; never a prompt or an answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<std::collections::BTreeMap<usize, crate::vault::usage::Usage>>,
 }
 
 impl Event {

@@ -6,7 +6,7 @@
 //! (`{"api_key","base_url","model","env_key"}`, injected into the child's environment).
 //! Slot numbers are shared by both kinds.
 //!
-//! Files, lowest first: state → selection, audit, slots → env_pool, live, store → source, fleet →
+//! Files, lowest first: usage → state → selection, audit, slots → env_pool, live, store → source, fleet →
 //! redis_store → reconcile → handle → tx → install, rotate → notify → manage, prepare; a file imports only files before it (the
 //! methods of `Vault` and `Tx` are spread over handle … prepare). `store` is the seam of the
 //! pool's shared record (lock, state.yaml, history), `redis_store` its shared implementation
@@ -32,6 +32,7 @@ mod source;
 pub mod state;
 mod store;
 mod tx;
+pub mod usage;
 
 pub use handle::{ApiTarget, Launch, Overview, Rotation, Switch, Vault};
 pub use live::{LiveFile, cli_lock_is_stale, encrypted_storage, owner_of};

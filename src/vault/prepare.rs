@@ -254,6 +254,28 @@ impl Vault {
         })
     }
 
+    /// Keeps the last remaining quota the relay saw per slot in state.yaml (one locked write
+    /// as a run ends, only when the relay saw any). A slot that is gone is skipped.
+    pub fn record_remaining(
+        &self,
+        seen: &std::collections::BTreeMap<usize, crate::vault::usage::Remaining>,
+    ) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.transact("remaining", |tx| {
+            for (n, r) in seen {
+                if let Some(a) = tx.st.accounts.get_mut(n)
+                    && a.remaining.as_ref() != Some(r)
+                {
+                    a.remaining = Some(r.clone());
+                    tx.dirty = true;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Slots that could take a run now.
     pub fn eligible_count(&self) -> usize {
         let now = Utc::now();

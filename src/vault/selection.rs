@@ -119,7 +119,14 @@ impl State {
                     .map(|t| t.min(now + MAX_COOLDOWN))
                     .unwrap_or_else(|| now + delta(quota_cooldown)),
             ),
-            Class::Throttle => Some(now + delta(throttle_cooldown)),
+            // A throttle rests `throttle_cooldown`, or until the provider's announced reset
+            // when that is later (a rate limit whose remaining quota reached 0 for minutes).
+            Class::Throttle => Some(
+                reset_at
+                    .map(|t| t.min(now + MAX_COOLDOWN))
+                    .filter(|t| *t > now + delta(throttle_cooldown))
+                    .unwrap_or_else(|| now + delta(throttle_cooldown)),
+            ),
         };
         match until {
             None => {

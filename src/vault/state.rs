@@ -134,6 +134,9 @@ pub struct Account {
     /// When a cooldown or needs_login last ended (expiry, `reset`, or a successful run).
     #[serde(with = "ts")]
     pub last_reset: Option<DateTime<Utc>>,
+    /// The last remaining quota the provider announced through the relay (absent: unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<crate::vault::usage::Remaining>,
 }
 
 impl Default for Account {
@@ -150,6 +153,7 @@ impl Default for Account {
             installed_digest: None,
             hits: Hits::default(),
             last_reset: None,
+            remaining: None,
         }
     }
 }

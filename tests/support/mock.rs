@@ -17,6 +17,11 @@
 //! retry paths in the few tests that need an error qwen retries (see tests/real_qwen.rs for what
 //! each version actually honours).
 //!
+//! Successful answers carry `usage` (10 prompt, 5 completion tokens: in the JSON answer, and in
+//! the last SSE chunk). A token containing `remaining0` adds OpenAI's rate-limit headers saying
+//! no request is left (`x-ratelimit-remaining-requests: 0`, reset `6m0s`); `remaining`, 42 left
+//! (see [`rate_limit_headers`]).
+//!
 //! `CONNECT host:port` makes the mock an HTTP proxy: a tunnel to the mock itself keeps speaking HTTP
 //! on the same connection; a tunnel to a host registered with [`Mock::route`] is spliced to that
 //! local address (used to put a local TLS "OAuth host" behind `chat.qwen.ai:443`).
@@ -593,8 +598,31 @@ fn respond(inner: &Inner, req: &Incoming, w: &mut TcpStream) -> io::Result<()> {
     }
 }
 
+/// The rate-limit headers a token asks for (OpenAI's form): `remaining0` — no request left
+/// (reset in 6m0s), `remaining` — 42 left; any other token, none.
+pub fn rate_limit_headers(token: &str) -> &'static [(&'static str, &'static str)] {
+    if token.contains("remaining0") {
+        &[
+            ("x-ratelimit-limit-requests", "100"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-remaining-tokens", "90000"),
+            ("x-ratelimit-reset-tokens", "20ms"),
+        ]
+    } else if token.contains("remaining") {
+        &[
+            ("x-ratelimit-remaining-requests", "42"),
+            ("x-ratelimit-reset-requests", "1m30s"),
+            ("x-ratelimit-remaining-tokens", "12345"),
+        ]
+    } else {
+        &[]
+    }
+}
+
 fn answer(w: &mut TcpStream, token: &str, model: &str, stream: bool) -> io::Result<()> {
     let text = reply_text(token);
+    let limits = rate_limit_headers(token);
     let created = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -608,7 +636,7 @@ fn answer(w: &mut TcpStream, token: &str, model: &str, stream: bool) -> io::Resu
                          "finish_reason": "stop"}],
             "usage": usage,
         });
-        return send(w, 200, &[], body.to_string().as_bytes());
+        return send(w, 200, limits, body.to_string().as_bytes());
     }
     let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
         serde_json::json!({
@@ -630,7 +658,7 @@ fn answer(w: &mut TcpStream, token: &str, model: &str, stream: bool) -> io::Resu
         last,
     ];
     let events: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
-    send_sse(w, &events)
+    send_sse_with(w, limits, &events)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -662,10 +690,19 @@ fn send(w: &mut TcpStream, status: u16, extra: &[(&str, &str)], body: &[u8]) -> 
 
 /// A 200 `text/event-stream`, one chunked-encoding chunk per event, then `[DONE]`.
 fn send_sse(w: &mut TcpStream, events: &[Vec<u8>]) -> io::Result<()> {
-    w.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-          transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
-    )?;
+    send_sse_with(w, &[], events)
+}
+
+fn send_sse_with(w: &mut TcpStream, extra: &[(&str, &str)], events: &[Vec<u8>]) -> io::Result<()> {
+    let mut head = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         transfer-encoding: chunked\r\nconnection: keep-alive\r\n",
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
     let mut chunk = |data: &[u8]| -> io::Result<()> {
         let mut frame = Vec::with_capacity(data.len() + 8);
         frame.extend_from_slice(b"data: ");

@@ -61,7 +61,13 @@
     const rows = snap.accounts.map((a) => {
       const cd = el("td", { class: "cooldown num" }, "—");
       if (a.cooldown_until) { cd.classList.add("countdown"); cd.dataset.until = a.cooldown_until; }
-      const rem = a.remaining == null ? "—" : String(a.remaining);
+      const r = a.remaining, parts = [], resets = [];
+      if (r && r.requests != null) parts.push(r.requests + " req");
+      if (r && r.tokens != null) parts.push(r.tokens + " tok");
+      if (r && r.requests_reset) resets.push("requests reset " + clock(r.requests_reset));
+      if (r && r.tokens_reset) resets.push("tokens reset " + clock(r.tokens_reset));
+      if (r && r.seen) resets.push("seen " + clock(r.seen));
+      const rem = parts.length ? parts.join(" · ") : "—";
       return el("tr", { "data-slot": a.slot, "data-status": a.status, "data-live": a.live, class: a.live ? "live" : "" },
         el("td", { title: a.live ? "live" : "" }, a.live ? "●" : ""),
         el("td", { class: "num" }, a.slot),
@@ -69,7 +75,7 @@
         el("td", {}, a.kind === "api_key" ? "API key" : a.kind === "oauth" ? "OAuth" : a.kind || "?"),
         el("td", { class: "status" }, el("span", { class: "badge " + a.status }, STATUS[a.status] || a.status)),
         cd,
-        el("td", { class: "remaining num" }, rem),
+        el("td", { class: "remaining num", title: resets.join(", ") }, rem),
         el("td", { class: "num" }, a.switches),
         el("td", { class: "num" }, a.hits.quota + "/" + a.hits.throttle + "/" + a.hits.auth),
         el("td", { class: "num" }, a.runs),
@@ -128,9 +134,9 @@
     const days = [];
     for (let i = 13; i >= 0; i--) days.push(new Date(end - i * 86400e3).toISOString().slice(0, 10));
     const figs = snap.accounts.map((a) => {
-      const per = days.map((d) => (byDate[d] && byDate[d].accounts[String(a.slot)]) || { runs: 0, hits: 0 });
-      const max = Math.max(1, ...per.map((p) => Math.max(p.runs, p.hits)));
-      const W = 280, H = 110, B = 16, T = 14, slot = (W - 8) / days.length, bw = slot / 2 - 1.5;
+      const per = days.map((d) => Object.assign({ runs: 0, hits: 0, requests: 0, tokens: 0 }, byDate[d] && byDate[d].accounts[String(a.slot)]));
+      const max = Math.max(1, ...per.map((p) => Math.max(p.runs, p.hits, p.requests)));
+      const W = 280, H = 110, B = 16, T = 14, slot = (W - 8) / days.length, bw = slot / 3 - 1;
       const s = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "runs and hits of account " + a.slot, "data-slot": a.slot });
       s.append(svg("line", { x1: 4, x2: W - 4, y1: H - B, y2: H - B, class: "grid" }));
       const top = svg("text", { x: W - 4, y: 10, "text-anchor": "end" }); top.textContent = "max " + max; s.append(top);
@@ -139,11 +145,21 @@
         const h = (v) => ((H - B - T) * v) / max;
         s.append(svg("rect", { x: x0 + 1, y: H - B - h(p.runs), width: bw, height: h(p.runs), class: "runs" }, days[i] + ": " + p.runs + " runs"));
         s.append(svg("rect", { x: x0 + 1 + bw, y: H - B - h(p.hits), width: bw, height: h(p.hits), class: "quota" }, days[i] + ": " + p.hits + " hits"));
+        s.append(svg("rect", { x: x0 + 1 + 2 * bw, y: H - B - h(p.requests), width: bw, height: h(p.requests), class: "requests" }, days[i] + ": " + p.requests + " requests"));
+      });
+      // Tokens (in + out) per day, on their own scale.
+      const tmax = Math.max(1, ...per.map((p) => p.tokens)), TH = 60;
+      const t = svg("svg", { viewBox: "0 0 " + W + " " + TH, role: "img", "aria-label": "tokens of account " + a.slot, "data-slot": a.slot, class: "tokens-chart" });
+      t.append(svg("line", { x1: 4, x2: W - 4, y1: TH - 4, y2: TH - 4, class: "grid" }));
+      const ttop = svg("text", { x: W - 4, y: 10, "text-anchor": "end" }); ttop.textContent = "tokens, max " + tmax; t.append(ttop);
+      per.forEach((p, i) => {
+        const ht = ((TH - 18) * p.tokens) / tmax;
+        t.append(svg("rect", { x: 4 + i * slot + 1, y: TH - 4 - ht, width: slot - 2, height: ht, class: "tokens" }, days[i] + ": " + p.tokens + " tokens"));
       });
       const d0 = svg("text", { x: 4, y: H - 3 }); d0.textContent = days[0];
       const d1 = svg("text", { x: W - 4, y: H - 3, "text-anchor": "end" }); d1.textContent = days[days.length - 1];
       s.append(d0, d1);
-      return el("figure", {}, el("figcaption", {}, "Account " + name(a.slot)), s);
+      return el("figure", {}, el("figcaption", {}, "Account " + name(a.slot)), s, t);
     });
     box.replaceChildren(...figs);
   }
