@@ -95,7 +95,9 @@ pub fn private_honored(paths: &Paths) -> bool {
 /// The system settings file: `QWEN_CODE_SYSTEM_SETTINGS_PATH`, else /etc/qwen-code/settings.json
 /// (the profile's `system_var` and `system_default`).
 pub fn system_path(spec: &SettingsSpec) -> PathBuf {
-    std::env::var_os(spec.system_var)
+    Some(spec.system_var)
+        .filter(|name| !name.is_empty())
+        .and_then(std::env::var_os)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(spec.system_default))
@@ -249,6 +251,10 @@ pub fn override_env(
     selected: &Selected,
 ) -> std::io::Result<Vec<(OsString, OsString)>> {
     let spec = &paths.profile.settings;
+    // No variable points the CLI to another system settings file (claude): nothing to write.
+    if spec.system_var.is_empty() {
+        return Ok(Vec::new());
+    }
     if !private_honored(paths) {
         // The CLI would skip the file (and say so on every run): the run goes without it.
         return Ok(Vec::new());

@@ -53,7 +53,7 @@ fn oauth_supported(v: &Vault) -> Result<(), Error> {
     let name = profile.name;
     if !profile.creds.file_swap {
         return Err(Error::Usage(format!(
-            "OAuth accounts are not supported for {name} yet ({name} rewrites {} without a lock, so swapping logins is unsafe); add API keys instead: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
+            "subscription logins (OAuth, {}) are not rotated for {name} yet; add API keys instead: printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL",
             profile.creds.file,
         )));
     }

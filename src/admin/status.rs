@@ -172,7 +172,7 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
         // A CLI whose logins cannot be swapped: API keys only (a key's base URL is the
         // provider's by default).
         return format!(
-            "No accounts in {} yet.\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL\n",
+            "No accounts in {} yet.\n  Add an API key (from stdin):    printf %s \"$KEY\" | {name} --rotation-add --api-key LABEL\n  Subscription logins (OAuth) are not rotated for {name} yet.\n",
             v.paths.home.display(),
             name = v.paths.profile.name
         );

@@ -28,11 +28,17 @@ pub const GEMINI_QUOTA_MESSAGE: &str =
     "You exceeded your current quota, please check your plan and billing details.";
 const GEMINI_QUOTA_ID: &str = "GenerateRequestsPerDayPerProjectPerModel-FreeTier";
 
+/// Anthropic's spent key (a 400, not a 429), for the step line; the demo's provider does not
+/// speak the Messages API yet (the demo refuses claude before it starts one).
+const ANTHROPIC_QUOTA_TYPE: &str = "invalid_request_error";
+const ANTHROPIC_QUOTA_MESSAGE: &str = "Your credit balance is too low to access the Anthropic API.";
+
 /// The code and words of the spent key's 429 on `wire`, as the step line shows them.
 pub fn quota_words(wire: Wire) -> (&'static str, &'static str) {
     match wire {
         Wire::OpenAi => (QUOTA_CODE, QUOTA_MESSAGE),
         Wire::Gemini => (GEMINI_QUOTA_STATUS, GEMINI_QUOTA_MESSAGE),
+        Wire::Anthropic => (ANTHROPIC_QUOTA_TYPE, ANTHROPIC_QUOTA_MESSAGE),
     }
 }
 
@@ -131,7 +137,7 @@ impl Provider {
     pub fn base_url(&self) -> String {
         match self.wire {
             Wire::OpenAi => format!("http://{}/v1", self.addr),
-            Wire::Gemini => format!("http://{}", self.addr),
+            Wire::Gemini | Wire::Anthropic => format!("http://{}", self.addr),
         }
     }
 }
@@ -156,6 +162,8 @@ fn serve(wire: Wire, keys: &Keys, tx: &Sender<Seen>, conn: TcpStream) -> io::Res
         match wire {
             Wire::OpenAi => openai_chat(keys, tx, &req, &mut writer)?,
             Wire::Gemini => gemini(keys, tx, &req, &mut writer)?,
+            // Not served yet: the connection closes unanswered.
+            Wire::Anthropic => break,
         }
         if close {
             break;

@@ -62,6 +62,12 @@ impl Cli {
                 one_shot: profile.argv.one_shot.first().copied(),
                 older: None,
             },
+            // Refused before it gets here (see `demo`).
+            Wire::Anthropic => Cli {
+                model: profile.api.example_model,
+                one_shot: profile.argv.one_shot.first().copied(),
+                older: None,
+            },
         }
     }
 
@@ -119,6 +125,14 @@ pub fn run(profile: &'static Profile) -> i32 {
 
 fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     let name = profile.name;
+    if profile.api.wire == Wire::Anthropic {
+        return Err(Fail(
+            2,
+            format!(
+                "not built for {name} yet (its provider does not speak the Messages API); see docs/CLAUDE.md for a run against your own keys"
+            ),
+        ));
+    }
     let real = crate::locate::real_qwen().map_err(|e| Fail(e.exit_code(), e.to_string()))?;
     let home = Home::create(profile).map_err(|e| {
         Fail(

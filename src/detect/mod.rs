@@ -44,13 +44,15 @@
 //! Files, lowest first (each imports only the ones above it): `normalize` (the byte-stream
 //! normaliser) → `reset` (reset times in a message) → `patterns` (the profile's phrase table
 //! compiled, with the `patterns:` section of `rotation.yaml`) → `google` (Google API error
-//! answers by their structure, midnight Pacific time) → `classify` (HTTP answers and json output), `detector` (the streaming window over a stream). The phrases, the json error
+//! answers by their structure, midnight Pacific time), `anthropic` (Anthropic API error answers
+//! by their status, structure and headers) → `classify` (HTTP answers and json output), `detector` (the streaming window over a stream). The phrases, the json error
 //! prefixes and the screen anchors (`✕`, the Ctrl+Y hint, the countdown) are the active
 //! profile's (`crate::profile`). May import the ground floor
 //! (`text`, `model`, `fault`, `profile`, `error`, `files`) and std/crates; nothing else of ours.
 //!
 //! [`Normalizer`]: normalize::Normalizer
 
+mod anthropic;
 mod classify;
 mod detector;
 mod google;
@@ -60,6 +62,7 @@ mod reset;
 #[cfg(test)]
 mod test_support;
 
+pub use anthropic::classify_anthropic;
 pub use classify::{classify_http, classify_json_output};
 pub use detector::{Anchor, Detector};
 pub use google::{classify_google, next_pacific_midnight};

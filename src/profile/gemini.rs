@@ -78,6 +78,8 @@ pub static GEMINI: Profile = Profile {
         example_base_url: "https://generativelanguage.googleapis.com",
         example_model: "gemini-2.5-pro",
         relay_needs_selected: true,
+        relay_token_var: None,
+        relay_unset: &[],
         example_plan_url: "https://generativelanguage.googleapis.com",
     },
     // Settings layers (read in source): system `GEMINI_CLI_SYSTEM_SETTINGS_PATH` (default

@@ -2,7 +2,8 @@
 //!
 //! Ground floor: a [`Profile`] is a value of plain structs, strings, slices and durations (no
 //! trait, no behaviour), so every layer above may read it. It imports only `model` (for the
-//! [`Class`] of a phrase). One profile per CLI: `qwen` ([`QWEN`]) and `gemini` ([`GEMINI`]).
+//! [`Class`] of a phrase). One profile per CLI: `qwen` ([`QWEN`]), `gemini` ([`GEMINI`]) and
+//! `claude` ([`CLAUDE`]).
 //!
 //! How a profile is chosen: `main` calls [`select`] with argv[0] first thing; the file name the
 //! binary was run as picks a profile from [`ALL`] by [`Profile::name`], and any other name falls
@@ -16,9 +17,10 @@
 //! `rotation-settings/`, `.qwen-rotation-` temporaries, the shim marker), which is the same
 //! whatever CLI a pool belongs to.
 //!
-//! Files: `qwen` (the [`QWEN`] value), `gemini` (the [`GEMINI`] value), each group with the
-//! facts it comes from.
+//! Files: `qwen` (the [`QWEN`] value), `gemini` (the [`GEMINI`] value), `claude` (the
+//! [`CLAUDE`] value), each group with the facts it comes from.
 
+mod claude;
 mod gemini;
 mod qwen;
 
@@ -29,11 +31,12 @@ use std::time::Duration;
 
 use crate::model::Class;
 
+pub use claude::CLAUDE;
 pub use gemini::GEMINI;
 pub use qwen::QWEN;
 
 /// Every profile the binary knows, chosen by the name it was run as.
-pub static ALL: &[&Profile] = &[&QWEN, &GEMINI];
+pub static ALL: &[&Profile] = &[&QWEN, &GEMINI, &CLAUDE];
 
 /// One CLI: its names, files, variables, argv, output shapes and wording.
 #[derive(Debug, Clone)]
@@ -163,6 +166,10 @@ pub enum Wire {
     /// `/v1beta/models/<model>:generateContent` under a base URL without a path, the model in
     /// the path, errors as `{"error":{"code","status","message","details"}}`.
     Gemini,
+    /// Anthropic's Messages API: the key as `x-api-key` (a token as `Authorization: Bearer`),
+    /// `POST /v1/messages` under a base URL without a path, the model in the request body,
+    /// errors as `{"type":"error","error":{"type","message"}}`; the CLI probes `HEAD /api/hello`.
+    Anthropic,
 }
 
 /// The API-key variables the CLI reads.
@@ -197,6 +204,13 @@ pub struct Api {
     /// [`SettingsSpec::auth_api_key`] (else it picks another auth type): the relay needs that
     /// selection, from the user's settings or from the private system-settings override.
     pub relay_needs_selected: bool,
+    /// The variable the relay's per-run token goes in when it is not the key's (claude takes a
+    /// bearer token as `ANTHROPIC_AUTH_TOKEN` without asking the person to approve a new key);
+    /// `None`: the slot's key variable.
+    pub relay_token_var: Option<&'static str>,
+    /// Removed from the CLI's environment while it talks through the relay: variables that
+    /// would carry a key of their own beside (or over) the relay's token.
+    pub relay_unset: &'static [&'static str],
 }
 
 /// The CLI's settings files and the keys we read or write in them.
@@ -327,6 +341,17 @@ mod tests {
         assert!(!std::ptr::eq(
             for_name(Some(OsStr::new("gemini-cli"))),
             &GEMINI
+        ));
+    }
+
+    #[test]
+    fn the_name_claude_picks_the_claude_profile() {
+        for argv0 in ["claude", "/usr/local/bin/claude", "./claude"] {
+            assert!(std::ptr::eq(for_name(Some(OsStr::new(argv0))), &CLAUDE));
+        }
+        assert!(!std::ptr::eq(
+            for_name(Some(OsStr::new("claude-code"))),
+            &CLAUDE
         ));
     }
 

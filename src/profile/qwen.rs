@@ -73,6 +73,8 @@ pub static QWEN: Profile = Profile {
         example_base_url: "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
         example_model: "qwen3-coder-plus",
         relay_needs_selected: false,
+        relay_token_var: None,
+        relay_unset: &[],
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).

@@ -280,7 +280,8 @@ pub(super) struct Answer {
 }
 
 /// An answer of the relay's own in the shape of the CLI's provider: OpenAI's
-/// `{"error":{"message","type","code"}}`, or Google's `{"error":{"code","status","message"}}`.
+/// `{"error":{"message","type","code"}}`, Google's `{"error":{"code","status","message"}}`, or
+/// Anthropic's `{"type":"error","error":{"type","message"}}`.
 pub(super) fn own_error(wire: Wire, status: u16, message: &str, kind: &str, code: &str) -> Answer {
     let body = match wire {
         Wire::OpenAi => {
@@ -289,6 +290,10 @@ pub(super) fn own_error(wire: Wire, status: u16, message: &str, kind: &str, code
         Wire::Gemini => serde_json::json!({"error": {
             "code": status,
             "status": google_status(status, code),
+            "message": message,
+        }}),
+        Wire::Anthropic => serde_json::json!({"type": "error", "error": {
+            "type": anthropic_type(status, code),
             "message": message,
         }}),
     };
@@ -313,12 +318,36 @@ fn google_status(status: u16, code: &str) -> &'static str {
     }
 }
 
+/// Anthropic's error type for one of our answers. A refused token is a wiring fault, not a
+/// rejected key: it gets a type no auth phrase matches.
+fn anthropic_type(status: u16, code: &str) -> &'static str {
+    match (status, code) {
+        (_, "relay_token_mismatch") => "invalid_request_error",
+        (429, _) => "rate_limit_error",
+        (404, _) => "not_found_error",
+        (413, _) => "request_too_large",
+        (500..=599, _) => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// The answer to claude's `HEAD /api/hello` probe: 200, empty.
+pub(super) fn hello_answer() -> Answer {
+    Answer {
+        status: 200,
+        headers: Vec::new(),
+        body: Vec::new(),
+        all_spent: false,
+    }
+}
+
 /// A quota answer the CLI gives up on at once. OpenAI-compatible: 0.24 fails fast on a
 /// message with "quota", "exhausted" and "will reset"/"reset at" (`isQuotaExhaustedError`),
 /// `x-should-retry: false` turns off the OpenAI SDK's own three retries, and
 /// `insufficient_quota` in the text lets output scanning classify it whatever qwen prints
 /// around it (0.12 shows only the message). Gemini: a 429 whose `QuotaFailure` names a daily
-/// quota is terminal in gemini (no retry, no fallback in a headless run).
+/// quota is terminal in gemini (no retry, no fallback in a headless run). Anthropic: claude
+/// retries a 429 for minutes unless `x-should-retry: false` says not to.
 fn quota_answer(wire: Wire, message: &str) -> Answer {
     let mut answer = own_error(
         wire,
@@ -348,7 +377,7 @@ fn quota_answer(wire: Wire, message: &str) -> Answer {
 fn openai_code(wire: Wire) -> &'static str {
     match wire {
         Wire::OpenAi => " (insufficient_quota)",
-        Wire::Gemini => "",
+        Wire::Gemini | Wire::Anthropic => "",
     }
 }
 
@@ -698,5 +727,41 @@ mod tests {
         for (_, name, re) in crate::profile::GEMINI.detect.phrases {
             assert!(!regex::Regex::new(re).unwrap().is_match(&text), "{name}");
         }
+    }
+
+    #[test]
+    fn anthropic_answers_are_anthropic_errors_and_all_spent_stops_claude() {
+        let doc = |a: &Answer| serde_json::from_slice::<serde_json::Value>(&a.body).unwrap();
+        let header = |a: &Answer, name: &str| {
+            a.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        };
+        for a in [
+            exhausted_answer(Wire::Anthropic, None),
+            unservable_answer(Wire::Anthropic, 2),
+        ] {
+            let d = doc(&a);
+            assert_eq!(a.status, 429);
+            assert_eq!(d["type"], "error");
+            assert_eq!(d["error"]["type"], "rate_limit_error");
+            // Without it claude retries a 429 for minutes.
+            assert_eq!(header(&a, "x-should-retry").as_deref(), Some("false"));
+            let body = String::from_utf8_lossy(&a.body);
+            assert!(!body.contains("insufficient_quota"), "{body}");
+        }
+        assert!(exhausted_answer(Wire::Anthropic, None).all_spent);
+        let refused = refused_answer(Wire::Anthropic);
+        let d = doc(&refused);
+        assert_eq!(refused.status, 401);
+        assert_eq!(d["error"]["type"], "invalid_request_error");
+        // A wiring fault: none of claude's phrases (what output scanning rotates on) matches.
+        let text = String::from_utf8_lossy(&refused.body).to_lowercase();
+        for (_, name, re) in crate::profile::CLAUDE.detect.phrases {
+            assert!(!regex::Regex::new(re).unwrap().is_match(&text), "{name}");
+        }
+        let hello = hello_answer();
+        assert_eq!((hello.status, hello.body.len()), (200, 0));
     }
 }

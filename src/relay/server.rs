@@ -13,7 +13,7 @@ use crate::model::Secret;
 use crate::profile::Wire;
 
 use super::http::{
-    CHUNK, FromQwen, IDLE_TIMEOUT, Incoming, ToQwen, own_error, read_body, read_head,
+    CHUNK, FromQwen, IDLE_TIMEOUT, Incoming, ToQwen, hello_answer, own_error, read_body, read_head,
     refused_answer, write_answer,
 };
 use super::shared::Shared;
@@ -114,6 +114,17 @@ fn serve_connection(shared: &Shared, id: u64, conn: &TcpStream) -> io::Result<()
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Claude's reachability probe: answered here, never sent on (it carries no key).
+        if shared.wire() == Wire::Anthropic
+            && req.method.eq_ignore_ascii_case("HEAD")
+            && req.path == "/api/hello"
+        {
+            write_answer(&mut out, &hello_answer(), &req.method, req.close)?;
+            if req.close {
+                return Ok(());
+            }
+            continue;
+        }
         if !authorized(&req, &shared.token, shared.wire()) {
             // Answered from the head alone: nobody without the token makes us read its body.
             write_answer(&mut out, &refused_answer(shared.wire()), &req.method, true)?;
@@ -203,17 +214,18 @@ fn refuse_rest(conn: &TcpStream) -> io::Result<()> {
 /// `Authorization: Bearer <token>`, compared in constant time (the token is the only thing that
 /// stands between another local user and the keys).
 /// The request carries the run's token where the CLI puts its key: `Authorization: Bearer`
-/// (OpenAI-compatible), or `x-goog-api-key` / the `key=` query parameter (the Gemini API).
+/// (OpenAI-compatible; Anthropic's, where claude puts `ANTHROPIC_AUTH_TOKEN`), or
+/// `x-goog-api-key` / the `key=` query parameter (the Gemini API).
 fn authorized(req: &Incoming, token: &Secret, wire: Wire) -> bool {
     let given = match wire {
-        Wire::OpenAi => req
-            .header("authorization")
-            .and_then(|value| match value.get(..7) {
-                Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => {
-                    Some(value[7..].trim_ascii())
-                }
-                _ => None,
-            }),
+        Wire::OpenAi | Wire::Anthropic => req.header("authorization").and_then(|value| match value
+            .get(..7)
+        {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+                Some(value[7..].trim_ascii())
+            }
+            _ => None,
+        }),
         Wire::Gemini => req
             .header("x-goog-api-key")
             .map(<[u8]>::trim_ascii)

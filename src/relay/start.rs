@@ -162,7 +162,8 @@ impl Relay {
     /// The variables an attempt on `launch` adds to the inherited environment when qwen talks
     /// through the relay; None when the relay cannot serve `launch` (run it with its own env).
     ///
-    /// The run's token goes under the slot's key variable and the relay's URL under the
+    /// The run's token goes under the slot's key variable (or the profile's
+    /// `relay_token_var`: claude's `ANTHROPIC_AUTH_TOKEN`) and the relay's URL under the
     /// profile's base-URL variable (`OPENAI_BASE_URL`; the real key and URL stay here), the
     /// slot's model under its first model variable (`OPENAI_MODEL`).
     /// `NO_PROXY`/`no_proxy` gain `127.0.0.1`: qwen 0.24 sends every request through
@@ -174,11 +175,11 @@ impl Relay {
             .as_ref()
             .filter(|_| launch.kind == Kind::ApiKey)?;
         let vars = &self.shared.vault.paths.profile.api;
+        let token_var = vars
+            .relay_token_var
+            .map_or_else(|| OsString::from(&api.env_key), OsString::from);
         let mut env = vec![
-            (
-                OsString::from(&api.env_key),
-                OsString::from(self.token.expose()),
-            ),
+            (token_var, OsString::from(self.token.expose())),
             (
                 OsString::from(vars.base_url_var),
                 OsString::from(&self.base_url),
@@ -233,6 +234,24 @@ impl Drop for Relay {
         for (_, conn) in open {
             let _ = conn.stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+/// Sets `env` on `cmd`. When it carries the relay's token under the profile's
+/// `relay_token_var`, the profile's `relay_unset` variables (a key of the person's own, which the
+/// CLI would send beside the token or prefer to it) are removed from the child's environment.
+pub fn apply_env(cmd: &mut std::process::Command, env: &[(OsString, OsString)]) {
+    let api = &crate::profile::active().api;
+    let through_relay = api
+        .relay_token_var
+        .is_some_and(|var| env.iter().any(|(k, _)| *k == var));
+    if through_relay {
+        for var in api.relay_unset {
+            cmd.env_remove(var);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
 }
 

@@ -17,6 +17,9 @@ use super::shared::{Active, Next, REDACTED, Shared};
 
 /// The header the Gemini API takes its key from; never forwarded from the CLI.
 const KEY_HEADER: &str = "x-goog-api-key";
+/// The header Anthropic's API takes its key from; on that wire never forwarded from the CLI
+/// (nor its `Authorization`, which carries the run's token).
+const ANTHROPIC_KEY_HEADER: &str = "x-api-key";
 
 /// Error answers are read whole to classify them. Provider error bodies are a few hundred
 /// bytes; a larger one is passed through unclassified.
@@ -120,7 +123,20 @@ pub(super) fn relay_request(
         let (prefix, complete) = read_prefix(&mut reader, MAX_ERROR_BODY);
         let hit = complete
             .then(|| {
-                detect::classify_http(status, &String::from_utf8_lossy(&prefix), &shared.patterns)
+                let body = String::from_utf8_lossy(&prefix);
+                let anthropic = (shared.wire() == Wire::Anthropic).then(|| {
+                    let header = |name: &str| {
+                        parts
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    detect::classify_anthropic(status, &header, &body, shared.patterns.now())
+                });
+                anthropic
+                    .flatten()
+                    .or_else(|| detect::classify_http(status, &body, &shared.patterns))
             })
             .flatten();
         let outcome = hit
@@ -272,6 +288,7 @@ fn send(
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
     use ureq::http::{HeaderName, HeaderValue};
     let listed = connection_listed(&req.headers);
+    let wire = shared.wire();
     let mut builder = ureq::http::Request::builder()
         .method(req.method.as_str())
         .uri(url);
@@ -280,6 +297,9 @@ fn send(
         // the provider never sees it.
         if hop_by_hop(name)
             || name.eq_ignore_ascii_case(KEY_HEADER)
+            || (wire == Wire::Anthropic
+                && (name.eq_ignore_ascii_case(ANTHROPIC_KEY_HEADER)
+                    || name.eq_ignore_ascii_case("authorization")))
             || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
             || shared.token_at.is_match(value)
         {
@@ -295,13 +315,17 @@ fn send(
     }
     // The slot's key where the provider's API wants it (the run's token, wherever the CLI put
     // it, was dropped above).
-    let (header, value) = match shared.wire() {
+    let (header, value) = match wire {
         Wire::OpenAi => (
             ureq::http::header::AUTHORIZATION,
             format!("Bearer {}", active.target.key.expose()),
         ),
         Wire::Gemini => (
             HeaderName::from_static(KEY_HEADER),
+            active.target.key.expose().to_string(),
+        ),
+        Wire::Anthropic => (
+            HeaderName::from_static(ANTHROPIC_KEY_HEADER),
             active.target.key.expose().to_string(),
         ),
     };

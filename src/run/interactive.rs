@@ -56,9 +56,8 @@ pub(super) fn interactive_session(
         record.attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
         let mut cmd = Command::new(real);
         cmd.args(args);
-        for (k, v) in attempt_env(vault, &launch, relay.as_deref(), args) {
-            cmd.env(k, v);
-        }
+        let env = attempt_env(vault, &launch, relay.as_deref(), args);
+        crate::relay::apply_env(&mut cmd, &env);
         let slot = Arc::new(std::sync::atomic::AtomicUsize::new(launch.slot));
         let mut detector = Detector::new(Arc::clone(&patterns), Anchor::Screen);
         let mut exit_detector = Detector::new(Arc::clone(&patterns), Anchor::Plain);

@@ -84,9 +84,7 @@ pub struct Finished {
 pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
     let mut cmd = Command::new(a.program);
     cmd.args(a.args);
-    for (k, v) in &a.env {
-        cmd.env(k, v);
-    }
+    crate::relay::apply_env(&mut cmd, &a.env);
     cmd.stderr(Stdio::piped());
     cmd.stdout(if a.stdout == StdoutMode::Inherit {
         Stdio::inherit()
