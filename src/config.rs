@@ -531,6 +531,15 @@ mod tests {
     }
 
     #[test]
+    fn claude_config_dir_names_the_home_itself() {
+        let user = || Some(PathBuf::from("/u"));
+        let claude = &crate::profile::CLAUDE;
+        let set = home_in(claude, Some(OsString::from("/cfg/claude-work")), user);
+        assert_eq!(set, Path::new("/cfg/claude-work"));
+        assert_eq!(home_in(claude, None, user), Path::new("/u/.claude"));
+    }
+
+    #[test]
     fn a_cli_without_a_lock_has_no_lock_path() {
         let mut profile = crate::profile::QWEN.clone();
         profile.creds.lock = None;

@@ -1,0 +1,248 @@
+//! The shim as `claude` in front of the REAL Claude Code 2.1.332, offline, against a mock of
+//! Anthropic's Messages API (tests/support/real_claude.rs): API keys through the loopback relay.
+//!
+//! Each test names what it proves by what the mock saw (which key was asked, how often) and by
+//! what claude printed; waits have deadlines, never sleeps.
+
+#[path = "support/real_claude.rs"]
+mod real_claude;
+
+use std::time::{Duration, Instant};
+
+use real_claude::{ClaudeMock, Sandbox, secrets};
+
+/// A sandbox and a mock, with the keys `keys` added through `claude --rotation-add --api-key`.
+fn setup(keys: &[&str]) -> Option<(Sandbox, ClaudeMock)> {
+    let sb = Sandbox::new()?;
+    let mock = ClaudeMock::start();
+    for (i, key) in keys.iter().enumerate() {
+        sb.add_key(&format!("key{}", i + 1), key, &mock.url());
+    }
+    Some((sb, mock))
+}
+
+/// Every request reached the mock as Anthropic's API wants it: `x-api-key`, no Authorization
+/// (the run's token stays with the relay), on `/v1/messages`.
+fn assert_upstream_shape(mock: &ClaudeMock) {
+    for s in mock.seen() {
+        assert!(
+            !s.authorization,
+            "an Authorization header went upstream: {s:?}"
+        );
+        assert!(!s.key.is_empty(), "no x-api-key upstream: {s:?}");
+        assert_eq!(s.path, "/v1/messages", "{s:?}");
+    }
+}
+
+#[test]
+fn a_spent_key_1_is_answered_by_key_2_in_text_mode() {
+    let Some((sb, mock)) = setup(&["k1_credit", "k2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert!(!out.stdout().contains("Credit balance"), "{}", out.dump());
+    assert_eq!(
+        mock.count("k1_credit"),
+        1,
+        "key 1 asked once: {:?}",
+        mock.seen()
+    );
+    assert!(mock.count("k2_ok") >= 1, "{:?}", mock.seen());
+    assert_upstream_shape(&mock);
+    let switches: Vec<_> = sb
+        .rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .collect();
+    assert_eq!(switches.len(), 1, "{switches:?}");
+    assert_eq!(
+        (switches[0]["from"].as_u64(), switches[0]["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+}
+
+#[test]
+fn a_spent_key_1_is_answered_by_key_2_in_json_mode() {
+    let Some((sb, mock)) = setup(&["k1_credit", "k2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello", "--output-format", "json"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let doc: serde_json::Value = serde_json::from_str(out.stdout().trim())
+        .unwrap_or_else(|e| panic!("json stdout ({e}): {}", out.dump()));
+    assert_eq!(doc["is_error"], false, "{}", out.dump());
+    let result = doc["result"].as_str().unwrap_or_default();
+    assert!(result.contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert_eq!(mock.count("k1_credit"), 1, "{:?}", mock.seen());
+}
+
+#[test]
+fn a_throttled_key_1_moves_to_key_2_at_once() {
+    // claude alone retries a 429 with `retry-after: 30` ten times (over five minutes); the relay
+    // moves the same request to key 2, so key 1 is asked once and claude never sees the 429.
+    let Some((sb, mock)) = setup(&["k1_throttle", "k2_ok"]) else {
+        return;
+    };
+    let started = Instant::now();
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert_eq!(mock.count("k1_throttle"), 1, "{:?}", mock.seen());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "took {:?}: {}",
+        started.elapsed(),
+        out.dump()
+    );
+}
+
+#[test]
+fn a_usage_limit_on_key_1_moves_to_key_2() {
+    let Some((sb, mock)) = setup(&["k1_limit", "k2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k2_ok"), "{}", out.dump());
+    assert_eq!(mock.count("k1_limit"), 1, "{:?}", mock.seen());
+}
+
+#[test]
+fn every_key_spent_ends_the_run_with_75_at_once() {
+    let Some((sb, mock)) = setup(&["k1_credit", "k2_limit"]) else {
+        return;
+    };
+    let started = Instant::now();
+    let out = sb.run(&["-p", "hello"], None);
+    let took = started.elapsed();
+    assert_eq!(out.code(), 75, "{}", out.dump());
+    assert!(!out.stdout().contains("REPLY-FROM"), "{}", out.dump());
+    // claude does not retry the relay's answer: one request per key, within seconds.
+    assert_eq!(mock.count("k1_credit"), 1, "{:?}", mock.seen());
+    assert_eq!(mock.count("k2_limit"), 1, "{:?}", mock.seen());
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}: {}",
+        out.dump()
+    );
+    // The earliest reset is key 2's usage-limit reset, an hour from now.
+    assert!(out.stderr().contains("returns at "), "{}", out.dump());
+}
+
+#[test]
+fn the_keys_are_not_in_claudes_environment() {
+    let Some((mut sb, mock)) = setup(&["k1_hold", "k2_ok"]) else {
+        return;
+    };
+    // A key of the person's own in the environment: kept out of claude's.
+    sb.env("ANTHROPIC_API_KEY", secrets::secret("own_key"));
+    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
+    let shim = child.id();
+    // While key 1's answer is held, claude is alive: read every process of the run.
+    assert!(
+        mock.wait_for(Duration::from_secs(60), |s| s.key == "k1_hold"),
+        "claude never asked: {:?}",
+        mock.seen()
+    );
+    let mut environs = Vec::new();
+    let mut pids = vec![shim];
+    let mut i = 0;
+    while i < pids.len() {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pids[i])) {
+            for t in tasks.flatten() {
+                if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                    pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+                }
+            }
+        }
+        if pids[i] != shim
+            && let Ok(env) = std::fs::read(format!("/proc/{}/environ", pids[i]))
+        {
+            environs.push(env);
+        }
+        i += 1;
+    }
+    // claude's reachability probe is answered by the relay itself, token or not.
+    let base = environs
+        .iter()
+        .flat_map(|env| env.split(|b| *b == 0))
+        .find_map(|v| v.strip_prefix(b"ANTHROPIC_BASE_URL=http://"))
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .expect("ANTHROPIC_BASE_URL in claude's environment");
+    let hello = head_hello(&base);
+    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    mock.release();
+    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secrets::assert_clean("the shim's stdout", &out.stdout);
+    secrets::assert_clean("the shim's stderr", &out.stderr);
+    assert!(
+        !environs.is_empty(),
+        "no claude process found under the shim"
+    );
+    for env in &environs {
+        secrets::assert_clean("claude's environment", env);
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let token = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(b"ANTHROPIC_AUTH_TOKEN="))
+            .expect("ANTHROPIC_AUTH_TOKEN in claude's environment");
+        // The run's token: 64 hex digits, not a key.
+        assert!(token.len() == 64 && token.iter().all(u8::is_ascii_hexdigit));
+        assert!(!vars.iter().any(|v| v.starts_with(b"ANTHROPIC_API_KEY=")));
+        assert!(
+            vars.iter()
+                .any(|v| v.starts_with(b"ANTHROPIC_BASE_URL=http://127.0.0.1:"))
+        );
+    }
+    assert_upstream_shape(&mock);
+}
+
+/// `HEAD /api/hello` to `addr` (`127.0.0.1:PORT`), without a token: the answer's head.
+fn head_hello(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"HEAD /api/hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    let _ = conn.read_to_string(&mut head);
+    assert!(!head.contains("/v1/messages"));
+    head
+}
+
+#[test]
+fn a_subscription_login_is_refused_with_one_line() {
+    let Some(sb) = Sandbox::new() else {
+        return;
+    };
+    let out = sb.run(&["--rotation-add", "work"], None);
+    assert_eq!(out.code(), 2, "{}", out.dump());
+    let err = out.stderr();
+    assert!(
+        err.contains("not rotated for claude yet") && err.contains("--api-key"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{}", out.dump());
+    let help = sb.run(&["--rotation-help"], None);
+    assert_eq!(help.code(), 0, "{}", help.dump());
+    // The product's own name aside, nothing of the other CLIs.
+    let text = help.stdout().to_lowercase().replace("qwen-rotation", "");
+    assert!(text.contains("claude --rotation-add"), "{}", help.dump());
+    assert!(
+        text.contains("not rotated for claude yet"),
+        "{}",
+        help.dump()
+    );
+    for other in ["qwen", "gemini"] {
+        assert!(!text.contains(other), "{other} in: {}", help.dump());
+    }
+}
