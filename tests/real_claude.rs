@@ -246,3 +246,30 @@ fn a_subscription_login_is_refused_with_one_line() {
         assert!(!text.contains(other), "{other} in: {}", help.dump());
     }
 }
+
+#[test]
+fn the_run_line_meters_requests_and_anthropic_usage_tokens() {
+    let Some((sb, mock)) = setup(&["k1_credit", "k2_ok"]) else {
+        return;
+    };
+    let marker = "CLAUDE-PROMPT-MARKER-7d2";
+    let out = sb.run(&["-p", marker], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let log = sb.rotation_log();
+    let run = log
+        .iter()
+        .find(|e| e["event"] == "run")
+        .unwrap_or_else(|| panic!("no run line: {log:?}"));
+    let one = &run["usage"]["1"];
+    assert_eq!(one["requests"], 1, "{run}");
+    assert_eq!(one["quota"], 1, "{run}");
+    let two = &run["usage"]["2"];
+    let answered = mock.count("k2_ok") as u64;
+    assert_eq!(two["requests"].as_u64(), Some(answered), "{run}");
+    assert_eq!(two["ok"].as_u64(), Some(answered), "{run}");
+    // The mock's `message_start` says 7 in, 1 out; its `message_delta` 3 out in all.
+    assert_eq!(two["tokens_in"].as_u64(), Some(7 * answered), "{run}");
+    assert_eq!(two["tokens_out"].as_u64(), Some(3 * answered), "{run}");
+    let text = std::fs::read_to_string(sb.claude_home.join("rotation.log")).unwrap_or_default();
+    assert!(!text.contains(marker), "the prompt was kept");
+}

@@ -1,6 +1,8 @@
 //! What the relay measures while an answer passes through: token counts from the provider's
 //! `usage` (OpenAI `usage.prompt_tokens/completion_tokens`, Gemini
-//! `usageMetadata.promptTokenCount/candidatesTokenCount`), an error event inside a 200 stream
+//! `usageMetadata.promptTokenCount/candidatesTokenCount`, Anthropic `usage.input_tokens/
+//! output_tokens` in `message_start` and, cumulative, `message_delta`), an error event inside a
+//! 200 stream
 //! (`data: {"error":…}`), and the remaining quota of the `x-ratelimit-*` headers.
 //!
 //! Invariant: the answer is never held back or changed: [`Tap`] scans each read as it passes,
@@ -34,7 +36,7 @@ fn token_keys() -> &'static Regex {
     // one never matches.
     RE.get_or_init(|| {
         Regex::new(
-            r#"(?-u)"(prompt_tokens|completion_tokens|promptTokenCount|candidatesTokenCount)"[ \t\r\n]*:[ \t\r\n]*([0-9]{1,15})"#,
+            r#"(?-u)"(prompt_tokens|completion_tokens|promptTokenCount|candidatesTokenCount|input_tokens|output_tokens)"[ \t\r\n]*:[ \t\r\n]*([0-9]{1,15})"#,
         )
         .expect("static regex")
     })
@@ -60,7 +62,8 @@ fn event_start(window: &[u8], key: usize) -> Option<usize> {
 }
 
 /// What a scan of one answer found. Token counts keep the last value seen: Gemini repeats
-/// cumulative counts in every chunk; OpenAI-compatible providers send them once, at the end.
+/// cumulative counts in every chunk, Anthropic's `message_delta` repeats the output count of
+/// `message_start` grown; OpenAI-compatible providers send them once, at the end.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Found {
     pub(super) tokens_in: Option<u64>,
@@ -98,7 +101,9 @@ impl Scanner {
         for c in token_keys().captures_iter(&self.window) {
             let n = std::str::from_utf8(&c[2]).ok().and_then(|t| t.parse().ok());
             match &c[1] {
-                b"prompt_tokens" | b"promptTokenCount" => self.found.tokens_in = n,
+                b"prompt_tokens" | b"promptTokenCount" | b"input_tokens" => {
+                    self.found.tokens_in = n
+                }
                 _ => self.found.tokens_out = n,
             }
         }
@@ -342,6 +347,9 @@ mod tests {
         let f = scan(&[gemini]);
         assert_eq!((f.tokens_in, f.tokens_out), (Some(5), Some(4)));
         assert_eq!(f.error_event, None);
+        let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"cache_creation_input_tokens\":50,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n";
+        let f = scan(&[&anthropic[..40], &anthropic[40..]]);
+        assert_eq!((f.tokens_in, f.tokens_out), (Some(7), Some(3)));
     }
 
     #[test]
