@@ -3,15 +3,16 @@
 # of the real qwen. It never writes into npm's bin directory and never replaces npm's `qwen`.
 #
 #   ./install.sh [--prefix DIR] [--binary FILE] [--with-qwen[=VERSION]] [--write-profile]
-#                [--profiles qwen,gemini] [--doctor] [--demo] [--uninstall]
+#                [--profiles qwen,gemini,claude] [--doctor] [--demo] [--uninstall]
 #
 # Idempotent; non-interactive (works in a Dockerfile RUN); as root or as a user.
 # --write-profile appends the PATH line to /etc/profile.d/qwen-rotation.sh (root) or ~/.profile
 # (and ~/.bashrc, ~/.zshrc when present); QWEN_ROTATION_PROFILE=FILE names another file.
 # --uninstall removes the shim, its PATH line, and the real qwen only when --with-qwen installed
 # it (recorded in PREFIX/installed-qwen); a qwen installed otherwise is kept.
-# --profiles names the CLIs the shim stands in front of (default: qwen, plus gemini when a real
-# gemini is on PATH); `gemini` is a link to the same binary, in front of npm's gemini.
+# --profiles names the CLIs the shim stands in front of (default: qwen, plus gemini and claude
+# when a real one is on PATH); `gemini` and `claude` are links to the same binary, in front of
+# npm's gemini and claude.
 # --demo runs the installed shim's `qwen --rotation-demo` (a quota rotation on the real qwen in a
 # temporary home, nothing of yours touched), and `gemini --rotation-demo` too when the gemini
 # profile is installed and a real gemini is on PATH; install.sh fails when a demo does.
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
         --doctor) doctor=1 ;;
         --demo) demo=1 ;;
         --uninstall) uninstall=1 ;;
-        --profiles) [ $# -ge 2 ] || die "--profiles needs a list such as qwen,gemini"; profiles_opt=$2; shift ;;
+        --profiles) [ $# -ge 2 ] || die "--profiles needs a list such as qwen,gemini,claude"; profiles_opt=$2; shift ;;
         --profiles=*) profiles_opt=${1#--profiles=} ;;
         -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
@@ -59,8 +60,8 @@ done
 
 for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
     case "$name" in
-        qwen|gemini) ;;
-        *) die "--profiles: unknown CLI $name; use qwen, gemini or qwen,gemini" ;;
+        qwen|gemini|claude) ;;
+        *) die "--profiles: unknown CLI $name; use qwen, gemini, claude or a list such as qwen,gemini,claude" ;;
     esac
 done
 
@@ -132,11 +133,13 @@ uninstall_real_qwen() {
 }
 
 if [ "$uninstall" = 1 ]; then
-    # The gemini name: our link to the shim (or a copy of it), never npm's gemini.
-    if [ -L "$bindir/gemini" ] || is_shim "$bindir/gemini"; then
-        rm -f "$bindir/gemini"
-        say "removed $bindir/gemini"
-    fi
+    # The other names: our links to the shim (or copies of it), never npm's gemini or claude.
+    for cli in gemini claude; do
+        if [ -L "$bindir/$cli" ] || is_shim "$bindir/$cli"; then
+            rm -f "$bindir/$cli"
+            say "removed $bindir/$cli"
+        fi
+    done
     if [ -e "$target" ]; then
         is_shim "$target" || die "$target is not the qwen-rotation shim; leaving it alone"
         rm -f "$target"
@@ -201,24 +204,26 @@ mv -f "$tmp" "$target"
 say "installed $target"
 
 # The other CLIs, by name: a link to the same binary (it picks its profile from the name).
-# Default: gemini when a real gemini is on PATH.
-real_gemini() {
+# Default: gemini and claude, each when a real one is on PATH.
+real_cli() {
     old_ifs=$IFS
     IFS=:
     for d in $PATH; do
         [ "$d" = "$bindir" ] && continue
-        if [ -x "$d/gemini" ] && ! is_shim "$d/gemini"; then
+        if [ -x "$d/$1" ] && ! is_shim "$d/$1"; then
             IFS=$old_ifs
-            echo "$d/gemini"
+            echo "$d/$1"
             return 0
         fi
     done
     IFS=$old_ifs
     return 1
 }
+real_gemini() { real_cli gemini; }
 if [ -z "$profiles_opt" ]; then
     profiles_opt=qwen
-    real_gemini >/dev/null && profiles_opt=qwen,gemini
+    real_gemini >/dev/null && profiles_opt=$profiles_opt,gemini
+    real_cli claude >/dev/null && profiles_opt=$profiles_opt,claude
 fi
 for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
     case "$name" in
@@ -230,6 +235,13 @@ for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
             ln -sfn qwen "$bindir/gemini"
             say "installed $bindir/gemini (the same shim, in front of the real gemini)"
             real_gemini >/dev/null || say "no real gemini on PATH yet: npm install -g @google/gemini-cli" ;;
+        claude)
+            if [ -e "$bindir/claude" ] && [ ! -L "$bindir/claude" ] && ! is_shim "$bindir/claude"; then
+                die "$bindir/claude exists and is not the qwen-rotation shim; choose another --prefix"
+            fi
+            ln -sfn qwen "$bindir/claude"
+            say "installed $bindir/claude (the same shim, in front of the real claude; API keys only for now)"
+            real_cli claude >/dev/null || say "no real claude on PATH yet: npm install -g @anthropic-ai/claude-code" ;;
     esac
 done
 
