@@ -273,3 +273,23 @@ fn the_run_line_meters_requests_and_anthropic_usage_tokens() {
     let text = std::fs::read_to_string(sb.claude_home.join("rotation.log")).unwrap_or_default();
     assert!(!text.contains(marker), "the prompt was kept");
 }
+
+#[test]
+fn keys_from_the_environment_rotate_the_same_way() {
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let mock = ClaudeMock::start();
+    let keys = format!(
+        "{},{}",
+        secrets::secret("e1_credit"),
+        secrets::secret("e2_ok")
+    );
+    sb.env("CLAUDE_ROTATION_KEYS", keys)
+        .env("CLAUDE_ROTATION_BASE_URL", mock.url());
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-e2_ok"), "{}", out.dump());
+    assert_eq!(mock.count("e1_credit"), 1, "{:?}", mock.seen());
+    assert_upstream_shape(&mock);
+}
