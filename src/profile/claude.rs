@@ -218,56 +218,12 @@ pub static CLAUDE: Profile = Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::tests::cli_values;
     use crate::profile::{GEMINI, QWEN};
-
-    /// Every string of a profile that names something of its CLI.
-    fn values(p: &Profile) -> Vec<&'static str> {
-        let mut v = vec![p.name, p.product, p.npm_package, p.home.var, p.home.dir];
-        let pv = &p.pool_vars;
-        v.extend([
-            pv.off,
-            pv.real,
-            pv.keys,
-            pv.key_prefix,
-            pv.base_url,
-            pv.model,
-            pv.state_dir,
-            pv.pool,
-            pv.pool_name,
-            pv.pool_password,
-            pv.pool_password_file,
-        ]);
-        let a = &p.api;
-        v.extend([
-            a.key_var,
-            a.base_url_var,
-            a.example_base_url,
-            a.example_model,
-            a.example_plan_url,
-        ]);
-        v.extend(a.model_vars.iter().copied());
-        v.extend(a.login_clears.iter().copied());
-        v.extend(a.relay_unset.iter().copied());
-        v.extend(a.relay_token_var);
-        v.extend(a.default_base_url);
-        let s = &p.settings;
-        v.extend([
-            s.file,
-            s.system_var,
-            s.system_default,
-            s.defaults_var,
-            s.defaults_default,
-            s.workspace,
-            s.auth_oauth,
-            s.auth_api_key,
-        ]);
-        v.extend([p.creds.file, p.creds.retry_hint]);
-        v
-    }
 
     #[test]
     fn no_qwen_or_gemini_value_is_in_the_claude_profile() {
-        for text in values(&CLAUDE) {
+        for text in cli_values(&CLAUDE) {
             let t = text.to_ascii_lowercase();
             for other in ["qwen", "gemini", "google", "openai", "dashscope"] {
                 assert!(!t.contains(other), "{text}");
@@ -281,7 +237,7 @@ mod tests {
                 );
             }
         }
-        for text in values(&QWEN).into_iter().chain(values(&GEMINI)) {
+        for text in cli_values(&QWEN).into_iter().chain(cli_values(&GEMINI)) {
             let t = text.to_ascii_lowercase();
             assert!(!t.contains("claude") && !t.contains("anthropic"), "{text}");
         }

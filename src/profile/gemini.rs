@@ -236,44 +236,11 @@ pub static GEMINI: Profile = Profile {
 mod tests {
     use super::*;
     use crate::profile::QWEN;
-
-    /// Every string of a profile that names something of its CLI.
-    fn values(p: &Profile) -> Vec<&'static str> {
-        let mut v = vec![p.name, p.product, p.npm_package, p.home.var, p.home.dir];
-        let pv = &p.pool_vars;
-        v.extend([
-            pv.off,
-            pv.real,
-            pv.keys,
-            pv.key_prefix,
-            pv.base_url,
-            pv.model,
-            pv.state_dir,
-        ]);
-        let a = &p.api;
-        v.extend([
-            a.key_var,
-            a.base_url_var,
-            a.example_base_url,
-            a.example_model,
-        ]);
-        v.extend(a.model_vars.iter().copied());
-        let s = &p.settings;
-        v.extend([
-            s.system_var,
-            s.system_default,
-            s.defaults_var,
-            s.defaults_default,
-            s.workspace,
-            s.auth_oauth,
-            s.auth_api_key,
-        ]);
-        v
-    }
+    use crate::profile::tests::cli_values;
 
     #[test]
     fn no_qwen_value_is_in_the_gemini_profile_and_back() {
-        let (q, g) = (values(&QWEN), values(&GEMINI));
+        let (q, g) = (cli_values(&QWEN), cli_values(&GEMINI));
         for text in &g {
             let t = text.to_ascii_lowercase();
             assert!(!t.contains("qwen") && !t.contains("openai"), "{text}");

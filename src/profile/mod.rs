@@ -319,6 +319,51 @@ pub fn active() -> &'static Profile {
 mod tests {
     use super::*;
 
+    /// Every string of a profile that names something of its CLI.
+    pub(super) fn cli_values(p: &Profile) -> Vec<&'static str> {
+        let mut v = vec![p.name, p.product, p.npm_package, p.home.var, p.home.dir];
+        let pv = &p.pool_vars;
+        v.extend([
+            pv.off,
+            pv.real,
+            pv.keys,
+            pv.key_prefix,
+            pv.base_url,
+            pv.model,
+            pv.state_dir,
+            pv.pool,
+            pv.pool_name,
+            pv.pool_password,
+            pv.pool_password_file,
+        ]);
+        let a = &p.api;
+        v.extend([
+            a.key_var,
+            a.base_url_var,
+            a.example_base_url,
+            a.example_model,
+            a.example_plan_url,
+        ]);
+        v.extend(a.model_vars.iter().copied());
+        v.extend(a.login_clears.iter().copied());
+        v.extend(a.relay_unset.iter().copied());
+        v.extend(a.relay_token_var);
+        v.extend(a.default_base_url);
+        let s = &p.settings;
+        v.extend([
+            s.file,
+            s.system_var,
+            s.system_default,
+            s.defaults_var,
+            s.defaults_default,
+            s.workspace,
+            s.auth_oauth,
+            s.auth_api_key,
+        ]);
+        v.extend([p.creds.file, p.creds.retry_hint]);
+        v
+    }
+
     #[test]
     fn the_name_run_as_picks_the_profile_and_any_other_name_is_qwen() {
         for argv0 in ["qwen", "/usr/local/bin/qwen", "./qwen"] {
