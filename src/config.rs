@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::detect::{PatternConfig, PatternMode};
-use crate::model::Secret;
 pub use crate::model::Strategy;
+use crate::model::{Order, Policy, Secret};
 use crate::profile::Profile;
 pub use crate::text::human_duration;
 
@@ -128,6 +128,9 @@ pub enum OnExhausted {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub strategy: Strategy,
+    /// Which accounts come first: `logins-first` (subscription logins, then API keys while
+    /// every login cools down) or `slots` (slot order). Unset: the profile's default.
+    pub order: Option<Order>,
     /// Attempts per run; 0 means "one per eligible slot".
     pub max_attempts: usize,
     /// Cooldown after a quota hit whose message names no reset time.
@@ -189,6 +192,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             strategy: Strategy::RoundRobin,
+            order: None,
             max_attempts: 0,
             quota_cooldown: Duration::from_secs(5 * 3600),
             throttle_cooldown: Duration::from_secs(5 * 60),
@@ -253,6 +257,14 @@ impl PoolEnv {
 }
 
 impl Config {
+    /// How the vault picks accounts: the strategy, in `order` or `profile`'s default order.
+    pub fn policy(&self, profile: &crate::profile::Profile) -> Policy {
+        Policy {
+            strategy: self.strategy,
+            order: self.order.unwrap_or(profile.order),
+        }
+    }
+
     /// `rotation.yaml`'s pool settings with the environment's on top (the environment wins).
     pub fn with_pool_env(mut self, env: &PoolEnv) -> Config {
         if let Some(url) = &env.url {

@@ -90,6 +90,24 @@ pub enum Strategy {
     FillFirst,
 }
 
+/// Which accounts are tried first: the fallback chain (`order` in rotation.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// Slot order, whatever each slot holds.
+    Slots,
+    /// Subscription logins first; API keys only while every login is cooling down, and back to
+    /// a login as soon as one returns.
+    LoginsFirst,
+}
+
+/// How the vault picks an account: the strategy within the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub strategy: Strategy,
+    pub order: Order,
+}
+
 /// What kind of failure a message reports; each class has its own action (DESIGN.md, "Detection").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {

@@ -1,15 +1,18 @@
 //! Anthropic's Claude Code (`@anthropic-ai/claude-code`), as observed on 2.1.332 (offline,
 //! against a local mock of the Messages API; what was read in the shipped binary rather than
-//! observed says so). API keys only for now: subscription logins are not rotated yet.
+//! observed says so). Subscription logins and API keys, in one pool: logins first.
 
 use super::{Api, Argv, Creds, Detection, Home, PoolVars, Profile, Screen, SettingsSpec, Wire};
-use crate::model::Class;
+use std::time::Duration;
+
+use crate::model::{Class, Order};
 
 pub static CLAUDE: Profile = Profile {
     name: "claude",
     product: "Claude Code",
     npm_package: "@anthropic-ai/claude-code",
     // Our own variables, named after the CLI they stand in front of.
+    order: Order::LoginsFirst,
     pool_vars: PoolVars {
         off: "CLAUDE_ROTATION",
         real: "CLAUDE_ROTATION_REAL",
@@ -32,19 +35,21 @@ pub static CLAUDE: Profile = Profile {
         var_is_parent: false,
     },
     // The subscription login is `.credentials.json` (`claudeAiOauth`, plaintext on Linux; read
-    // in the binary). Claude re-reads it by mtime and rewrites it on refresh (the refresh token
-    // rotates). Swapping it is not built yet: `--rotation-add` takes API keys only.
+    // in the binary). Claude re-reads it by mtime before a request (observed: a file swapped
+    // between turns is used by the next request, with no key to press) and rewrites it on
+    // refresh, when the refresh token rotates: the live file is synced back after every run.
     creds: Creds {
         file: ".credentials.json",
         lock: None,
         refresh: "/claudeAiOauth/refreshToken",
         access: "/claudeAiOauth/accessToken",
+        account: Some("/claudeAiOauth/accountUuid"),
         refresh_rotates: true,
-        reread_after: None,
+        reread_after: Some(Duration::ZERO),
         retry_key: None,
-        retry_hint: "the next request of claude uses it",
+        retry_hint: "the next message you send goes out on it",
         extra: &[],
-        file_swap: false,
+        file_swap: true,
         encrypted: None,
     },
     // API-key mode: `ANTHROPIC_API_KEY` (sent as `x-api-key`), `ANTHROPIC_BASE_URL` (a base URL
@@ -75,6 +80,10 @@ pub static CLAUDE: Profile = Profile {
         relay_needs_selected: false,
         relay_token_var: Some("ANTHROPIC_AUTH_TOKEN"),
         relay_unset: &["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"],
+        // Observed: with a stored login and `ANTHROPIC_BASE_URL`, claude sends each request to
+        // the base URL with `Authorization: Bearer <accessToken>` (beta `oauth-2025-04-20`), and
+        // every header of `ANTHROPIC_CUSTOM_HEADERS` beside it.
+        relay_login_headers: Some("ANTHROPIC_CUSTOM_HEADERS"),
         example_plan_url: "https://api.anthropic.com",
     },
     // `~/.claude/settings.json` (user), `.claude/settings.json` (workspace), and managed

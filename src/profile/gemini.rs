@@ -4,13 +4,14 @@
 use super::{
     Api, Argv, Creds, Detection, Encrypted, Home, PoolVars, Profile, Screen, SettingsSpec, Wire,
 };
-use crate::model::Class;
+use crate::model::{Class, Order};
 
 pub static GEMINI: Profile = Profile {
     name: "gemini",
     product: "Gemini CLI",
     npm_package: "@google/gemini-cli",
     // Our own variables, named after the CLI they stand in front of.
+    order: Order::Slots,
     pool_vars: PoolVars {
         off: "GEMINI_ROTATION",
         real: "GEMINI_ROTATION_REAL",
@@ -45,6 +46,7 @@ pub static GEMINI: Profile = Profile {
         lock: None,
         refresh: "/refresh_token",
         access: "/access_token",
+        account: None,
         refresh_rotates: false,
         reread_after: None,
         retry_key: None,
@@ -80,6 +82,7 @@ pub static GEMINI: Profile = Profile {
         relay_needs_selected: true,
         relay_token_var: None,
         relay_unset: &[],
+        relay_login_headers: None,
         example_plan_url: "https://generativelanguage.googleapis.com",
     },
     // Settings layers (read in source): system `GEMINI_CLI_SYSTEM_SETTINGS_PATH` (default

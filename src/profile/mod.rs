@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::model::Class;
+use crate::model::{Class, Order};
 
 pub use claude::CLAUDE;
 pub use gemini::GEMINI;
@@ -47,6 +47,8 @@ pub struct Profile {
     pub product: &'static str,
     /// The npm package the real CLI comes from (its version is read from its package.json).
     pub npm_package: &'static str,
+    /// The default order of the pool (`order` in rotation.yaml overrides it).
+    pub order: Order,
     pub pool_vars: PoolVars,
     pub home: Home,
     pub creds: Creds,
@@ -119,6 +121,9 @@ pub struct Creds {
     pub refresh: &'static str,
     /// JSON pointer of the access token.
     pub access: &'static str,
+    /// JSON pointer of the account's own id, when the file holds one (claude's
+    /// `accountUuid`): a live file naming another account is another login, never a refresh.
+    pub account: Option<&'static str>,
     /// The CLI may save a new refresh token on refresh (qwen): a live file with an unknown
     /// refresh token is then taken for the slot installed last. False (gemini keeps the refresh
     /// token): the live file belongs to a slot only by its refresh token, so a process still
@@ -211,6 +216,13 @@ pub struct Api {
     /// Removed from the CLI's environment while it talks through the relay: variables that
     /// would carry a key of their own beside (or over) the relay's token.
     pub relay_unset: &'static [&'static str],
+    /// The relay serves the CLI's subscription logins too: the CLI sends its login's requests
+    /// to the base URL it is given (claude: `Authorization: Bearer <access token>`), the relay
+    /// sends them on with the current login's token (or a key, past the chain's logins). The
+    /// run's token then travels in this variable as an extra header (claude's
+    /// `ANTHROPIC_CUSTOM_HEADERS`), beside the login the CLI keeps using and refreshing.
+    /// `None`: logins are swapped as files and the CLI's output is watched.
+    pub relay_login_headers: Option<&'static str>,
 }
 
 /// The CLI's settings files and the keys we read or write in them.
@@ -348,6 +360,7 @@ mod tests {
         v.extend(a.login_clears.iter().copied());
         v.extend(a.relay_unset.iter().copied());
         v.extend(a.relay_token_var);
+        v.extend(a.relay_login_headers);
         v.extend(a.default_base_url);
         let s = &p.settings;
         v.extend([

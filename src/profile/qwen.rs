@@ -5,13 +5,14 @@ use std::time::Duration;
 use super::{
     Api, Argv, Creds, Detection, Home, Lock, PoolVars, Profile, Screen, SettingsSpec, Since, Wire,
 };
-use crate::model::Class;
+use crate::model::{Class, Order};
 
 pub static QWEN: Profile = Profile {
     name: "qwen",
     product: "Qwen Code",
     npm_package: "@qwen-code/qwen-code",
     // Our own variables (README, docs/CI.md): named after the CLI they stand in front of.
+    order: Order::Slots,
     pool_vars: PoolVars {
         off: "QWEN_ROTATION",
         real: "QWEN_ROTATION_REAL",
@@ -46,6 +47,7 @@ pub static QWEN: Profile = Profile {
         }),
         refresh: "/refresh_token",
         access: "/access_token",
+        account: None,
         refresh_rotates: true,
         reread_after: Some(Duration::from_millis(5_200)),
         retry_key: Some(0x19),
@@ -75,6 +77,7 @@ pub static QWEN: Profile = Profile {
         relay_needs_selected: false,
         relay_token_var: None,
         relay_unset: &[],
+        relay_login_headers: None,
         example_plan_url: "https://coding-intl.dashscope.aliyuncs.com/v1",
     },
     // QWEN_FACTS_APIKEY.md §4 (settings layers and auth types).

@@ -174,6 +174,20 @@ impl Vault {
         self.store.shown()
     }
 
+    /// How this pool picks accounts (rotation.yaml's strategy and order, else the profile's).
+    pub fn policy(&self) -> crate::model::Policy {
+        self.config.policy(self.paths.profile)
+    }
+
+    /// The pool's order, moving round-robin: what `--rotation-next` and taking an account out
+    /// of use follow.
+    pub(super) fn policy_round_robin(&self) -> crate::model::Policy {
+        crate::model::Policy {
+            strategy: crate::model::Strategy::RoundRobin,
+            ..self.policy()
+        }
+    }
+
     /// Is the pool shared with other hosts, and reachable (the relay then follows it)?
     pub fn is_shared(&self) -> bool {
         self.store.shared()

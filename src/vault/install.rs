@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::files::{digest, ensure_dir, replace_file, unused_name, write_atomic};
 use crate::model::Hit;
-use crate::model::{Kind, Strategy};
+use crate::model::{Kind, Policy};
 
 use super::audit::{Event, events};
-use super::live::{CliLock, Live, LiveFile, owner_of};
+use super::live::{CliLock, Live, LiveFile, other_account, owner_of};
 use super::slots::{check_oauth, read_bounded, read_slot};
 use super::state::Status;
 use super::tx::Tx;
@@ -88,7 +88,7 @@ impl Tx<'_> {
                         .and_then(|a| a.installed_digest.clone());
                     self.infos.get(n).is_some_and(|i| {
                         i.kind == Some(Kind::OAuth) && i.problem.is_none() && i.digest == installed
-                    })
+                    }) && !other_account(&paths.profile.creds, &paths.oauth_slot(*n), &bytes)
                 })
             });
             match owner {
@@ -306,7 +306,7 @@ impl Tx<'_> {
         reason: &str,
         trigger: &str,
         hit: Option<&Hit>,
-        strategy: Strategy,
+        strategy: Policy,
     ) -> Result<Option<usize>> {
         loop {
             let Some(to) = self.st.select(strategy, after, Some(from), self.now) else {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::files::{self, digest, keep_owner};
-use crate::model::Kind;
-use crate::profile::Profile;
+use crate::model::{Kind, Secret};
+use crate::profile::{Creds, Profile};
 
 use super::slots::{SlotInfo, check_oauth, read_bounded};
 
@@ -140,6 +140,62 @@ pub fn owner_of(
     match prefer {
         Some(p) if matches.contains(&p) => Some(p),
         _ => matches.first().copied(),
+    }
+}
+
+impl super::Vault {
+    /// The access token a request on login `n` goes out with (the relay, for a CLI whose login
+    /// requests it serves): the live file's when the live file holds login `n` — the same
+    /// refresh token, or one the CLI saved after we installed `n` (it refreshes by itself and
+    /// the refresh token rotates) — else the slot's own.
+    pub fn login_access(&self, n: usize) -> Result<Secret> {
+        let slot_path = self.paths.oauth_slot(n);
+        let slot = read_bounded(&slot_path).map_err(|e| Error::io("read", &slot_path, e))?;
+        let pointer = self.paths.profile.creds.access;
+        let access = |bytes: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()?
+                .pointer(pointer)?
+                .as_str()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Secret::new(t.to_string()))
+        };
+        let live = read_bounded(&self.paths.live_creds).ok();
+        let live_refresh = live.as_deref().and_then(|b| check_oauth(b).ok());
+        let holds_n = live_refresh.as_ref().is_some_and(|live_refresh| {
+            check_oauth(&slot).ok().as_ref() == Some(live_refresh)
+                || (!other_account(
+                    &self.paths.profile.creds,
+                    &slot_path,
+                    live.as_deref().unwrap_or_default(),
+                ) && matches!(self.peek(), super::state::Loaded::Ok(st) if st.live_slot == Some(n)))
+        });
+        let from_live = live.as_deref().filter(|_| holds_n).and_then(access);
+        from_live
+            .or_else(|| access(&slot))
+            .ok_or_else(|| Error::Invalid {
+                path: slot_path,
+                problem: format!("no {} in it", pointer.rsplit('/').next().unwrap_or(pointer)),
+            })
+    }
+}
+
+/// The live file names another account than slot file `slot` (both carry the profile's account
+/// id, and they differ): a new login, not a refresh of the slot's.
+pub(super) fn other_account(creds: &Creds, slot: &Path, live: &[u8]) -> bool {
+    let Some(pointer) = creds.account else {
+        return false;
+    };
+    let id = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()?
+            .pointer(pointer)?
+            .as_str()
+            .map(str::to_string)
+    };
+    match (read_bounded(slot).ok().as_deref().and_then(id), id(live)) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::files::{digest, ensure_dir, fsync_dir, make_private, unused_name, write_atomic};
-use crate::model::{Kind, Strategy};
+use crate::model::Kind;
 
 use super::audit::{Event, events};
 use super::handle::{Switch, Vault};
@@ -59,7 +59,7 @@ impl Vault {
                 "manual",
                 &command(tx, "next"),
                 None,
-                Strategy::RoundRobin,
+                tx.vault.policy_round_robin(),
             )?;
             Ok(to.map(|to| Switch { from, to }))
         })
@@ -385,7 +385,7 @@ impl Tx<'_> {
     /// eligible slot, else the next enabled one, else nowhere.
     pub(super) fn move_off(&mut self, n: usize, reason: &str, trigger: &str) -> Result<()> {
         if self
-            .switch_auto(n, n, reason, trigger, None, Strategy::RoundRobin)?
+            .switch_auto(n, n, reason, trigger, None, self.vault.policy_round_robin())?
             .is_some()
         {
             return Ok(());

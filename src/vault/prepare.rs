@@ -85,7 +85,7 @@ impl Vault {
                 Some(_) => return Ok(None),
                 None => return Err(Error::NoSuchSlot(spec.to_string())),
             },
-            None => match st.desired(self.config.strategy, now) {
+            None => match st.desired(self.policy(), now) {
                 Some(n) if n == st.current_index => n,
                 _ => return Ok(None),
             },
@@ -254,6 +254,31 @@ impl Vault {
         })
     }
 
+    /// As a run ends: a live login the CLI rewrote during the run (a refresh; the refresh token
+    /// may have rotated) is copied back into its slot now, not at the next run, so the slot
+    /// never holds a token the provider has already retired. Costs one state read and one
+    /// live-file read when nothing changed; a locked transaction when it did.
+    pub fn sync_back(&self) -> Result<()> {
+        let Loaded::Ok(st) = self.peek() else {
+            return Ok(());
+        };
+        let Some(installed) = st
+            .live_slot
+            .and_then(|n| st.accounts.get(&n))
+            .and_then(|a| a.installed_digest.clone())
+        else {
+            return Ok(());
+        };
+        let changed = match LiveFile::read(&self.paths.live_creds) {
+            Ok(live) => live.bytes().is_some_and(|b| digest(b) != installed),
+            Err(_) => false,
+        };
+        if !changed {
+            return Ok(());
+        }
+        self.transact("sync", |tx| tx.sync_live().map(|_| ()))
+    }
+
     /// Keeps the last remaining quota the relay saw per slot in state.yaml (one locked write
     /// as a run ends, only when the relay saw any). A slot that is gone is skipped.
     pub fn record_remaining(
@@ -304,7 +329,7 @@ impl Vault {
             &mut state,
             &slots,
             now,
-            self.config.strategy,
+            self.policy(),
             live_owner,
             &mut ignored,
             false,

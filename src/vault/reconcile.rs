@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Kind, Strategy};
+use crate::model::{Kind, Policy};
 
 use super::audit::{Event, events};
 use super::slots::SlotInfo;
@@ -20,7 +20,7 @@ pub(super) fn reconcile(
     st: &mut State,
     infos: &BTreeMap<usize, SlotInfo>,
     now: DateTime<Utc>,
-    strategy: Strategy,
+    strategy: Policy,
     live_owner: Option<usize>,
     events: &mut Vec<Event>,
     loud: bool,

@@ -54,7 +54,7 @@ impl Tx<'_> {
             }
             None => loop {
                 let current = self.st.current_index;
-                match self.st.desired(self.vault.config.strategy, now) {
+                match self.st.desired(self.vault.policy(), now) {
                     None => {
                         return Err(Error::Exhausted {
                             earliest: self.st.earliest_return(now),
@@ -113,7 +113,7 @@ impl Tx<'_> {
     /// The rotation step, after the lock and the state read (DESIGN.md steps 2–6).
     pub(super) fn rotate(&mut self, failed: usize, hit: &Hit) -> Result<Rotation> {
         let now = self.now;
-        let strategy = self.vault.config.strategy;
+        let strategy = self.vault.policy();
         let reason_text = format!("{}: {}", hit.class.name(), hit.phrase);
         let current = self.st.current_index;
         // 2. Compare-and-swap: someone already moved on; only make sure `failed` is marked.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::model::{Class, Strategy};
+use crate::model::{Class, Kind, Order, Policy, Strategy};
 
 use super::state::{State, Status};
 
@@ -47,15 +47,18 @@ impl State {
 
     /// The next eligible slot other than `exclude`. Round-robin: the first one after `after`
     /// in slot order, wrapping (the seeds' behaviour). Fill-first: the lowest-numbered one.
+    /// Logins first: among the eligible logins while there is one, else among the keys.
     pub fn select(
         &self,
-        strategy: Strategy,
+        policy: Policy,
         after: usize,
         exclude: Option<usize>,
         now: DateTime<Utc>,
     ) -> Option<usize> {
         let ok = |n: &usize| Some(*n) != exclude && self.eligible(*n, now);
-        match strategy {
+        let tier = self.first_tier(policy.order, &ok);
+        let ok = |n: &usize| ok(n) && tier.is_none_or(|k| self.kind_of(*n) == Some(k));
+        match policy.strategy {
             Strategy::FillFirst => self.slots().find(ok),
             Strategy::RoundRobin => {
                 let later = self
@@ -69,14 +72,29 @@ impl State {
     }
 
     /// The slot a run should use now: round-robin stays on the current slot while it is
-    /// eligible; fill-first always goes back to the lowest eligible slot.
-    pub fn desired(&self, strategy: Strategy, now: DateTime<Utc>) -> Option<usize> {
-        match strategy {
-            Strategy::RoundRobin if self.eligible(self.current_index, now) => {
-                Some(self.current_index)
-            }
-            _ => self.select(strategy, self.current_index, None, now),
+    /// eligible (and, logins first, while it is a login or no login is eligible); fill-first
+    /// always goes back to the lowest eligible slot.
+    pub fn desired(&self, policy: Policy, now: DateTime<Utc>) -> Option<usize> {
+        let current = self.current_index;
+        let stay = self.eligible(current, now)
+            && self
+                .first_tier(policy.order, &|n: &usize| self.eligible(*n, now))
+                .is_none_or(|k| self.kind_of(current) == Some(k));
+        match policy.strategy {
+            Strategy::RoundRobin if stay => Some(current),
+            _ => self.select(policy, current, None, now),
         }
+    }
+
+    /// Logins first: `Some(OAuth)` when a login passes `ok`, so only logins are candidates;
+    /// `None`: every slot that passes `ok` is.
+    fn first_tier(&self, order: Order, ok: &dyn Fn(&usize) -> bool) -> Option<Kind> {
+        let login = |n: &usize| self.kind_of(*n) == Some(Kind::OAuth) && ok(n);
+        (order == Order::LoginsFirst && self.slots().any(|n| login(&n))).then_some(Kind::OAuth)
+    }
+
+    fn kind_of(&self, n: usize) -> Option<Kind> {
+        self.accounts.get(&n).and_then(|a| a.kind)
     }
 
     /// When the first enabled, cooling-down slot returns (`None`: none will by itself).

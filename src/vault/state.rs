@@ -435,7 +435,7 @@ mod account_map {
 mod tests {
     use super::super::selection::MAX_COOLDOWN;
     use super::*;
-    use crate::model::{Class, Strategy};
+    use crate::model::{Class, Order, Policy, Strategy};
     use chrono::TimeDelta;
     use std::time::Duration;
 
@@ -458,6 +458,92 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const RR: Policy = Policy {
+        strategy: Strategy::RoundRobin,
+        order: Order::Slots,
+    };
+    const FF: Policy = Policy {
+        strategy: Strategy::FillFirst,
+        order: Order::Slots,
+    };
+    const CHAIN: Policy = Policy {
+        strategy: Strategy::RoundRobin,
+        order: Order::LoginsFirst,
+    };
+
+    /// Slots 1 and 4 API keys, 2 and 3 logins: the chain must not follow slot order.
+    fn mixed() -> State {
+        let mut st = pool(4);
+        for n in [1, 4] {
+            st.accounts.get_mut(&n).unwrap().kind = Some(Kind::ApiKey);
+        }
+        st
+    }
+
+    #[test]
+    fn logins_come_first_and_keys_only_while_every_login_cools_down() {
+        let mut st = mixed();
+        // On key 1 with logins usable: the run goes to a login.
+        assert_eq!(st.desired(CHAIN, now()), Some(2));
+        assert_eq!(st.desired(RR, now()), Some(1), "slot order stays on key 1");
+        st.current_index = 2;
+        assert_eq!(st.desired(CHAIN, now()), Some(2));
+        // Login 2 spent: the next login, not key 4 (which follows in round-robin).
+        st.mark(
+            2,
+            Class::Quota,
+            Some(now() + TimeDelta::hours(5)),
+            "five_hour",
+            now(),
+            HOUR,
+            MIN,
+        );
+        assert_eq!(st.select(CHAIN, 2, Some(2), now()), Some(3));
+        // Every login spent: the keys, in round-robin order.
+        st.mark(
+            3,
+            Class::Quota,
+            Some(now() + TimeDelta::hours(2)),
+            "five_hour",
+            now(),
+            HOUR,
+            MIN,
+        );
+        assert_eq!(st.select(CHAIN, 3, Some(3), now()), Some(4));
+        st.current_index = 4;
+        assert_eq!(
+            st.desired(CHAIN, now()),
+            Some(4),
+            "a key while no login is usable"
+        );
+        // Login 3's reset passes: back to it, off the key that is still healthy.
+        let later = now() + TimeDelta::hours(2) + TimeDelta::seconds(1);
+        assert_eq!(st.desired(CHAIN, later), Some(3));
+        // Fill-first within the chain: the lowest login.
+        let all_back = now() + TimeDelta::hours(6);
+        assert_eq!(
+            st.desired(
+                Policy {
+                    strategy: Strategy::FillFirst,
+                    ..CHAIN
+                },
+                all_back
+            ),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_chain_without_logins_or_without_keys_is_plain_slot_order() {
+        let mut keys = pool(3);
+        for a in keys.accounts.values_mut() {
+            a.kind = Some(Kind::ApiKey);
+        }
+        assert_eq!(keys.select(CHAIN, 1, Some(1), now()), Some(2));
+        let logins = pool(3);
+        assert_eq!(logins.select(CHAIN, 3, Some(3), now()), Some(1));
+        assert_eq!(logins.desired(CHAIN, now()), Some(1));
+    }
     const MIN: Duration = Duration::from_secs(60);
 
     #[test]
@@ -527,7 +613,7 @@ accounts:                     # Per-account stats
         let p2 = text.find("account2:").unwrap();
         let p10 = text.find("account10:").unwrap();
         assert!(p2 < p10);
-        assert_eq!(st.select(Strategy::RoundRobin, 9, None, now()), Some(10));
+        assert_eq!(st.select(RR, 9, None, now()), Some(10));
     }
 
     #[test]
@@ -573,26 +659,23 @@ accounts:                     # Per-account stats
         let mut st = pool(4);
         st.accounts.get_mut(&2).unwrap().enabled = false;
         st.accounts.get_mut(&3).unwrap().status = Status::NeedsLogin;
-        assert_eq!(st.select(Strategy::RoundRobin, 1, Some(1), now()), Some(4));
-        assert_eq!(st.select(Strategy::RoundRobin, 4, Some(4), now()), Some(1));
+        assert_eq!(st.select(RR, 1, Some(1), now()), Some(4));
+        assert_eq!(st.select(RR, 4, Some(4), now()), Some(1));
         st.accounts.get_mut(&4).unwrap().status = Status::Invalid;
-        assert_eq!(st.select(Strategy::RoundRobin, 1, Some(1), now()), None);
-        assert_eq!(st.select(Strategy::RoundRobin, 1, None, now()), Some(1));
+        assert_eq!(st.select(RR, 1, Some(1), now()), None);
+        assert_eq!(st.select(RR, 1, None, now()), Some(1));
     }
 
     #[test]
     fn fill_first_takes_the_lowest_eligible() {
         let mut st = pool(3);
         st.current_index = 3;
-        assert_eq!(st.desired(Strategy::FillFirst, now()), Some(1));
-        assert_eq!(st.desired(Strategy::RoundRobin, now()), Some(3));
+        assert_eq!(st.desired(FF, now()), Some(1));
+        assert_eq!(st.desired(RR, now()), Some(3));
         st.mark(1, Class::Quota, None, "quota", now(), HOUR, MIN);
-        assert_eq!(st.desired(Strategy::FillFirst, now()), Some(2));
+        assert_eq!(st.desired(FF, now()), Some(2));
         // Once the cooldown passes, fill-first returns to slot 1.
-        assert_eq!(
-            st.desired(Strategy::FillFirst, now() + TimeDelta::hours(2)),
-            Some(1)
-        );
+        assert_eq!(st.desired(FF, now() + TimeDelta::hours(2)), Some(1));
     }
 
     #[test]

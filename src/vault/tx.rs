@@ -90,7 +90,7 @@ impl Vault {
             &mut st,
             &infos,
             now,
-            self.config.strategy,
+            self.policy(),
             live_hint,
             &mut events,
             true,
