@@ -37,7 +37,9 @@ pub(super) fn watch_mode(
     kind: Option<Kind>,
 ) -> (&'static str, Option<String>) {
     if kind != Some(Kind::ApiKey) {
-        return ("file swap", None);
+        // A login the relay serves (claude's): its requests pass through the relay too.
+        let relayed = v.config.relay && v.paths.profile.api.relay_login_headers.is_some();
+        return (if relayed { "relay" } else { "file swap" }, None);
     }
     if !v.config.relay {
         return ("scan", Some("relay: false in rotation.yaml".into()));
@@ -110,6 +112,10 @@ fn status_json(v: &Vault, o: &Overview) -> Value {
         "pool_store": v.pool_shown(),
         "state_file": v.store_files().state.display().to_string(),
         "strategy": strategy_name(v.config.strategy),
+        "order": match v.policy().order {
+            crate::model::Order::Slots => "slots",
+            crate::model::Order::LoginsFirst => "logins-first",
+        },
         "current": (o.state.current_index > 0).then_some(o.state.current_index),
         "live_slot": o.live_owner,
         "eligible": o.state.eligible_count(now),
@@ -296,6 +302,9 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
             )),
         }
     }
+    if let Some(line) = chain_line(v, o) {
+        text.push_str(&line);
+    }
     for note in notes(v.paths.profile, o) {
         // Notes quote reasons and problems from hand-editable files.
         text.push_str(&format!("{} {}\n", ui.paint("!", "33"), printable(&note)));
@@ -305,6 +314,54 @@ fn status_text(v: &Vault, o: &Overview, ui: &Ui) -> String {
     }
     text.push_str(&format!("Pool: {}.\n", v.pool_shown()));
     text
+}
+
+/// The fallback chain, when the pool holds logins and keys and puts logins first: which come
+/// first, and while the pool is on a key, when the first login is back.
+fn chain_line(v: &Vault, o: &Overview) -> Option<String> {
+    let st = &o.state;
+    if v.policy().order != crate::model::Order::LoginsFirst {
+        return None;
+    }
+    let of = |kind: Kind| -> Vec<String> {
+        st.accounts
+            .iter()
+            .filter(|(_, a)| a.kind == Some(kind) && a.enabled)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    let (logins, keys) = (of(Kind::OAuth), of(Kind::ApiKey));
+    if logins.is_empty() || keys.is_empty() {
+        return None;
+    }
+    let mut line = format!(
+        "Chain: logins first ({}), then API keys ({}) while every login cools down",
+        logins.join(", "),
+        keys.join(", ")
+    );
+    let on_key = st
+        .accounts
+        .get(&st.current_index)
+        .is_some_and(|a| a.kind == Some(Kind::ApiKey));
+    if on_key {
+        let back = st
+            .accounts
+            .values()
+            .filter(|a| a.kind == Some(Kind::OAuth) && a.enabled)
+            .filter(|a| a.status_at(o.now) == Status::CoolingDown)
+            .filter_map(|a| a.cooldown_until)
+            .min();
+        line.push_str(&match back {
+            Some(t) => format!(
+                "; the first login back at {} ({})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                relative(Some(t), o.now)
+            ),
+            None => "; no login returns by itself (log in again)".to_string(),
+        });
+    }
+    line.push_str(".\n");
+    Some(line)
 }
 
 /// Problems worth a line under the status table.

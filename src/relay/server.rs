@@ -211,12 +211,24 @@ fn refuse_rest(conn: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// `Authorization: Bearer <token>`, compared in constant time (the token is the only thing that
-/// stands between another local user and the keys).
+/// The header that carries the run's token beside a login's own `Authorization` (claude's
+/// `ANTHROPIC_CUSTOM_HEADERS`); never forwarded (it holds the token).
+pub(super) const RUN_TOKEN_HEADER: &str = "x-rotation-token";
+
 /// The request carries the run's token where the CLI puts its key: `Authorization: Bearer`
-/// (OpenAI-compatible; Anthropic's, where claude puts `ANTHROPIC_AUTH_TOKEN`), or
-/// `x-goog-api-key` / the `key=` query parameter (the Gemini API).
+/// (OpenAI-compatible; Anthropic's, where claude puts `ANTHROPIC_AUTH_TOKEN`, or
+/// [`RUN_TOKEN_HEADER`] beside a login's own bearer), or `x-goog-api-key` / the `key=` query
+/// parameter (the Gemini API). Compared in constant time (the token is the only thing that
+/// stands between another local user and the keys).
 fn authorized(req: &Incoming, token: &Secret, wire: Wire) -> bool {
+    let matches = |given: &[u8]| constant_time_eq(given, token.expose().as_bytes());
+    if wire == Wire::Anthropic
+        && req
+            .header(RUN_TOKEN_HEADER)
+            .is_some_and(|v| matches(v.trim_ascii()))
+    {
+        return true;
+    }
     let given = match wire {
         Wire::OpenAi | Wire::Anthropic => req.header("authorization").and_then(|value| match value
             .get(..7)
@@ -237,7 +249,7 @@ fn authorized(req: &Incoming, token: &Secret, wire: Wire) -> bool {
                 })
             }),
     };
-    given.is_some_and(|g| constant_time_eq(g, token.expose().as_bytes()))
+    given.is_some_and(matches)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

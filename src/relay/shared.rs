@@ -66,6 +66,12 @@ pub(super) struct Shared {
     pub(super) on_exhausted: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// When a shared pool was last looked at (`pool_check_due`).
     pub(super) pool_checked: Mutex<Option<std::time::Instant>>,
+    /// Where a subscription login's requests go (the base URL the CLI would have used), when
+    /// the relay serves logins (the profile's `relay_login_headers`); `None`: it serves keys only.
+    pub(super) login_base: Option<String>,
+    /// Logins first, and the pool holds logins and keys: while the relay is on a key, it looks
+    /// whether a login is back before a request (at most every `POOL_CHECK`).
+    pub(super) chain: bool,
 }
 
 /// How often the relay looks at a pool shared with other hosts (at most; only while requests
@@ -137,18 +143,37 @@ pub(super) struct State {
 pub(super) struct Active {
     pub(super) slot: usize,
     pub(super) label: Option<String>,
+    /// The base URL, and for an API key the key and model. A login's access token is not held
+    /// here: it is read when a request goes out (`Vault::login_access`), since the CLI may
+    /// refresh it at any time.
     pub(super) target: ApiTarget,
+    /// A subscription login (sent as `Authorization: Bearer <access token>`).
+    pub(super) login: bool,
     /// `record_success` was called for this slot (once per slot change, not per request).
     recorded: bool,
 }
 
 impl Active {
-    pub(super) fn from_launch(launch: &Launch) -> Option<Active> {
-        let target = launch.api.clone().filter(|_| launch.kind == Kind::ApiKey)?;
+    /// The slot `launch` names, when the relay can serve it: an API key with a base URL, or a
+    /// login when the relay serves logins (`login_base`, where their requests go).
+    pub(super) fn from_launch(launch: &Launch, login_base: Option<&str>) -> Option<Active> {
+        let (target, login) = match launch.kind {
+            Kind::ApiKey => (launch.api.clone()?, false),
+            Kind::OAuth => {
+                let target = ApiTarget {
+                    base_url: login_base?.to_string(),
+                    key: Secret::new(String::new()),
+                    model: None,
+                    env_key: String::new(),
+                };
+                (target, true)
+            }
+        };
         Some(Active {
             slot: launch.slot,
             label: launch.label.clone(),
             target,
+            login,
             recorded: false,
         })
     }
@@ -196,6 +221,11 @@ impl Shared {
             .filter(|p| !self.token_at.is_match(p.as_bytes()))
             .collect();
         (!kept.is_empty()).then(|| kept.join("&"))
+    }
+
+    /// The slot `launch` names, when this relay can serve it.
+    pub(super) fn active_for(&self, launch: &Launch) -> Option<Active> {
+        Active::from_launch(launch, self.login_base.as_deref())
     }
 
     /// What the CLI's requests look like (the profile's).
@@ -250,7 +280,7 @@ impl Shared {
         let blocked = {
             let st = self.state();
             match st.blocked {
-                None if !self.pool_check_due() => return Ok(st.active.clone()),
+                None if !self.pool_check_due(&st.active) => return Ok(st.active.clone()),
                 None => {
                     let active = st.active.clone();
                     drop(st);
@@ -260,7 +290,7 @@ impl Shared {
             }
         };
         match self.vault.prepare(None) {
-            Ok(launch) => match Active::from_launch(&launch) {
+            Ok(launch) => match self.active_for(&launch) {
                 Some(active) => {
                     let mut st = self.state();
                     if st.active.slot != active.slot {
@@ -282,10 +312,12 @@ impl Shared {
         }
     }
 
-    /// A pool shared with other hosts: is it time to look at it again? At most once per
-    /// `POOL_CHECK` (a burst of parallel requests looks once; the look is one Redis round trip).
-    fn pool_check_due(&self) -> bool {
-        if !self.vault.is_shared() {
+    /// Is it time to look at the pool again? A pool shared with other hosts, or a chain whose
+    /// relay is on a key (a login may be back): at most once per `POOL_CHECK` (a burst of
+    /// parallel requests looks once; the look is one file read, or one Redis round trip).
+    fn pool_check_due(&self, active: &Active) -> bool {
+        let login_may_be_back = self.chain && !active.login;
+        if !self.vault.is_shared() && !login_may_be_back {
             return false;
         }
         let mut last = self.pool_checked.lock().unwrap_or_else(|p| p.into_inner());
@@ -297,13 +329,15 @@ impl Shared {
         true
     }
 
-    /// Another host moved the shared pool away from `active` (its key spent there, say): this
-    /// request starts on the pool's account instead of asking the spent key again.
+    /// The pool moved away from `active` (another host found its key spent; a login came back
+    /// while the chain was on a key): this request starts on the pool's account instead.
     fn follow_pool(&self, active: Active) -> Active {
         let now = Utc::now();
         let moved = match self.vault.peek() {
             crate::vault::state::Loaded::Ok(view) => {
-                view.current_index != active.slot || !view.eligible(active.slot, now)
+                view.current_index != active.slot
+                    || !view.eligible(active.slot, now)
+                    || view.desired(self.vault.policy(), now) != Some(active.slot)
             }
             _ => false,
         };
@@ -314,7 +348,7 @@ impl Shared {
             // Spent or unreadable: the request goes as it was; its answer decides.
             return active;
         };
-        let Some(next) = Active::from_launch(&launch) else {
+        let Some(next) = self.active_for(&launch) else {
             return active;
         };
         let mut st = self.state();
@@ -323,11 +357,19 @@ impl Shared {
         }
         st.active = next.clone();
         drop(st);
-        self.say(format!(
-            "the shared pool moved on from {}; switched to {}",
-            active.who(),
-            next.who()
-        ));
+        self.say(if next.login && !active.login {
+            format!(
+                "{} is usable again; switched to it from {}",
+                next.who(),
+                active.who()
+            )
+        } else {
+            format!(
+                "the shared pool moved on from {}; switched to {}",
+                active.who(),
+                next.who()
+            )
+        });
         next
     }
 
@@ -406,7 +448,7 @@ impl Shared {
                 self.say(format!("{what}; no other account is left"));
                 Next::Answer(exhausted_answer(self.wire(), earliest))
             }
-            Ok(launch) => match Active::from_launch(&launch) {
+            Ok(launch) => match self.active_for(&launch) {
                 Some(active) => {
                     let moved_here = {
                         let mut st = self.state();

@@ -20,6 +20,7 @@ use crate::vault::{Launch, Vault};
 
 use super::meter::{Metered, Seen};
 use super::proxy::Routes;
+use super::server::RUN_TOKEN_HEADER;
 use super::server::accept_loop;
 use super::shared::{Active, Conns, Served, Shared, State};
 
@@ -56,12 +57,27 @@ impl Relay {
             launch,
             notify,
         } = setup;
-        let active = Active::from_launch(&launch).ok_or_else(|| {
+        let api = &vault.paths.profile.api;
+        // A login's requests go where the CLI would have sent them: the person's own base URL
+        // (a gateway), else the provider's.
+        let login_base = api.relay_login_headers.and_then(|_| {
+            std::env::var(api.base_url_var)
+                .ok()
+                .filter(|u| !u.trim().is_empty())
+                .or_else(|| api.default_base_url.map(str::to_string))
+        });
+        let active = Active::from_launch(&launch, login_base.as_deref()).ok_or_else(|| {
             io::Error::other(format!(
                 "account {} is not an API-key account with a base URL, which the relay needs",
                 launch.slot
             ))
         })?;
+        let chain = vault.policy().order == crate::model::Order::LoginsFirst
+            && login_base.is_some()
+            && vault.scan_slots().is_ok_and(|s| {
+                let kinds: Vec<Kind> = s.values().flatten().copied().collect();
+                kinds.contains(&Kind::OAuth) && kinds.contains(&Kind::ApiKey)
+            });
         let token = Secret::new(random_hex(32)?);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
@@ -96,6 +112,8 @@ impl Relay {
             stream_hit: Mutex::new(None),
             on_exhausted: Mutex::new(None),
             pool_checked: Mutex::new(None),
+            login_base,
+            chain,
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -165,27 +183,43 @@ impl Relay {
     /// The run's token goes under the slot's key variable (or the profile's
     /// `relay_token_var`: claude's `ANTHROPIC_AUTH_TOKEN`) and the relay's URL under the
     /// profile's base-URL variable (`OPENAI_BASE_URL`; the real key and URL stay here), the
-    /// slot's model under its first model variable (`OPENAI_MODEL`).
+    /// slot's model under its first model variable (`OPENAI_MODEL`). A login (claude) keeps
+    /// its own credentials: the token goes as the `x-rotation-token` header in the profile's
+    /// `relay_login_headers` variable.
     /// `NO_PROXY`/`no_proxy` gain `127.0.0.1`: qwen 0.24 sends every request through
     /// `HTTPS_PROXY` (undici's EnvHttpProxyAgent, for http URLs too) unless NO_PROXY exempts
     /// the host, and a proxy cannot reach our loopback port.
     pub fn child_env(&self, launch: &Launch) -> Option<Vec<(OsString, OsString)>> {
-        let api = launch
-            .api
-            .as_ref()
-            .filter(|_| launch.kind == Kind::ApiKey)?;
         let vars = &self.shared.vault.paths.profile.api;
-        let token_var = vars
-            .relay_token_var
-            .map_or_else(|| OsString::from(&api.env_key), OsString::from);
+        let token = match launch.kind {
+            // A login: the CLI keeps using (and refreshing) its own, and carries the run's
+            // token as an extra header, after any of the person's own.
+            Kind::OAuth => {
+                let var = vars.relay_login_headers?;
+                self.shared.active_for(launch)?;
+                let ours = format!("{RUN_TOKEN_HEADER}: {}", self.token.expose());
+                let value = match std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+                    Some(own) => format!("{}\n{ours}", own.trim_end()),
+                    None => ours,
+                };
+                (OsString::from(var), OsString::from(value))
+            }
+            Kind::ApiKey => {
+                let api = launch.api.as_ref()?;
+                let var = vars
+                    .relay_token_var
+                    .map_or_else(|| OsString::from(&api.env_key), OsString::from);
+                (var, OsString::from(self.token.expose()))
+            }
+        };
         let mut env = vec![
-            (token_var, OsString::from(self.token.expose())),
+            token,
             (
                 OsString::from(vars.base_url_var),
                 OsString::from(&self.base_url),
             ),
         ];
-        if let Some(model) = &api.model {
+        if let Some(model) = launch.api.as_ref().and_then(|a| a.model.as_ref()) {
             env.push((OsString::from(vars.model_vars[0]), OsString::from(model)));
         }
         let inherited = ["no_proxy", "NO_PROXY"]
@@ -204,7 +238,7 @@ impl Relay {
     /// on its own, e.g. on a quota error inside a stream that only output scanning sees).
     /// Returns false, changing nothing, when `launch` is not a slot the relay can serve.
     pub fn switch_to(&self, launch: &Launch) -> bool {
-        let Some(active) = Active::from_launch(launch) else {
+        let Some(active) = self.shared.active_for(launch) else {
             return false;
         };
         let mut st = self.shared.state();
@@ -237,18 +271,22 @@ impl Drop for Relay {
     }
 }
 
-/// Sets `env` on `cmd`. When it carries the relay's token under the profile's
-/// `relay_token_var`, the profile's `relay_unset` variables (a key of the person's own, which the
-/// CLI would send beside the token or prefer to it) are removed from the child's environment.
+/// Sets `env` on `cmd`. When it carries the relay's token (under the profile's
+/// `relay_token_var`, or in its `relay_login_headers` for a login), the profile's `relay_unset`
+/// variables (a key of the person's own, which the CLI would send beside the token or prefer to
+/// it) are removed from the child's environment; for a login also `relay_token_var`, which the
+/// CLI would prefer to its login.
 pub fn apply_env(cmd: &mut std::process::Command, env: &[(OsString, OsString)]) {
     let api = &crate::profile::active().api;
-    let through_relay = api
-        .relay_token_var
-        .is_some_and(|var| env.iter().any(|(k, _)| *k == var));
-    if through_relay {
+    let has = |var: Option<&str>| var.is_some_and(|var| env.iter().any(|(k, _)| *k == var));
+    let login = has(api.relay_login_headers);
+    if login || has(api.relay_token_var) {
         for var in api.relay_unset {
             cmd.env_remove(var);
         }
+    }
+    if login && let Some(var) = api.relay_token_var {
+        cmd.env_remove(var);
     }
     for (k, v) in env {
         cmd.env(k, v);

@@ -21,6 +21,12 @@ const KEY_HEADER: &str = "x-goog-api-key";
 /// (nor its `Authorization`, which carries the run's token).
 const ANTHROPIC_KEY_HEADER: &str = "x-api-key";
 
+/// Anthropic's list of beta features a request uses.
+const BETA_HEADER: &str = "anthropic-beta";
+/// The beta a subscription login's requests carry (observed on claude 2.1.332): a login's
+/// request without it is refused, a key's request with it is not a key's.
+const OAUTH_BETA: &str = "oauth-2025-04-20";
+
 /// Error answers are read whole to classify them. Provider error bodies are a few hundred
 /// bytes; a larger one is passed through unclassified.
 const MAX_ERROR_BODY: usize = 256 * 1024;
@@ -60,8 +66,43 @@ pub(super) fn relay_request(
                 .and_then(|q| shared.scrub_query(q))
                 .as_deref(),
         );
+        // A login's token is read now (the CLI may have refreshed it); one that cannot be read
+        // is that login's failure: the request moves on like on a 401.
+        let credential = if active.login {
+            match shared.vault.login_access(active.slot) {
+                Ok(token) => token,
+                Err(e) => {
+                    let hit = crate::model::Hit {
+                        class: Class::Auth,
+                        phrase: format!("its login cannot be used ({e})"),
+                        reset_at: None,
+                    };
+                    match shared.rotate(&active, &hit) {
+                        Next::Slot(next) if tries < shared.max_tries && !auth_moved => {
+                            auth_moved = true;
+                            active = next;
+                            continue;
+                        }
+                        Next::Answer(answer) => return answer_own(shared, out, &answer, req),
+                        _ => {
+                            let answer = own_error(
+                                shared.wire(),
+                                401,
+                                &format!("qwen-rotation relay: {} {}", active.who(), hit.phrase),
+                                "authentication_error",
+                                "relay_login_unreadable",
+                            );
+                            return write_answer(out, &answer, &req.method, req.close)
+                                .map(|()| !req.close);
+                        }
+                    }
+                }
+            }
+        } else {
+            active.target.key.clone()
+        };
         let sent_at = Instant::now();
-        let response = match send(shared, req, &active, &url) {
+        let response = match send(shared, req, &active, &credential, &url) {
             Ok(r) => r,
             Err(e) => {
                 let took = sent_at.elapsed();
@@ -249,6 +290,28 @@ fn answer_own(
     written.map(|()| !req.close)
 }
 
+/// The `anthropic-beta` list a request goes out with: the CLI's, with the OAuth beta added for
+/// a login (the CLI sent the request with a key, or with the run's token) or removed for a key
+/// (the CLI is logged in, the chain moved on to a key). `None`: no header.
+fn anthropic_betas(req: &Incoming, login: bool) -> Option<String> {
+    let mut betas: Vec<String> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(BETA_HEADER))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|b| b.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|b| !b.is_empty() && b != OAUTH_BETA)
+        .collect();
+    if login {
+        betas.push(OAUTH_BETA.to_string());
+    }
+    (!betas.is_empty()).then(|| betas.join(","))
+}
+
 /// `base` + the request path without the relay's own path (`prefix`, `/v1` for qwen): what the
 /// CLI would have requested had it been given `base` as its base URL (the OpenAI SDK appends
 /// the path to the base as is; the Gemini SDK appends `/v1beta/…` to a base without a path).
@@ -284,6 +347,7 @@ fn send(
     shared: &Shared,
     req: &Incoming,
     active: &Active,
+    credential: &crate::model::Secret,
     url: &str,
 ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
     use ureq::http::{HeaderName, HeaderValue};
@@ -302,6 +366,7 @@ fn send(
                     || name.eq_ignore_ascii_case("authorization")))
             || listed.iter().any(|l| name.eq_ignore_ascii_case(l))
             || shared.token_at.is_match(value)
+            || (wire == Wire::Anthropic && name.eq_ignore_ascii_case(BETA_HEADER))
         {
             continue;
         }
@@ -313,20 +378,30 @@ fn send(
         };
         builder = builder.header(n, v);
     }
+    if wire == Wire::Anthropic
+        && let Some(betas) = anthropic_betas(req, active.login)
+        && let Ok(v) = HeaderValue::from_str(&betas)
+    {
+        builder = builder.header(BETA_HEADER, v);
+    }
     // The slot's key where the provider's API wants it (the run's token, wherever the CLI put
     // it, was dropped above).
     let (header, value) = match wire {
         Wire::OpenAi => (
             ureq::http::header::AUTHORIZATION,
-            format!("Bearer {}", active.target.key.expose()),
+            format!("Bearer {}", credential.expose()),
         ),
         Wire::Gemini => (
             HeaderName::from_static(KEY_HEADER),
-            active.target.key.expose().to_string(),
+            credential.expose().to_string(),
+        ),
+        Wire::Anthropic if active.login => (
+            ureq::http::header::AUTHORIZATION,
+            format!("Bearer {}", credential.expose()),
         ),
         Wire::Anthropic => (
             HeaderName::from_static(ANTHROPIC_KEY_HEADER),
-            active.target.key.expose().to_string(),
+            credential.expose().to_string(),
         ),
     };
     let mut auth = HeaderValue::from_str(&value).map_err(|_| {

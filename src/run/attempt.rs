@@ -14,8 +14,9 @@ use crate::relay::{self, Relay};
 use crate::settings;
 use crate::vault::{Launch, Vault};
 
-/// Puts the loopback relay in qwen's request path when the run starts on an API-key slot and
-/// nothing forbids it; otherwise output scanning alone watches the run (and says why, once).
+/// Puts the loopback relay in qwen's request path when the run starts on an API-key slot (or a
+/// login, for a CLI whose login requests the relay serves: claude) and nothing forbids it;
+/// otherwise output scanning alone watches the run (and says why, once).
 pub(super) fn start_relay(
     vault: &Vault,
     patterns: &Arc<Patterns>,
@@ -23,7 +24,11 @@ pub(super) fn start_relay(
     args: &[OsString],
     notify: Box<dyn Fn(String) + Send + Sync>,
 ) -> Option<Relay> {
-    if launch.kind != Kind::ApiKey || !vault.config.relay {
+    let servable = match launch.kind {
+        Kind::ApiKey => true,
+        Kind::OAuth => vault.paths.profile.api.relay_login_headers.is_some(),
+    };
+    if !servable || !vault.config.relay {
         return None;
     }
     let model = launch.api.as_ref().and_then(|a| a.model.as_deref());

@@ -241,11 +241,12 @@ fn hot_swap(
         Ok(next) => next,
         Err(e) => return say(format!("{who}; {e}")),
     };
-    // An API-key slot can take over a running session only through the relay; an OAuth slot
-    // only through the swapped file, which qwen re-reads at most every 5 s
-    // (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS) counted from the failed request.
+    // An API-key slot can take over a running session only through the relay (so can a login
+    // the relay serves: claude's); an OAuth slot otherwise only through the swapped file, which
+    // qwen re-reads at most every 5 s (QWEN_FACTS.md, CACHE_CHECK_INTERVAL_MS) counted from the
+    // failed request.
     let pause = match (next.kind, relay) {
-        (Kind::ApiKey, Some(relay)) if relay.switch_to(&next) => Duration::ZERO,
+        (_, Some(relay)) if relay.switch_to(&next) => Duration::ZERO,
         (Kind::ApiKey, _) => {
             return say(format!(
                 "{who}; account {to} is an API key: restart {name} to continue on it"

@@ -53,6 +53,9 @@ impl RunRecord {
             ..event
         };
         vault.append_run(event);
+        // A login the CLI refreshed during the run goes back to its slot now. A failure here is
+        // repaired by the next run's own sync.
+        let _ = vault.sync_back();
         // The last remaining quota per account, for status and the dashboard: one locked
         // state write, only when the provider announced any. A failure costs only that view.
         if let Some((_, seen)) = &self.metered {

@@ -9,8 +9,9 @@
 //! pinned real claude's directory, then the system directories. Every child runs in its own
 //! process group, killed on timeout and after exit.
 //!
-//! The mock answers by the key a request carries (`x-api-key`), with the fixture secret mark
-//! dropped: `credit` → 400 "Your credit balance is too low" · `throttle` → 429
+//! The mock answers by the key a request carries (`x-api-key`, else a login's
+//! `Authorization: Bearer` access token), with the fixture secret mark dropped (a name made spent
+//! with [`ClaudeMock::spend`] answers as `limit` from then on): `credit` → 400 "Your credit balance is too low" · `throttle` → 429
 //! `rate_limit_error` with `retry-after: 30` · `limit` → 429 with the unified usage-limit headers
 //! (claim `five_hour`, reset in an hour) · `invalid` → 401 `authentication_error` · `hold` →
 //! the answer waits until [`ClaudeMock::release`] · anything else → an answer whose text is
@@ -97,10 +98,16 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub query: String,
-    /// The `x-api-key`, without the fixture mark (`k2_ok`).
+    /// The `x-api-key`, else the bearer token, without the fixture mark (`k2_ok`).
     pub key: String,
     /// The request carried an `Authorization` header.
     pub authorization: bool,
+    /// The request carried an `x-api-key` header.
+    pub api_key: bool,
+    /// The `anthropic-beta` list.
+    pub betas: String,
+    /// Every header name, lowercase.
+    pub header_names: Vec<String>,
     /// The request asked for a stream.
     pub stream: bool,
 }
@@ -108,6 +115,7 @@ pub struct Seen {
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<Seen>>,
+    spent: Mutex<Vec<String>>,
     arrived: Condvar,
     released: Mutex<bool>,
     release: Condvar,
@@ -161,6 +169,11 @@ impl ClaudeMock {
             }
             seen = self.shared.arrived.wait_timeout(seen, left).unwrap().0;
         }
+    }
+
+    /// From now on, requests carrying `key` (unmarked) get the 5-hour usage limit.
+    pub fn spend(&self, key: &str) {
+        self.shared.spent.lock().unwrap().push(key.to_string());
     }
 
     /// Lets every held answer go.
@@ -232,7 +245,10 @@ fn serve(conn: TcpStream, shared: &Shared) {
             }
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let key = secrets::unmarked(&header("x-api-key").unwrap_or_default()).to_string();
+        let bearer = header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+            .unwrap_or_default();
+        let key = secrets::unmarked(&header("x-api-key").unwrap_or(bearer)).to_string();
         let doc = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
         let stream = doc["stream"].as_bool().unwrap_or(false);
         let model = doc["model"].as_str().unwrap_or("").to_string();
@@ -242,6 +258,9 @@ fn serve(conn: TcpStream, shared: &Shared) {
             query: query.to_string(),
             key: key.clone(),
             authorization: header("authorization").is_some(),
+            api_key: header("x-api-key").is_some(),
+            betas: header("anthropic-beta").unwrap_or_default(),
+            header_names: headers.iter().map(|(k, _)| k.clone()).collect(),
             stream,
         });
         shared.arrived.notify_all();
@@ -256,7 +275,9 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     .0;
             }
         }
-        let (status, extra, content_type, body) = answer(&key, &model, stream);
+        let spent = shared.spent.lock().unwrap().contains(&key);
+        let named = if spent { "limit" } else { key.as_str() };
+        let (status, extra, content_type, body) = answer(named, &key, &model, stream);
         let mut head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nrequest-id: req_mock\r\n",
             body.len()
@@ -282,7 +303,9 @@ pub fn error_body(kind: &str, message: &str) -> String {
 
 type Answer = (u16, Vec<(&'static str, String)>, &'static str, String);
 
-fn answer(key: &str, model: &str, stream: bool) -> Answer {
+/// The answer for a caller whose behaviour is `key` (its name, or `limit` once spent); the text
+/// names `who`.
+fn answer(key: &str, who: &str, model: &str, stream: bool) -> Answer {
     let json = "application/json";
     if key.contains("credit") {
         return (
@@ -335,7 +358,7 @@ fn answer(key: &str, model: &str, stream: bool) -> Answer {
             error_body("authentication_error", "invalid x-api-key"),
         );
     }
-    let text = format!("REPLY-FROM-{key}");
+    let text = format!("REPLY-FROM-{who}");
     if !stream {
         let doc = serde_json::json!({
             "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
@@ -444,6 +467,46 @@ impl Sandbox {
         self.env.retain(|(k, _)| *k != key);
         self.env.push((key, value.into()));
         self
+    }
+
+    /// Writes `$HOME/.claude/.credentials.json` as claude stores a subscription login: the
+    /// access token `secret(access)`, a refresh token of its own, valid for ten hours, and the
+    /// account's id from the name's first part (`l1_ok` and `l1_fresh` are one account).
+    pub fn write_login(&self, access: &str) {
+        let expires = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 10 * 3600 * 1000;
+        let doc = serde_json::json!({"claudeAiOauth": {
+            "accessToken": secrets::secret(access),
+            "refreshToken": secrets::secret(&format!("{access}_refresh")),
+            "expiresAt": expires as u64,
+            "scopes": ["user:inference", "user:profile"],
+            "subscriptionType": "max",
+            "rateLimitTier": "default_claude_max_5x",
+            "accountUuid": format!("uuid-{}", access.split('_').next().unwrap_or(access)),
+        }});
+        write_private(
+            &self.claude_home.join(".credentials.json"),
+            doc.to_string().as_bytes(),
+        );
+    }
+
+    /// A subscription login whose access token is `secret(access)`, stored as a slot the way a
+    /// person does it: log in (here: the file claude would write), then `claude --rotation-add
+    /// LABEL`.
+    pub fn add_login(&self, label: &str, access: &str) {
+        self.write_login(access);
+        let out = self.run(&["--rotation-add", label], None);
+        assert_eq!(out.status.code(), Some(0), "--rotation-add: {}", out.dump());
+    }
+
+    /// The access token in the live `.credentials.json`, without the fixture mark.
+    pub fn live_access(&self) -> String {
+        let text = fs::read_to_string(self.claude_home.join(".credentials.json")).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        secrets::unmarked(doc["claudeAiOauth"]["accessToken"].as_str().unwrap()).to_string()
     }
 
     /// `printf %s KEY | claude --rotation-add --api-key LABEL --base-url URL`, through the shim.

@@ -1,0 +1,206 @@
+//! The shim as `claude` in front of the REAL Claude Code 2.1.332 with subscription logins,
+//! offline, against a mock of Anthropic's Messages API (tests/support/real_claude.rs).
+//!
+//! Claude keeps using (and refreshing) its own `.credentials.json`; with the relay as its base
+//! URL, its login's requests pass through the relay, which sees a usage limit in the answer's
+//! headers, swaps the live file to the next login and sends the same request again with that
+//! login's token; past the last login, an API key of the same pool answers (the fallback chain).
+//! Each test proves what it names by what the mock saw and what claude printed.
+
+#[path = "support/real_claude.rs"]
+mod real_claude;
+
+use std::time::{Duration, Instant};
+
+use qwen_rotation::vault::state::{State, Status};
+use real_claude::{ClaudeMock, Sandbox, secrets};
+
+/// A sandbox whose logins' requests go to the mock (the person's `ANTHROPIC_BASE_URL`, which a
+/// login's requests follow), with the logins `logins` (access-token names) added in order.
+fn setup(logins: &[&str]) -> Option<(Sandbox, ClaudeMock)> {
+    let mut sb = Sandbox::new()?;
+    let mock = ClaudeMock::start();
+    sb.env("ANTHROPIC_BASE_URL", mock.url());
+    for (i, access) in logins.iter().enumerate() {
+        sb.add_login(&format!("login{}", i + 1), access);
+    }
+    Some((sb, mock))
+}
+
+fn switches(sb: &Sandbox) -> Vec<(u64, u64)> {
+    sb.rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Every request a login made reached the mock as a login's request: its own bearer token and
+/// the OAuth beta, no `x-api-key`, nothing of the relay's (`x-rotation-token`).
+fn assert_login_shape(mock: &ClaudeMock, login: &str) {
+    let seen: Vec<_> = mock.seen().into_iter().filter(|s| s.key == login).collect();
+    assert!(!seen.is_empty(), "{login} never asked: {:?}", mock.seen());
+    for s in seen {
+        assert!(s.authorization && !s.api_key, "{s:?}");
+        assert!(s.betas.contains("oauth-2025-04-20"), "{s:?}");
+        assert!(
+            !s.header_names.iter().any(|h| h == "x-rotation-token"),
+            "{s:?}"
+        );
+        assert_eq!(s.path, "/v1/messages", "{s:?}");
+    }
+}
+
+#[test]
+fn a_login_on_its_5_hour_limit_is_answered_by_the_next_login_in_text_mode() {
+    let Some((sb, mock)) = setup(&["l1_limit", "l2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-l2_ok"), "{}", out.dump());
+    assert!(!out.stdout().contains("limit"), "{}", out.dump());
+    assert_eq!(mock.count("l1_limit"), 1, "{:?}", mock.seen());
+    assert_login_shape(&mock, "l1_limit");
+    assert_login_shape(&mock, "l2_ok");
+    assert_eq!(switches(&sb), vec![(1, 2)]);
+    // The live login is now login 2's: claude's next request, in this run or the next, uses it.
+    assert_eq!(sb.live_access(), "l2_ok");
+    // Login 1 rests until the reset the answer announced (an hour), not the default five hours.
+    let status = sb.run(&["--rotation-status", "--json"], None);
+    let doc: serde_json::Value = serde_json::from_str(status.stdout().trim()).unwrap();
+    let accounts = doc["accounts"].as_array().unwrap();
+    let one = accounts.iter().find(|a| a["slot"] == 1).unwrap();
+    assert_eq!(one["status"], "cooling_down", "{one}");
+    let until = chrono::DateTime::parse_from_rfc3339(one["cooldown_until"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::TimeDelta::minutes(55) && left <= chrono::TimeDelta::minutes(61),
+        "{left}"
+    );
+}
+
+#[test]
+fn a_login_on_its_limit_is_answered_by_the_next_login_in_json_mode() {
+    let Some((sb, mock)) = setup(&["l1_limit", "l2_ok"]) else {
+        return;
+    };
+    let out = sb.run(&["-p", "hello", "--output-format", "json"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    let doc: serde_json::Value = serde_json::from_str(out.stdout().trim())
+        .unwrap_or_else(|e| panic!("json stdout ({e}): {}", out.dump()));
+    assert_eq!(doc["is_error"], false, "{}", out.dump());
+    assert!(
+        doc["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("REPLY-FROM-l2_ok"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(mock.count("l1_limit"), 1, "{:?}", mock.seen());
+}
+
+#[test]
+fn every_login_on_its_limit_falls_back_to_the_api_key() {
+    let Some((sb, mock)) = setup(&["l1_limit", "l2_limit"]) else {
+        return;
+    };
+    sb.add_key("key3", "k3_ok", &mock.url());
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-k3_ok"), "{}", out.dump());
+    assert_eq!(mock.count("l1_limit"), 1, "{:?}", mock.seen());
+    assert_eq!(mock.count("l2_limit"), 1, "{:?}", mock.seen());
+    // The key's request is a key's: `x-api-key`, no bearer, no OAuth beta.
+    for s in mock.seen().iter().filter(|s| s.key == "k3_ok") {
+        assert!(s.api_key && !s.authorization, "{s:?}");
+        assert!(!s.betas.contains("oauth"), "{s:?}");
+    }
+    assert_eq!(switches(&sb), vec![(1, 2), (2, 3)]);
+    // The status shows the chain and when the first login returns.
+    let status = sb.run(&["--rotation-status"], None);
+    let text = status.stdout();
+    assert!(text.contains("Chain: logins first"), "{text}");
+    assert!(text.contains("first login back at "), "{text}");
+}
+
+#[test]
+fn the_pool_goes_back_to_a_login_once_its_reset_has_passed() {
+    let Some((sb, mock)) = setup(&["l1_ok"]) else {
+        return;
+    };
+    sb.add_key("key2", "k2_ok", &mock.url());
+    // The pool as an earlier run left it: login 1 cooling down until a minute ago, key 2 live.
+    let state = sb.claude_home.join("state.yaml");
+    let mut st = State::parse(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    st.current_index = 2;
+    let one = st.accounts.get_mut(&1).unwrap();
+    one.status = Status::CoolingDown;
+    one.cooldown_until = Some(chrono::Utc::now() - chrono::TimeDelta::minutes(1));
+    std::fs::write(&state, st.to_yaml()).unwrap();
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-l1_ok"), "{}", out.dump());
+    assert_eq!(mock.count("k2_ok"), 0, "{:?}", mock.seen());
+    assert_eq!(sb.live_access(), "l1_ok");
+}
+
+#[test]
+fn every_login_and_key_spent_ends_the_run_with_75_at_once() {
+    let Some((sb, mock)) = setup(&["l1_limit", "l2_limit"]) else {
+        return;
+    };
+    sb.add_key("key3", "k3_credit", &mock.url());
+    let started = Instant::now();
+    let out = sb.run(&["-p", "hello"], None);
+    let took = started.elapsed();
+    assert_eq!(out.code(), 75, "{}", out.dump());
+    assert!(!out.stdout().contains("REPLY-FROM"), "{}", out.dump());
+    for name in ["l1_limit", "l2_limit", "k3_credit"] {
+        assert_eq!(mock.count(name), 1, "{name}: {:?}", mock.seen());
+    }
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}: {}",
+        out.dump()
+    );
+    assert!(out.stderr().contains("returns at "), "{}", out.dump());
+}
+
+#[test]
+fn a_login_claude_refreshed_during_the_run_goes_back_to_its_slot() {
+    let Some((sb, mock)) = setup(&["l1_hold"]) else {
+        return;
+    };
+    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
+    assert!(
+        mock.wait_for(Duration::from_secs(60), |s| s.key == "l1_hold"),
+        "claude never asked: {:?}",
+        mock.seen()
+    );
+    // What claude does when it refreshes: a new access and refresh token, same account.
+    sb.write_login("l1_fresh");
+    mock.release();
+    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slot = std::fs::read_to_string(sb.claude_home.join("accounts/oauth_creds_1.json")).unwrap();
+    assert!(
+        slot.contains(&secrets::secret("l1_fresh")),
+        "slot 1 was not synced back"
+    );
+    // The next run's request goes out with the refreshed token.
+    let out = sb.run(&["-p", "again"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(
+        out.stdout().contains("REPLY-FROM-l1_fresh"),
+        "{}",
+        out.dump()
+    );
+}
