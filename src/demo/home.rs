@@ -42,9 +42,18 @@ pub const KEPT: &[&str] = &[
     "LOGNAME",
 ];
 
-/// Variables a CLI needs to run headless in the demo's empty working directory, by profile name:
-/// gemini refuses an untrusted folder (exit 55).
-const TRUST: &[(&str, &str, &str)] = &[("gemini", "GEMINI_CLI_TRUST_WORKSPACE", "true")];
+/// Variables a CLI needs to run headless and offline in the demo's empty working directory, by
+/// profile name: gemini refuses an untrusted folder (exit 55); claude otherwise reaches for
+/// api.anthropic.com (telemetry) beside the demo's provider.
+const CLI_ENV: &[(&str, &str, &str)] = &[
+    ("gemini", "GEMINI_CLI_TRUST_WORKSPACE", "true"),
+    ("claude", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+];
+
+/// The CLI whose own config file must say onboarding is done and the working directory is
+/// trusted before it runs offline without a dialog, and that file's name in its home: claude's
+/// `.claude.json` (in `CLAUDE_CONFIG_DIR`).
+const ONBOARDED: (&str, &str) = ("claude", ".claude.json");
 
 /// How long a stopped child's group has between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -142,6 +151,30 @@ impl Home {
         self.dir.path()
     }
 
+    /// Seeds the CLI's own config as a person's first run leaves it, for the CLI that needs it
+    /// ([`ONBOARDED`]): onboarding done at `version` (the real CLI's `--version`, first word), the
+    /// working directory trusted. Other CLIs: nothing.
+    pub fn onboard(&self, version: &str) -> io::Result<()> {
+        let (name, file) = ONBOARDED;
+        if self.profile.name != name {
+            return Ok(());
+        }
+        // The directory as the CLI's getcwd() reports it (TMPDIR may be a link).
+        let work = std::fs::canonicalize(&self.work)?;
+        let version = version.split_whitespace().next().unwrap_or_default();
+        let config = serde_json::json!({
+            "hasCompletedOnboarding": true,
+            "lastOnboardingVersion": version,
+            "projects": { work.to_string_lossy(): { "hasTrustDialogAccepted": true } },
+        });
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.cli_home.join(file))?;
+        io::Write::write_all(&mut out, config.to_string().as_bytes())
+    }
+
     /// `program` with the scrubbed environment, in the home, in its own process group, stdin
     /// null, both outputs piped.
     pub fn command(&self, program: &Path) -> Command {
@@ -164,27 +197,28 @@ impl Home {
         };
         cmd.env("HOME", &self.home)
             .env(self.profile.home.var, home_var)
-            .env("TMPDIR", self.root().join("tmp"))
-            // No system settings of the machine: both names point at files that do not exist.
-            .env(
-                settings.system_var,
-                self.root().join("system-settings.json"),
-            )
-            .env(
-                settings.defaults_var,
-                self.root().join("system-defaults.json"),
-            )
-            .envs(
-                TRUST
-                    .iter()
-                    .filter(|(name, _, _)| *name == self.profile.name)
-                    .map(|(_, k, v)| (k, v)),
-            )
-            .current_dir(&self.work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .env("TMPDIR", self.root().join("tmp"));
+        // No system settings of the machine: the names a CLI has point at files that do not
+        // exist (claude has none: no variable moves its managed settings).
+        for (var, file) in [
+            (settings.system_var, "system-settings.json"),
+            (settings.defaults_var, "system-defaults.json"),
+        ] {
+            if !var.is_empty() {
+                cmd.env(var, self.root().join(file));
+            }
+        }
+        cmd.envs(
+            CLI_ENV
+                .iter()
+                .filter(|(name, _, _)| *name == self.profile.name)
+                .map(|(_, k, v)| (k, v)),
+        )
+        .current_dir(&self.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
         cmd
     }
 }
