@@ -352,3 +352,78 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
     }
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{CLAUDE, GEMINI, QWEN};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The variables `cmd` sets, by name (None: removed).
+    fn envs(cmd: &Command) -> Vec<(String, Option<String>)> {
+        cmd.get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn claude_runs_offline_in_the_demos_config_dir() {
+        let home = Home::create(&CLAUDE).unwrap();
+        let vars = envs(&home.command(Path::new("claude")));
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("CLAUDE_CONFIG_DIR").as_deref(),
+            Some(home.cli_home.to_str().unwrap())
+        );
+        assert_eq!(
+            get("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC").as_deref(),
+            Some("1")
+        );
+        // claude has no system-settings variable: none is set under an empty name.
+        assert!(vars.iter().all(|(k, _)| !k.is_empty()), "{vars:?}");
+        // The other CLIs do not get claude's variable.
+        for other in [&QWEN, &GEMINI] {
+            let h = Home::create(other).unwrap();
+            let vars = envs(&h.command(Path::new(other.name)));
+            assert!(
+                vars.iter()
+                    .all(|(k, _)| k != "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"),
+                "{vars:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn claudes_config_says_onboarding_done_and_the_working_directory_trusted() {
+        let home = Home::create(&CLAUDE).unwrap();
+        home.onboard("2.1.332 (Claude Code)").unwrap();
+        let file = home.cli_home.join(".claude.json");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(doc["hasCompletedOnboarding"], true);
+        assert_eq!(doc["lastOnboardingVersion"], "2.1.332");
+        let work = std::fs::canonicalize(&home.work).unwrap();
+        assert_eq!(
+            doc["projects"][work.to_str().unwrap()]["hasTrustDialogAccepted"],
+            true,
+            "{doc}"
+        );
+        // Another CLI's home gets no such file.
+        let other = Home::create(&GEMINI).unwrap();
+        other.onboard("0.61.0").unwrap();
+        assert!(!other.cli_home.join(".claude.json").exists());
+    }
+}
