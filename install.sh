@@ -14,8 +14,9 @@
 # when a real one is on PATH); `gemini` and `claude` are links to the same binary, in front of
 # npm's gemini and claude.
 # --demo runs the installed shim's `qwen --rotation-demo` (a quota rotation on the real qwen in a
-# temporary home, nothing of yours touched), and `gemini --rotation-demo` too when the gemini
-# profile is installed and a real gemini is on PATH; install.sh fails when a demo does.
+# temporary home, nothing of yours touched), then `gemini --rotation-demo` and
+# `claude --rotation-demo` for each of those profiles installed with its real CLI on PATH;
+# install.sh fails when a demo does.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
         --uninstall) uninstall=1 ;;
         --profiles) [ $# -ge 2 ] || die "--profiles needs a list such as qwen,gemini,claude"; profiles_opt=$2; shift ;;
         --profiles=*) profiles_opt=${1#--profiles=} ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1; see ./install.sh --help" ;;
     esac
     shift
@@ -308,20 +309,27 @@ if [ "$doctor" = 1 ]; then
 fi
 
 # --demo: the installed shim, first on PATH, shows a rotation on the real qwen (and on the real
-# gemini when its profile is installed and gemini is there); its status is ours.
+# gemini and claude when their profiles are installed and they are there); its status is ours.
 if [ "$demo" = 1 ]; then
     say "running: qwen --rotation-demo (with $bindir first on PATH)"
     status=0
     PATH="$bindir:$PATH" "$target" --rotation-demo || status=$?
     [ "$status" = 0 ] || die "the demo failed (exit $status; its line above says why); the shim is installed in $bindir"
-    case ",$profiles_opt," in
-        *,gemini,*)
-            if real_gemini >/dev/null; then
-                say "running: gemini --rotation-demo (with $bindir first on PATH)"
-                PATH="$bindir:$PATH" "$bindir/gemini" --rotation-demo || status=$?
-                [ "$status" = 0 ] || die "the gemini demo failed (exit $status; its line above says why); the shim is installed in $bindir"
-            else
-                say "no gemini demo: no real gemini on PATH (npm install -g @google/gemini-cli, then gemini --rotation-demo)"
-            fi ;;
-    esac
+    for name in gemini claude; do
+        case ",$profiles_opt," in
+            *,"$name",*) ;;
+            *) continue ;;
+        esac
+        case "$name" in
+            gemini) package=@google/gemini-cli ;;
+            *) package=@anthropic-ai/claude-code ;;
+        esac
+        if real_cli "$name" >/dev/null; then
+            say "running: $name --rotation-demo (with $bindir first on PATH)"
+            PATH="$bindir:$PATH" "$bindir/$name" --rotation-demo || status=$?
+            [ "$status" = 0 ] || die "the $name demo failed (exit $status; its line above says why); the shim is installed in $bindir"
+        else
+            say "no $name demo: no real $name on PATH (npm install -g $package, then $name --rotation-demo)"
+        fi
+    done
 fi

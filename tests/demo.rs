@@ -8,22 +8,25 @@
 //! break the demo if read, a login, accounts, keys in the environment): they must come out
 //! byte-identical and never opened (inotify watches them during the run).
 
+#[path = "support/demo.rs"]
+mod demo;
 #[path = "support/pty.rs"]
 mod pty;
 #[path = "support/real_qwen.rs"]
 mod real_qwen;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use demo::{
+    Interrupted, assert_numbered_steps, entries, events, interrupt_when, processes_in, snapshot,
+    watch,
+};
+use nix::sys::signal::Signal;
 use real_qwen::{Output, Sandbox, Version, mkdir_private, run_with_timeout, write_private};
 
 /// What the demo's provider answers on account 2 (src/demo/provider.rs).
@@ -74,94 +77,12 @@ fn demo_sandbox(version: Version) -> Option<(Sandbox, PathBuf)> {
     Some((sb, tmp))
 }
 
-/// Every file under `dir` with its bytes and mode.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    for entry in fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        let meta = fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
-            out.extend(snapshot(&path));
-            out.insert(path, (Vec::new(), meta.permissions().mode()));
-        } else {
-            out.insert(
-                path.clone(),
-                (fs::read(&path).unwrap(), meta.permissions().mode()),
-            );
-        }
-    }
-    out
-}
-
-/// Watches the person's qwen home (and its accounts) for any open, read or change, and HOME
-/// for anything created in it.
-fn watch(sb: &Sandbox) -> Inotify {
-    let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
-    let everything = AddWatchFlags::IN_OPEN
-        | AddWatchFlags::IN_ACCESS
-        | AddWatchFlags::IN_MODIFY
-        | AddWatchFlags::IN_ATTRIB
-        | AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO;
-    ino.add_watch(&sb.qwen_home, everything).unwrap();
-    ino.add_watch(&sb.accounts(), everything).unwrap();
-    ino.add_watch(
-        &sb.home,
-        AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_TO,
-    )
-    .unwrap();
-    ino
-}
-
-/// The events seen so far (none is `EAGAIN`).
-fn events(ino: &Inotify) -> Vec<String> {
-    match ino.read_events() {
-        Ok(evs) => evs
-            .into_iter()
-            .map(|e| format!("{:?} {:?}", e.mask, e.name))
-            .collect(),
-        Err(nix::errno::Errno::EAGAIN) => Vec::new(),
-        Err(e) => panic!("inotify: {e}"),
-    }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Processes whose working directory is under `tmp` (left behind by this test's run).
-fn processes_in(tmp: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(cwd) = fs::read_link(entry.path().join("cwd"))
-            && cwd.starts_with(tmp)
-        {
-            found.push(format!(
-                "{} in {}",
-                entry.file_name().to_string_lossy(),
-                cwd.display()
-            ));
-        }
-    }
-    found
-}
-
 fn demo_works(version: Version) {
     let Some((sb, tmp)) = demo_sandbox(version) else {
         return;
     };
     let before = snapshot(&sb.qwen_home);
-    let ino = watch(&sb);
+    let ino = watch(&[&sb.qwen_home, &sb.accounts()], &sb.home);
     // stdout is a pipe: not a terminal.
     let out = run_with_timeout(
         sb.command("qwen", &["--rotation-demo"], false, false),
@@ -187,22 +108,7 @@ fn demo_works(version: Version) {
         assert!(stdout.contains(step), "missing {step:?}\n{}", out.dump());
     }
     // The steps come in order, numbered, each with its time.
-    let numbered: Vec<&str> = stdout
-        .lines()
-        .filter(|l| {
-            let t = l.trim_start();
-            let digits = t.chars().take_while(char::is_ascii_digit).count();
-            digits > 0 && t[digits..].starts_with(". [")
-        })
-        .collect();
-    assert_eq!(numbered.len(), 9, "{}", out.dump());
-    for (i, l) in numbered.iter().enumerate() {
-        assert!(
-            l.trim_start().starts_with(&format!("{}. [", i + 1)) && l.contains(" s] "),
-            "step {} reads {l:?}",
-            i + 1
-        );
-    }
+    assert_numbered_steps(&stdout, 9, &out.dump());
     // The status table of the demo home: account 2 live, account 1 cooling down.
     let table: Vec<&str> = stdout
         .lines()
@@ -263,45 +169,18 @@ fn demo_interrupted(version: Version, signal: Signal) {
     let Some((sb, tmp)) = demo_sandbox(version) else {
         return;
     };
-    let mut cmd = sb.command("qwen", &["--rotation-demo"], false, false);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let pid = Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     // The demo's own line says qwen was started: interrupt it then.
-    let deadline = Instant::now() + sb.timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let started = line.contains("running qwen");
-                seen.push(line);
-                if started {
-                    break;
-                }
-            }
-            Err(_) => {
-                let _ = killpg(pid, Signal::SIGKILL);
-                panic!("the demo never said qwen runs: {seen:?}");
-            }
-        }
-    }
-    // As a terminal's Ctrl-C: to the demo's process group (its children have their own).
-    killpg(pid, signal).unwrap();
-    let started = Instant::now();
-    let status = real_qwen::child::wait_within(&mut child, Duration::from_secs(60), "the demo");
-    let stopped_in = started.elapsed();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let Interrupted {
+        status,
+        seen,
+        stderr,
+        took: stopped_in,
+    } = interrupt_when(
+        sb.command("qwen", &["--rotation-demo"], false, false),
+        "running qwen",
+        signal,
+        sb.timeout,
+    );
     assert_eq!(
         status.code(),
         Some(128 + signal as i32),

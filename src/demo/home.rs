@@ -42,9 +42,18 @@ pub const KEPT: &[&str] = &[
     "LOGNAME",
 ];
 
-/// Variables a CLI needs to run headless in the demo's empty working directory, by profile name:
-/// gemini refuses an untrusted folder (exit 55).
-const TRUST: &[(&str, &str, &str)] = &[("gemini", "GEMINI_CLI_TRUST_WORKSPACE", "true")];
+/// Variables a CLI needs to run headless and offline in the demo's empty working directory, by
+/// profile name: gemini refuses an untrusted folder (exit 55); claude otherwise reaches for
+/// api.anthropic.com (telemetry) beside the demo's provider.
+const CLI_ENV: &[(&str, &str, &str)] = &[
+    ("gemini", "GEMINI_CLI_TRUST_WORKSPACE", "true"),
+    ("claude", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+];
+
+/// The CLI whose own config file must say onboarding is done and the working directory is
+/// trusted before it runs offline without a dialog, and that file's name in its home: claude's
+/// `.claude.json` (in `CLAUDE_CONFIG_DIR`).
+const ONBOARDED: (&str, &str) = ("claude", ".claude.json");
 
 /// How long a stopped child's group has between TERM and KILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -142,6 +151,30 @@ impl Home {
         self.dir.path()
     }
 
+    /// Seeds the CLI's own config as a person's first run leaves it, for the CLI that needs it
+    /// ([`ONBOARDED`]): onboarding done at `version` (the real CLI's `--version`, first word), the
+    /// working directory trusted. Other CLIs: nothing.
+    pub fn onboard(&self, version: &str) -> io::Result<()> {
+        let (name, file) = ONBOARDED;
+        if self.profile.name != name {
+            return Ok(());
+        }
+        // The directory as the CLI's getcwd() reports it (TMPDIR may be a link).
+        let work = std::fs::canonicalize(&self.work)?;
+        let version = version.split_whitespace().next().unwrap_or_default();
+        let config = serde_json::json!({
+            "hasCompletedOnboarding": true,
+            "lastOnboardingVersion": version,
+            "projects": { work.to_string_lossy(): { "hasTrustDialogAccepted": true } },
+        });
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.cli_home.join(file))?;
+        io::Write::write_all(&mut out, config.to_string().as_bytes())
+    }
+
     /// `program` with the scrubbed environment, in the home, in its own process group, stdin
     /// null, both outputs piped.
     pub fn command(&self, program: &Path) -> Command {
@@ -164,27 +197,28 @@ impl Home {
         };
         cmd.env("HOME", &self.home)
             .env(self.profile.home.var, home_var)
-            .env("TMPDIR", self.root().join("tmp"))
-            // No system settings of the machine: both names point at files that do not exist.
-            .env(
-                settings.system_var,
-                self.root().join("system-settings.json"),
-            )
-            .env(
-                settings.defaults_var,
-                self.root().join("system-defaults.json"),
-            )
-            .envs(
-                TRUST
-                    .iter()
-                    .filter(|(name, _, _)| *name == self.profile.name)
-                    .map(|(_, k, v)| (k, v)),
-            )
-            .current_dir(&self.work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .env("TMPDIR", self.root().join("tmp"));
+        // No system settings of the machine: the names a CLI has point at files that do not
+        // exist (claude has none: no variable moves its managed settings).
+        for (var, file) in [
+            (settings.system_var, "system-settings.json"),
+            (settings.defaults_var, "system-defaults.json"),
+        ] {
+            if !var.is_empty() {
+                cmd.env(var, self.root().join(file));
+            }
+        }
+        cmd.envs(
+            CLI_ENV
+                .iter()
+                .filter(|(name, _, _)| *name == self.profile.name)
+                .map(|(_, k, v)| (k, v)),
+        )
+        .current_dir(&self.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
         cmd
     }
 }
@@ -317,4 +351,79 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
         let _ = tx.send(Vec::new());
     }
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{CLAUDE, GEMINI, QWEN};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The variables `cmd` sets, by name (None: removed).
+    fn envs(cmd: &Command) -> Vec<(String, Option<String>)> {
+        cmd.get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn claude_runs_offline_in_the_demos_config_dir() {
+        let home = Home::create(&CLAUDE).unwrap();
+        let vars = envs(&home.command(Path::new("claude")));
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("CLAUDE_CONFIG_DIR").as_deref(),
+            Some(home.cli_home.to_str().unwrap())
+        );
+        assert_eq!(
+            get("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC").as_deref(),
+            Some("1")
+        );
+        // claude has no system-settings variable: none is set under an empty name.
+        assert!(vars.iter().all(|(k, _)| !k.is_empty()), "{vars:?}");
+        // The other CLIs do not get claude's variable.
+        for other in [&QWEN, &GEMINI] {
+            let h = Home::create(other).unwrap();
+            let vars = envs(&h.command(Path::new(other.name)));
+            assert!(
+                vars.iter()
+                    .all(|(k, _)| k != "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"),
+                "{vars:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn claudes_config_says_onboarding_done_and_the_working_directory_trusted() {
+        let home = Home::create(&CLAUDE).unwrap();
+        home.onboard("2.1.332 (Claude Code)").unwrap();
+        let file = home.cli_home.join(".claude.json");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(doc["hasCompletedOnboarding"], true);
+        assert_eq!(doc["lastOnboardingVersion"], "2.1.332");
+        let work = std::fs::canonicalize(&home.work).unwrap();
+        assert_eq!(
+            doc["projects"][work.to_str().unwrap()]["hasTrustDialogAccepted"],
+            true,
+            "{doc}"
+        );
+        // Another CLI's home gets no such file.
+        let other = Home::create(&GEMINI).unwrap();
+        other.onboard("0.61.0").unwrap();
+        assert!(!other.cli_home.join(".claude.json").exists());
+    }
 }

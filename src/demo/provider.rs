@@ -1,13 +1,13 @@
 //! The demo's provider: a small HTTP/1.1 server on 127.0.0.1 that speaks the profile's wire
-//! format (the OpenAI-compatible API, or the Gemini API) and answers by the key it is asked with:
-//! the spent key gets the provider's quota error, the fresh key a short answer, any other key the
-//! provider's bad-key error.
+//! format (the OpenAI-compatible API, the Gemini API, or Anthropic's Messages API) and answers by
+//! the key it is asked with: the spent key gets the provider's quota error, the fresh key a short
+//! answer, any other key the provider's bad-key error.
 //!
 //! Invariant: it serves loopback only, reads bounded requests with a deadline, and tells the
 //! script about every request it answers (which account's key, what it answered) through a
 //! channel, in arrival order. It stops accepting when dropped.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::profile::{Profile, Wire};
+
+use super::http::{Request, read_request, send, send_events};
 
 /// The quota answer of the spent key on the OpenAI-compatible API: the words and code of a
 /// provider's 429.
@@ -28,10 +30,14 @@ pub const GEMINI_QUOTA_MESSAGE: &str =
     "You exceeded your current quota, please check your plan and billing details.";
 const GEMINI_QUOTA_ID: &str = "GenerateRequestsPerDayPerProjectPerModel-FreeTier";
 
-/// Anthropic's spent key (a 400, not a 429), for the step line; the demo's provider does not
-/// speak the Messages API yet (the demo refuses claude before it starts one).
-const ANTHROPIC_QUOTA_TYPE: &str = "invalid_request_error";
-const ANTHROPIC_QUOTA_MESSAGE: &str = "Your credit balance is too low to access the Anthropic API.";
+/// Anthropic's spent key: a 400 (not a 429) saying the credit balance is too low, which claude
+/// gives up on at once (one request, "Credit balance is too low", exit 1) and the relay reads as
+/// a spent key.
+pub const ANTHROPIC_QUOTA_TYPE: &str = "invalid_request_error";
+pub const ANTHROPIC_QUOTA_MESSAGE: &str =
+    "Your credit balance is too low to access the Anthropic API.";
+const ANTHROPIC_QUOTA_ADVICE: &str =
+    " Please go to Plans & Billing to upgrade or purchase credits.";
 
 /// The code and words of the spent key's 429 on `wire`, as the step line shows them.
 pub fn quota_words(wire: Wire) -> (&'static str, &'static str) {
@@ -50,8 +56,6 @@ pub fn answer_text(name: &str) -> String {
     )
 }
 
-/// A request head or body larger than this is refused (the demo's client sends a few KB).
-const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// A connection quiet for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -133,7 +137,8 @@ impl Provider {
     }
 
     /// The base URL the accounts are added with: `http://127.0.0.1:PORT/v1` (OpenAI-compatible),
-    /// `http://127.0.0.1:PORT` (the Gemini API: the CLI adds `/v1beta/…` itself).
+    /// `http://127.0.0.1:PORT` (the Gemini API and the Messages API: the CLI adds `/v1beta/…`,
+    /// `/v1/messages` itself).
     pub fn base_url(&self) -> String {
         match self.wire {
             Wire::OpenAi => format!("http://{}/v1", self.addr),
@@ -162,117 +167,13 @@ fn serve(wire: Wire, keys: &Keys, tx: &Sender<Seen>, conn: TcpStream) -> io::Res
         match wire {
             Wire::OpenAi => openai_chat(keys, tx, &req, &mut writer)?,
             Wire::Gemini => gemini(keys, tx, &req, &mut writer)?,
-            // Not served yet: the connection closes unanswered.
-            Wire::Anthropic => break,
+            Wire::Anthropic => anthropic(keys, tx, &req, &mut writer)?,
         }
         if close {
             break;
         }
     }
     Ok(())
-}
-
-/// A request: method, path, query, headers (lowercase names), body.
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one request; `Ok(None)` on a clean close between requests.
-fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
-    let too_big = || io::Error::new(io::ErrorKind::InvalidData, "request too large");
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.by_ref().take(8192).read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        if !line.trim().is_empty() {
-            break;
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_string(), query.to_string());
-    let mut headers = Vec::new();
-    let mut head_size = line.len();
-    loop {
-        let mut h = String::new();
-        if reader.by_ref().take(8192).read_line(&mut h)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head_size += h.len();
-        if head_size > 64 * 1024 {
-            return Err(too_big());
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let mut req = Request {
-        method,
-        path,
-        query,
-        headers,
-        body: Vec::new(),
-    };
-    if req
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
-        loop {
-            let mut size = String::new();
-            reader.by_ref().take(1024).read_line(&mut size)?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-            if size == 0 {
-                // Trailers end with an empty line.
-                loop {
-                    let mut t = String::new();
-                    if reader.by_ref().take(8192).read_line(&mut t)? == 0 || t.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            if req.body.len() + size > MAX_REQUEST {
-                return Err(too_big());
-            }
-            let start = req.body.len();
-            req.body.resize(start + size, 0);
-            reader.read_exact(&mut req.body[start..])?;
-            let mut crlf = [0u8; 2];
-            reader.read_exact(&mut crlf)?;
-        }
-    } else if let Some(len) = req.header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        if len > MAX_REQUEST {
-            return Err(too_big());
-        }
-        req.body.resize(len, 0);
-        reader.read_exact(&mut req.body)?;
-    }
-    Ok(Some(req))
 }
 
 /// `POST …/chat/completions`: the spent key gets 429 `insufficient_quota`, the fresh key the
@@ -373,30 +274,13 @@ fn answer(w: &mut TcpStream, model: &str, text: &str, stream: bool) -> io::Resul
         ),
         last,
     ];
-    let mut frames: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
-    frames.push(b"[DONE]".to_vec());
+    let mut frames: Vec<(Option<&str>, Vec<u8>)> = events
+        .iter()
+        .map(|e| (None, e.to_string().into_bytes()))
+        .collect();
+    frames.push((None, b"[DONE]".to_vec()));
     send_events(w, &frames)
 }
-
-/// A 200 `text/event-stream` answer: each of `events` as one `data:` event, chunked.
-fn send_events(w: &mut TcpStream, events: &[Vec<u8>]) -> io::Result<()> {
-    w.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-          transfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n",
-    )?;
-    for data in events {
-        let mut f = Vec::with_capacity(data.len() + 8);
-        f.extend_from_slice(b"data: ");
-        f.extend_from_slice(data);
-        f.extend_from_slice(b"\n\n");
-        write!(w, "{:x}\r\n", f.len())?;
-        w.write_all(&f)?;
-        w.write_all(b"\r\n")?;
-    }
-    w.write_all(b"0\r\n\r\n")?;
-    w.flush()
-}
-
 /// `POST /v1beta/models/<model>:generateContent` or `:streamGenerateContent?alt=sse`, the key in
 /// `x-goog-api-key` or `?key=`: the spent key gets the Gemini API's daily-quota 429, the fresh
 /// key the answer, any other key 400 `API_KEY_INVALID`. `generateContent` is gemini's routing
@@ -469,7 +353,10 @@ fn gemini(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream) -> i
                 &google_error(429, GEMINI_QUOTA_STATUS, &message, &details),
             )
         }
-        200 if stream => send_events(w, &[candidate(&keys.answer).to_string().into_bytes()]),
+        200 if stream => send_events(
+            w,
+            &[(None, candidate(&keys.answer).to_string().into_bytes())],
+        ),
         200 => {
             // The classifier's JSON (and the next-speaker check's, should one come).
             let text = serde_json::json!({"reasoning": "a short greeting", "model_choice": "flash",
@@ -502,29 +389,102 @@ fn google_error(code: u16, status: &str, message: &str, details: &[serde_json::V
         .to_string()
         .into_bytes()
 }
-
-fn send(w: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        _ => "Error",
+/// `HEAD /api/hello` (claude's reachability probe) answers 200 and is not reported. `POST
+/// /v1/messages` (claude adds `?beta=true`), the key in `x-api-key`: the spent key gets the 400
+/// "credit balance is too low", the fresh key the answer (one JSON message, or the named
+/// server-sent events of a stream: `message_start`, `content_block_start`,
+/// `content_block_delta`, `content_block_stop`, `message_delta` with `usage`, `message_stop`),
+/// any other key 401 `authentication_error`.
+fn anthropic(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream) -> io::Result<()> {
+    if req.path == "/api/hello" && matches!(req.method.as_str(), "HEAD" | "GET") {
+        return send(w, 200, b"");
+    }
+    if req.method != "POST" || req.path != "/v1/messages" {
+        return send(w, 404, &anthropic_error("not_found_error", "Not found"));
+    }
+    let key = req.header("x-api-key").unwrap_or_default().trim();
+    let body: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
+    let stream = body
+        .as_ref()
+        .and_then(|b| b.get("stream")?.as_bool())
+        .unwrap_or(false);
+    let model = body
+        .as_ref()
+        .and_then(|b| b.get("model")?.as_str())
+        .unwrap_or("demo-model")
+        .to_string();
+    let account = keys.account(key);
+    let status = match account {
+        Some(1) => 400,
+        Some(_) => 200,
+        None => 401,
     };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: keep-alive\r\n\r\n",
-        body.len()
-    );
-    w.write_all(head.as_bytes())?;
-    w.write_all(body)?;
-    w.flush()
+    let seen = Seen {
+        at: Instant::now(),
+        account,
+        status,
+        stream,
+    };
+    let result = match status {
+        400 => {
+            let message = format!("{ANTHROPIC_QUOTA_MESSAGE}{ANTHROPIC_QUOTA_ADVICE}");
+            send(w, 400, &anthropic_error(ANTHROPIC_QUOTA_TYPE, &message))
+        }
+        200 => message(w, &model, &keys.answer, stream),
+        _ => send(
+            w,
+            401,
+            &anthropic_error("authentication_error", "invalid x-api-key"),
+        ),
+    };
+    let _ = tx.send(seen);
+    result
+}
+
+fn anthropic_error(kind: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        .to_string()
+        .into_bytes()
+}
+
+/// The fresh key's Messages API answer: `text` as one message, or as a stream.
+fn message(w: &mut TcpStream, model: &str, text: &str, stream: bool) -> io::Result<()> {
+    let id = "msg_demo_account_2";
+    if !stream {
+        let body = serde_json::json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 24},
+        });
+        return send(w, 200, body.to_string().as_bytes());
+    }
+    let events = [
+        serde_json::json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": text}}),
+        serde_json::json!({"type": "content_block_stop", "index": 0}),
+        serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 24}}),
+        serde_json::json!({"type": "message_stop"}),
+    ];
+    let frames: Vec<(Option<&str>, Vec<u8>)> = events
+        .iter()
+        .map(|e| (e["type"].as_str(), e.to_string().into_bytes()))
+        .collect();
+    send_events(w, &frames)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     fn post(addr: &str, key: &str, stream: bool) -> String {
         let mut s =
@@ -654,5 +614,120 @@ mod tests {
                 (None, 400, true)
             ]
         );
+    }
+
+    /// A Messages API request to `target` with `key` in `x-api-key` (or none), `method` POST
+    /// with a body or HEAD without one.
+    fn anthropic_call(
+        addr: &str,
+        method: &str,
+        target: &str,
+        key: Option<&str>,
+        stream: bool,
+    ) -> String {
+        let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+        let body = if method == "POST" {
+            format!(
+                r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            )
+        } else {
+            String::new()
+        };
+        let key = key
+            .map(|k| format!("x-api-key: {k}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "{method} {target} HTTP/1.1\r\nhost: x\r\n{key}content-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_anthropic_wire_answers_each_key_as_the_messages_api_does() {
+        let (p, rx) = Provider::start(&crate::profile::CLAUDE, "k-spent", "k-fresh").unwrap();
+        let url = p.base_url();
+        assert!(!url.ends_with("/v1"), "{url}");
+        let messages = "/v1/messages?beta=true";
+        // claude's probe: 200, empty, not a request of an account.
+        let hello = anthropic_call(&url, "HEAD", "/api/hello", None, false);
+        assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+        // The spent key: the 400 credit-balance error, in Anthropic's error shape.
+        let spent = anthropic_call(&url, "POST", messages, Some("k-spent"), true);
+        assert!(spent.starts_with("HTTP/1.1 400"), "{spent}");
+        let doc = json_body(&spent);
+        assert_eq!(doc["type"], "error");
+        assert_eq!(doc["error"]["type"], ANTHROPIC_QUOTA_TYPE);
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Your credit balance is too low")
+        );
+        // The fresh key: one message as JSON…
+        let one = anthropic_call(&url, "POST", messages, Some("k-fresh"), false);
+        assert!(one.starts_with("HTTP/1.1 200"), "{one}");
+        let doc = json_body(&one);
+        assert_eq!(doc["type"], "message");
+        assert_eq!(doc["content"][0]["text"], answer_text("claude"));
+        assert_eq!(doc["model"], "claude-sonnet-4-5");
+        // …or the named events of a stream, in order, the text in the delta and usage at the end.
+        let streamed = anthropic_call(&url, "POST", messages, Some("k-fresh"), true);
+        assert!(streamed.contains("text/event-stream"), "{streamed}");
+        let names: Vec<&str> = streamed
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ],
+            "{streamed}"
+        );
+        let delta: serde_json::Value = streamed
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .find(|d| d["type"] == "content_block_delta")
+            .unwrap();
+        assert_eq!(delta["delta"]["text"], answer_text("claude"));
+        assert!(
+            streamed.contains(r#""usage":{"output_tokens":24}"#),
+            "{streamed}"
+        );
+        // Another key, and another path.
+        let other = anthropic_call(&url, "POST", messages, Some("other"), false);
+        assert!(other.starts_with("HTTP/1.1 401") && other.contains("authentication_error"));
+        assert!(
+            anthropic_call(&url, "POST", "/v1/chat/completions", Some("k-fresh"), false)
+                .starts_with("HTTP/1.1 404")
+        );
+        let seen: Vec<(Option<usize>, u16, bool)> = (0..4)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .map(|s| (s.account, s.status, s.stream))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some(1), 400, true),
+                (Some(2), 200, false),
+                (Some(2), 200, true),
+                (None, 401, false)
+            ]
+        );
+        // The probe and the unknown path were not reported (a report is sent before the
+        // connection closes, and every call above read its answer to the close).
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -62,7 +62,7 @@ impl Cli {
                 one_shot: profile.argv.one_shot.first().copied(),
                 older: None,
             },
-            // Refused before it gets here (see `demo`).
+            // `-p` runs one prompt headless; a prompt alone starts the terminal UI.
             Wire::Anthropic => Cli {
                 model: profile.api.example_model,
                 one_shot: profile.argv.one_shot.first().copied(),
@@ -125,14 +125,6 @@ pub fn run(profile: &'static Profile) -> i32 {
 
 fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     let name = profile.name;
-    if profile.api.wire == Wire::Anthropic {
-        return Err(Fail(
-            2,
-            format!(
-                "not built for {name} yet (its provider does not speak the Messages API); see docs/CLAUDE.md for a run against your own keys"
-            ),
-        ));
-    }
     let real = crate::locate::real_qwen().map_err(|e| Fail(e.exit_code(), e.to_string()))?;
     let home = Home::create(profile).map_err(|e| {
         Fail(
@@ -162,10 +154,21 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     ));
 
     let version = real_version(&home, &real.path, profile, stop)?;
+    home.onboard(&version).map_err(|e| {
+        Fail(
+            FAILED,
+            format!(
+                "cannot write {name}'s config in the temporary home {} ({}); set TMPDIR to a writable directory",
+                printable(&home.root().to_string_lossy()),
+                crate::text::io_reason(&e)
+            ),
+        )
+    })?;
     let cli = Cli::of(profile);
     out.step(&format!(
-        "the real {name}: {} ({version})",
-        printable(&real.path.to_string_lossy())
+        "the real {name}: {} (version {})",
+        printable(&real.path.to_string_lossy()),
+        printable(&version)
     ));
     out.step(&format!(
         "a temporary home {} (0700; HOME, {}, TMPDIR and the working directory in it)",
@@ -233,7 +236,7 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
 }
 
 /// `--version` of the real CLI, run directly in the home: does it start here at all (a release
-/// too new for this Node.js does not)?
+/// too new for this Node.js does not)? Its output, trimmed.
 fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Step<String> {
     let name = profile.name;
     if let Some(why) = node_too_old(home, real, profile, stop) {
@@ -242,8 +245,7 @@ fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Ste
     let done = run_child(home, real, &["--version"], None, STEP_DEADLINE, stop)?;
     match done.waited {
         Waited::Exited(s) if s.success() => {
-            let v = String::from_utf8_lossy(&done.stdout).trim().to_string();
-            Ok(format!("version {}", printable(&v)))
+            Ok(String::from_utf8_lossy(&done.stdout).trim().to_string())
         }
         _ => Err(Fail(
             FAILED,
