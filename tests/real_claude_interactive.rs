@@ -1,0 +1,85 @@
+//! The REAL Claude Code 2.1.332 in interactive mode behind the shim, on a pseudo-terminal the
+//! test opens, against the mock Messages API (tests/support/real_claude.rs): a subscription
+//! login that hits its 5-hour limit mid-conversation is replaced by the next login inside the
+//! relay (the live `.credentials.json` swapped, the same request sent again with that login's
+//! token), with no restart of claude, no keystroke and nothing of the limit on screen.
+
+#[path = "support/real_claude.rs"]
+mod real_claude;
+#[path = "support/screen.rs"]
+mod screen;
+
+use std::process::Command;
+
+use real_claude::{ClaudeMock, Sandbox};
+use screen::{Terminal, descendants};
+
+fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
+    let mut cmd = Command::new(sb.shim_dir.join("claude"));
+    cmd.current_dir(&sb.work)
+        .env_clear()
+        .env("PATH", sb.path_var())
+        .env("HOME", &sb.home)
+        .env("ANTHROPIC_BASE_URL", mock.url())
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("TERM", "xterm-256color");
+    Terminal::start(cmd)
+}
+
+#[test]
+fn a_login_on_its_5_hour_limit_mid_conversation_moves_to_login_2_with_no_restart() {
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let mock = ClaudeMock::start();
+    sb.env("ANTHROPIC_BASE_URL", mock.url());
+    sb.add_login("login1", "l1_ok");
+    sb.add_login("login2", "l2_ok");
+    sb.run(&["--rotation-switch", "1"], None);
+    assert_eq!(sb.live_access(), "l1_ok");
+
+    let mut term = start(&sb, &mock);
+    // The prompt's marker: the TUI is up and reads input.
+    let ready = term.await_text("❯", 0);
+    term.submit("hello");
+    let first = term.await_text("REPLY-FROM-l1_ok", ready);
+    let before = descendants(term.pid());
+    assert!(!before.is_empty(), "no claude process under the shim");
+
+    // Login 1 reaches its 5-hour limit between two turns of the same session.
+    mock.spend("l1_ok");
+    let asked_before = mock.count("l1_ok");
+    term.submit("again");
+    term.await_text("REPLY-FROM-l2_ok", first);
+
+    // One request of the second turn reached login 1 and got the usage limit; the relay sent
+    // it again on login 2 at once. claude showed nothing of it, and it is the same claude.
+    assert_eq!(mock.count("l1_ok"), asked_before + 1, "{:?}", mock.seen());
+    let screen = term.tail();
+    assert!(
+        !screen.contains("hit your"),
+        "claude showed the limit:\n{screen}"
+    );
+    assert!(
+        !screen.contains("Usage limit"),
+        "claude showed the limit:\n{screen}"
+    );
+    let after = descendants(term.pid());
+    assert!(
+        before.iter().all(|p| after.contains(p)),
+        "claude was restarted: {before:?} → {after:?}"
+    );
+    // The live file is login 2's: claude's own next request carries it.
+    assert_eq!(sb.live_access(), "l2_ok");
+    let third_from = term.mark();
+    term.submit("third");
+    term.await_text("REPLY-FROM-l2_ok", third_from);
+    assert_eq!(mock.count("l1_ok"), asked_before + 1, "{:?}", mock.seen());
+    let switches: Vec<_> = sb
+        .rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
+        .collect();
+    assert_eq!(switches.last(), Some(&(Some(1), Some(2))), "{switches:?}");
+}
