@@ -106,8 +106,16 @@ impl Detector {
     pub const MAX_BUFFERED: usize = KEEP + MAX_BLOCK + 2 * (3 * CHUNK + 8);
 
     pub fn new(patterns: Arc<Patterns>, anchor: Anchor) -> Detector {
+        Detector::with_screen(patterns, anchor, &crate::profile::active().screen)
+    }
+
+    /// A detector for the screen of a given profile rather than the active one's.
+    pub(crate) fn with_screen(
+        patterns: Arc<Patterns>,
+        anchor: Anchor,
+        anchors: &'static Screen,
+    ) -> Detector {
         let screen = anchor == Anchor::Screen;
-        let anchors = &crate::profile::active().screen;
         Detector {
             patterns,
             anchor,
