@@ -78,7 +78,7 @@ pub fn classify_anthropic(
 }
 
 /// `anthropic-ratelimit-unified-reset`: Unix seconds, believed when in the future and not too far.
-fn unix_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(super) fn unix_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let secs: i64 = text.trim().parse().ok()?;
     let at = DateTime::from_timestamp(secs, 0)?;
     (at > now && at - now <= TimeDelta::seconds(MAX_AHEAD)).then_some(at)

@@ -2,8 +2,10 @@
 //! qwen's json output, judged by their structure so that a model answer quoting an error
 //! phrase is never a hit.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::detect::anthropic::unix_reset;
 use crate::detect::google::classify_google;
 use crate::detect::patterns::Patterns;
 use crate::detect::reset::parse_reset;
@@ -62,10 +64,20 @@ const STATS_DEPTH: usize = 6;
 ///   `stats` counts an API error (`stats.models.*.api.totalErrors > 0`) is the `result` text
 ///   classified; an answer that merely quotes `insufficient_quota` has no error count.
 ///
-/// json is one array; stream-json is JSON Lines, of which the last parseable `result` line
-/// counts. Truncated or invalid output gives `None`.
+/// Claude Code's result (`subtype` says "success" even on errors, so `is_error` decides) also
+/// carries the API's answer: `api_error: "usage_limit_reached"` is a spent subscription login,
+/// whatever the text; a text no phrase claims is judged by `api_error_status` /
+/// `api_error_type` (401/403 or `authentication_error`: auth; 429 or `rate_limit_error`:
+/// throttle). Its stream-json adds event lines ([`classify_stream_event`]): a rejected
+/// `rate_limit_event` gives a usage limit's reset (`resetsAt`), and when the stream holds no
+/// result line (the run was stopped early) the weightiest event line decides.
+///
+/// json is one array (or, Claude Code's, one object); stream-json is JSON Lines, of which the
+/// last parseable `result` line counts. Truncated or invalid output gives `None`.
 pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
-    let result = result_element(stdout)?;
+    let Some(result) = result_element(stdout) else {
+        return stream_events(stdout, patterns.now()).max_by_key(|h| h.class.rank());
+    };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     if result
         .get("is_error")
@@ -74,8 +86,14 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
     {
         let message = text(result.pointer("/error/message"))
             .or_else(|| text(result.get("result")))
-            .or_else(|| text(result.get("error")))?;
-        return patterns.classify(&message);
+            .or_else(|| text(result.get("error")));
+        let mut hit = judge_error(&result, message.as_deref(), patterns)?;
+        if hit.class == Class::Quota && hit.reset_at.is_none() {
+            hit.reset_at = stream_events(stdout, patterns.now())
+                .filter(|h| h.class == Class::Quota)
+                .find_map(|h| h.reset_at);
+        }
+        return Some(hit);
     }
     let answer = text(result.get("result"))?;
     match result.get("stats") {
@@ -95,6 +113,104 @@ pub fn classify_json_output(stdout: &[u8], patterns: &Patterns) -> Option<Hit> {
         None => {}
     }
     patterns.classify(&answer)
+}
+
+/// A failed run's result element: its message by the phrases, then Claude Code's fields.
+fn judge_error(result: &Value, message: Option<&str>, patterns: &Patterns) -> Option<Hit> {
+    let found = message.and_then(|m| patterns.classify(m));
+    let limit = result.get("api_error").and_then(Value::as_str) == Some("usage_limit_reached");
+    if limit && found.as_ref().is_none_or(|h| h.class != Class::Quota) {
+        return Some(Hit {
+            class: Class::Quota,
+            phrase: "usage_limit_reached".to_string(),
+            reset_at: message.and_then(|m| parse_reset(m, patterns.now())),
+        });
+    }
+    found.or_else(|| api_status_hit(result))
+}
+
+/// Claude Code's `api_error_status` / `api_error_type` of a failed run whose text no phrase
+/// claims. Other statuses (a 400 of the request's own, 500, 529) are nobody's account's fault.
+fn api_status_hit(result: &Value) -> Option<Hit> {
+    let status = result.get("api_error_status").and_then(Value::as_u64);
+    let kind = result
+        .get("api_error_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let class = match (status, kind) {
+        (Some(401 | 403), _) | (_, "authentication_error" | "permission_error") => Class::Auth,
+        (Some(429), _) | (_, "rate_limit_error") => Class::Throttle,
+        _ => return None,
+    };
+    Some(Hit {
+        class,
+        phrase: status.map_or_else(|| kind.to_string(), |s| format!("HTTP {s}")),
+        reset_at: None,
+    })
+}
+
+/// One line of Claude Code's stream-json that reports a failing request before the result line:
+/// `{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":<Unix s>,
+/// "rateLimitType":"five_hour"}}` is a usage limit (quota until `resetsAt`);
+/// `{"type":"system","subtype":"api_retry","error_status":N,…}` is claude retrying an error by
+/// itself (for minutes): 429 a throttle, 401/403 auth, anything else (5xx, 529) nobody's.
+/// Any other line gives `None`.
+pub fn classify_stream_event(line: &[u8], now: DateTime<Utc>) -> Option<Hit> {
+    let line = line.trim_ascii();
+    if !line.starts_with(b"{") {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(line).ok()?;
+    match (
+        v.get("type").and_then(Value::as_str),
+        v.get("subtype").and_then(Value::as_str),
+    ) {
+        (Some("rate_limit_event"), _) => {
+            let info = v.get("rate_limit_info")?;
+            if info.get("status").and_then(Value::as_str) != Some("rejected") {
+                return None;
+            }
+            let kind = info
+                .get("rateLimitType")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown");
+            let reset_at = match info.get("resetsAt") {
+                Some(Value::Number(n)) => unix_reset(&n.to_string(), now),
+                Some(Value::String(s)) => unix_reset(s, now),
+                _ => None,
+            };
+            Some(Hit {
+                class: Class::Quota,
+                phrase: format!("usage limit ({})", crate::text::printable(kind)),
+                reset_at,
+            })
+        }
+        (Some("system"), Some("api_retry")) => {
+            let status = v.get("error_status").and_then(Value::as_u64)?;
+            let class = match status {
+                429 => Class::Throttle,
+                401 | 403 => Class::Auth,
+                _ => return None,
+            };
+            Some(Hit {
+                class,
+                phrase: format!("HTTP {status}"),
+                reset_at: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The event lines of a stream-json output that [`classify_stream_event`] judges, in order.
+fn stream_events(stdout: &[u8], now: DateTime<Utc>) -> impl Iterator<Item = Hit> + '_ {
+    let wanted = |l: &[u8]| {
+        l.windows(16).any(|w| w == b"rate_limit_event") || l.windows(9).any(|w| w == b"api_retry")
+    };
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(move |l| wanted(l))
+        .filter_map(move |l| classify_stream_event(l, now))
 }
 
 fn result_element(stdout: &[u8]) -> Option<Value> {
@@ -290,6 +406,190 @@ mod tests {
             h.reset_at
                 .is_some_and(|t| t.day() == 30 && t.hour() == 9 && t.minute() == 25)
         );
+    }
+
+    // --- Claude Code's json and stream-json -----------------------------------------------
+
+    fn claude() -> std::sync::Arc<Patterns> {
+        Patterns::for_profile(&crate::profile::CLAUDE)
+            .with_clock(|| crate::detect::test_support::utc(2026, 12, 6, 9, 0, 0))
+    }
+
+    /// Claude Code 2.1.332's json result of a failed run, as printed (fields trimmed).
+    fn claude_result(status: u16, kind: &str, text: &str, extra: &str) -> String {
+        format!(
+            r#"{{"type":"result","subtype":"success","is_error":true,"terminal_reason":"api_error","api_error_status":{status},"api_error_type":"{kind}","result":{}{extra},"num_turns":1}}"#,
+            serde_json::Value::from(text)
+        )
+    }
+
+    #[test]
+    fn claude_json_errors_are_judged_by_is_error_not_subtype() {
+        let p = claude();
+        let judge = |doc: &str| classify_json_output(doc.as_bytes(), &p);
+        let credit = claude_result(
+            400,
+            "invalid_request_error",
+            "Credit balance is too low",
+            "",
+        );
+        assert_eq!(class(&judge(&credit)), Some(Class::Quota));
+        let key = claude_result(
+            401,
+            "authentication_error",
+            "Invalid API key \u{b7} Fix external API key",
+            "",
+        );
+        assert_eq!(class(&judge(&key)), Some(Class::Auth));
+        let rate = claude_result(
+            429,
+            "rate_limit_error",
+            "API Error: Request rejected (429) \u{b7} Number of request tokens has exceeded your per-minute rate limit",
+            "",
+        );
+        assert_eq!(class(&judge(&rate)), Some(Class::Throttle));
+        let server = claude_result(
+            429,
+            "rate_limit_error",
+            "API Error: Server is temporarily limiting requests (not your usage limit) \u{b7} Rate limited",
+            "",
+        );
+        assert_eq!(class(&judge(&server)), Some(Class::Throttle), "never quota");
+        // A text no phrase claims: the status decides; a server fault is nobody's.
+        let odd = claude_result(401, "authentication_error", "Something new", "");
+        let hit = judge(&odd).expect("hit");
+        assert_eq!((hit.class, hit.phrase.as_str()), (Class::Auth, "HTTP 401"));
+        let odd = claude_result(429, "rate_limit_error", "Something new", "");
+        assert_eq!(class(&judge(&odd)), Some(Class::Throttle));
+        let overloaded = claude_result(
+            529,
+            "overloaded_error",
+            "API Error: Repeated 529 Overloaded errors.",
+            "",
+        );
+        assert_eq!(judge(&overloaded), None);
+        let bad = claude_result(400, "invalid_request_error", "prompt is too long", "");
+        assert_eq!(judge(&bad), None);
+        // A successful answer that quotes every phrase is no hit.
+        let ok = r#"{"type":"result","subtype":"success","is_error":false,"result":"Credit balance is too low and You've hit your 5-hour limit","num_turns":1}"#;
+        assert_eq!(judge(ok), None);
+    }
+
+    #[test]
+    fn claude_usage_limit_reached_is_quota_until_the_printed_reset() {
+        let p = claude();
+        let doc = claude_result(
+            429,
+            "rate_limit_error",
+            "You've hit your 5-hour limit \u{b7} resets 4:18am (UTC)",
+            r#","api_error":"usage_limit_reached""#,
+        );
+        let hit = classify_json_output(doc.as_bytes(), &p).expect("hit");
+        assert_eq!(hit.class, Class::Quota);
+        assert_eq!(
+            hit.reset_at,
+            Some(crate::detect::test_support::utc(2026, 12, 7, 4, 18, 0))
+        );
+        // `api_error` decides even when the text is one no phrase knows.
+        let doc = claude_result(
+            429,
+            "rate_limit_error",
+            "Limit reached",
+            r#","api_error":"usage_limit_reached""#,
+        );
+        let hit = classify_json_output(doc.as_bytes(), &p).expect("hit");
+        assert_eq!(
+            (hit.class, hit.phrase.as_str(), hit.reset_at),
+            (Class::Quota, "usage_limit_reached", None)
+        );
+        let weekly = claude_result(
+            429,
+            "rate_limit_error",
+            "You've hit your weekly limit \u{b7} resets Dec 9, 1:25am (UTC)",
+            r#","api_error":"usage_limit_reached""#,
+        );
+        let hit = classify_json_output(weekly.as_bytes(), &p).expect("hit");
+        assert_eq!(
+            hit.reset_at,
+            Some(crate::detect::test_support::utc(2026, 12, 9, 1, 25, 0))
+        );
+    }
+
+    #[test]
+    fn claude_stream_json_events_report_a_limit_and_retries() {
+        let p = claude();
+        let now = p.now();
+        let resets = now.timestamp() + 3 * 3600;
+        let limit = format!(
+            r#"{{"type":"rate_limit_event","rate_limit_info":{{"status":"rejected","resetsAt":{resets},"rateLimitType":"five_hour"}},"uuid":"u"}}"#
+        );
+        let hit = classify_stream_event(limit.as_bytes(), now).expect("hit");
+        assert_eq!(hit.class, Class::Quota);
+        assert_eq!(hit.reset_at, Some(now + chrono::TimeDelta::hours(3)));
+        assert!(hit.phrase.contains("five_hour"), "{}", hit.phrase);
+        let allowed = limit.replace("rejected", "allowed");
+        assert_eq!(classify_stream_event(allowed.as_bytes(), now), None);
+        let retry = |status: u16| {
+            format!(
+                r#"{{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"retry_delay_ms":600,"error_status":{status}}}"#
+            )
+        };
+        assert_eq!(
+            class(&classify_stream_event(retry(429).as_bytes(), now)),
+            Some(Class::Throttle)
+        );
+        assert_eq!(
+            class(&classify_stream_event(retry(401).as_bytes(), now)),
+            Some(Class::Auth)
+        );
+        assert_eq!(classify_stream_event(retry(529).as_bytes(), now), None);
+        assert_eq!(classify_stream_event(retry(500).as_bytes(), now), None);
+        for other in [
+            &br#"{"type":"system","subtype":"init","apiKeySource":"ANTHROPIC_API_KEY"}"#[..],
+            br#"{"type":"assistant","message":{"content":[{"type":"text","text":"rate_limit_event rejected"}]}}"#,
+            b"not json",
+            b"",
+        ] {
+            assert_eq!(classify_stream_event(other, now), None);
+        }
+        // The whole stream: the result line decides, the event gives its reset.
+        let result = claude_result(
+            429,
+            "rate_limit_error",
+            "You've hit your 5-hour limit",
+            r#","api_error":"usage_limit_reached""#,
+        );
+        let stream = format!(
+            "{}\n{limit}\n{result}\n",
+            r#"{"type":"system","subtype":"init"}"#
+        );
+        let hit = classify_json_output(stream.as_bytes(), &p).expect("hit");
+        assert_eq!(
+            (hit.class, hit.reset_at),
+            (Class::Quota, Some(now + chrono::TimeDelta::hours(3)))
+        );
+        // Stopped before its result line: the weightiest event decides.
+        let cut = format!(
+            "{}\n{}\n{limit}\n",
+            r#"{"type":"system","subtype":"init"}"#,
+            retry(429)
+        );
+        assert_eq!(
+            class(&classify_json_output(cut.as_bytes(), &p)),
+            Some(Class::Quota)
+        );
+        let cut = format!("{}\n{}\n", retry(401), retry(429));
+        assert_eq!(
+            class(&classify_json_output(cut.as_bytes(), &p)),
+            Some(Class::Auth)
+        );
+        // A successful result after retries is no hit.
+        let ok = format!(
+            "{}\n{}\n",
+            retry(429),
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"hi","num_turns":1}"#
+        );
+        assert_eq!(classify_json_output(ok.as_bytes(), &p), None);
     }
 
     #[test]

@@ -106,8 +106,16 @@ impl Detector {
     pub const MAX_BUFFERED: usize = KEEP + MAX_BLOCK + 2 * (3 * CHUNK + 8);
 
     pub fn new(patterns: Arc<Patterns>, anchor: Anchor) -> Detector {
+        Detector::with_screen(patterns, anchor, &crate::profile::active().screen)
+    }
+
+    /// A detector for the screen of a given profile rather than the active one's.
+    pub(crate) fn with_screen(
+        patterns: Arc<Patterns>,
+        anchor: Anchor,
+        anchors: &'static Screen,
+    ) -> Detector {
         let screen = anchor == Anchor::Screen;
-        let anchors = &crate::profile::active().screen;
         Detector {
             patterns,
             anchor,
@@ -813,6 +821,41 @@ mod tests {
             hit.reset_at
                 .is_some_and(|t| t.month() == 11 && t.day() == 30 && t.hour() == 9)
         );
+    }
+
+    /// Claude Code's TUI (2.1.332) as a terminal shows it, the detector on its screen anchors
+    /// and phrases, on 2026-12-06 at 09:00 UTC.
+    fn claude_screen(text: &str) -> Option<Hit> {
+        let patterns = Patterns::for_profile(&crate::profile::CLAUDE)
+            .with_clock(|| crate::detect::test_support::utc(2026, 12, 6, 9, 0, 0));
+        let mut d = Detector::with_screen(patterns, Anchor::Screen, &crate::profile::CLAUDE.screen);
+        let bytes = text.replace('\n', "\r\n");
+        d.feed(bytes.as_bytes()).or_else(|| d.finish())
+    }
+
+    #[test]
+    fn claude_screen_usage_limit_is_quota_until_its_reset() {
+        let limit = "> hello\n  \u{23bf}  You've hit your 5-hour limit \u{b7} resets 4:35am (UTC)\n\n\u{25cf} Usage limit reached \u{b7} set to continue automatically at 4:35am\n\n\u{26a0} Usage limit reached \u{b7} limit resets 4:35am / Continuing automatically at 4:35am \u{b7} Esc to cancel\n";
+        let hit = claude_screen(limit).expect("hit");
+        assert_eq!(hit.class, Class::Quota);
+        assert_eq!(
+            hit.reset_at,
+            Some(crate::detect::test_support::utc(2026, 12, 7, 4, 35, 0))
+        );
+        let weekly =
+            "> hello\n  \u{23bf}  You've hit your weekly limit \u{b7} resets Dec 9, 1:25am (UTC)\n";
+        let hit = claude_screen(weekly).expect("hit");
+        assert_eq!(
+            hit.reset_at,
+            Some(crate::detect::test_support::utc(2026, 12, 9, 1, 25, 0))
+        );
+        let credit = "> hello\n  \u{23bf}  Credit balance too low \u{b7} Add funds: https://console.anthropic.com/settings/billing\n";
+        assert_eq!(class(&claude_screen(credit)), Some(Class::Quota));
+        let key = "> hello\n  \u{23bf}  Invalid API key \u{b7} Fix external API key\n";
+        assert_eq!(class(&claude_screen(key)), Some(Class::Auth));
+        // An answer (after `\u{25cf}`) or the person's prompt quoting the words is no hit.
+        let answer = "> what does Credit balance too low mean?\n\n\u{25cf} \"You've hit your 5-hour limit\" means the usage limit reached its cap.\n";
+        assert_eq!(claude_screen(answer), None);
     }
 
     #[test]

@@ -63,7 +63,7 @@ mod reset;
 mod test_support;
 
 pub use anthropic::classify_anthropic;
-pub use classify::{classify_http, classify_json_output};
+pub use classify::{classify_http, classify_json_output, classify_stream_event};
 pub use detector::{Anchor, Detector};
 pub use google::{classify_google, next_pacific_midnight};
 pub use normalize::normalize;

@@ -101,6 +101,13 @@ impl Patterns {
         }))
     }
 
+    /// The built-in set of `profile` rather than the active one's (another CLI's output judged
+    /// in a test), not cached.
+    #[cfg(test)]
+    pub(crate) fn for_profile(profile: &crate::profile::Profile) -> Arc<Patterns> {
+        Arc::new(Patterns::build(sources_of(profile.detect.phrases)).expect("built-in phrases"))
+    }
+
     /// Err names the class, the entry number and the regex error.
     pub fn from_config(cfg: &PatternConfig) -> Result<Arc<Patterns>, String> {
         let adds_nothing = cfg.quota.is_empty() && cfg.throttle.is_empty() && cfg.auth.is_empty();
@@ -279,7 +286,11 @@ struct Source {
 }
 
 fn default_sources() -> Vec<Source> {
-    defaults()
+    sources_of(defaults())
+}
+
+fn sources_of(phrases: &[(Class, &'static str, &'static str)]) -> Vec<Source> {
+    phrases
         .iter()
         .map(|&(class, name, regex)| Source {
             class,

@@ -40,6 +40,112 @@ pub fn parse_reset(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     re.captures_iter(text)
         .find_map(|c| reset_from(&c, now))
         .or_else(|| reset_after(text, now))
+        .or_else(|| reset_clock(text, now))
+}
+
+/// Claude Code's usage-limit form: a wall-clock time in a named zone, with or without a date
+/// (`resets 4:18am (UTC)`, `resets Dec 9, 1:25am (UTC)`, `resets 5pm (UTC)`): the first such
+/// instant after `now` (tomorrow's when today's has passed; next year's when this year's date
+/// has). An instant more than [`YEARLESS_HORIZON`] ahead gives `None`, as for a year-less date.
+///
+/// Only a zone whose offset is known without a time-zone database counts: UTC and its aliases,
+/// and a fixed offset (`UTC+2`, `GMT-05:30`). An IANA name (`(Europe/Berlin)`, what claude prints
+/// for a person's local zone) cannot be resolved here (no tz crate: the offset depends on the
+/// zone's rules and the date), so the message gives `None` and the account gets the configured
+/// default `quota_cooldown`, as for a message naming no reset.
+fn reset_clock(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    static RE: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let re = RE
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"(?ix)
+                \bresets\s+(?:at\s+)?
+                (?: (?P<mon>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+
+                    (?P<d>\d{1,2})(?:st|nd|rd|th)?,?\s+(?:at\s+)? )?
+                (?P<h>\d{1,2})(?::(?P<mi>\d{2}))?\s*(?P<ap>am|pm)
+                \s*\(\s*(?P<tz>[^()\s]{1,64})\s*\)",
+            )
+            .ok()
+        })
+        .as_ref()?;
+    re.captures_iter(text).find_map(|c| {
+        let num = |name: &str| c.name(name).and_then(|m| m.as_str().parse::<u32>().ok());
+        let h12 = num("h").filter(|h| (1..=12).contains(h))?;
+        let mi = num("mi").unwrap_or(0);
+        let pm = c.name("ap")?.as_str().eq_ignore_ascii_case("pm");
+        let h = h12 % 12 + if pm { 12 } else { 0 };
+        let offset = zone_offset(c.name("tz")?.as_str())?;
+        let local_now = now + offset;
+        let at = |date: NaiveDate| -> Option<DateTime<Utc>> {
+            let naive = date.and_hms_opt(h, mi, 0)?;
+            Some(Utc.from_utc_datetime(&naive) - offset)
+        };
+        let next = match c.name("mon") {
+            None => {
+                let today = local_now.date_naive();
+                [today, today.succ_opt()?]
+                    .into_iter()
+                    .filter_map(at)
+                    .find(|t| *t > now)
+            }
+            Some(mon) => {
+                let month = month_number(mon.as_str())?;
+                let day = num("d")?;
+                (local_now.year()..=local_now.year() + 1)
+                    .filter_map(|y| NaiveDate::from_ymd_opt(y, month, day))
+                    .filter_map(at)
+                    .find(|t| *t > now)
+            }
+        };
+        next.filter(|t| *t <= now + YEARLESS_HORIZON)
+    })
+}
+
+/// The offset of a zone named in parentheses, when it needs no time-zone database: UTC and its
+/// aliases, or `UTC±H[:MM]` / `GMT±HHMM`. `None` for anything else (an IANA name).
+fn zone_offset(zone: &str) -> Option<TimeDelta> {
+    let z = zone.to_ascii_lowercase();
+    let rest = [
+        "etc/utc",
+        "etc/gmt",
+        "etc/universal",
+        "utc",
+        "gmt",
+        "universal",
+        "zulu",
+        "z",
+    ]
+    .iter()
+    .find_map(|p| z.strip_prefix(p))?;
+    if rest.is_empty() || rest == "0" || rest == "+0" || rest == "-0" {
+        return Some(TimeDelta::zero());
+    }
+    // `Etc/GMT+5` means five hours *behind* (POSIX sign); spare the reader that trap.
+    if z.starts_with("etc/") {
+        return None;
+    }
+    let (sign, digits) = match rest.as_bytes().first()? {
+        b'+' => (1, &rest[1..]),
+        b'-' => (-1, &rest[1..]),
+        _ => return None,
+    };
+    let (hh, mm) = match digits.split_once(':') {
+        Some((h, m)) => (h, m),
+        None if digits.len() > 2 => digits.split_at(digits.len() - 2),
+        None => (digits, "0"),
+    };
+    let (hh, mm): (i64, i64) = (hh.parse().ok()?, mm.parse().ok()?);
+    (hh <= 14 && mm < 60).then(|| TimeDelta::minutes(sign * (hh * 60 + mm)))
+}
+
+fn month_number(name: &str) -> Option<u32> {
+    let m = name.get(..3)?.to_ascii_lowercase();
+    [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|n| *n == m)
+    .and_then(|i| u32::try_from(i + 1).ok())
 }
 
 /// Gemini's relative form (`Your quota will reset after 2h3m4s.`): `now` plus that duration.
@@ -188,6 +294,58 @@ mod tests {
         assert_eq!(
             parse_reset("will reset at 02-29 00:00:00 UTC", utc(2028, 2, 1, 0, 0, 0)),
             Some(utc(2028, 2, 29, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn claude_usage_limit_resets_give_the_next_such_instant() {
+        let now = utc(2026, 12, 6, 9, 0, 0);
+        let five = "You've hit your 5-hour limit \u{b7} resets 4:18am (UTC)";
+        // 4:18 today has passed: tomorrow's.
+        assert_eq!(parse_reset(five, now), Some(utc(2026, 12, 7, 4, 18, 0)));
+        assert_eq!(
+            parse_reset(&five.to_lowercase(), now),
+            Some(utc(2026, 12, 7, 4, 18, 0))
+        );
+        // Still ahead today: today's.
+        assert_eq!(
+            parse_reset(five, utc(2026, 12, 6, 1, 0, 0)),
+            Some(utc(2026, 12, 6, 4, 18, 0))
+        );
+        assert_eq!(
+            parse_reset("resets 12:05am (UTC)", now),
+            Some(utc(2026, 12, 7, 0, 5, 0))
+        );
+        assert_eq!(
+            parse_reset("resets 12pm (UTC)", now),
+            Some(utc(2026, 12, 6, 12, 0, 0))
+        );
+        assert_eq!(
+            parse_reset("resets 11:30pm (UTC+2)", now),
+            Some(utc(2026, 12, 6, 21, 30, 0))
+        );
+        let weekly = "You've hit your weekly limit \u{b7} resets Dec 9, 1:25am (UTC)";
+        assert_eq!(parse_reset(weekly, now), Some(utc(2026, 12, 9, 1, 25, 0)));
+        // Across New Year.
+        assert_eq!(
+            parse_reset("resets Jan 2, 3pm (UTC)", utc(2026, 12, 30, 0, 0, 0)),
+            Some(utc(2027, 1, 2, 15, 0, 0))
+        );
+        // Its date just passed: next year's is no reset (beyond a month), so the default
+        // cooldown applies.
+        assert_eq!(parse_reset(weekly, utc(2026, 12, 9, 2, 0, 0)), None);
+        // An IANA zone cannot be resolved without a time-zone database: no reset.
+        assert_eq!(parse_reset("resets 4:18am (Europe/Berlin)", now), None);
+        assert_eq!(parse_reset("resets 13:00am (UTC)", now), None);
+        assert_eq!(parse_reset("resets Foo 9, 1:25am (UTC)", now), None);
+        // The warning before a limit names the same kind of reset; reading it is harmless (only
+        // a hit's message is read).
+        assert_eq!(
+            parse_reset(
+                "You've used 90% of your 5-hour limit \u{b7} resets 4am (UTC)",
+                now
+            ),
+            Some(utc(2026, 12, 7, 4, 0, 0))
         );
     }
 

@@ -164,7 +164,7 @@ pub static CLAUDE: Profile = Profile {
             (
                 Class::Quota,
                 "Credit balance is too low",
-                r"credit balance is too low",
+                r"credit balance (?:is )?too low",
             ),
             (
                 Class::Quota,
@@ -175,6 +175,13 @@ pub static CLAUDE: Profile = Profile {
                 Class::Quota,
                 "You're out of usage credits",
                 r"you're out of usage credits",
+            ),
+            // The TUI's line under a usage limit (`● Usage limit reached · set to continue
+            // automatically at 4:35am`) and its footer.
+            (
+                Class::Quota,
+                "Usage limit reached",
+                r"(?-u:\b)usage limit reached(?-u:\b)",
             ),
             (
                 Class::Quota,
@@ -188,6 +195,11 @@ pub static CLAUDE: Profile = Profile {
             ),
             // auth
             (Class::Auth, "Invalid API key", r"invalid api key"),
+            (
+                Class::Auth,
+                "Not logged in",
+                r"not logged in\W+please run /login",
+            ),
             (
                 Class::Auth,
                 "authentication_error",
@@ -212,6 +224,7 @@ pub static CLAUDE: Profile = Profile {
         ],
         json_error_prefixes: &["API Error"],
         auth_why: &[],
+        stdout_errors: true,
     },
     // The TUI shows an error under `⎿` (after `●` for an API error) and its retry countdown as
     // `retrying in 11s · attempt 3/10`.
@@ -286,6 +299,16 @@ mod tests {
             (
                 "API Error: Server is temporarily limiting requests (not your usage limit) · Rate limited",
                 Some(Class::Throttle),
+            ),
+            ("Not logged in \u{b7} Please run /login", Some(Class::Auth)),
+            (
+                "\u{25cf} Usage limit reached \u{b7} set to continue automatically at 4:35am",
+                Some(Class::Quota),
+            ),
+            // The TUI's wording drops the "is".
+            (
+                "\u{23bf}  Credit balance too low \u{b7} Add funds: https://x",
+                Some(Class::Quota),
             ),
             ("Hello! How can I help you today?", None),
             ("Your usage limit advice: keep prompts short", None),

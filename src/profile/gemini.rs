@@ -223,6 +223,7 @@ pub static GEMINI: Profile = Profile {
                 "gemini could not use the stored login (expired or revoked) and cannot ask for a new one without a terminal; run gemini --rotation-add --login on a terminal, or log in with gemini and add it again",
             ),
         ],
+        stdout_errors: false,
     },
     // The TUI draws errors as `✕ [API Error: …]` and answers after `✦`; it shows no retry hint
     // and no countdown under an error.

@@ -289,6 +289,9 @@ pub struct Detection {
     /// Why an auth phrase (by its name) means the login needs attention, added to the notice
     /// when it is not plain from the phrase; empty: none.
     pub auth_why: &'static [(&'static str, &'static str)],
+    /// Headless text mode prints the CLI's errors on stdout (one line, a non-zero exit) rather
+    /// than on stderr: the last line of a failed run's text output is judged by the phrases.
+    pub stdout_errors: bool,
 }
 
 /// What the CLI's interactive screen looks like around an error.

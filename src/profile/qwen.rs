@@ -272,6 +272,7 @@ pub static QWEN: Profile = Profile {
             "Quota exhausted:",
         ],
         auth_why: &[],
+        stdout_errors: false,
     },
     // QWEN_FACTS.md (screen transcripts): qwen draws its markers (`✕`, `✦`, `◆`, `>`) at column
     // 2 and an answer's text at column 4 and deeper; an error it will not retry ends with the

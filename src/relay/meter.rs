@@ -2,8 +2,8 @@
 //! `usage` (OpenAI `usage.prompt_tokens/completion_tokens`, Gemini
 //! `usageMetadata.promptTokenCount/candidatesTokenCount`, Anthropic `usage.input_tokens/
 //! output_tokens` in `message_start` and, cumulative, `message_delta`), an error event inside a
-//! 200 stream
-//! (`data: {"error":…}`), and the remaining quota of the `x-ratelimit-*` headers.
+//! 200 stream (`data: {"error":…}`; Anthropic's `event: error` with
+//! `data: {"type":"error","error":…}`), and the remaining quota of the `x-ratelimit-*` headers.
 //!
 //! Invariant: the answer is never held back or changed: [`Tap`] scans each read as it passes,
 //! keeping only a short tail (so a key split over two reads is still found) and, once an error
@@ -49,7 +49,9 @@ fn error_key() -> &'static Regex {
 }
 
 /// Where the JSON of an error event starts: `"error"` is the first key of an object that is
-/// the whole `data:` field of its line (`data: {"error":…`). None for `"error"` anywhere else.
+/// the whole `data:` field of its line (`data: {"error":…`), or the key right after
+/// `"type":"error"` (Anthropic's `data: {"type":"error","error":{"type","message"}}`). None for
+/// `"error"` anywhere else (inside a JSON string its quotes are escaped).
 fn event_start(window: &[u8], key: usize) -> Option<usize> {
     let line = window[..key]
         .iter()
@@ -57,8 +59,25 @@ fn event_start(window: &[u8], key: usize) -> Option<usize> {
         .map_or(0, |i| i + 1);
     let before = window[line..key].strip_prefix(b"data:")?;
     let brace = before.iter().position(|b| *b == b'{')?;
-    let blank = |s: &[u8]| s.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'));
-    (blank(&before[..brace]) && blank(&before[brace + 1..])).then_some(line + "data:".len())
+    let after = &before[brace + 1..];
+    (blank(&before[..brace]) && (blank(after) || type_error_first(after)))
+        .then_some(line + "data:".len())
+}
+
+fn blank(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+}
+
+/// `"type":"error",` and nothing else (blanks aside): what stands before Anthropic's `"error"`.
+fn type_error_first(mut s: &[u8]) -> bool {
+    for part in [&b"\"type\""[..], b":", b"\"error\"", b","] {
+        s = s.trim_ascii_start();
+        match s.strip_prefix(part) {
+            Some(rest) => s = rest,
+            None => return false,
+        }
+    }
+    blank(s)
 }
 
 /// What a scan of one answer found. Token counts keep the last value seen: Gemini repeats
@@ -235,14 +254,33 @@ pub(super) fn record(
 }
 
 /// The status an error event stands for, so it is classified like the same error as a status
-/// code: Google's numeric `code` (429), else a status named by its type or code
-/// (`rate_limit_exceeded`, `insufficient_quota` → 429; `invalid_api_key` → 401), else 400
-/// (then the configured patterns alone decide).
+/// code: Google's numeric `code` (429), else Anthropic's error type the status its API gives it
+/// (`overloaded_error` 529, `api_error` 500, `rate_limit_error` 429, `authentication_error`
+/// 401, `permission_error` 403, `billing_error` 402, `invalid_request_error` 400), else a
+/// status named by its type or code (`rate_limit_exceeded`, `insufficient_quota` → 429;
+/// `invalid_api_key` → 401), else 400 (then the configured patterns alone decide).
 pub(super) fn event_status(event: &str) -> u16 {
     let doc: serde_json::Value = serde_json::from_str(event).unwrap_or_default();
     let err = &doc["error"];
     if let Some(n) = err["code"].as_u64().filter(|n| (400..600).contains(n)) {
         return n as u16;
+    }
+    if doc["type"] == "error" {
+        let status = match err["type"].as_str().unwrap_or("") {
+            "invalid_request_error" => Some(400),
+            "authentication_error" => Some(401),
+            "billing_error" => Some(402),
+            "permission_error" => Some(403),
+            "not_found_error" => Some(404),
+            "request_too_large" => Some(413),
+            "rate_limit_error" => Some(429),
+            "api_error" => Some(500),
+            "overloaded_error" => Some(529),
+            _ => None,
+        };
+        if let Some(status) = status {
+            return status;
+        }
     }
     let named = [&err["code"], &err["type"], &err["status"]]
         .iter()
@@ -372,6 +410,84 @@ mod tests {
         );
         assert_eq!(event_status(r#"{"error":{"code":"invalid_api_key"}}"#), 401);
         assert_eq!(event_status(r#"{"error":{"message":"odd"}}"#), 400);
+    }
+
+    fn anthropic_error(kind: &str, message: &str) -> String {
+        serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+            .to_string()
+    }
+
+    #[test]
+    fn an_anthropic_error_event_in_a_200_stream_is_kept_and_classified() {
+        let event = anthropic_error("overloaded_error", "Overloaded");
+        let sse = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":7,\"output_tokens\":1}}}}}}\n\nevent: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"say \\\"type\\\":\\\"error\\\",\\\"error\\\"\"}}}}\n\nevent: error\ndata: {event}\n\n"
+        );
+        let bytes = sse.as_bytes();
+        let whole = scan(&[bytes]);
+        assert_eq!(whole.error_event.as_deref(), Some(event.as_str()));
+        assert_eq!(whole.tokens_in, Some(7));
+        // Split anywhere, also inside `"type":"error"`: the same.
+        for cut in (1..bytes.len()).step_by(3) {
+            assert_eq!(scan(&[&bytes[..cut], &bytes[cut..]]), whole, "cut at {cut}");
+        }
+        // Text that quotes the shape is no event (its quotes are escaped), nor is a key that is
+        // not right after `"type":"error"`.
+        let quoted = scan(&[&bytes[..bytes.len() - event.len() - 23]]);
+        assert_eq!(quoted.error_event, None);
+        for line in [
+            "data: {\"type\":\"message\",\"error\":{}}\n",
+            "data: {\"type\":\"error\",\"x\":1,\"error\":{}}\n",
+            "data: [{\"type\":\"error\",\"error\":{}}]\n",
+        ] {
+            assert_eq!(scan(&[line.as_bytes()]).error_event, None, "{line}");
+        }
+        assert!(
+            scan(&[b"data: { \"type\" : \"error\" , \"error\":{\"type\":\"api_error\"}}\n"])
+                .error_event
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_anthropic_error_event_stands_for_its_status_and_classifies_as_it() {
+        use crate::detect::{Patterns, classify_http};
+        use crate::model::Class;
+        let patterns = Patterns::for_profile(&crate::profile::CLAUDE);
+        let judge = |kind: &str, message: &str| {
+            let event = anthropic_error(kind, message);
+            let status = event_status(&event);
+            (
+                status,
+                classify_http(status, &event, &patterns).map(|h| h.class),
+            )
+        };
+        assert_eq!(judge("overloaded_error", "Overloaded"), (529, None));
+        assert_eq!(judge("api_error", "Internal server error"), (500, None));
+        assert_eq!(
+            judge(
+                "rate_limit_error",
+                "Number of request tokens has exceeded your per-minute rate limit"
+            ),
+            (429, Some(Class::Throttle))
+        );
+        assert_eq!(
+            judge(
+                "invalid_request_error",
+                "Your credit balance is too low to access the Anthropic API."
+            ),
+            (400, Some(Class::Quota))
+        );
+        assert_eq!(
+            judge("authentication_error", "invalid x-api-key"),
+            (401, Some(Class::Auth))
+        );
+        assert_eq!(judge("permission_error", "no"), (403, Some(Class::Auth)));
+        assert_eq!(
+            judge("invalid_request_error", "prompt is too long"),
+            (400, None)
+        );
+        assert_eq!(judge("something_new", "odd"), (400, None));
     }
 
     #[test]

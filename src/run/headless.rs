@@ -49,8 +49,11 @@ pub(super) fn headless(
         StdoutMode::from_args(args, &vault.paths.profile.argv)
     };
     // Text output held until qwen ends, when asked: only for an attempt that may be retried
-    // (holding one that cannot be only delays the answer).
-    let hold = modifiers.hold || config.hold_text_output;
+    // (holding one that cannot be only delays the answer). A CLI that prints its errors on
+    // stdout (claude) has its text held always: its error line must not reach the caller before
+    // a retry can replace it, and claude prints a headless answer whole at the end anyway.
+    let stdout_errors = vault.paths.profile.detect.stdout_errors;
+    let hold = modifiers.hold || config.hold_text_output || stdout_errors;
     let max_attempts = match config.max_attempts {
         0 => vault.eligible_count().max(1),
         n => n,
@@ -91,6 +94,7 @@ pub(super) fn headless(
             patterns: Arc::clone(&patterns),
             stop_on,
             stop_grace: config.stop_grace,
+            stdout_errors,
             interrupted: &interrupted,
         });
         let finished = match finished {

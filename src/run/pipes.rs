@@ -11,7 +11,10 @@
 //! - stdout, held `text` (opt-in, `hold_text_output` / `--rotation-hold`, for an attempt that may
 //!   be retried): held like `json` until exit, so an agentic run that printed part of its answer
 //!   and then hit the quota on a later request is retried without the caller seeing the part.
-//!   Held text is never classified (an answer may quote a quota phrase); stderr decides.
+//!   Held text is never classified (an answer may quote a quota phrase); stderr decides. Except
+//!   for a CLI that prints its headless errors on stdout (claude, `detect.stdout_errors`): its
+//!   text is held whenever a retry may follow, and the last line of a run that failed (non-zero
+//!   exit) is judged by the phrases, held or shown.
 //! - stdout, `json`: qwen prints one document at the end, so holding it until exit delays
 //!   nothing; a quota error in json mode exits 0 with the error as the result (QWEN_FACTS §2),
 //!   so the held document is what is classified.
@@ -40,8 +43,8 @@ use nix::unistd::Pid;
 use super::signals::{self, Outcome};
 use super::stdin::StdinSource;
 use super::streams::{
-    Event, StderrResult, StdoutMode, StdoutResult, relay_stderr, relay_stdout, write_stderr,
-    write_stdout,
+    Event, StderrResult, StdoutMode, StdoutResult, relay_stderr, relay_stdout, text_error,
+    write_stderr, write_stdout,
 };
 use crate::detect::{Patterns, classify_json_output};
 use crate::model::{Class, Hit};
@@ -59,6 +62,9 @@ pub struct Attempt<'a> {
     /// will follow); other hits let qwen finish on its own.
     pub stop_on: &'a [Class],
     pub stop_grace: Duration,
+    /// The CLI prints its headless errors on stdout (the profile's `detect.stdout_errors`): the
+    /// last line of a failed run's text output is judged.
+    pub stdout_errors: bool,
     /// Set by the signal thread when the user asked us to stop: no early stop, no retry.
     pub interrupted: &'a AtomicBool,
 }
@@ -120,7 +126,11 @@ pub fn run(a: Attempt<'_>) -> io::Result<Finished> {
     } else {
         let (tx, mode, patterns) = (tx.clone(), a.stdout, Arc::clone(&a.patterns));
         Some(Standby::spawn(move |out| {
-            let r = relay_stdout(out, mode, &patterns);
+            let hits = tx.clone();
+            let on_hit = move |class| {
+                let _ = hits.send(Event::Hit(class));
+            };
+            let r = relay_stdout(out, mode, &patterns, &on_hit);
             let _ = tx.send(Event::StdoutDone(r));
         })?)
     };
@@ -186,6 +196,7 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
         held: Vec::new(),
         committed: false,
         closed: false,
+        tail: Vec::new(),
     };
     let mut err = StderrResult {
         held: Vec::new(),
@@ -235,6 +246,13 @@ fn collect(rx: Receiver<Event>, mut pending: usize, a: &Attempt<'_>) -> io::Resu
     let mut hit = err.hit;
     if hit.is_none() && matches!(a.stdout, StdoutMode::Json | StdoutMode::StreamJson) {
         hit = classify_json_output(&out.held, &a.patterns);
+    }
+    if hit.is_none()
+        && a.stdout_errors
+        && matches!(a.stdout, StdoutMode::Text | StdoutMode::HeldText)
+        && !outcome.success()
+    {
+        hit = text_error(&out.tail, &a.patterns);
     }
     Ok(Finished {
         outcome,

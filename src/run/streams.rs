@@ -12,7 +12,7 @@ use std::sync::mpsc::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::signals::Outcome;
-use crate::detect::{Anchor, Detector, Patterns};
+use crate::detect::{Anchor, Detector, Patterns, classify_stream_event};
 use crate::model::{Class, Hit};
 use crate::profile::Argv;
 
@@ -75,7 +75,13 @@ pub(super) struct StdoutResult {
     pub(super) held: Vec<u8>,
     pub(super) committed: bool,
     pub(super) closed: bool,
+    /// text: the last bytes of the output (at most `TEXT_TAIL`), shown or held, where a CLI
+    /// that prints its errors on stdout (claude) leaves its error line.
+    pub(super) tail: Vec<u8>,
 }
+
+/// text: how much of the end of the output is kept for a failed run's error line.
+const TEXT_TAIL: usize = 4 * 1024;
 
 pub(super) struct StderrResult {
     pub(super) held: Vec<u8>,
@@ -103,16 +109,23 @@ pub(super) fn write_stdout(bytes: &[u8]) -> bool {
     out.write_all(bytes).and_then(|_| out.flush()).is_ok()
 }
 
+/// Relays the child's stdout by `mode`. stream-json: an event line before the gate opens that
+/// reports a failing request (`detect::classify_stream_event`: claude's rejected
+/// `rate_limit_event`, its `api_retry` of a 429 or 401) is handed to `on_hit`, so an attempt
+/// that will be retried can be stopped instead of retrying by itself for minutes.
 pub(super) fn relay_stdout(
     mut src: impl Read,
     mode: StdoutMode,
     patterns: &Patterns,
+    on_hit: &dyn Fn(Class),
 ) -> StdoutResult {
     let mut r = StdoutResult {
         held: Vec::new(),
         committed: false,
         closed: false,
+        tail: Vec::new(),
     };
+    let text = matches!(mode, StdoutMode::Text | StdoutMode::HeldText);
     let mut buf = vec![0u8; 64 * 1024];
     // stream-json: lines held until the gate opens.
     let mut gate_open = mode == StdoutMode::Text;
@@ -131,6 +144,9 @@ pub(super) fn relay_stdout(
         if r.closed {
             continue;
         }
+        if text {
+            keep_tail(&mut r.tail, chunk);
+        }
         if !gate_open {
             r.held.extend_from_slice(chunk);
             gate_open = match mode {
@@ -140,7 +156,13 @@ pub(super) fn relay_stdout(
                     let opens =
                         completed.is_some() && stream_gate_opens(&r.held[judged..], patterns);
                     if let Some(at) = completed {
-                        judged = r.held.len() - n + at + 1;
+                        let end = r.held.len() - n + at + 1;
+                        for line in r.held[judged..end].split(|&b| b == b'\n') {
+                            if let Some(hit) = classify_stream_event(line, patterns.now()) {
+                                on_hit(hit.class);
+                            }
+                        }
+                        judged = end;
                     }
                     opens || r.held.len() > HOLD_LIMIT
                 }
@@ -167,8 +189,9 @@ pub(super) fn relay_stdout(
     r
 }
 
-/// stream-json: the gate opens at the first complete line that is neither the `system` init
-/// line nor an error report.
+/// stream-json: the gate opens at the first complete line that is neither a `system` line (the
+/// init line, claude's `api_retry`), a `rate_limit_event`, nor an error report (by its phrases,
+/// or claude's `"is_api_error_message": true` on the message that carries an API error).
 fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
     held.split(|&b| b == b'\n').rev().skip(1).any(|line| {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
@@ -176,10 +199,30 @@ fn stream_gate_opens(held: &[u8], patterns: &Patterns) -> bool {
         };
         let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
         match kind {
-            "system" | "result" => false,
+            "system" | "result" | "rate_limit_event" => false,
+            _ if v.get("is_api_error_message") == Some(&serde_json::Value::Bool(true)) => false,
             _ => patterns.classify(&String::from_utf8_lossy(line)).is_none(),
         }
     })
+}
+
+/// Keeps the last `TEXT_TAIL` bytes of a text output.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    let from = chunk.len().saturating_sub(TEXT_TAIL);
+    tail.extend_from_slice(&chunk[from..]);
+    let excess = tail.len().saturating_sub(TEXT_TAIL);
+    tail.drain(..excess);
+}
+
+/// The error a failed run of a CLI that prints its errors on stdout left as the last line of its
+/// text output (`Credit balance is too low`, exit 1), by the phrases; an answer never counts,
+/// since only a failed run's last line is read.
+pub(super) fn text_error(tail: &[u8], patterns: &Patterns) -> Option<Hit> {
+    let line = tail
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|l| !l.is_empty())?;
+    patterns.classify(&String::from_utf8_lossy(line))
 }
 
 pub(super) fn relay_stderr(
@@ -298,7 +341,12 @@ mod tests {
 
     fn stream(chunks: &[&str]) -> StdoutResult {
         let reads = Reads(chunks.iter().map(|c| c.as_bytes().to_vec()).collect());
-        relay_stdout(reads, StdoutMode::StreamJson, &Patterns::defaults())
+        relay_stdout(
+            reads,
+            StdoutMode::StreamJson,
+            &Patterns::defaults(),
+            &|_| {},
+        )
     }
 
     const INIT: &str = "{\"type\":\"system\",\"subtype\":\"init\"}\n";
@@ -316,6 +364,61 @@ mod tests {
         ]);
         assert!(r.committed);
         assert!(r.held.is_empty());
+    }
+
+    #[test]
+    fn claude_stream_json_events_keep_the_gate_shut_and_report_a_hit() {
+        let retry = "{\"type\":\"system\",\"subtype\":\"api_retry\",\"attempt\":1,\"max_retries\":10,\"retry_delay_ms\":600,\"error_status\":429}\n";
+        let limit = "{\"type\":\"rate_limit_event\",\"rate_limit_info\":{\"status\":\"rejected\",\"resetsAt\":1,\"rateLimitType\":\"five_hour\"}}\n";
+        let api_error = "{\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"API Error: 500\"}]},\"is_api_error_message\":true}\n";
+        let whole = format!("{INIT}{retry}{limit}{api_error}");
+        for cut in [1, INIT.len() + 5, whole.len() - 3] {
+            let hits = std::cell::RefCell::new(Vec::new());
+            let reads = Reads(
+                [&whole[..cut], &whole[cut..]]
+                    .iter()
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect(),
+            );
+            let r = relay_stdout(reads, StdoutMode::StreamJson, &Patterns::defaults(), &|c| {
+                hits.borrow_mut().push(c)
+            });
+            assert!(!r.committed, "cut at {cut}");
+            assert_eq!(r.held, whole.as_bytes(), "cut at {cut}");
+            assert_eq!(
+                hits.into_inner(),
+                [Class::Throttle, Class::Quota],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_text_runs_last_line_is_its_error() {
+        let p = Patterns::for_profile(&crate::profile::CLAUDE);
+        let judge = |text: &str| text_error(text.as_bytes(), &p).map(|h| h.class);
+        assert_eq!(judge("Credit balance is too low\n"), Some(Class::Quota));
+        assert_eq!(
+            judge("\nInvalid API key \u{b7} Fix external API key\n\n"),
+            Some(Class::Auth)
+        );
+        // Only the last line: an answer above it that quotes a phrase does not count.
+        assert_eq!(
+            judge("Credit balance is too low, you said.\nError: Reached max turns (1)\n"),
+            None
+        );
+        assert_eq!(judge(""), None);
+        // The tail is bounded and keeps the end.
+        let mut tail = Vec::new();
+        keep_tail(&mut tail, &vec![b'x'; 3 * TEXT_TAIL]);
+        keep_tail(&mut tail, b"\nCredit balance is too low\n");
+        assert_eq!(tail.len(), TEXT_TAIL);
+        assert!(tail.ends_with(b"too low\n"));
+        let text = format!("{}\nCredit balance is too low\n", "y".repeat(100_000));
+        let reads = Reads(text.as_bytes().chunks(7000).map(<[u8]>::to_vec).collect());
+        let r = relay_stdout(reads, StdoutMode::HeldText, &p, &|_| {});
+        assert_eq!(r.held, text.as_bytes());
+        assert_eq!(text_error(&r.tail, &p).map(|h| h.class), Some(Class::Quota));
     }
 
     #[test]
