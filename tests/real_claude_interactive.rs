@@ -12,7 +12,7 @@ mod screen;
 use std::process::Command;
 
 use real_claude::{ClaudeMock, Sandbox};
-use screen::{Terminal, descendants};
+use screen::{Ends, Terminal, descendants};
 
 fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
     let mut cmd = Command::new(sb.shim_dir.join("claude"));
@@ -23,7 +23,13 @@ fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
         .env("ANTHROPIC_BASE_URL", mock.url())
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("TERM", "xterm-256color");
-    Terminal::start(cmd)
+    Terminal::start(
+        cmd,
+        Ends {
+            kill_tree: real_claude::real_qwen::child::kill_tree,
+            assert_clean: real_claude::secrets::assert_clean,
+        },
+    )
 }
 
 #[test]

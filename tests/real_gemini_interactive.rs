@@ -15,7 +15,7 @@ mod screen;
 use std::process::Command;
 
 use real_gemini::{GeminiMock, Sandbox};
-use screen::{Terminal, descendants};
+use screen::{Ends, Terminal, descendants};
 
 fn start(sb: &Sandbox) -> Terminal {
     let mut cmd = Command::new(sb.shim_dir.join("gemini"));
@@ -26,7 +26,13 @@ fn start(sb: &Sandbox) -> Terminal {
         .env("GEMINI_CLI_HOME", &sb.home)
         .env("GEMINI_CLI_TRUST_WORKSPACE", "true")
         .env("TERM", "xterm-256color");
-    Terminal::start(cmd)
+    Terminal::start(
+        cmd,
+        Ends {
+            kill_tree: real_gemini::real_qwen::child::kill_tree,
+            assert_clean: real_gemini::secrets::assert_clean,
+        },
+    )
 }
 
 #[test]

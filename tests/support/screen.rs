@@ -3,13 +3,10 @@
 //!
 //! Every wait is for a marker on the screen, with a deadline; the only fixed pause is the one a
 //! TUI needs between typed text and Enter (it reads text followed by Enter within a few hundred
-//! ms as a paste). The transcript is scanned for fixture secrets when the terminal closes.
+//! ms as a paste). The transcript is scanned for fixture secrets when the terminal closes (by
+//! the scan the caller's support module gives, so the secret scan is compiled once per test).
 #![allow(dead_code)]
 
-#[path = "child.rs"]
-mod child;
-#[path = "secrets.rs"]
-mod secrets;
 #[path = "pty.rs"]
 mod tty;
 
@@ -68,11 +65,19 @@ pub struct Terminal {
     master: std::fs::File,
     shim: Option<Child>,
     screen: Arc<(Mutex<Screen>, Condvar)>,
+    ends: Ends,
+}
+
+/// What closing the terminal does: kill every process under the shim, then scan the
+/// transcript for secrets (`child::kill_tree`, `secrets::assert_clean` of the support modules).
+pub struct Ends {
+    pub kill_tree: fn(u32),
+    pub assert_clean: fn(&str, &[u8]),
 }
 
 impl Terminal {
     /// Starts `cmd` (the shim under the CLI's name, environment set) on a 40×120 terminal.
-    pub fn start(cmd: Command) -> Terminal {
+    pub fn start(cmd: Command, ends: Ends) -> Terminal {
         let (master, shim) = tty::start(cmd, 40, 120);
         let screen = Arc::new((Mutex::new(Screen::default()), Condvar::new()));
         let mut reader = master.try_clone().unwrap();
@@ -100,6 +105,7 @@ impl Terminal {
             master,
             shim: Some(shim),
             screen,
+            ends,
         }
     }
 
@@ -153,11 +159,11 @@ impl Terminal {
 impl Drop for Terminal {
     fn drop(&mut self) {
         if let Some(mut shim) = self.shim.take() {
-            child::kill_tree(shim.id());
+            (self.ends.kill_tree)(shim.id());
             let _ = shim.wait();
         }
         if !std::thread::panicking() {
-            secrets::assert_clean("the terminal", &self.screen.0.lock().unwrap().raw);
+            (self.ends.assert_clean)("the terminal", &self.screen.0.lock().unwrap().raw);
         }
     }
 }
