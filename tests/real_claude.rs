@@ -146,24 +146,7 @@ fn the_keys_are_not_in_claudes_environment() {
         "claude never asked: {:?}",
         mock.seen()
     );
-    let mut environs = Vec::new();
-    let mut pids = vec![shim];
-    let mut i = 0;
-    while i < pids.len() {
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pids[i])) {
-            for t in tasks.flatten() {
-                if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-                    pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-                }
-            }
-        }
-        if pids[i] != shim
-            && let Ok(env) = std::fs::read(format!("/proc/{}/environ", pids[i]))
-        {
-            environs.push(env);
-        }
-        i += 1;
-    }
+    let environs = real_claude::environs_under(shim);
     // claude's reachability probe is answered by the relay itself, token or not.
     let base = environs
         .iter()

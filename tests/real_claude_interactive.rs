@@ -2,7 +2,8 @@
 //! test opens, against the mock Messages API (tests/support/real_claude.rs): a subscription
 //! login that hits its 5-hour limit mid-conversation is replaced by the next login inside the
 //! relay (the live `.credentials.json` swapped, the same request sent again with that login's
-//! token), with no restart of claude, no keystroke and nothing of the limit on screen.
+//! token), with no restart of claude, no keystroke and nothing of the limit on screen; and a
+//! session on the fallback key goes back to the login once the login's reset has passed.
 
 #[path = "support/real_claude.rs"]
 mod real_claude;
@@ -11,6 +12,7 @@ mod screen;
 
 use std::process::Command;
 
+use qwen_rotation::vault::state::{State, Status};
 use real_claude::{ClaudeMock, Sandbox};
 use screen::{Ends, Terminal, descendants};
 
@@ -88,4 +90,50 @@ fn a_login_on_its_5_hour_limit_mid_conversation_moves_to_login_2_with_no_restart
         .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
         .collect();
     assert_eq!(switches.last(), Some(&(Some(1), Some(2))), "{switches:?}");
+}
+
+#[test]
+fn a_session_on_the_fallback_key_goes_back_to_the_login_when_its_reset_passes() {
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let mock = ClaudeMock::start();
+    sb.env("ANTHROPIC_BASE_URL", mock.url());
+    sb.add_login("login1", "l1_ok");
+    sb.add_key("key2", "k2_ok", &mock.url());
+    // Login 1 on its limit for another hour: the session starts on the fallback key.
+    let cool_until = |until: chrono::DateTime<chrono::Utc>| {
+        let path = sb.claude_home.join("state.yaml");
+        let mut st = State::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        st.current_index = 2;
+        let one = st.accounts.get_mut(&1).unwrap();
+        one.status = Status::CoolingDown;
+        one.cooldown_until = Some(until);
+        std::fs::write(&path, st.to_yaml()).unwrap();
+    };
+    cool_until(chrono::Utc::now() + chrono::TimeDelta::hours(1));
+
+    let mut term = start(&sb, &mock);
+    let ready = term.await_text("❯", 0);
+    term.submit("hello");
+    let first = term.await_text("REPLY-FROM-k2_ok", ready);
+    assert_eq!(mock.count("l1_ok"), 0, "{:?}", mock.seen());
+
+    // Time passes: the login's reset is behind us. The next turn goes out on the login.
+    cool_until(chrono::Utc::now() - chrono::TimeDelta::minutes(1));
+    term.submit("again");
+    term.await_text("REPLY-FROM-l1_ok", first);
+    let keyed = mock.count("k2_ok");
+    let third = term.mark();
+    term.submit("third");
+    term.await_text("REPLY-FROM-l1_ok", third);
+    assert_eq!(mock.count("k2_ok"), keyed, "{:?}", mock.seen());
+    let switches: Vec<_> = sb
+        .rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
+        .collect();
+    assert_eq!(switches.last(), Some(&(Some(2), Some(1))), "{switches:?}");
+    assert_eq!(sb.live_access(), "l1_ok");
 }

@@ -204,3 +204,70 @@ fn a_login_claude_refreshed_during_the_run_goes_back_to_its_slot() {
         out.dump()
     );
 }
+
+#[test]
+fn a_login_run_leaves_claude_its_login_and_carries_the_token_beside_it() {
+    let Some((mut sb, mock)) = setup(&["l1_hold"]) else {
+        return;
+    };
+    // The person's own variables: a custom header (kept), a token and a key (which would beat
+    // the login: kept out of claude's environment).
+    sb.env("ANTHROPIC_CUSTOM_HEADERS", "x-own: yes");
+    sb.env("ANTHROPIC_AUTH_TOKEN", secrets::secret("own_token"));
+    sb.env("ANTHROPIC_API_KEY", secrets::secret("own_key"));
+    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
+    let shim = child.id();
+    assert!(
+        mock.wait_for(Duration::from_secs(60), |s| s.key == "l1_hold"),
+        "claude never asked: {:?}",
+        mock.seen()
+    );
+    let environs = real_claude::environs_under(shim);
+    mock.release();
+    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REPLY-FROM-l1_hold"));
+    let mut claude_seen = false;
+    for env in &environs {
+        secrets::assert_clean("claude's environment", env);
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        for banned in [
+            &b"ANTHROPIC_API_KEY="[..],
+            b"ANTHROPIC_AUTH_TOKEN=",
+            b"CLAUDE_CODE_OAUTH_TOKEN=",
+        ] {
+            assert!(
+                !vars.iter().any(|v| v.starts_with(banned)),
+                "{}",
+                String::from_utf8_lossy(banned)
+            );
+        }
+        if let Some(headers) = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(b"ANTHROPIC_CUSTOM_HEADERS="))
+        {
+            let headers = String::from_utf8_lossy(headers);
+            let mut lines = headers.lines();
+            assert_eq!(lines.next(), Some("x-own: yes"), "{headers}");
+            let token = lines
+                .next()
+                .and_then(|l| l.strip_prefix("x-rotation-token: "))
+                .unwrap_or_default();
+            assert!(
+                token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{headers}"
+            );
+            claude_seen = true;
+        }
+    }
+    assert!(claude_seen, "no claude process with the relay's header");
+    // Upstream: the person's header, the login's bearer, nothing of the relay's.
+    let seen = mock.seen();
+    let asked = seen.iter().find(|s| s.key == "l1_hold").unwrap();
+    assert!(asked.header_names.iter().any(|h| h == "x-own"), "{asked:?}");
+    assert_login_shape(&mock, "l1_hold");
+}

@@ -405,6 +405,29 @@ fn answer(key: &str, who: &str, model: &str, stream: bool) -> Answer {
     (200, Vec::new(), "text/event-stream", sse)
 }
 
+/// The environment (`/proc/PID/environ`) of every process under `root`, `root` itself excluded.
+pub fn environs_under(root: u32) -> Vec<Vec<u8>> {
+    let mut environs = Vec::new();
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", pids[i])) {
+            for t in tasks.flatten() {
+                if let Ok(c) = fs::read_to_string(t.path().join("children")) {
+                    pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+                }
+            }
+        }
+        if pids[i] != root
+            && let Ok(env) = fs::read(format!("/proc/{}/environ", pids[i]))
+        {
+            environs.push(env);
+        }
+        i += 1;
+    }
+    environs
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sandbox
 // ---------------------------------------------------------------------------------------------
