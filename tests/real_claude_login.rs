@@ -271,3 +271,42 @@ fn a_login_run_leaves_claude_its_login_and_carries_the_token_beside_it() {
     assert!(asked.header_names.iter().any(|h| h == "x-own"), "{asked:?}");
     assert_login_shape(&mock, "l1_hold");
 }
+
+#[test]
+fn without_the_relay_a_printed_usage_limit_swaps_the_login_and_runs_again() {
+    let Some((sb, mock)) = setup(&["l1_limit", "l2_ok"]) else {
+        return;
+    };
+    std::fs::write(sb.claude_home.join("rotation.yaml"), "relay: false\n").unwrap();
+    for (mode, args) in [
+        ("text", &["-p", "hello"][..]),
+        ("json", &["-p", "hello", "--output-format", "json"][..]),
+    ] {
+        sb.run(&["--rotation-reset"], None);
+        sb.run(&["--rotation-switch", "1"], None);
+        let asked = mock.count("l1_limit");
+        let out = sb.run(args, None);
+        assert_eq!(out.code(), 0, "{mode}: {}", out.dump());
+        assert!(
+            out.stdout().contains("REPLY-FROM-l2_ok"),
+            "{mode}: {}",
+            out.dump()
+        );
+        // claude printed its limit line itself (nothing in its path to stop the request), and
+        // the shim held it back: the caller sees only login 2's answer.
+        assert!(!out.stdout().contains("hit your"), "{mode}: {}", out.dump());
+        assert_eq!(
+            mock.count("l1_limit"),
+            asked + 1,
+            "{mode}: {:?}",
+            mock.seen()
+        );
+        assert_eq!(sb.live_access(), "l2_ok", "{mode}");
+    }
+    // Straight to the mock: no relay in between.
+    assert!(
+        mock.seen()
+            .iter()
+            .all(|s| !s.header_names.iter().any(|h| h == "x-rotation-token"))
+    );
+}

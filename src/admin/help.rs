@@ -22,6 +22,20 @@ pub(super) fn help_text(profile: &Profile) -> String {
             profile.creds.file,
             name = profile.name
         ));
+    } else if profile.api.relay_login_headers.is_some() {
+        text.push_str(&format!(
+            "Subscription logins ({file}) and API keys share one pool: {order}.\n\
+             Each login's requests pass through the relay, which moves a request that hit a usage\n\
+             limit to the next login (the file swapped; {name} uses it from its next request) or,\n\
+             past the last login, to a key.\n",
+            file = profile.creds.file,
+            name = profile.name,
+            order = match profile.order {
+                crate::model::Order::LoginsFirst =>
+                    "logins first, keys only while\nevery login cools down, back to a login at its reset",
+                crate::model::Order::Slots => "in slot order",
+            },
+        ));
     } else if profile.creds.reread_after.is_none() {
         text.push_str(&format!(
             "OAuth logins ({file}) rotate by swapping the file; {name} reads it only when it starts,\n\
@@ -115,7 +129,8 @@ Commands (read commands take --json for machine output):
 
 Files (in {home}, default ~/{dir}): accounts/oauth_creds_N.json (OAuth accounts),
 accounts/api_key_N.json (API keys), {creds} (the live login), state.yaml, rotation.log,
-rotation.yaml (settings: strategy round-robin|fill-first, cooldowns, patterns), rotation.lock.
+rotation.yaml (settings: strategy round-robin|fill-first, order slots|logins-first, cooldowns,
+patterns), rotation.lock.
 
 Exit codes: {name}'s own status when it runs · 75 every account exhausted · 127 real {name} not found ·
 126 real {name} not executable · 2 bad usage (including an account that does not exist) ·
