@@ -4,6 +4,7 @@
 #   docker build -t qwen-rotation:oauth --build-arg QWEN_VERSION=0.12.0 .   # OAuth accounts
 #   docker run --rm -it -v "$HOME/.qwen:/home/node/.qwen" qwen-rotation qwen -p "hello"
 #   docker build -t qwen-rotation:gemini --build-arg GEMINI_VERSION=0.61.0 .  # `gemini` as well
+#   docker build -t qwen-rotation:claude --build-arg CLAUDE_VERSION=2.1.332 .  # `claude` as well
 #
 # Stage 1 builds the shim; stage 2 is Node.js with the real qwen from npm in npm's global bin
 # (/usr/local/bin) and the shim in a directory of its own (/opt/qwen-rotation/bin) that comes
@@ -34,6 +35,9 @@ ARG QWEN_GID=1000
 # Google's Gemini CLI as well, pinned, with the shim in front of it as `gemini` (docs/GEMINI.md);
 # empty: qwen only.
 ARG GEMINI_VERSION=
+# Anthropic's Claude Code as well, pinned, with the shim in front of it as `claude`
+# (docs/CLAUDE.md); empty: no claude. Its npm package brings a native binary (about 400 MB).
+ARG CLAUDE_VERSION=
 
 # ca-certificates: the API-key relay checks the provider's TLS certificate against the system
 # store. python3: only for examples/watcher.py; drop it if your image runs something else.
@@ -53,11 +57,17 @@ RUN if [ -n "$GEMINI_VERSION" ]; then \
         && npm cache clean --force; \
     fi
 
+RUN if [ -n "$CLAUDE_VERSION" ]; then \
+        npm install -g --no-audit --no-fund --no-update-notifier "@anthropic-ai/claude-code@${CLAUDE_VERSION}" \
+        && npm cache clean --force; \
+    fi
+
 # The image's `node` user (uid 1000) runs qwen; its ids follow QWEN_UID/QWEN_GID.
 RUN if [ "$QWEN_GID" != "$(id -g node)" ]; then groupmod -o -g "$QWEN_GID" node; fi \
  && if [ "$QWEN_UID" != "$(id -u node)" ]; then usermod -o -u "$QWEN_UID" -g "$QWEN_GID" node; fi \
  && install -d -m 0700 -o node -g node /home/node/.qwen \
  && if [ -n "$GEMINI_VERSION" ]; then install -d -m 0700 -o node -g node /home/node/.gemini; fi \
+ && if [ -n "$CLAUDE_VERSION" ]; then install -d -m 0700 -o node -g node /home/node/.claude; fi \
  && chown node:node /home/node
 
 # The shim, installed by install.sh into its own prefix: never into /usr/local/bin, where npm
@@ -65,7 +75,7 @@ RUN if [ "$QWEN_GID" != "$(id -g node)" ]; then groupmod -o -g "$QWEN_GID" node;
 COPY --from=build /src/target/release/qwen /tmp/qwen-rotation/qwen
 COPY install.sh /tmp/qwen-rotation/install.sh
 RUN sh /tmp/qwen-rotation/install.sh --binary /tmp/qwen-rotation/qwen --prefix /opt/qwen-rotation \
-        --profiles "qwen${GEMINI_VERSION:+,gemini}" \
+        --profiles "qwen${GEMINI_VERSION:+,gemini}${CLAUDE_VERSION:+,claude}" \
  && rm -rf /tmp/qwen-rotation
 ENV PATH=/opt/qwen-rotation/bin:$PATH
 
@@ -97,6 +107,18 @@ RUN set -e; \
         rm -rf "$probe"; \
         echo "$doctor" | grep -qF "real gemini: $real" || { echo "the shim does not find the real gemini at $real"; exit 1; }; \
         echo "ok: $shim in front of $real"; \
+    fi; \
+    if [ -n "$CLAUDE_VERSION" ]; then \
+        shim=$(command -v claude); \
+        [ "$shim" = /opt/qwen-rotation/bin/claude ] || { echo "claude on PATH is $shim, not the shim"; exit 1; }; \
+        real="$(npm prefix -g)/bin/claude"; \
+        probe=$(mktemp -d); \
+        doctor=$(HOME=$probe CLAUDE_CONFIG_DIR=$probe/.claude claude --rotation-doctor 2>&1 || true); \
+        version=$(HOME=$probe CLAUDE_CONFIG_DIR=$probe/.claude CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude --version </dev/null); \
+        rm -rf "$probe"; \
+        echo "$doctor" | grep -qF "real claude: $real" || { echo "the shim does not find the real claude at $real"; exit 1; }; \
+        case "$version" in "$CLAUDE_VERSION"*) ;; *) echo "claude --version through the shim says $version, not $CLAUDE_VERSION"; exit 1 ;; esac; \
+        echo "ok: $shim in front of $real (claude $version)"; \
     fi
 
 CMD ["qwen"]

@@ -9,7 +9,13 @@
 //!   (report + switch in the vault, with its lock, state.yaml and rotation.log writes).
 //!
 //! The same added latency, first byte and quota → next key for the Gemini API's wire (the
-//! `gemini` profile: `x-goog-api-key`, `/v1beta/models/…:generateContent`, Google error bodies).
+//! `gemini` profile: `x-goog-api-key`, `/v1beta/models/…:generateContent`, Google error bodies)
+//! and for Anthropic's Messages API (the `claude` profile: the run's token as `Authorization:
+//! Bearer`, the key sent on as `x-api-key`, `/v1/messages?beta=true`, `event:`-named SSE; key 1
+//! spent by a 400 "credit balance is too low" and, separately, by a 429 with
+//! `anthropic-ratelimit-unified-status: rejected`). Each quota → next key figure is also shown
+//! as a ratio to the OpenAI wire's, the series interleaved sample by sample in the same run,
+//! with the homes on the temporary directory's disk and on tmpfs.
 //!
 //! Prints a table with ratios; targets are in docs/PERFORMANCE.md (≤ 1 ms p50 added, ≤ 10 ms
 //! quota → next key). Bounded well under a minute. Not a pass/fail test.
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use qwen_rotation::config::{Config, Paths};
 use qwen_rotation::detect::Patterns;
-use qwen_rotation::profile::{GEMINI, QWEN};
+use qwen_rotation::profile::{CLAUDE, GEMINI, QWEN, Wire};
 use qwen_rotation::relay::{Relay, Setup};
 use qwen_rotation::vault::Vault;
 
@@ -41,7 +47,7 @@ fn main() {
         home.path(),
         &[&format!("{}/v1", upstream.url())],
         &["sk-bench-ok"],
-        false,
+        Wire::OpenAi,
     );
     let token = relay.token.expose().to_string();
     let relay_addr = relay
@@ -49,16 +55,8 @@ fn main() {
         .trim_start_matches("http://")
         .trim_end_matches("/v1")
         .to_string();
-    let direct = Target {
-        addr: upstream.addr(),
-        bearer: "sk-bench-ok".into(),
-        gemini: false,
-    };
-    let via = Target {
-        addr: relay_addr,
-        bearer: token,
-        gemini: false,
-    };
+    let direct = Target::direct(Wire::OpenAi, upstream.addr(), "sk-bench-ok");
+    let via = Target::relay(Wire::OpenAi, relay_addr, &token);
 
     // Warm both paths (connection pools, page cache, branch predictors).
     latencies(&direct, 200);
@@ -83,13 +81,14 @@ fn main() {
     }
     drop(relay);
     let disk = std::env::temp_dir();
-    let rot_disk = rotation_times(&upstream, rotations, &disk, false);
-    let gemini = gemini_figures(&upstream, requests, firsts, rotations, &disk);
+    let gemini = wire_figures(&upstream, Wire::Gemini, requests, firsts);
+    let claude = wire_figures(&upstream, Wire::Anthropic, requests, firsts);
+    let rot_disk = rotation_times(&upstream, rotations, &disk);
     // The same on tmpfs: what is left is the relay's own part, without the vault's fsyncs.
     let shm = Path::new("/dev/shm");
     let rot_shm = tempfile::tempdir_in(shm)
         .is_ok()
-        .then(|| rotation_times(&upstream, rotations, shm, false));
+        .then(|| rotation_times(&upstream, rotations, shm));
 
     println!(
         "loopback relay vs direct to the mock ({:.1?} in all)",
@@ -136,65 +135,83 @@ fn main() {
         "",
         r_tp / d_tp
     );
-    let show = |where_: String, mut rot: Vec<Duration>| {
-        println!(
-            "quota on key 1 → request at key 2, home on {where_} (n={rotations}): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            ms(pct(&mut rot, 50)),
-            ms(pct(&mut rot, 99)),
-            ms(rot.iter().max().copied().unwrap_or_default())
+    for (title, mut f) in [
+        ("the Gemini API's wire (the gemini profile):", gemini),
+        ("Anthropic's Messages API (the claude profile):", claude),
+    ] {
+        println!("{title}");
+        row(
+            &format!("request, {}, p50", f.call),
+            pct(&mut f.direct, 50),
+            pct(&mut f.relay, 50),
         );
-    };
-    show(disk.display().to_string(), rot_disk);
-    if let Some(rot) = rot_shm {
-        show("tmpfs /dev/shm".into(), rot);
+        row(
+            &format!("request, {}, p99", f.call),
+            pct(&mut f.direct, 99),
+            pct(&mut f.relay, 99),
+        );
+        row(
+            "first SSE byte, p50",
+            pct(&mut f.direct_first, 50),
+            pct(&mut f.relay_first, 50),
+        );
+        row(
+            "first SSE byte, p99",
+            pct(&mut f.direct_first, 99),
+            pct(&mut f.relay_first, 99),
+        );
     }
-    let (mut g_direct, mut g_relay, mut g_dfirst, mut g_rfirst, mut g_rot) = gemini;
-    println!("the Gemini API's wire (the gemini profile):");
-    row(
-        "request, generateContent, p50",
-        pct(&mut g_direct, 50),
-        pct(&mut g_relay, 50),
+    // Each quota answer against the OpenAI wire's, the series interleaved sample by sample.
+    println!(
+        "quota on key 1 → the same request at key 2 (n={rotations} each, interleaved): p50 / p99, ratio of p50s"
     );
-    row(
-        "request, generateContent, p99",
-        pct(&mut g_direct, 99),
-        pct(&mut g_relay, 99),
-    );
-    row(
-        "first SSE byte (alt=sse), p50",
-        pct(&mut g_dfirst, 50),
-        pct(&mut g_rfirst, 50),
-    );
-    show(
-        format!("{} (gemini)", disk.display()),
-        std::mem::take(&mut g_rot),
-    );
+    let homes = [(disk.display().to_string(), rot_disk)]
+        .into_iter()
+        .chain(rot_shm.map(|r| ("tmpfs /dev/shm".to_string(), r)));
+    for (home, mut series) in homes {
+        println!("home on {home}:");
+        let base = pct(&mut series[0], 50);
+        for (quota, rot) in QUOTAS.iter().zip(&mut series) {
+            let p50 = pct(rot, 50);
+            println!(
+                "  {:<44} {:>8.3} ms {:>8.3} ms {:>7.2}x",
+                quota.answer,
+                ms(p50),
+                ms(pct(rot, 99)),
+                ratio(p50, base)
+            );
+        }
+    }
     println!("targets: added p50 <= 1 ms; quota → next key <= 10 ms (docs/PERFORMANCE.md)");
 }
 
 type Samples = Vec<Duration>;
 
-/// The gemini profile's figures: (direct, relay) request latencies, (direct, relay) first SSE
-/// bytes, and quota → next key times with the home under `disk`.
-fn gemini_figures(
-    upstream: &Upstream,
-    requests: usize,
-    firsts: usize,
-    rotations: usize,
-    disk: &Path,
-) -> (Samples, Samples, Samples, Samples, Samples) {
+/// One wire's figures beside the OpenAI wire's: request latencies and first SSE bytes, direct
+/// and through the relay.
+struct WireFigures {
+    /// What a request is called on this wire.
+    call: &'static str,
+    direct: Samples,
+    relay: Samples,
+    direct_first: Samples,
+    relay_first: Samples,
+}
+
+/// The figures of the gemini or claude profile's wire.
+fn wire_figures(upstream: &Upstream, wire: Wire, requests: usize, firsts: usize) -> WireFigures {
+    let key = match wire {
+        Wire::Anthropic => "sk-ant-bench-ok",
+        _ => "AIza-bench-ok",
+    };
     let home = tempfile::tempdir().unwrap();
-    let relay = relay_on(home.path(), &[&upstream.url()], &["AIza-bench-ok"], true);
-    let direct = Target {
-        addr: upstream.addr(),
-        bearer: "AIza-bench-ok".into(),
-        gemini: true,
-    };
-    let via = Target {
-        addr: relay.base_url.trim_start_matches("http://").to_string(),
-        bearer: relay.token.expose().to_string(),
-        gemini: true,
-    };
+    let relay = relay_on(home.path(), &[&upstream.url()], &[key], wire);
+    let direct = Target::direct(wire, upstream.addr(), key);
+    let via = Target::relay(
+        wire,
+        relay.base_url.trim_start_matches("http://").to_string(),
+        relay.token.expose(),
+    );
     latencies(&direct, 200);
     latencies(&via, 200);
     let (mut d, mut r, mut df, mut rf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -204,10 +221,49 @@ fn gemini_figures(
         df.extend(first_bytes(&direct, firsts / 2));
         rf.extend(first_bytes(&via, firsts / 2));
     }
-    drop(relay);
-    let rot = rotation_times(upstream, rotations, disk, true);
-    (d, r, df, rf, rot)
+    WireFigures {
+        call: match wire {
+            Wire::Anthropic => "messages",
+            _ => "generateContent",
+        },
+        direct: d,
+        relay: r,
+        direct_first: df,
+        relay_first: rf,
+    }
 }
+
+/// A quota answer on key 1: the wire, the name the mock knows it by (in the keys' names), and
+/// what the table calls it.
+struct Quota {
+    wire: Wire,
+    kind: &'static str,
+    answer: &'static str,
+}
+
+/// The quota answers measured, the baseline first.
+const QUOTAS: [Quota; 4] = [
+    Quota {
+        wire: Wire::OpenAi,
+        kind: "openai",
+        answer: "qwen: 429 insufficient_quota (baseline)",
+    },
+    Quota {
+        wire: Wire::Gemini,
+        kind: "gemini",
+        answer: "gemini: 429 RESOURCE_EXHAUSTED, daily quota",
+    },
+    Quota {
+        wire: Wire::Anthropic,
+        kind: "anthropic-credit",
+        answer: "claude: 400 credit balance is too low",
+    },
+    Quota {
+        wire: Wire::Anthropic,
+        kind: "anthropic-limit",
+        answer: "claude: 429 unified-status rejected",
+    },
+];
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -236,12 +292,13 @@ fn pct(v: &mut [Duration], p: usize) -> Duration {
 // The relay under test
 // ---------------------------------------------------------------------------------------------
 
-/// A qwen (or gemini) home with API-key slots (`bases[i]`, `keys[i]`) and a relay on slot 1.
-fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], gemini: bool) -> Relay {
-    let paths = if gemini {
-        Paths::of(&GEMINI, dir.join(".gemini"))
-    } else {
-        Paths::of(&QWEN, dir.join(".qwen"))
+/// A qwen, gemini or claude home (by `wire`) with API-key slots (`bases[i]`, `keys[i]`) and a
+/// relay on slot 1.
+fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], wire: Wire) -> Relay {
+    let paths = match wire {
+        Wire::OpenAi => Paths::of(&QWEN, dir.join(".qwen")),
+        Wire::Gemini => Paths::of(&GEMINI, dir.join(".gemini")),
+        Wire::Anthropic => Paths::of(&CLAUDE, dir.join(".claude")),
     };
     for d in [&paths.home, &paths.accounts] {
         std::fs::create_dir_all(d).unwrap();
@@ -271,9 +328,32 @@ fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], gemini: bool) -> Relay {
 
 struct Target {
     addr: String,
-    bearer: String,
-    /// The Gemini API's wire: `x-goog-api-key` and its paths, not OpenAI's.
-    gemini: bool,
+    /// The header line that carries the key or the run's token.
+    auth: String,
+    /// What the requests look like.
+    wire: Wire,
+}
+
+impl Target {
+    /// Straight to the provider, the key where the CLI puts it.
+    fn direct(wire: Wire, addr: String, key: &str) -> Target {
+        let auth = match wire {
+            Wire::OpenAi => format!("authorization: Bearer {key}"),
+            Wire::Gemini => format!("x-goog-api-key: {key}"),
+            Wire::Anthropic => format!("x-api-key: {key}"),
+        };
+        Target { addr, auth, wire }
+    }
+
+    /// Through the relay, the run's token where the CLI puts it (claude: `ANTHROPIC_AUTH_TOKEN`,
+    /// sent as `Authorization: Bearer`).
+    fn relay(wire: Wire, addr: String, token: &str) -> Target {
+        let auth = match wire {
+            Wire::OpenAi | Wire::Anthropic => format!("authorization: Bearer {token}"),
+            Wire::Gemini => format!("x-goog-api-key: {token}"),
+        };
+        Target { addr, auth, wire }
+    }
 }
 
 struct Conn {
@@ -291,37 +371,42 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, path: &str, bearer: &str, stream: bool) {
-        let body = format!(
+    fn send(&mut self, path: &str, auth: &str, extra: &str, body: &str) {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: bench\r\n{auth}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.w.write_all(req.as_bytes()).unwrap();
+    }
+
+    /// A request as the CLI of `t`'s wire sends it: OpenAI's chat completion; gemini's, the model
+    /// in the path; claude's Messages API call with its version header.
+    fn request(&mut self, t: &Target, stream: bool) {
+        let chat = format!(
             r#"{{"model":"bench-model","stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#
         );
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {bearer}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.w.write_all(req.as_bytes()).unwrap();
-    }
-
-    /// A request as gemini sends it: the model in the path, the key in `x-goog-api-key`.
-    fn send_gemini(&mut self, key: &str, stream: bool) {
-        let body = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
-        let path = if stream {
-            "/v1beta/models/bench-model:streamGenerateContent?alt=sse"
-        } else {
-            "/v1beta/models/bench-model:generateContent"
-        };
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nhost: bench\r\nx-goog-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.w.write_all(req.as_bytes()).unwrap();
-    }
-
-    fn request(&mut self, t: &Target, stream: bool) {
-        if t.gemini {
-            self.send_gemini(&t.bearer, stream);
-        } else {
-            self.send("/v1/chat/completions", &t.bearer, stream);
+        match t.wire {
+            Wire::OpenAi => self.send("/v1/chat/completions", &t.auth, "", &chat),
+            Wire::Gemini => {
+                let path = if stream {
+                    "/v1beta/models/bench-model:streamGenerateContent?alt=sse"
+                } else {
+                    "/v1beta/models/bench-model:generateContent"
+                };
+                let body = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
+                self.send(path, &t.auth, "", body);
+            }
+            Wire::Anthropic => {
+                let body = format!(
+                    r#"{{"model":"bench-model","max_tokens":32,"stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#
+                );
+                self.send(
+                    "/v1/messages?beta=true",
+                    &t.auth,
+                    "anthropic-version: 2023-06-01\r\n",
+                    &body,
+                );
+            }
         }
     }
 
@@ -418,7 +503,7 @@ fn first_bytes(t: &Target, n: usize) -> Vec<Duration> {
 fn throughput(t: &Target, mib: usize) -> f64 {
     let mut c = Conn::open(&t.addr);
     let start = Instant::now();
-    c.send(&format!("/v1/big/{mib}"), &t.bearer, true);
+    c.send(&format!("/v1/big/{mib}"), &t.auth, "", "{}");
     let (status, chunked, len) = c.head();
     assert_eq!(status, 200);
     let got = c.body(chunked, len);
@@ -427,51 +512,55 @@ fn throughput(t: &Target, mib: usize) -> f64 {
     got as f64 / (1 << 20) as f64 / secs
 }
 
-/// From the moment the provider finished writing its 429 for key 1 to the moment the same
-/// request arrived with key 2. A fresh qwen home (under `parent`) per sample: the spent slot
-/// stays spent.
-fn rotation_times(upstream: &Upstream, n: usize, parent: &Path, gemini: bool) -> Vec<Duration> {
-    let base = if gemini {
-        upstream.url()
-    } else {
-        format!("{}/v1", upstream.url())
+/// For each of [`QUOTAS`], `n` samples with the homes under `parent`, the series interleaved
+/// sample by sample so a load change on the machine hits them alike.
+fn rotation_times(upstream: &Upstream, n: usize, parent: &Path) -> Vec<Samples> {
+    let mut series = vec![Vec::with_capacity(n); QUOTAS.len()];
+    for i in 0..n {
+        // Each round starts with the next series: none is always the first after a pause.
+        for j in (0..QUOTAS.len()).map(|j| (i + j) % QUOTAS.len()) {
+            series[j].push(rotation_time(upstream, i, parent, &QUOTAS[j]));
+        }
+    }
+    series
+}
+
+/// From the moment the provider finished writing its quota answer for key 1 to the moment the
+/// same request arrived with key 2. A fresh home (under `parent`) per sample: the spent slot
+/// stays spent. The keys' names carry `quota.kind`, which picks the mock's answer.
+fn rotation_time(upstream: &Upstream, i: usize, parent: &Path, quota: &Quota) -> Duration {
+    let (wire, kind) = (quota.wire, quota.kind);
+    let base = match wire {
+        Wire::OpenAi => format!("{}/v1", upstream.url()),
+        Wire::Gemini | Wire::Anthropic => upstream.url(),
     };
-    let wire = if gemini { "gemini" } else { "openai" };
-    (0..n)
-        .map(|i| {
-            let dir = tempfile::tempdir_in(parent).unwrap();
-            let k1 = format!("sk-bench-quota-{wire}-{}-{i}", parent.display());
-            let k2 = format!("sk-bench-next-{wire}-{}-{i}", parent.display());
-            let relay = relay_on(dir.path(), &[&base], &[&k1, &k2], gemini);
-            let addr = relay
-                .base_url
-                .trim_start_matches("http://")
-                .trim_end_matches("/v1")
-                .to_string();
-            let mut c = Conn::open(&addr);
-            let target = Target {
-                addr: addr.clone(),
-                bearer: relay.token.expose().to_string(),
-                gemini,
-            };
-            c.request(&target, false);
-            let (status, chunked, len) = c.head();
-            assert_eq!(status, 200);
-            c.body(chunked, len);
-            let log = upstream.log.lock().unwrap();
-            let quota_done = log
-                .iter()
-                .find(|e| e.key == k1)
-                .and_then(|e| e.answered)
-                .expect("key 1 answered");
-            let next = log
-                .iter()
-                .find(|e| e.key == k2)
-                .expect("key 2 asked")
-                .arrived;
-            next - quota_done
-        })
-        .collect()
+    let dir = tempfile::tempdir_in(parent).unwrap();
+    let k1 = format!("sk-bench-quota-{kind}-{}-{i}", parent.display());
+    let k2 = format!("sk-bench-next-{kind}-{}-{i}", parent.display());
+    let relay = relay_on(dir.path(), &[&base], &[&k1, &k2], wire);
+    let addr = relay
+        .base_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string();
+    let mut c = Conn::open(&addr);
+    let target = Target::relay(wire, addr, relay.token.expose());
+    c.request(&target, false);
+    let (status, chunked, len) = c.head();
+    assert_eq!(status, 200, "{}", quota.answer);
+    c.body(chunked, len);
+    let log = upstream.log.lock().unwrap();
+    let quota_done = log
+        .iter()
+        .find(|e| e.key == k1)
+        .and_then(|e| e.answered)
+        .expect("key 1 answered");
+    let next = log
+        .iter()
+        .find(|e| e.key == k2)
+        .expect("key 2 asked")
+        .arrived;
+    next - quota_done
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,7 +628,10 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse().unwrap_or(0);
             }
-            if lower.starts_with("authorization:") || lower.starts_with("x-goog-api-key:") {
+            if lower.starts_with("authorization:")
+                || lower.starts_with("x-goog-api-key:")
+                || lower.starts_with("x-api-key:")
+            {
                 key = l.split_whitespace().last().unwrap_or("").to_string();
             }
         }
@@ -558,13 +650,9 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             l.len() - 1
         });
         let ok = if key.contains("quota") {
-            let body: &[u8] = if key.contains("gemini") {
-                br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"You exceeded your current quota.","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#
-            } else {
-                br#"{"error":{"message":"Free allocated quota exceeded.","type":"insufficient_quota","code":"insufficient_quota"}}"#
-            };
+            let (status, extra, body) = quota_answer(&key);
             let head = format!(
-                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n",
                 body.len()
             );
             let ok = w
@@ -577,6 +665,12 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
             ok
         } else if let Some(mib) = path.strip_prefix("/v1/big/") {
             big_stream(&mut w, mib.parse().unwrap_or(1)).is_ok()
+        } else if path.starts_with("/v1/messages") {
+            messages_answer(
+                &mut w,
+                String::from_utf8_lossy(&body).contains(r#""stream":true"#),
+            )
+            .is_ok()
         } else if path.contains(":streamGenerateContent") {
             sse(
                 &mut w,
@@ -612,12 +706,108 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Entry>>) {
     }
 }
 
+/// The quota answer for key 1, by the wire named in the key: (status line, extra header lines,
+/// body).
+fn quota_answer(key: &str) -> (&'static str, String, &'static [u8]) {
+    if key.contains("-gemini-") {
+        (
+            "429 Too Many Requests",
+            String::new(),
+            br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"You exceeded your current quota.","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#,
+        )
+    } else if key.contains("-anthropic-credit-") {
+        (
+            "400 Bad Request",
+            String::new(),
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+        )
+    } else if key.contains("-anthropic-limit-") {
+        // A usage limit: rejected, its claim and its reset (an hour from now, Unix seconds).
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        (
+            "429 Too Many Requests",
+            format!(
+                "anthropic-ratelimit-unified-status: rejected\r\n\
+                 anthropic-ratelimit-unified-representative-claim: five_hour\r\n\
+                 anthropic-ratelimit-unified-reset: {reset}\r\n"
+            ),
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your account's rate limit. Please try again later."}}"#,
+        )
+    } else {
+        (
+            "429 Too Many Requests",
+            String::new(),
+            br#"{"error":{"message":"Free allocated quota exceeded.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        )
+    }
+}
+
+/// A Messages API answer: one message with `usage`, or its SSE stream of named events.
+fn messages_answer(w: &mut TcpStream, stream: bool) -> std::io::Result<()> {
+    if !stream {
+        let body = br#"{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":3}}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             anthropic-ratelimit-requests-remaining: 4999\r\n\
+             anthropic-ratelimit-tokens-remaining: 799000\r\n\r\n",
+            body.len()
+        );
+        return w
+            .write_all(head.as_bytes())
+            .and_then(|()| w.write_all(body));
+    }
+    let events: [(&str, &str); 6] = [
+        (
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","model":"bench-model","content":[],"stop_reason":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        ),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+        ),
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
+        (
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":3}}"#,
+        ),
+        ("message_stop", r#"{"type":"message_stop"}"#),
+    ];
+    chunked_sse(
+        w,
+        events
+            .iter()
+            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n").into_bytes()),
+    )
+}
+
 fn sse(w: &mut TcpStream, events: &[&[u8]]) -> std::io::Result<()> {
+    chunked_sse(
+        w,
+        events
+            .iter()
+            .copied()
+            .chain([&b"[DONE]"[..]])
+            .map(|e| [b"data: ", e, b"\n\n"].concat()),
+    )
+}
+
+/// An SSE answer, one chunk per frame.
+fn chunked_sse(w: &mut TcpStream, frames: impl Iterator<Item = Vec<u8>>) -> std::io::Result<()> {
     w.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
     )?;
-    for e in events.iter().copied().chain([&b"[DONE]"[..]]) {
-        let frame = [b"data: ", e, b"\n\n"].concat();
+    for frame in frames {
         w.write_all(format!("{:x}\r\n", frame.len()).as_bytes())?;
         w.write_all(&frame)?;
         w.write_all(b"\r\n")?;

@@ -19,6 +19,8 @@
 //! and `message_delta`). Every request is recorded in arrival order.
 #![allow(dead_code)]
 
+#[path = "pinned_cli.rs"]
+pub mod pinned_cli;
 #[path = "real_qwen.rs"]
 pub mod real_qwen;
 
@@ -28,64 +30,35 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pinned_cli::PinnedCli;
 pub use real_qwen::secrets;
 pub use real_qwen::{Output, mkdir_private, run_with_timeout, write_private};
 
 pub const VERSION: &str = "2.1.332";
 
-/// Where `.ci/install-claude` put the release: `$CLAUDE_E2E_DIR`, else `<crate>/.cache/claude`.
+/// The pinned release, installed by `.ci/install-claude` into `$CLAUDE_E2E_DIR` (default
+/// `<crate>/.cache/claude`).
+pub const PINNED: PinnedCli = PinnedCli {
+    name: "claude",
+    version: VERSION,
+    dir_var: "CLAUDE_E2E_DIR",
+};
+
+/// Where `.ci/install-claude` put the release.
 pub fn e2e_dir() -> PathBuf {
-    match std::env::var_os("CLAUDE_E2E_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/claude"),
-    }
+    PINNED.e2e_dir()
 }
 
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// The launcher of the pinned claude, installed on first use (idempotent). Missing after that:
-/// under CI (`CI` set) this panics (the suite must not pass by skipping); elsewhere it prints one
-/// SKIP line and returns None.
+/// The launcher of the pinned claude, installed on first use ([`PinnedCli::installed`]: SKIP
+/// outside CI when it cannot be installed, a panic under CI).
 pub fn installed() -> Option<PathBuf> {
-    let path = e2e_dir().join(VERSION).join("bin/claude");
-    if is_executable(&path) {
-        return Some(path);
-    }
-    static INSTALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *INSTALL.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/install-claude");
-        eprintln!(
-            "installing the pinned real claude with {}",
-            script.display()
-        );
-        Command::new("bash")
-            .arg(&script)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if ok && is_executable(&path) {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!(
-            "real claude {VERSION} not found at {}: run .ci/install-claude first",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: real claude {VERSION} not installed at {} (run .ci/install-claude)",
-        path.display()
-    );
-    None
+    PINNED.installed()
 }
 
 // ---------------------------------------------------------------------------------------------
