@@ -89,6 +89,24 @@ fn main() {
     let rot_shm = tempfile::tempdir_in(shm)
         .is_ok()
         .then(|| rotation_times(&upstream, rotations, shm));
+    // Last: the process becomes claude (a login file is read by the profile's pointers), which
+    // the rows above must not be.
+    let login = login_figures(&upstream, requests, firsts);
+    // Each home's login rotation beside its qwen baseline (the first quota series).
+    let mut login_rot: Vec<(String, Samples, Duration)> = Vec::new();
+    for (dir, base) in [
+        (Some(disk.as_path()), Some(&rot_disk)),
+        (rot_shm.as_ref().map(|_| shm), rot_shm.as_ref()),
+    ] {
+        if let (Some(dir), Some(base)) = (dir, base) {
+            let baseline = pct(&mut base[0].clone(), 50);
+            login_rot.push((
+                dir.display().to_string(),
+                login_rotation_times(&upstream, rotations, dir),
+                baseline,
+            ));
+        }
+    }
 
     println!(
         "loopback relay vs direct to the mock ({:.1?} in all)",
@@ -138,6 +156,10 @@ fn main() {
     for (title, mut f) in [
         ("the Gemini API's wire (the gemini profile):", gemini),
         ("Anthropic's Messages API (the claude profile):", claude),
+        (
+            "a claude subscription login (its token read from the live file per request):",
+            login,
+        ),
     ] {
         println!("{title}");
         row(
@@ -181,6 +203,18 @@ fn main() {
                 ratio(p50, base)
             );
         }
+    }
+    println!(
+        "a claude login at its usage limit → the same request with login 2, the live file swapped (n={rotations}):"
+    );
+    for (home, mut rot, baseline) in login_rot {
+        let p50 = pct(&mut rot, 50);
+        println!(
+            "  home on {home:<36} {:>8.3} ms {:>8.3} ms {:>7.2}x (of qwen's key rotation there)",
+            ms(p50),
+            ms(pct(&mut rot, 99)),
+            ratio(p50, baseline)
+        );
     }
     println!("targets: added p50 <= 1 ms; quota → next key <= 10 ms (docs/PERFORMANCE.md)");
 }
@@ -231,6 +265,119 @@ fn wire_figures(upstream: &Upstream, wire: Wire, requests: usize, firsts: usize)
         direct_first: df,
         relay_first: rf,
     }
+}
+
+/// The figures of a claude subscription login: claude sends its login's bearer (and, through
+/// the relay, the run's token as `x-rotation-token`); the relay reads the login's access token
+/// from the live `.credentials.json` for each request and sends it on.
+fn login_figures(upstream: &Upstream, requests: usize, firsts: usize) -> WireFigures {
+    const ACCESS: &str = "sk-ant-oat01-bench-ok";
+    let home = tempfile::tempdir().unwrap();
+    let relay = login_relay_on(home.path(), upstream, &[ACCESS]);
+    let bearer = format!("authorization: Bearer {ACCESS}");
+    let direct = Target {
+        addr: upstream.addr(),
+        auth: bearer.clone(),
+        wire: Wire::Anthropic,
+    };
+    let via = Target {
+        addr: relay.base_url.trim_start_matches("http://").to_string(),
+        auth: format!("{bearer}\r\nx-rotation-token: {}", relay.token.expose()),
+        wire: Wire::Anthropic,
+    };
+    latencies(&direct, 200);
+    latencies(&via, 200);
+    let (mut d, mut r, mut df, mut rf) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        d.extend(latencies(&direct, requests / 2));
+        r.extend(latencies(&via, requests / 2));
+        df.extend(first_bytes(&direct, firsts / 2));
+        rf.extend(first_bytes(&via, firsts / 2));
+    }
+    WireFigures {
+        call: "messages",
+        direct: d,
+        relay: r,
+        direct_first: df,
+        relay_first: rf,
+    }
+}
+
+/// A claude home whose slots are subscription logins with the access tokens `access` (login 1
+/// live), and a relay on login 1 sending logins' requests to `upstream`. The process becomes
+/// claude (a login file is read by the profile's pointers): call it after every other row.
+fn login_relay_on(dir: &Path, upstream: &Upstream, access: &[&str]) -> Relay {
+    qwen_rotation::profile::select(Some(std::ffi::OsStr::new("claude")));
+    let paths = Paths::of(&CLAUDE, dir.join(".claude"));
+    for d in [&paths.home, &paths.accounts] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    for (i, token) in access.iter().enumerate() {
+        let login = serde_json::json!({"claudeAiOauth": {
+            "accessToken": token, "refreshToken": format!("sk-ant-ort01-bench-{i}"),
+            "expiresAt": 4102444800000u64, "accountUuid": format!("bench-account-{i}"),
+        }});
+        let slot = paths.oauth_slot(i + 1);
+        std::fs::write(&slot, login.to_string()).unwrap();
+        std::fs::set_permissions(&slot, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let vault = Vault::open(paths.clone(), Config::default());
+    let launch = vault.prepare(None).expect("prepare");
+    Relay::start(Setup {
+        vault,
+        patterns: Patterns::defaults(),
+        launch,
+        notify: Box::new(|_| {}),
+        login_base: Some(upstream.url()),
+    })
+    .expect("relay")
+}
+
+/// Login 1 at its usage limit (429, unified status rejected) → the same request with login 2's
+/// token, the live `.credentials.json` swapped in between: from the end of the limit answer to
+/// the arrival of the request with login 2. A fresh home under `parent` per sample.
+fn login_rotation_times(upstream: &Upstream, n: usize, parent: &Path) -> Samples {
+    (0..n)
+        .map(|i| {
+            let dir = tempfile::tempdir_in(parent).unwrap();
+            let l1 = format!(
+                "sk-bench-quota-anthropic-limit-login-{}-{i}",
+                parent.display()
+            );
+            let l2 = format!(
+                "sk-bench-next-anthropic-limit-login-{}-{i}",
+                parent.display()
+            );
+            let relay = login_relay_on(dir.path(), upstream, &[&l1, &l2]);
+            let addr = relay.base_url.trim_start_matches("http://").to_string();
+            let target = Target {
+                addr: addr.clone(),
+                auth: format!(
+                    "authorization: Bearer {l1}\r\nx-rotation-token: {}",
+                    relay.token.expose()
+                ),
+                wire: Wire::Anthropic,
+            };
+            let mut c = Conn::open(&addr);
+            c.request(&target, false);
+            let (status, chunked, len) = c.head();
+            assert_eq!(status, 200, "login 1 → login 2");
+            c.body(chunked, len);
+            let log = upstream.log.lock().unwrap();
+            let limit_done = log
+                .iter()
+                .find(|e| e.key == l1)
+                .and_then(|e| e.answered)
+                .expect("login 1 answered");
+            let next = log
+                .iter()
+                .find(|e| e.key == l2)
+                .expect("login 2 asked")
+                .arrived;
+            next - limit_done
+        })
+        .collect()
 }
 
 /// A quota answer on key 1: the wire, the name the mock knows it by (in the keys' names), and
@@ -318,6 +465,7 @@ fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], wire: Wire) -> Relay {
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(|_| {}),
+        login_base: None,
     })
     .expect("relay")
 }

@@ -306,8 +306,12 @@ pub fn override_env(
 /// Sets `value` at the key path `path`, making each key on the way an object (a value that is
 /// not one is replaced).
 pub fn set(root: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        // No key names the setting (claude selects nothing): nothing to set.
+        return;
+    };
     let mut cur = root;
-    for key in &path[..path.len() - 1] {
+    for key in parents {
         if !cur.get(*key).is_some_and(Value::is_object)
             && let Some(map) = cur.as_object_mut()
         {
@@ -319,7 +323,7 @@ pub fn set(root: &mut Value, path: &[&str], value: Value) {
         };
     }
     if let Some(map) = cur.as_object_mut() {
-        map.insert(path[path.len() - 1].to_string(), value);
+        map.insert((*last).to_string(), value);
     }
 }
 

@@ -629,6 +629,7 @@ fn a_key_spent_on_host_a_is_not_asked_again_by_host_b_s_running_relay() {
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(move |line| sink.lock().unwrap().push(line)),
+        login_base: None,
     })
     .expect("relay starts");
     // Host A finds key 1 spent.

@@ -89,6 +89,7 @@ fn start_with(paths: &Paths, config: Config) -> (Relay, Arc<Mutex<Vec<String>>>)
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(move |line| sink.lock().unwrap().push(line)),
+        login_base: None,
     })
     .expect("relay starts");
     (relay, notices)
@@ -1553,6 +1554,7 @@ fn a_notice_that_cannot_be_printed_does_not_stop_a_quota_switch() {
         patterns: Patterns::defaults(),
         launch: vault.prepare(None).unwrap(),
         notify: Box::new(|_| panic!("failed printing to stderr: Broken pipe (os error 32)")),
+        login_base: None,
     })
     .unwrap();
     // A dead connection thread never answers: the connection's 30 s read timeout fails the

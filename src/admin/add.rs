@@ -424,4 +424,22 @@ mod tests {
             Some(&json!("qwen-oauth"))
         );
     }
+
+    #[test]
+    fn a_login_home_for_a_cli_that_selects_nothing_keeps_the_settings_as_they_are() {
+        // claude picks its credentials from the environment: no key names an auth type.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("settings.json");
+        fs::write(
+            &p,
+            r#"{"env":{"HTTPS_PROXY":"http://proxy:3128"},"model":"opus"}"#,
+        )
+        .unwrap();
+        let v: Value =
+            serde_json::from_str(&login_settings(&crate::profile::CLAUDE.settings, &p)).unwrap();
+        assert_eq!(
+            v,
+            json!({"env":{"HTTPS_PROXY":"http://proxy:3128"},"model":"opus"})
+        );
+    }
 }

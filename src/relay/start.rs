@@ -33,6 +33,20 @@ pub struct Setup {
     pub launch: Launch,
     /// Shows one notice line to the person (stderr headless; the pty notice interactive).
     pub notify: Box<dyn Fn(String) + Send + Sync>,
+    /// Where a subscription login's requests go ([`login_base`]); `None`: the relay serves API
+    /// keys only.
+    pub login_base: Option<String>,
+}
+
+/// Where the CLI would send a login's requests, when the profile's relay serves logins: the
+/// person's own base URL (a gateway), else the provider's.
+pub fn login_base(profile: &crate::profile::Profile) -> Option<String> {
+    let api = &profile.api;
+    api.relay_login_headers?;
+    std::env::var(api.base_url_var)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| api.default_base_url.map(str::to_string))
 }
 
 /// A running relay; stops when dropped.
@@ -56,16 +70,8 @@ impl Relay {
             patterns,
             launch,
             notify,
+            login_base,
         } = setup;
-        let api = &vault.paths.profile.api;
-        // A login's requests go where the CLI would have sent them: the person's own base URL
-        // (a gateway), else the provider's.
-        let login_base = api.relay_login_headers.and_then(|_| {
-            std::env::var(api.base_url_var)
-                .ok()
-                .filter(|u| !u.trim().is_empty())
-                .or_else(|| api.default_base_url.map(str::to_string))
-        });
         let active = Active::from_launch(&launch, login_base.as_deref()).ok_or_else(|| {
             io::Error::other(format!(
                 "account {} is not an API-key account with a base URL, which the relay needs",

@@ -44,6 +44,7 @@ pub(super) fn start_relay(
         patterns: Arc::clone(patterns),
         launch: launch.clone(),
         notify,
+        login_base: relay::login_base(vault.paths.profile),
     };
     match Relay::start(setup) {
         Ok(relay) => Some(relay),
