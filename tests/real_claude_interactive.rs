@@ -137,3 +137,73 @@ fn a_session_on_the_fallback_key_goes_back_to_the_login_when_its_reset_passes() 
     assert_eq!(switches.last(), Some(&(Some(2), Some(1))), "{switches:?}");
     assert_eq!(sb.live_access(), "l1_ok");
 }
+
+#[test]
+fn adding_a_login_runs_claude_in_a_temporary_home_and_stores_the_login_it_wrote() {
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let mock = ClaudeMock::start();
+    sb.env("ANTHROPIC_BASE_URL", mock.url());
+    sb.add_login("personal", "l1_ok");
+    let mut cmd = Command::new(sb.shim_dir.join("claude"));
+    cmd.args(["--rotation-add", "--login", "work"])
+        .current_dir(&sb.work)
+        .env_clear()
+        .env("PATH", sb.path_var())
+        .env("HOME", &sb.home)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("TERM", "xterm-256color");
+    let mut term = Terminal::start(
+        cmd,
+        Ends {
+            kill_tree: real_claude::real_qwen::child::kill_tree,
+            assert_clean: real_claude::secrets::assert_clean,
+        },
+    );
+    let from = term.await_text("temporary home", 0);
+    // The temporary home the shim made for the login: claude's CLAUDE_CONFIG_DIR.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let login_home = loop {
+        let found = std::fs::read_dir(&sb.claude_home)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".login-"))
+            });
+        if let Some(dir) = found.filter(|d| d.join(".claude").is_dir()) {
+            break dir.join(".claude");
+        }
+        assert!(std::time::Instant::now() < deadline, "no temporary home");
+        std::thread::yield_now();
+    };
+    // The person logs in there: what claude's login writes. (Offline, claude's first screen
+    // cannot reach Anthropic and claude ends by itself, as it would after a login and /quit.)
+    let login = serde_json::json!({"claudeAiOauth": {
+        "accessToken": real_claude::secrets::secret("l2_ok"),
+        "refreshToken": real_claude::secrets::secret("l2_refresh"),
+        "expiresAt": 4102444800000u64,
+        "scopes": ["user:inference", "user:profile"],
+        "subscriptionType": "max",
+        "accountUuid": "uuid-l2",
+    }});
+    real_claude::write_private(
+        &login_home.join(".credentials.json"),
+        login.to_string().as_bytes(),
+    );
+    // claude ends; the shim stores the login and removes the temporary home.
+    term.await_text("Welcome", from);
+    term.await_text("Added account 2 (work)", from);
+    term.await_closed();
+    let slot = std::fs::read_to_string(sb.claude_home.join("accounts/oauth_creds_2.json")).unwrap();
+    assert!(slot.contains(&real_claude::secrets::secret("l2_ok")));
+    // The live login is untouched: still login 1's.
+    assert_eq!(sb.live_access(), "l1_ok");
+    assert!(!login_home.exists(), "the temporary home was left behind");
+    // The new login answers a run once it is the pool's account.
+    sb.run(&["--rotation-switch", "work"], None);
+    let out = sb.run(&["-p", "hello"], None);
+    assert!(out.stdout().contains("REPLY-FROM-l2_ok"), "{}", out.dump());
+}

@@ -143,6 +143,18 @@ impl Terminal {
         }
     }
 
+    /// Waits until the terminal closes: the shim and everything it started have ended.
+    pub fn await_closed(&self) {
+        let deadline = Instant::now() + LIMIT;
+        let (lock, cv) = &*self.screen;
+        let mut s = lock.lock().unwrap();
+        while !s.closed {
+            let now = Instant::now();
+            assert!(now < deadline, "the terminal never closed");
+            s = cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
     pub fn submit(&mut self, line: &str) {
         let from = self.mark();
         self.master.write_all(line.as_bytes()).unwrap();
