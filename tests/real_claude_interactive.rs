@@ -154,7 +154,7 @@ fn adding_a_login_runs_claude_in_a_temporary_home_and_stores_the_login_it_wrote(
         .env("HOME", &sb.home)
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("TERM", "xterm-256color");
-    let mut term = Terminal::start(
+    let term = Terminal::start(
         cmd,
         Ends {
             kill_tree: real_claude::real_qwen::child::kill_tree,
