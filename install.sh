@@ -241,7 +241,7 @@ for name in $(printf '%s' "$profiles_opt" | tr ',' ' '); do
                 die "$bindir/claude exists and is not the qwen-rotation shim; choose another --prefix"
             fi
             ln -sfn qwen "$bindir/claude"
-            say "installed $bindir/claude (the same shim, in front of the real claude; API keys only for now)"
+            say "installed $bindir/claude (the same shim, in front of the real claude: subscription logins first, then API keys)"
             real_cli claude >/dev/null || say "no real claude on PATH yet: npm install -g @anthropic-ai/claude-code" ;;
     esac
 done

@@ -207,3 +207,45 @@ fn adding_a_login_runs_claude_in_a_temporary_home_and_stores_the_login_it_wrote(
     let out = sb.run(&["-p", "hello"], None);
     assert!(out.stdout().contains("REPLY-FROM-l2_ok"), "{}", out.dump());
 }
+
+#[test]
+fn without_the_relay_a_limit_on_screen_swaps_the_login_for_the_next_message() {
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let mock = ClaudeMock::start();
+    sb.env("ANTHROPIC_BASE_URL", mock.url());
+    sb.add_login("login1", "l1_ok");
+    sb.add_login("login2", "l2_ok");
+    sb.run(&["--rotation-switch", "1"], None);
+    std::fs::write(sb.claude_home.join("rotation.yaml"), "relay: false\n").unwrap();
+
+    let mut term = start(&sb, &mock);
+    let ready = term.await_text("❯", 0);
+    term.submit("hello");
+    let first = term.await_text("REPLY-FROM-l1_ok", ready);
+    let before = descendants(term.pid());
+
+    // Login 1 reaches its limit: claude itself shows it (nothing stands in its path).
+    mock.spend("l1_ok");
+    term.submit("again");
+    let shown = term.await_text("hit your 5-hour limit", first);
+    // The shim read it off the screen, swapped the live login and says the next message goes
+    // out on login 2; claude re-reads the file by itself.
+    let told = term.await_text("account 2 is live", shown);
+    assert_eq!(sb.live_access(), "l2_ok");
+    term.submit("third");
+    term.await_text("REPLY-FROM-l2_ok", told);
+    let after = descendants(term.pid());
+    assert!(
+        before.iter().all(|p| after.contains(p)),
+        "claude was restarted: {before:?} → {after:?}"
+    );
+    let switches: Vec<_> = sb
+        .rotation_log()
+        .into_iter()
+        .filter(|e| e["event"] == "account_switch")
+        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
+        .collect();
+    assert_eq!(switches.last(), Some(&(Some(1), Some(2))), "{switches:?}");
+}

@@ -310,3 +310,30 @@ fn without_the_relay_a_printed_usage_limit_swaps_the_login_and_runs_again() {
             .all(|s| !s.header_names.iter().any(|h| h == "x-rotation-token"))
     );
 }
+
+#[test]
+fn a_claude_started_inside_a_login_run_uses_that_runs_relay_not_a_second_one() {
+    // What a tool of claude inherits from a login run: the relay's address as the base URL
+    // (here the mock stands in for it) and the run's token among the custom headers.
+    let Some((mut sb, mock)) = setup(&["l1_ok"]) else {
+        return;
+    };
+    sb.env(
+        "ANTHROPIC_CUSTOM_HEADERS",
+        "x-rotation-token: outer-run-token",
+    );
+    let out = sb.run(&["-p", "hello"], None);
+    assert_eq!(out.code(), 0, "{}", out.dump());
+    assert!(out.stdout().contains("REPLY-FROM-l1_ok"), "{}", out.dump());
+    // The request went to the inherited base URL with the inherited header: no relay of its
+    // own stood in between (one would have replaced the header with its own token).
+    let asked = mock.seen();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0]
+            .header_names
+            .iter()
+            .any(|h| h == "x-rotation-token"),
+        "{asked:?}"
+    );
+}

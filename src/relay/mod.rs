@@ -59,4 +59,4 @@ mod upstream;
 pub use gate::{key_withheld, relay_possible, relay_possible_for};
 pub use meter::{Metered, Seen};
 pub use shared::Served;
-pub use start::{Relay, Setup, apply_env, login_base};
+pub use start::{Relay, Setup, apply_env, inside_login_run, login_base};

@@ -38,6 +38,25 @@ pub struct Setup {
     pub login_base: Option<String>,
 }
 
+/// This process runs inside a login run of ours (a tool of claude started the CLI again): the
+/// inherited header variable already carries a run's token, and the inherited base URL is that
+/// run's relay, which serves this run's requests on the same pool. No second relay then: the CLI
+/// keeps the inherited variables.
+pub fn inside_login_run(profile: &crate::profile::Profile) -> bool {
+    profile
+        .api
+        .relay_login_headers
+        .and_then(|var| std::env::var(var).ok())
+        .is_some_and(|headers| carries_run_token(&headers))
+}
+
+fn carries_run_token(headers: &str) -> bool {
+    headers.lines().any(|line| {
+        line.split_once(':')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case(RUN_TOKEN_HEADER))
+    })
+}
+
 /// Where the CLI would send a login's requests, when the profile's relay serves logins: the
 /// person's own base URL (a gateway), else the provider's.
 pub fn login_base(profile: &crate::profile::Profile) -> Option<String> {
@@ -312,6 +331,14 @@ fn random_hex(n: usize) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_token_line_among_custom_headers_is_found_by_name() {
+        assert!(carries_run_token("x-own: yes\nX-Rotation-Token: abc"));
+        assert!(carries_run_token("x-rotation-token:abc"));
+        assert!(!carries_run_token("x-own: x-rotation-token"));
+        assert!(!carries_run_token(""));
+    }
 
     #[test]
     fn random_tokens_are_64_hex_digits_and_differ() {

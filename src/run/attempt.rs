@@ -26,7 +26,11 @@ pub(super) fn start_relay(
 ) -> Option<Relay> {
     let servable = match launch.kind {
         Kind::ApiKey => true,
-        Kind::OAuth => vault.paths.profile.api.relay_login_headers.is_some(),
+        // Inside a login run of ours, that run's relay already serves this one.
+        Kind::OAuth => {
+            vault.paths.profile.api.relay_login_headers.is_some()
+                && !relay::inside_login_run(vault.paths.profile)
+        }
     };
     if !servable || !vault.config.relay {
         return None;
