@@ -309,10 +309,7 @@ fn login_figures(upstream: &Upstream, requests: usize, firsts: usize) -> WireFig
 fn login_relay_on(dir: &Path, upstream: &Upstream, access: &[&str]) -> Relay {
     qwen_rotation::profile::select(Some(std::ffi::OsStr::new("claude")));
     let paths = Paths::of(&CLAUDE, dir.join(".claude"));
-    for d in [&paths.home, &paths.accounts] {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
+    make_home(&paths);
     for (i, token) in access.iter().enumerate() {
         let login = serde_json::json!({"claudeAiOauth": {
             "accessToken": token, "refreshToken": format!("sk-ant-ort01-bench-{i}"),
@@ -322,16 +319,7 @@ fn login_relay_on(dir: &Path, upstream: &Upstream, access: &[&str]) -> Relay {
         std::fs::write(&slot, login.to_string()).unwrap();
         std::fs::set_permissions(&slot, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let vault = Vault::open(paths.clone(), Config::default());
-    let launch = vault.prepare(None).expect("prepare");
-    Relay::start(Setup {
-        vault,
-        patterns: Patterns::defaults(),
-        launch,
-        notify: Box::new(|_| {}),
-        login_base: Some(upstream.url()),
-    })
-    .expect("relay")
+    relay_for(paths, Some(upstream.url()))
 }
 
 /// Login 1 at its usage limit (429, unified status rejected) → the same request with login 2's
@@ -447,10 +435,7 @@ fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], wire: Wire) -> Relay {
         Wire::Gemini => Paths::of(&GEMINI, dir.join(".gemini")),
         Wire::Anthropic => Paths::of(&CLAUDE, dir.join(".claude")),
     };
-    for d in [&paths.home, &paths.accounts] {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
+    make_home(&paths);
     for (i, k) in keys.iter().enumerate() {
         let base = bases[i.min(bases.len() - 1)];
         let doc = serde_json::json!({"api_key": k, "base_url": base, "model": "bench-model"});
@@ -458,14 +443,27 @@ fn relay_on(dir: &Path, bases: &[&str], keys: &[&str], wire: Wire) -> Relay {
         std::fs::write(&p, doc.to_string()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let vault = Vault::open(paths.clone(), Config::default());
+    relay_for(paths, None)
+}
+
+/// The home's directories, private.
+fn make_home(paths: &Paths) {
+    for d in [&paths.home, &paths.accounts] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
+
+/// A relay on the slot the vault of `paths` picks (logins' requests to `login_base`).
+fn relay_for(paths: Paths, login_base: Option<String>) -> Relay {
+    let vault = Vault::open(paths, Config::default());
     let launch = vault.prepare(None).expect("prepare");
     Relay::start(Setup {
         vault,
         patterns: Patterns::defaults(),
         launch,
         notify: Box::new(|_| {}),
-        login_base: None,
+        login_base,
     })
     .expect("relay")
 }

@@ -138,33 +138,20 @@ fn the_keys_are_not_in_claudes_environment() {
     };
     // A key of the person's own in the environment: kept out of claude's.
     sb.env("ANTHROPIC_API_KEY", secrets::secret("own_key"));
-    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
-    let shim = child.id();
-    // While key 1's answer is held, claude is alive: read every process of the run.
-    assert!(
-        mock.wait_for(Duration::from_secs(60), |s| s.key == "k1_hold"),
-        "claude never asked: {:?}",
-        mock.seen()
-    );
-    let environs = real_claude::environs_under(shim);
-    // claude's reachability probe is answered by the relay itself, token or not.
-    let base = environs
-        .iter()
-        .flat_map(|env| env.split(|b| *b == 0))
-        .find_map(|v| v.strip_prefix(b"ANTHROPIC_BASE_URL=http://"))
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .expect("ANTHROPIC_BASE_URL in claude's environment");
-    let hello = head_hello(&base);
-    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
-    mock.release();
-    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    secrets::assert_clean("the shim's stdout", &out.stdout);
-    secrets::assert_clean("the shim's stderr", &out.stderr);
+    let mut environs = Vec::new();
+    sb.run_held(&["-p", "hello"], &mock, "k1_hold", |shim| {
+        // While key 1's answer is held, claude is alive: read every process of the run.
+        environs = real_claude::environs_under(shim);
+        // claude's reachability probe is answered by the relay itself, token or not.
+        let base = environs
+            .iter()
+            .flat_map(|env| env.split(|b| *b == 0))
+            .find_map(|v| v.strip_prefix(b"ANTHROPIC_BASE_URL=http://"))
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .expect("ANTHROPIC_BASE_URL in claude's environment");
+        let hello = head_hello(&base);
+        assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    });
     assert!(
         !environs.is_empty(),
         "no claude process found under the shim"

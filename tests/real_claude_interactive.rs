@@ -16,9 +16,12 @@ use qwen_rotation::vault::state::{State, Status};
 use real_claude::{ClaudeMock, Sandbox};
 use screen::{Ends, Terminal, descendants};
 
-fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
+/// `claude ARGS` through the shim on a terminal, with the sandbox's home and logins' requests
+/// going to the mock.
+fn start_with(sb: &Sandbox, mock: &ClaudeMock, args: &[&str]) -> Terminal {
     let mut cmd = Command::new(sb.shim_dir.join("claude"));
-    cmd.current_dir(&sb.work)
+    cmd.args(args)
+        .current_dir(&sb.work)
         .env_clear()
         .env("PATH", sb.path_var())
         .env("HOME", &sb.home)
@@ -32,6 +35,11 @@ fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
             assert_clean: real_claude::secrets::assert_clean,
         },
     )
+}
+
+/// A claude session.
+fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
+    start_with(sb, mock, &[])
 }
 
 #[test]
@@ -146,21 +154,7 @@ fn adding_a_login_runs_claude_in_a_temporary_home_and_stores_the_login_it_wrote(
     let mock = ClaudeMock::start();
     sb.env("ANTHROPIC_BASE_URL", mock.url());
     sb.add_login("personal", "l1_ok");
-    let mut cmd = Command::new(sb.shim_dir.join("claude"));
-    cmd.args(["--rotation-add", "--login", "work"])
-        .current_dir(&sb.work)
-        .env_clear()
-        .env("PATH", sb.path_var())
-        .env("HOME", &sb.home)
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("TERM", "xterm-256color");
-    let term = Terminal::start(
-        cmd,
-        Ends {
-            kill_tree: real_claude::real_qwen::child::kill_tree,
-            assert_clean: real_claude::secrets::assert_clean,
-        },
-    );
+    let term = start_with(&sb, &mock, &["--rotation-add", "--login", "work"]);
     let from = term.await_text("temporary home", 0);
     // The temporary home the shim made for the login: claude's CLAUDE_CONFIG_DIR.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -175,21 +175,10 @@ fn a_login_claude_refreshed_during_the_run_goes_back_to_its_slot() {
     let Some((sb, mock)) = setup(&["l1_hold"]) else {
         return;
     };
-    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
-    assert!(
-        mock.wait_for(Duration::from_secs(60), |s| s.key == "l1_hold"),
-        "claude never asked: {:?}",
-        mock.seen()
-    );
-    // What claude does when it refreshes: a new access and refresh token, same account.
-    sb.write_login("l1_fresh");
-    mock.release();
-    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sb.run_held(&["-p", "hello"], &mock, "l1_hold", |_| {
+        // What claude does when it refreshes: a new access and refresh token, same account.
+        sb.write_login("l1_fresh");
+    });
     let slot = std::fs::read_to_string(sb.claude_home.join("accounts/oauth_creds_1.json")).unwrap();
     assert!(
         slot.contains(&secrets::secret("l1_fresh")),
@@ -215,21 +204,10 @@ fn a_login_run_leaves_claude_its_login_and_carries_the_token_beside_it() {
     sb.env("ANTHROPIC_CUSTOM_HEADERS", "x-own: yes");
     sb.env("ANTHROPIC_AUTH_TOKEN", secrets::secret("own_token"));
     sb.env("ANTHROPIC_API_KEY", secrets::secret("own_key"));
-    let child = sb.command(&["-p", "hello"], false).spawn().unwrap();
-    let shim = child.id();
-    assert!(
-        mock.wait_for(Duration::from_secs(60), |s| s.key == "l1_hold"),
-        "claude never asked: {:?}",
-        mock.seen()
-    );
-    let environs = real_claude::environs_under(shim);
-    mock.release();
-    let out = real_claude::real_qwen::child::collect_within(child, sb.timeout, "the claude run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut environs = Vec::new();
+    let out = sb.run_held(&["-p", "hello"], &mock, "l1_hold", |shim| {
+        environs = real_claude::environs_under(shim);
+    });
     assert!(String::from_utf8_lossy(&out.stdout).contains("REPLY-FROM-l1_hold"));
     let mut claude_seen = false;
     for env in &environs {

@@ -86,6 +86,38 @@ impl Keys {
             None
         }
     }
+
+    /// What an answer to `key` will be: `spent` for account 1, 200 for account 2, `other` for
+    /// a key of neither.
+    fn seen(&self, key: &str, stream: bool, spent: u16, other: u16) -> Seen {
+        let account = self.account(key);
+        let status = match account {
+            Some(1) => spent,
+            Some(_) => 200,
+            None => other,
+        };
+        Seen {
+            at: Instant::now(),
+            account,
+            status,
+            stream,
+        }
+    }
+}
+
+/// `stream` and `model` of a JSON request body (OpenAI's and Anthropic's carry both).
+fn stream_and_model(body: &[u8]) -> (bool, String) {
+    let body: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let stream = body
+        .as_ref()
+        .and_then(|b| b.get("stream")?.as_bool())
+        .unwrap_or(false);
+    let model = body
+        .as_ref()
+        .and_then(|b| b.get("model")?.as_str())
+        .unwrap_or("demo-model")
+        .to_string();
+    (stream, model)
 }
 
 /// A running provider.
@@ -194,28 +226,9 @@ fn openai_chat(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream)
         })
         .unwrap_or_default()
         .trim();
-    let body: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
-    let stream = body
-        .as_ref()
-        .and_then(|b| b.get("stream")?.as_bool())
-        .unwrap_or(false);
-    let model = body
-        .as_ref()
-        .and_then(|b| b.get("model")?.as_str())
-        .unwrap_or("demo-model")
-        .to_string();
-    let account = keys.account(key);
-    let status = match account {
-        Some(1) => 429,
-        Some(_) => 200,
-        None => 401,
-    };
-    let seen = Seen {
-        at: Instant::now(),
-        account,
-        status,
-        stream,
-    };
+    let (stream, model) = stream_and_model(&req.body);
+    let seen = keys.seen(key, stream, 429, 401);
+    let status = seen.status;
     let result = match status {
         429 => send(w, 429, &openai_error(QUOTA_MESSAGE, QUOTA_CODE, QUOTA_CODE)),
         200 => answer(w, &model, &keys.answer, stream),
@@ -310,19 +323,9 @@ fn gemini(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream) -> i
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    let account = keys.account(key.trim());
     let stream = method == "streamGenerateContent";
-    let status = match account {
-        Some(1) => 429,
-        Some(_) => 200,
-        None => 400,
-    };
-    let seen = Seen {
-        at: Instant::now(),
-        account,
-        status,
-        stream,
-    };
+    let seen = keys.seen(key.trim(), stream, 429, 400);
+    let status = seen.status;
     let candidate = |text: &str| {
         serde_json::json!({
             "candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
@@ -403,28 +406,9 @@ fn anthropic(keys: &Keys, tx: &Sender<Seen>, req: &Request, w: &mut TcpStream) -
         return send(w, 404, &anthropic_error("not_found_error", "Not found"));
     }
     let key = req.header("x-api-key").unwrap_or_default().trim();
-    let body: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
-    let stream = body
-        .as_ref()
-        .and_then(|b| b.get("stream")?.as_bool())
-        .unwrap_or(false);
-    let model = body
-        .as_ref()
-        .and_then(|b| b.get("model")?.as_str())
-        .unwrap_or("demo-model")
-        .to_string();
-    let account = keys.account(key);
-    let status = match account {
-        Some(1) => 400,
-        Some(_) => 200,
-        None => 401,
-    };
-    let seen = Seen {
-        at: Instant::now(),
-        account,
-        status,
-        stream,
-    };
+    let (stream, model) = stream_and_model(&req.body);
+    let seen = keys.seen(key, stream, 400, 401);
+    let status = seen.status;
     let result = match status {
         400 => {
             let message = format!("{ANTHROPIC_QUOTA_MESSAGE}{ANTHROPIC_QUOTA_ADVICE}");

@@ -532,6 +532,37 @@ impl Sandbox {
         std::env::join_paths(dirs).unwrap()
     }
 
+    /// `claude ARGS` through the shim while the mock holds the answer to `held` (a `…_hold`
+    /// name): `during` gets the shim's pid once claude has asked (claude is alive, its request
+    /// waiting), then the answer goes and the run is collected. The run must succeed; both
+    /// streams are scanned for the fixture secrets.
+    pub fn run_held(
+        &self,
+        args: &[&str],
+        mock: &ClaudeMock,
+        held: &str,
+        during: impl FnOnce(u32),
+    ) -> std::process::Output {
+        let child = self.command(args, false).spawn().unwrap();
+        let shim = child.id();
+        assert!(
+            mock.wait_for(Duration::from_secs(60), |s| s.key == held),
+            "claude never asked: {:?}",
+            mock.seen()
+        );
+        during(shim);
+        mock.release();
+        let out = real_qwen::child::collect_within(child, self.timeout, "the claude run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        secrets::assert_clean("the shim's stdout", &out.stdout);
+        secrets::assert_clean("the shim's stderr", &out.stderr);
+        out
+    }
+
     /// `claude ARGS` through the shim; both streams are scanned for the fixture secrets.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let cmd = self.command(args, stdin.is_some());
