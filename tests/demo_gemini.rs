@@ -22,8 +22,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use demo::{
-    Interrupted, assert_numbered_steps, entries, events, interrupt_when, processes_in, snapshot,
-    watch,
+    Interrupted, assert_numbered_steps, assert_plain, assert_status_table, entries, events,
+    interrupt_when, processes_in, snapshot, watch,
 };
 use nix::sys::signal::Signal;
 use real_gemini::real_qwen::child;
@@ -117,32 +117,13 @@ fn assert_demo_output(out: &Output, real_dir: &Path) {
     assert_numbered_steps(&stdout, 9, &out.dump());
     // The status table of the demo home: account 2 live, account 1 cooling down, the pool in
     // the demo's own `.gemini`.
-    let table: Vec<&str> = stdout
-        .lines()
-        .skip_while(|l| !l.contains("--rotation-status in the demo home"))
-        .collect();
-    assert!(
-        table.iter().any(|l| l.starts_with("Accounts in ")
-            && l.contains("gemini-rotation-demo-")
-            && l.contains("/home/.gemini")),
-        "{}",
-        out.dump()
-    );
-    assert!(
-        table
-            .iter()
-            .any(|l| l.contains("1  spent") && l.contains("cooling down")),
-        "{}",
-        out.dump()
-    );
-    assert!(
-        table.iter().any(|l| l.starts_with("  *  2  fresh")),
-        "{}",
-        out.dump()
+    assert_status_table(
+        &stdout,
+        &["gemini-rotation-demo-", "/home/.gemini"],
+        &out.dump(),
     );
     // Piped: plain text, no escape sequence anywhere.
-    assert!(!out.stdout.contains(&0x1b), "{}", out.dump());
-    assert!(!out.stderr.contains(&0x1b), "{}", out.dump());
+    assert_plain(&out.stdout, &out.stderr, &out.dump());
     secrets::assert_clean("the demo's stdout", &out.stdout);
     secrets::assert_clean("the demo's stderr", &out.stderr);
 }

@@ -23,6 +23,40 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+/// The demo's status table (after the line naming `--rotation-status in the demo home`):
+/// account 1 cooling down, account 2 live, and, when `home` is given, the pool in a directory
+/// whose path holds each of its parts (the demo's own home).
+pub fn assert_status_table(stdout: &str, home: &[&str], dump: &str) {
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("--rotation-status in the demo home"))
+        .collect();
+    if !home.is_empty() {
+        assert!(
+            table
+                .iter()
+                .any(|l| l.starts_with("Accounts in ") && home.iter().all(|h| l.contains(h))),
+            "{dump}"
+        );
+    }
+    assert!(
+        table
+            .iter()
+            .any(|l| l.contains("1  spent") && l.contains("cooling down")),
+        "{dump}"
+    );
+    assert!(
+        table.iter().any(|l| l.starts_with("  *  2  fresh")),
+        "{dump}"
+    );
+}
+
+/// Piped output is plain text: no escape sequence on either stream.
+pub fn assert_plain(stdout: &[u8], stderr: &[u8], dump: &str) {
+    assert!(!stdout.contains(&0x1b), "{dump}");
+    assert!(!stderr.contains(&0x1b), "{dump}");
+}
+
 /// Every file under `dir` with its bytes and mode.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
     let mut out = BTreeMap::new();
