@@ -44,14 +44,9 @@ fn start(sb: &Sandbox, mock: &ClaudeMock) -> Terminal {
 
 #[test]
 fn a_login_on_its_5_hour_limit_mid_conversation_moves_to_login_2_with_no_restart() {
-    let Some(mut sb) = Sandbox::new() else {
+    let Some((sb, mock)) = Sandbox::with_logins(&["l1_ok", "l2_ok"]) else {
         return;
     };
-    let mock = ClaudeMock::start();
-    sb.env("ANTHROPIC_BASE_URL", mock.url());
-    sb.add_login("login1", "l1_ok");
-    sb.add_login("login2", "l2_ok");
-    sb.run(&["--rotation-switch", "1"], None);
     assert_eq!(sb.live_access(), "l1_ok");
 
     let mut term = start(&sb, &mock);
@@ -91,23 +86,15 @@ fn a_login_on_its_5_hour_limit_mid_conversation_moves_to_login_2_with_no_restart
     term.submit("third");
     term.await_text("REPLY-FROM-l2_ok", third_from);
     assert_eq!(mock.count("l1_ok"), asked_before + 1, "{:?}", mock.seen());
-    let switches: Vec<_> = sb
-        .rotation_log()
-        .into_iter()
-        .filter(|e| e["event"] == "account_switch")
-        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
-        .collect();
-    assert_eq!(switches.last(), Some(&(Some(1), Some(2))), "{switches:?}");
+    let switches = sb.switches();
+    assert_eq!(switches.last(), Some(&(1, 2)), "{switches:?}");
 }
 
 #[test]
 fn a_session_on_the_fallback_key_goes_back_to_the_login_when_its_reset_passes() {
-    let Some(mut sb) = Sandbox::new() else {
+    let Some((sb, mock)) = Sandbox::with_logins(&["l1_ok"]) else {
         return;
     };
-    let mock = ClaudeMock::start();
-    sb.env("ANTHROPIC_BASE_URL", mock.url());
-    sb.add_login("login1", "l1_ok");
     sb.add_key("key2", "k2_ok", &mock.url());
     // Login 1 on its limit for another hour: the session starts on the fallback key.
     let cool_until = |until: chrono::DateTime<chrono::Utc>| {
@@ -136,13 +123,8 @@ fn a_session_on_the_fallback_key_goes_back_to_the_login_when_its_reset_passes() 
     term.submit("third");
     term.await_text("REPLY-FROM-l1_ok", third);
     assert_eq!(mock.count("k2_ok"), keyed, "{:?}", mock.seen());
-    let switches: Vec<_> = sb
-        .rotation_log()
-        .into_iter()
-        .filter(|e| e["event"] == "account_switch")
-        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
-        .collect();
-    assert_eq!(switches.last(), Some(&(Some(2), Some(1))), "{switches:?}");
+    let switches = sb.switches();
+    assert_eq!(switches.last(), Some(&(2, 1)), "{switches:?}");
     assert_eq!(sb.live_access(), "l1_ok");
 }
 
@@ -204,14 +186,9 @@ fn adding_a_login_runs_claude_in_a_temporary_home_and_stores_the_login_it_wrote(
 
 #[test]
 fn without_the_relay_a_limit_on_screen_swaps_the_login_for_the_next_message() {
-    let Some(mut sb) = Sandbox::new() else {
+    let Some((sb, mock)) = Sandbox::with_logins(&["l1_ok", "l2_ok"]) else {
         return;
     };
-    let mock = ClaudeMock::start();
-    sb.env("ANTHROPIC_BASE_URL", mock.url());
-    sb.add_login("login1", "l1_ok");
-    sb.add_login("login2", "l2_ok");
-    sb.run(&["--rotation-switch", "1"], None);
     std::fs::write(sb.claude_home.join("rotation.yaml"), "relay: false\n").unwrap();
 
     let mut term = start(&sb, &mock);
@@ -235,11 +212,6 @@ fn without_the_relay_a_limit_on_screen_swaps_the_login_for_the_next_message() {
         before.iter().all(|p| after.contains(p)),
         "claude was restarted: {before:?} → {after:?}"
     );
-    let switches: Vec<_> = sb
-        .rotation_log()
-        .into_iter()
-        .filter(|e| e["event"] == "account_switch")
-        .map(|e| (e["from"].as_u64(), e["to"].as_u64()))
-        .collect();
-    assert_eq!(switches.last(), Some(&(Some(1), Some(2))), "{switches:?}");
+    let switches = sb.switches();
+    assert_eq!(switches.last(), Some(&(1, 2)), "{switches:?}");
 }

@@ -15,24 +15,8 @@ use std::time::{Duration, Instant};
 use qwen_rotation::vault::state::{State, Status};
 use real_claude::{ClaudeMock, Sandbox, secrets};
 
-/// A sandbox whose logins' requests go to the mock (the person's `ANTHROPIC_BASE_URL`, which a
-/// login's requests follow), with the logins `logins` (access-token names) added in order.
 fn setup(logins: &[&str]) -> Option<(Sandbox, ClaudeMock)> {
-    let mut sb = Sandbox::new()?;
-    let mock = ClaudeMock::start();
-    sb.env("ANTHROPIC_BASE_URL", mock.url());
-    for (i, access) in logins.iter().enumerate() {
-        sb.add_login(&format!("login{}", i + 1), access);
-    }
-    Some((sb, mock))
-}
-
-fn switches(sb: &Sandbox) -> Vec<(u64, u64)> {
-    sb.rotation_log()
-        .into_iter()
-        .filter(|e| e["event"] == "account_switch")
-        .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
-        .collect()
+    Sandbox::with_logins(logins)
 }
 
 /// Every request a login made reached the mock as a login's request: its own bearer token and
@@ -63,7 +47,7 @@ fn a_login_on_its_5_hour_limit_is_answered_by_the_next_login_in_text_mode() {
     assert_eq!(mock.count("l1_limit"), 1, "{:?}", mock.seen());
     assert_login_shape(&mock, "l1_limit");
     assert_login_shape(&mock, "l2_ok");
-    assert_eq!(switches(&sb), vec![(1, 2)]);
+    assert_eq!(sb.switches(), vec![(1, 2)]);
     // The live login is now login 2's: claude's next request, in this run or the next, uses it.
     assert_eq!(sb.live_access(), "l2_ok");
     // Login 1 rests until the reset the answer announced (an hour), not the default five hours.
@@ -119,7 +103,7 @@ fn every_login_on_its_limit_falls_back_to_the_api_key() {
         assert!(s.api_key && !s.authorization, "{s:?}");
         assert!(!s.betas.contains("oauth"), "{s:?}");
     }
-    assert_eq!(switches(&sb), vec![(1, 2), (2, 3)]);
+    assert_eq!(sb.switches(), vec![(1, 2), (2, 3)]);
     // The status shows the chain and when the first login returns.
     let status = sb.run(&["--rotation-status"], None);
     let text = status.stdout();

@@ -515,6 +515,32 @@ impl Sandbox {
         assert_eq!(out.status.code(), Some(0), "--rotation-add: {}", out.dump());
     }
 
+    /// A sandbox and a mock, the logins' requests going to the mock (the person's
+    /// `ANTHROPIC_BASE_URL`, which a login's requests follow), with the logins `logins`
+    /// (access-token names) added in order as `login1`, `login2`, … and login 1 live.
+    pub fn with_logins(logins: &[&str]) -> Option<(Sandbox, ClaudeMock)> {
+        let mut sb = Sandbox::new()?;
+        let mock = ClaudeMock::start();
+        sb.env("ANTHROPIC_BASE_URL", mock.url());
+        for (i, access) in logins.iter().enumerate() {
+            sb.add_login(&format!("login{}", i + 1), access);
+        }
+        if !logins.is_empty() {
+            let out = sb.run(&["--rotation-switch", "1"], None);
+            assert_eq!(out.status.code(), Some(0), "{}", out.dump());
+        }
+        Some((sb, mock))
+    }
+
+    /// The pool's switches so far, (from, to), in order.
+    pub fn switches(&self) -> Vec<(u64, u64)> {
+        self.rotation_log()
+            .into_iter()
+            .filter(|e| e["event"] == "account_switch")
+            .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
+            .collect()
+    }
+
     pub fn rotation_log(&self) -> Vec<serde_json::Value> {
         fs::read_to_string(self.claude_home.join("rotation.log"))
             .unwrap_or_default()
