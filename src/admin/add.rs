@@ -242,6 +242,13 @@ pub(super) fn add_api_key(v: &Vault, a: &AddArgs, ui: &Ui) -> Result<i32, Error>
                 String::new()
             }
         ));
+    } else if v.paths.profile.api.default_base_url.is_some() && slot.model.is_none() {
+        // A CLI that names its model in each request (gemini, claude): nothing to take from
+        // settings.
+        text.push_str(&format!(
+            "The model is the one {} asks for.\n",
+            v.paths.profile.name
+        ));
     } else if slot.base_url.is_none() || slot.model.is_none() {
         let api = &v.paths.profile.api;
         text.push_str(&format!(
