@@ -28,7 +28,9 @@ use demo::{
     fake_cli, install_sh, run_leaving_alone, run_piped, too_new_for_node,
 };
 use nix::sys::signal::Signal;
-use real_qwen::{Output, Sandbox, Version, mkdir_private, run_with_timeout, write_private};
+use real_qwen::{
+    Output, Sandbox, Version, mkdir_private, run_with_timeout, secrets, write_private,
+};
 
 /// A sandbox for `version` whose person has a `~/.qwen` of their own and keys in the
 /// environment, and a TMPDIR of its own for the demo.
@@ -92,7 +94,8 @@ fn demo_works(version: Version) {
         &tmp,
         |out| {
             let running = "running qwen \"Say hello in one line.\" --output-format text";
-            assert_rotation_shown(out, "qwen", &sb.real_dir, &[running], &[]);
+            let real = ("qwen", sb.real_dir.as_path(), version.as_str());
+            assert_rotation_shown(out, real, &[running], &[]);
         },
     );
     assert!(

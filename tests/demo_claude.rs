@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use demo::{
-    Person, alone, assert_help_lists_the_demo, assert_install_names_the_failed_demo,
-    assert_interrupted, assert_no_real_cli_exits_127, assert_rotation_shown, assert_tmp_empty,
-    fake_cli, install_sh, install_shows_qwen_then, run_leaving_alone,
+    Person, assert_help_lists_the_demo, assert_install_names_the_failed_demo, assert_interrupted,
+    assert_no_real_cli_exits_127, assert_rotation_shown, demo_alone_says, fake_cli, install_sh,
+    install_shows_qwen_then, run_leaving_alone,
 };
 use nix::sys::signal::Signal;
 use real_claude::{Output, Sandbox, mkdir_private, run_with_timeout, secrets, write_private};
@@ -99,25 +99,18 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
 
 /// The demo's steps and lines as a successful run on the real claude prints them.
 fn assert_demo_output(out: &Output, real_dir: &Path) {
-    let real = format!(
-        "the real claude: {} (version {} (Claude Code))",
-        real_dir.join("claude").display(),
-        real_claude::VERSION
-    );
     let steps = [
-        &real,
         "running claude -p \"Say hello in one line.\" --output-format text (headless, through the shim)",
         "request on account 1 → 400 invalid_request_error \"Your credit balance is too low to access the Anthropic API.\"",
         "switch: the shim marked account 1 out of quota and sent the same request on account 2 → 200 (streamed)",
     ];
     // The status table's pool is in the demo's own `CLAUDE_CONFIG_DIR`.
     let home = ["claude-rotation-demo-", "/home/.claude "];
-    assert_rotation_shown(out, "claude", real_dir, &steps, &home);
+    let version = format!("{} (Claude Code)", real_claude::VERSION);
+    assert_rotation_shown(out, ("claude", real_dir, &version), &steps, &home);
     // The Messages API's base URL has no path: claude adds /v1/messages itself.
     assert!(!out.stdout().contains("/v1 "), "{}", out.dump());
-    // No key: neither the person's nor the demo's own.
-    secrets::assert_clean("the demo's stdout", &out.stdout);
-    secrets::assert_clean("the demo's stderr", &out.stderr);
+    // No key: neither the person's (checked with the lines) nor the demo's own.
     assert!(
         !out.stdout().contains(DEMO_KEY) && !out.stderr().contains(DEMO_KEY),
         "{}",
@@ -179,18 +172,13 @@ fn a_claude_that_never_asks_the_provider_fails_the_demo_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let bin = fake_cli(dir.path(), "claude", "9.9.9");
     let path = format!("{}:/usr/bin:/bin", bin.display());
-    let out = alone("claude", dir.path(), &path, &["--rotation-demo"]);
-    assert_eq!(out.code(), 1, "{}", out.dump());
-    let err = out.stderr();
-    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    let err = demo_alone_says("claude", dir.path(), &path, 1);
     assert!(
         err.starts_with(
             "qwen-rotation: demo: the answer never came: account 1 was never asked; claude exited 0"
         ),
-        "{}",
-        out.dump()
+        "{err}"
     );
-    assert_tmp_empty(&dir.path().join("tmp"));
 }
 
 /// The real qwen 0.12 for install.sh's first demo.

@@ -86,20 +86,14 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
 /// The demo's steps and lines as a successful run on the real gemini prints them.
 fn assert_demo_output(out: &Output, real_dir: &Path) {
     let steps = [
-        &format!(
-            "the real gemini: {} (version 0.61.0)",
-            real_dir.join("gemini").display()
-        ) as &str,
         "running gemini -p \"Say hello in one line.\" --output-format text (headless, through the shim)",
         "request on account 1 → 429 RESOURCE_EXHAUSTED \"You exceeded your current quota, please check your plan and billing details.\"",
     ];
     // The status table's pool is in the demo's own `.gemini`.
     let home = ["gemini-rotation-demo-", "/home/.gemini"];
-    assert_rotation_shown(out, "gemini", real_dir, &steps, &home);
+    assert_rotation_shown(out, ("gemini", real_dir, "0.61.0"), &steps, &home);
     // The base URL of the Gemini API has no path: gemini adds /v1beta/models/… itself.
     assert!(!out.stdout().contains("/v1 "), "{}", out.dump());
-    secrets::assert_clean("the demo's stdout", &out.stdout);
-    secrets::assert_clean("the demo's stderr", &out.stderr);
 }
 
 #[test]

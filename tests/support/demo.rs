@@ -6,8 +6,8 @@
 //!
 //! Included by tests/demo.rs, tests/demo_gemini.rs and tests/demo_claude.rs with
 //! `#[path = "support/demo.rs"] mod demo;`; the support module of the profile's real CLI gives
-//! the sandbox, and the including file brings its `Output` and `run_with_timeout` into scope
-//! (`use real_…::{Output, run_with_timeout}`), which the runs here use.
+//! the sandbox, and the including file brings its `Output`, `run_with_timeout` and `secrets` into
+//! scope (`use real_…::{Output, run_with_timeout, secrets}`), which the runs here use.
 #![allow(dead_code)]
 
 #[path = "child.rs"]
@@ -27,7 +27,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{Output, run_with_timeout};
+use super::{Output, run_with_timeout, secrets};
 
 /// The demo's status table (after the line naming `--rotation-status in the demo home`):
 /// account 1 cooling down, account 2 live, and, when `home` is given, the pool in a directory
@@ -251,13 +251,13 @@ pub fn assert_all_gone(tmp: &Path) {
     assert!(left.is_empty(), "processes of the demo left: {left:?}");
 }
 
-/// The lines every profile's demo prints on a successful piped run of the real `name`, besides
-/// `steps` (the profile's own): exit 0, the numbered steps 1 to 9, the status table of the demo
-/// home (`home`: parts of the pool's directory, as [`assert_status_table`]), plain text.
+/// The lines every profile's demo prints on a successful piped run of the real `name` (in
+/// `real_dir`, saying `version`), besides `steps` (the profile's own): exit 0, the numbered
+/// steps 1 to 9, the status table of the demo home (`home`: parts of the pool's directory, as
+/// [`assert_status_table`]), plain text, no fixture secret on either stream.
 pub fn assert_rotation_shown(
     out: &Output,
-    name: &str,
-    real_dir: &Path,
+    (name, real_dir, version): (&str, &Path, &str),
     steps: &[&str],
     home: &[&str],
 ) {
@@ -266,7 +266,7 @@ pub fn assert_rotation_shown(
     let common = [
         format!("{name} --rotation-demo: a quota rotation on the real {name}, offline"),
         format!(
-            "the real {name}: {} (version ",
+            "the real {name}: {} (version {version})",
             real_dir.join(name).display()
         ),
         format!(
@@ -301,6 +301,8 @@ pub fn assert_rotation_shown(
     assert_status_table(&stdout, home, &out.dump());
     // Piped: plain text, no escape sequence anywhere.
     assert_plain(&out.stdout, &out.stderr, &out.dump());
+    secrets::assert_clean("the demo's stdout", &out.stdout);
+    secrets::assert_clean("the demo's stderr", &out.stderr);
 }
 
 /// What of the person's a demo run must leave alone: their CLI home (every file under it; it
@@ -404,29 +406,30 @@ pub fn alone(name: &str, dir: &Path, path: &str, args: &[&str]) -> Output {
     run_piped(cmd, Duration::from_secs(60))
 }
 
+/// The demo of the shim as `name` alone (see [`alone`]) with `path` after it on PATH: it exits
+/// `code` with one line on stderr, which is returned, and leaves nothing in its TMPDIR.
+pub fn demo_alone_says(name: &str, dir: &Path, path: &str, code: i32) -> String {
+    let out = alone(name, dir, path, &["--rotation-demo"]);
+    assert_eq!(out.code(), code, "{}", out.dump());
+    let err = out.stderr();
+    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    assert_tmp_empty(&dir.join("tmp"));
+    err
+}
+
 /// Without a real `name` on PATH the demo says so in one line naming `npm install -g {package}`,
 /// exits 127 and leaves nothing in its TMPDIR.
 pub fn assert_no_real_cli_exits_127(name: &str, package: &str) {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty-bin");
     fs::create_dir_all(&empty).unwrap();
-    let out = alone(
-        name,
-        dir.path(),
-        &empty.to_string_lossy(),
-        &["--rotation-demo"],
-    );
-    assert_eq!(out.code(), 127, "{}", out.dump());
-    let err = out.stderr();
-    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    let err = demo_alone_says(name, dir.path(), &empty.to_string_lossy(), 127);
     assert!(
         err.starts_with(&format!(
             "qwen-rotation: demo: the real {name} was not found on PATH"
         )) && err.contains(&format!("npm install -g {package}")),
-        "{}",
-        out.dump()
+        "{err}"
     );
-    assert_tmp_empty(&dir.path().join("tmp"));
 }
 
 /// A real `name` too new for the node at hand: an npm layout `bin/{name}` →
@@ -459,23 +462,13 @@ pub fn too_new_for_node(name: &str, package: &str, cli: &str, engines: &str) -> 
     fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(&cli, bin.join(name)).unwrap();
     std::os::unix::fs::symlink(&node, bin.join("node")).unwrap();
-    let out = alone(
-        name,
-        dir.path(),
-        &bin.to_string_lossy(),
-        &["--rotation-demo"],
-    );
-    assert_eq!(out.code(), 1, "{}", out.dump());
-    let err = out.stderr();
-    assert_eq!(err.lines().count(), 1, "{}", out.dump());
+    let err = demo_alone_says(name, dir.path(), &bin.to_string_lossy(), 1);
     assert!(
         err.contains(&format!(
             "demo: the real {name} 9.9.9 needs Node.js {engines} and node on PATH is v"
         )),
-        "{}",
-        out.dump()
+        "{err}"
     );
-    assert_tmp_empty(&dir.path().join("tmp"));
     Some(err)
 }
 
