@@ -25,7 +25,7 @@ use std::time::Duration;
 use demo::{
     Person, assert_all_gone, assert_help_lists_the_demo, assert_install_names_the_failed_demo,
     assert_interrupted, assert_no_real_cli_exits_127, assert_rotation_shown, assert_tmp_empty,
-    fake_cli, install_sh, run_leaving_alone, run_piped, too_new_for_node,
+    fake_cli, install_sh, person_common, run_leaving_alone, run_piped, too_new_for_node,
 };
 use nix::sys::signal::Signal;
 use real_qwen::{
@@ -36,9 +36,10 @@ use real_qwen::{
 /// environment, and a TMPDIR of its own for the demo.
 fn demo_sandbox(version: Version) -> Option<(Sandbox, PathBuf)> {
     let mut sb = Sandbox::new(version)?;
-    let tmp = sb.root.join("tmpdir");
-    mkdir_private(&tmp);
-    sb.env("TMPDIR", &tmp);
+    let (tmp, common) = person_common(&sb.home, &sb.qwen_home);
+    for (key, value) in common {
+        sb.env(key, value);
+    }
     let qh = sb.qwen_home.clone();
     sb.env("QWEN_HOME", qh);
     // Were any of these used, the demo's provider would refuse the key or the pool would not be
@@ -50,8 +51,6 @@ fn demo_sandbox(version: Version) -> Option<(Sandbox, PathBuf)> {
         "QWEN_ROTATION_KEYS",
         "sk-person-pool-key-1,sk-person-pool-key-2",
     );
-    sb.env("HTTPS_PROXY", "http://127.0.0.1:9");
-    sb.env("HTTP_PROXY", "http://127.0.0.1:9");
     // The person's own files: an OAuth selection and a provider table pointing elsewhere.
     write_private(
         &sb.qwen_home.join("settings.json"),
@@ -70,10 +69,6 @@ fn demo_sandbox(version: Version) -> Option<(Sandbox, PathBuf)> {
         &sb.accounts().join("api_key_2.json"),
         br#"{"api_key":"person-slot-key","env_key":"OPENAI_API_KEY"}"#,
     );
-    write_private(
-        &sb.qwen_home.join("rotation.yaml"),
-        b"strategy: [not yaml\n",
-    );
     Some((sb, tmp))
 }
 
@@ -81,7 +76,9 @@ fn demo_works(version: Version) {
     let Some((sb, tmp)) = demo_sandbox(version) else {
         return;
     };
+    let cli = format!("qwen {}", version.as_str());
     let person = Person {
+        cli: &cli,
         home: &sb.home,
         cli_home: &sb.qwen_home,
         files: &[],
@@ -103,7 +100,6 @@ fn demo_works(version: Version) {
         "{}",
         out.dump()
     );
-    eprintln!("demo on qwen {}: {:.1?}", version.as_str(), out.elapsed);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use demo::{
     Person, assert_help_lists_the_demo, assert_install_names_the_failed_demo, assert_interrupted,
     assert_no_real_cli_exits_127, assert_rotation_shown, demo_alone_says, fake_cli, install_sh,
-    install_shows_qwen_then, run_leaving_alone,
+    install_shows_qwen_then, person_common, person_pool_keys, run_leaving_alone,
 };
 use nix::sys::signal::Signal;
 use real_claude::{Output, Sandbox, mkdir_private, run_with_timeout, secrets, write_private};
@@ -33,9 +33,10 @@ const DEMO_KEY: &str = "demo-key-account-";
 /// `CLAUDE_CONFIG_DIR` in the environment, and a TMPDIR of its own for the demo.
 fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
     let mut sb = Sandbox::new()?;
-    let tmp = sb.home.parent().unwrap().join("tmpdir");
-    mkdir_private(&tmp);
-    sb.env("TMPDIR", &tmp);
+    let (tmp, common) = person_common(&sb.home, &sb.claude_home);
+    for (key, value) in common {
+        sb.env(key, value);
+    }
     // Were any of these used, the demo's provider would refuse the key, claude would send a
     // login or go elsewhere, or the pool would not be the demo's: the run would fail.
     sb.env("ANTHROPIC_API_KEY", secrets::secret("person-anthropic-key"));
@@ -48,19 +49,10 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
     sb.env("ANTHROPIC_MODEL", "person-model");
     let config_dir = sb.claude_home.clone();
     sb.env("CLAUDE_CONFIG_DIR", config_dir);
-    sb.env(
-        "CLAUDE_ROTATION_KEYS",
-        format!(
-            "{},{}",
-            secrets::secret("person-pool-1"),
-            secrets::secret("person-pool-2")
-        ),
-    );
+    sb.env("CLAUDE_ROTATION_KEYS", person_pool_keys());
     sb.env("CLAUDE_ROTATION_BASE_URL", "http://127.0.0.1:9");
-    sb.env("HTTPS_PROXY", "http://127.0.0.1:9");
-    sb.env("HTTP_PROXY", "http://127.0.0.1:9");
     // The person's own files: settings sending claude elsewhere with a key helper, a login,
-    // accounts, a broken rotation.yaml.
+    // accounts.
     write_private(
         &sb.claude_home.join("settings.json"),
         serde_json::json!({
@@ -89,10 +81,6 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
             secrets::secret("person-slot-key")
         )
         .as_bytes(),
-    );
-    write_private(
-        &sb.claude_home.join("rotation.yaml"),
-        b"strategy: [not yaml\n",
     );
     Some((sb, tmp))
 }
@@ -123,21 +111,18 @@ fn the_demo_rotates_on_real_claude_and_leaves_the_persons_claude_alone() {
     let Some((sb, tmp)) = demo_sandbox() else {
         return;
     };
+    let cli = format!("claude {}", real_claude::VERSION);
     let person = Person {
+        cli: &cli,
         home: &sb.home,
         cli_home: &sb.claude_home,
         files: &[&sb.home.join(".claude.json")],
         holds: &[".claude", ".claude.json"],
     };
     let cmd = sb.command(&["--rotation-demo"], false);
-    let out = run_leaving_alone(cmd, sb.timeout, &person, &tmp, |out| {
+    run_leaving_alone(cmd, sb.timeout, &person, &tmp, |out| {
         assert_demo_output(out, &sb.real_dir)
     });
-    eprintln!(
-        "demo on claude {}: {:.1?}",
-        real_claude::VERSION,
-        out.elapsed
-    );
 }
 
 /// Stopped by `signal` once the demo says claude runs: exit 128 + signal, the home removed, no

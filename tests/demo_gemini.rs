@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use demo::{
     Person, assert_help_lists_the_demo, assert_interrupted, assert_no_real_cli_exits_127,
-    assert_rotation_shown, assert_tmp_empty, entries, install_shows_qwen_then, run_leaving_alone,
-    run_piped, too_new_for_node,
+    assert_rotation_shown, assert_tmp_empty, entries, install_shows_qwen_then, person_common,
+    person_pool_keys, run_leaving_alone, run_piped, too_new_for_node,
 };
 use nix::sys::signal::Signal;
 use real_gemini::{Output, Sandbox, mkdir_private, run_with_timeout, secrets, write_private};
@@ -33,9 +33,10 @@ use real_gemini::{Output, Sandbox, mkdir_private, run_with_timeout, secrets, wri
 /// environment, and a TMPDIR of its own for the demo.
 fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
     let mut sb = Sandbox::new()?;
-    let tmp = sb.home.parent().unwrap().join("tmpdir");
-    mkdir_private(&tmp);
-    sb.env("TMPDIR", &tmp);
+    let (tmp, common) = person_common(&sb.home, &sb.gemini_home);
+    for (key, value) in common {
+        sb.env(key, value);
+    }
     // Were any of these used, the demo's provider would refuse the key, gemini would pick
     // another auth type or endpoint, or the pool would not be the demo's: the run would fail.
     sb.env("GEMINI_API_KEY", secrets::secret("person-gemini-key"));
@@ -48,17 +49,8 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
     );
     sb.env("GOOGLE_CLOUD_PROJECT", "person-project");
     sb.env("GEMINI_MODEL", "person-model");
-    sb.env(
-        "GEMINI_ROTATION_KEYS",
-        format!(
-            "{},{}",
-            secrets::secret("person-pool-1"),
-            secrets::secret("person-pool-2")
-        ),
-    );
-    sb.env("HTTPS_PROXY", "http://127.0.0.1:9");
-    sb.env("HTTP_PROXY", "http://127.0.0.1:9");
-    // The person's own files: an OAuth selection, a login, accounts, a broken rotation.yaml.
+    sb.env("GEMINI_ROTATION_KEYS", person_pool_keys());
+    // The person's own files: an OAuth selection, a login, accounts.
     sb.write_settings(serde_json::json!({
         "security": {"auth": {"selectedType": "oauth-personal"}},
         "model": {"name": "person-model"}
@@ -75,10 +67,6 @@ fn demo_sandbox() -> Option<(Sandbox, PathBuf)> {
     write_private(
         &sb.gemini_home.join("accounts/api_key_1.json"),
         br#"{"api_key":"person-slot-key","env_key":"GEMINI_API_KEY"}"#,
-    );
-    write_private(
-        &sb.gemini_home.join("rotation.yaml"),
-        b"strategy: [not yaml\n",
     );
     Some((sb, tmp))
 }
@@ -101,21 +89,18 @@ fn the_demo_rotates_on_real_gemini_and_leaves_the_persons_gemini_alone() {
     let Some((sb, tmp)) = demo_sandbox() else {
         return;
     };
+    let cli = format!("gemini {}", real_gemini::VERSION);
     let person = Person {
+        cli: &cli,
         home: &sb.home,
         cli_home: &sb.gemini_home,
         files: &[],
         holds: &[".gemini"],
     };
     let cmd = sb.command(&["--rotation-demo"], false);
-    let out = run_leaving_alone(cmd, sb.timeout, &person, &tmp, |out| {
+    run_leaving_alone(cmd, sb.timeout, &person, &tmp, |out| {
         assert_demo_output(out, &sb.real_dir)
     });
-    eprintln!(
-        "demo on gemini {}: {:.1?}",
-        real_gemini::VERSION,
-        out.elapsed
-    );
 }
 
 #[test]

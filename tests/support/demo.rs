@@ -6,14 +6,15 @@
 //!
 //! Included by tests/demo.rs, tests/demo_gemini.rs and tests/demo_claude.rs with
 //! `#[path = "support/demo.rs"] mod demo;`; the support module of the profile's real CLI gives
-//! the sandbox, and the including file brings its `Output`, `run_with_timeout` and `secrets` into
-//! scope (`use real_…::{Output, run_with_timeout, secrets}`), which the runs here use.
+//! the sandbox, and the including file brings its `Output`, `mkdir_private`, `run_with_timeout`,
+//! `secrets` and `write_private` into scope (`use real_…::{…}`), which the code here uses.
 #![allow(dead_code)]
 
 #[path = "child.rs"]
 mod child;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -27,7 +28,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{Output, run_with_timeout, secrets};
+use super::{Output, mkdir_private, run_with_timeout, secrets, write_private};
 
 /// The demo's status table (after the line naming `--rotation-status in the demo home`):
 /// account 1 cooling down, account 2 live, and, when `home` is given, the pool in a directory
@@ -235,6 +236,31 @@ pub fn interrupt_when(
     }
 }
 
+/// What every profile's person has besides their own CLI's files and variables, none of which
+/// the demo may use: a rotation.yaml that does not parse in `cli_home`, and proxies to a closed
+/// port. Returns the demo's TMPDIR of its own (`tmpdir` beside `home`, made here, 0700) and the
+/// variables to set, TMPDIR among them.
+pub fn person_common(home: &Path, cli_home: &Path) -> (PathBuf, Vec<(&'static str, OsString)>) {
+    let tmp = home.parent().unwrap().join("tmpdir");
+    mkdir_private(&tmp);
+    write_private(&cli_home.join("rotation.yaml"), b"strategy: [not yaml\n");
+    let env = vec![
+        ("TMPDIR", tmp.clone().into()),
+        ("HTTPS_PROXY", "http://127.0.0.1:9".into()),
+        ("HTTP_PROXY", "http://127.0.0.1:9".into()),
+    ];
+    (tmp, env)
+}
+
+/// A person's pool of two keys in the environment (fixture secrets), for `{NAME}_ROTATION_KEYS`.
+pub fn person_pool_keys() -> String {
+    format!(
+        "{},{}",
+        secrets::secret("person-pool-1"),
+        secrets::secret("person-pool-2")
+    )
+}
+
 /// Nothing is left in `tmp` (the run's TMPDIR).
 pub fn assert_tmp_empty(tmp: &Path) {
     assert!(
@@ -305,10 +331,11 @@ pub fn assert_rotation_shown(
     secrets::assert_clean("the demo's stderr", &out.stderr);
 }
 
-/// What of the person's a demo run must leave alone: their CLI home (every file under it; it
-/// and its `accounts` are watched), `files` beside it in `home` (watched too), and what `home`
-/// holds (`holds`, sorted).
+/// What of the person's a demo run of `cli` (its name and version, for the log line) must leave
+/// alone: their CLI home (every file under it; it and its `accounts` are watched), `files`
+/// beside it in `home` (watched too), and what `home` holds (`holds`, sorted).
 pub struct Person<'a> {
+    pub cli: &'a str,
     pub home: &'a Path,
     pub cli_home: &'a Path,
     pub files: &'a [&'a Path],
@@ -352,6 +379,7 @@ pub fn run_leaving_alone(
     holds.sort();
     assert_eq!(holds, person.holds, "something was added to HOME");
     assert_all_gone(tmp);
+    eprintln!("demo on {}: {:.1?}", person.cli, out.elapsed);
     out
 }
 
