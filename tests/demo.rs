@@ -90,9 +90,12 @@ fn demo_works(version: Version) {
         &person,
         &tmp,
         |out| {
-            let running = "running qwen \"Say hello in one line.\" --output-format text";
+            let steps = [
+                "running qwen \"Say hello in one line.\" --output-format text",
+                "request on account 1 → 429 insufficient_quota \"Free allocated quota exceeded.\"",
+            ];
             let real = ("qwen", sb.real_dir.as_path(), version.as_str());
-            assert_rotation_shown(out, real, &[running], &[]);
+            assert_rotation_shown(out, real, &steps, &[]);
         },
     );
     assert!(
