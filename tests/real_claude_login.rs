@@ -299,3 +299,26 @@ fn a_claude_started_inside_a_login_run_uses_that_runs_relay_not_a_second_one() {
         "{asked:?}"
     );
 }
+
+#[test]
+fn doctor_names_an_api_key_helper_that_would_keep_the_logins_unused() {
+    let Some((sb, _mock)) = setup(&["l1_ok"]) else {
+        return;
+    };
+    let doctor = |what: &str| {
+        let out = sb.run(&["--rotation-doctor"], None);
+        let said = out.stdout().contains("sets apiKeyHelper");
+        (out.code(), said, format!("{what}: {}", out.dump()))
+    };
+    let (_, said, dump) = doctor("no helper");
+    assert!(!said, "{dump}");
+    std::fs::write(
+        sb.claude_home.join("settings.json"),
+        r#"{"apiKeyHelper": "/usr/local/bin/print-key"}"#,
+    )
+    .unwrap();
+    let (code, said, dump) = doctor("a helper in the user's settings");
+    assert!(said, "{dump}");
+    assert!(dump.contains("settings.json"), "{dump}");
+    assert_eq!(code, 1, "{dump}");
+}

@@ -123,6 +123,7 @@ fn diagnose(v: &Vault) -> (Vec<Finding>, Vec<(usize, Repair)>, Value) {
     doctor_env::check_qwen_home(profile, real_version.as_deref(), &mut f);
     doctor_env::check_pool(v, &mut f);
     doctor_env::check_encrypted(v, &mut f);
+    doctor_env::check_login_precedence(v, &mut f);
     if !doctor_home::check_home(paths, &mut f) {
         return (f.list, f.repairs, real_json);
     }

@@ -252,3 +252,39 @@ pub(super) fn check_encrypted(v: &Vault, f: &mut Findings) {
         None,
     );
 }
+
+/// Settings that make the CLI use another credential than its stored login (claude's
+/// `apiKeyHelper`, in any settings file it merges): while one is set, the pool's logins are not
+/// used. Said only when the pool holds logins.
+pub(super) fn check_login_precedence(v: &Vault, f: &mut Findings) {
+    let p = v.paths.profile;
+    let keys = p.settings.beats_login;
+    let has_logins = v.scan_slots().is_ok_and(|s| {
+        s.values()
+            .flatten()
+            .any(|k| *k == crate::model::Kind::OAuth)
+    });
+    if keys.is_empty() || !has_logins {
+        return;
+    }
+    let cwd = std::env::current_dir().ok();
+    for (file, doc) in crate::settings::layers(&v.paths, cwd.as_deref()) {
+        for key in keys
+            .iter()
+            .filter(|k| doc.get(**k).is_some_and(|x| !x.is_null()))
+        {
+            f.push(
+                Finding::new(
+                    "credentials",
+                    Level::Problem,
+                    format!(
+                        "{} sets {key}, which {name} uses instead of its stored login: the pool's logins are not used while it is there; remove it to rotate them (API-key accounts rotate as usual)",
+                        crate::text::printable_path(&file),
+                        name = p.name
+                    ),
+                ),
+                None,
+            );
+        }
+    }
+}

@@ -107,6 +107,9 @@ pub static CLAUDE: Profile = Profile {
         system_root_only: false,
         auth_oauth: "claudeai",
         auth_api_key: "api-key",
+        // Observed: `apiKeyHelper` beats a stored login (CLAUDE_FACTS.md, "Keys and their
+        // precedence").
+        beats_login: &["apiKeyHelper"],
     },
     // claude --help (2.1.332): the options whose value is the next argument (optional values
     // such as `-r [value]`, `-d [filter]` are not: a prompt may follow them), the one-shot

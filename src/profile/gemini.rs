@@ -109,6 +109,7 @@ pub static GEMINI: Profile = Profile {
         system_root_only: true,
         auth_oauth: "oauth-personal",
         auth_api_key: "gemini-api-key",
+        beats_login: &[],
     },
     // gemini --help (0.61.0): the options that take a value, one-shot and session prompts,
     // output formats.

@@ -259,6 +259,9 @@ pub struct SettingsSpec {
     /// The auth-type names of an OAuth login and of an API key.
     pub auth_oauth: &'static str,
     pub auth_api_key: &'static str,
+    /// Settings keys that make the CLI use another credential than its stored login (claude's
+    /// `apiKeyHelper`): with one set, the pool's logins are not used.
+    pub beats_login: &'static [&'static str],
 }
 
 /// The CLI's command line, as far as we read it.

@@ -101,6 +101,7 @@ pub static QWEN: Profile = Profile {
         system_root_only: false,
         auth_oauth: "qwen-oauth",
         auth_api_key: "openai",
+        beats_login: &[],
     },
     // qwen --help (0.12, 0.24): the options that take a value, one-shot and session prompts,
     // output formats.
