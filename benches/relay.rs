@@ -340,30 +340,14 @@ fn login_rotation_times(upstream: &Upstream, n: usize, parent: &Path) -> Samples
             let relay = login_relay_on(dir.path(), upstream, &[&l1, &l2]);
             let addr = relay.base_url.trim_start_matches("http://").to_string();
             let target = Target {
-                addr: addr.clone(),
+                addr,
                 auth: format!(
                     "authorization: Bearer {l1}\r\nx-rotation-token: {}",
                     relay.token.expose()
                 ),
                 wire: Wire::Anthropic,
             };
-            let mut c = Conn::open(&addr);
-            c.request(&target, false);
-            let (status, chunked, len) = c.head();
-            assert_eq!(status, 200, "login 1 → login 2");
-            c.body(chunked, len);
-            let log = upstream.log.lock().unwrap();
-            let limit_done = log
-                .iter()
-                .find(|e| e.key == l1)
-                .and_then(|e| e.answered)
-                .expect("login 1 answered");
-            let next = log
-                .iter()
-                .find(|e| e.key == l2)
-                .expect("login 2 asked")
-                .arrived;
-            next - limit_done
+            moved_on(upstream, &target, &l1, &l2, "login 1 → login 2")
         })
         .collect()
 }
@@ -689,24 +673,30 @@ fn rotation_time(upstream: &Upstream, i: usize, parent: &Path, quota: &Quota) ->
         .trim_start_matches("http://")
         .trim_end_matches("/v1")
         .to_string();
-    let mut c = Conn::open(&addr);
     let target = Target::relay(wire, addr, relay.token.expose());
-    c.request(&target, false);
+    moved_on(upstream, &target, &k1, &k2, quota.answer)
+}
+
+/// One request through the relay whose first account (`first`) gets a quota answer: from the
+/// end of that answer to the arrival of the same request with `next`.
+fn moved_on(upstream: &Upstream, target: &Target, first: &str, next: &str, what: &str) -> Duration {
+    let mut c = Conn::open(&target.addr);
+    c.request(target, false);
     let (status, chunked, len) = c.head();
-    assert_eq!(status, 200, "{}", quota.answer);
+    assert_eq!(status, 200, "{what}");
     c.body(chunked, len);
     let log = upstream.log.lock().unwrap();
-    let quota_done = log
+    let spent_done = log
         .iter()
-        .find(|e| e.key == k1)
+        .find(|e| e.key == first)
         .and_then(|e| e.answered)
-        .expect("key 1 answered");
-    let next = log
+        .expect("the first account answered");
+    let arrived = log
         .iter()
-        .find(|e| e.key == k2)
-        .expect("key 2 asked")
+        .find(|e| e.key == next)
+        .expect("the next account asked")
         .arrived;
-    next - quota_done
+    arrived - spent_done
 }
 
 // ---------------------------------------------------------------------------------------------
