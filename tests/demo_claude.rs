@@ -219,3 +219,50 @@ fn install_sh_demo_fails_when_the_claude_demo_does() {
 fn claude_help_lists_the_demo_with_an_example() {
     assert_help_lists_the_demo("claude");
 }
+
+#[test]
+fn a_claude_whose_npm_package_asks_for_a_newer_node_still_runs_the_demo() {
+    // claude's npm package declares `engines.node` (for its installer), but what it installs is
+    // a native binary: the node on PATH does not matter, and the demo must not refuse it. An npm
+    // layout whose package asks for a Node.js no machine has, its entry point no node script.
+    let Some(mut sb) = Sandbox::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir
+        .path()
+        .join("lib/node_modules/@anthropic-ai/claude-code");
+    std::fs::create_dir_all(pkg.join("bin")).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        serde_json::json!({"name": "@anthropic-ai/claude-code", "version": real_claude::VERSION,
+                           "engines": {"node": ">=99.0.0"}})
+        .to_string(),
+    )
+    .unwrap();
+    let exe = pkg.join("bin/claude.exe");
+    std::fs::write(
+        &exe,
+        format!(
+            "#!/bin/sh\nexec '{}' \"$@\"\n",
+            sb.real_dir.join("claude").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(&exe, bin.join("claude")).unwrap();
+    let path = std::env::join_paths([
+        sb.shim_dir.clone(),
+        bin,
+        PathBuf::from("/usr/local/bin"),
+        PathBuf::from("/usr/bin"),
+        PathBuf::from("/bin"),
+    ])
+    .unwrap();
+    sb.env("PATH", path);
+    let out = sb.run(&["--rotation-demo"], None);
+    assert!(!out.stderr().contains("needs Node.js"), "{}", out.dump());
+    assert_eq!(out.code(), 0, "{}", out.dump());
+}

@@ -261,10 +261,15 @@ fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Ste
     }
 }
 
-/// The real CLI's package declares the Node.js it needs (`engines.node: ">=22.0.0"`); the
-/// `node` on PATH is older: the reason, in one line. None when either is unknown.
+/// The real CLI is a Node.js script whose package declares the Node.js it needs
+/// (`engines.node: ">=22.0.0"`), and the `node` on PATH is older: the reason, in one line. None
+/// when either is unknown, or when the CLI is no Node.js script (claude's npm package installs a
+/// native binary and declares an `engines.node` it does not need to run).
 fn node_too_old(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Option<String> {
     let real_file = std::fs::canonicalize(real).ok()?;
+    if !runs_on_node(&real_file) {
+        return None;
+    }
     let package = real_file.ancestors().skip(1).take(6).find_map(|dir| {
         let text = crate::files::read_text(&dir.join("package.json"), 1 << 20).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
@@ -302,6 +307,17 @@ fn node_too_old(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Opt
             Cli::of(profile).older_fix(profile)
         )
     })
+}
+
+/// `path` starts with a `#!` line naming node (an npm CLI's JavaScript entry point).
+fn runs_on_node(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 128];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let first = head[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+    first.starts_with(b"#!") && first.windows(4).any(|w| w == b"node")
 }
 
 /// `printf %s KEY | <me> --rotation-add --api-key LABEL --base-url URL --model M` in the home.

@@ -484,7 +484,7 @@ pub fn too_new_for_node(name: &str, package: &str, cli: &str, engines: &str) -> 
             .to_string(),
     )
     .unwrap();
-    fs::write(&cli, "#!/bin/sh\necho 9.9.9\n").unwrap();
+    fs::write(&cli, "#!/usr/bin/env node\nconsole.log(\"9.9.9\");\n").unwrap();
     fs::set_permissions(&cli, fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
