@@ -265,3 +265,35 @@ fn keys_from_the_environment_rotate_the_same_way() {
     assert_eq!(mock.count("e1_credit"), 1, "{:?}", mock.seen());
     assert_upstream_shape(&mock);
 }
+
+#[test]
+fn a_base_url_in_claudes_settings_env_keeps_the_relay_and_the_keys_out_of_its_way() {
+    // claude applies `env` of its settings over the environment it is started with (observed):
+    // with a base URL there, the relay cannot be in its path, and a key of the pool must not go
+    // to that other endpoint: claude runs as it would alone (here: not logged in), with one
+    // warning naming the file.
+    let Some((sb, mock)) = setup(&["k1_ok"]) else {
+        return;
+    };
+    let elsewhere = ClaudeMock::start();
+    std::fs::write(
+        sb.claude_home.join("settings.json"),
+        serde_json::json!({"env": {"ANTHROPIC_BASE_URL": elsewhere.url()}}).to_string(),
+    )
+    .unwrap();
+    let out = sb.run(&["-p", "hello"], None);
+    let err = out.stderr();
+    assert!(
+        err.contains("settings.json sends claude's requests to http://127.0.0.1:")
+            && err.contains("(env.ANTHROPIC_BASE_URL), not to the base URL of account 1"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{}", out.dump());
+    assert!(
+        elsewhere.seen().iter().all(|s| s.key.is_empty()),
+        "a key went to the other endpoint: {:?}",
+        elsewhere.seen()
+    );
+    assert_eq!(mock.count("k1_ok"), 0, "{:?}", mock.seen());
+}

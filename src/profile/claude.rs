@@ -103,6 +103,9 @@ pub static CLAUDE: Profile = Profile {
         model: &["model"],
         oauth_hides_env: None,
         providers: None,
+        // Observed: `env.ANTHROPIC_BASE_URL` in settings.json beats the variable claude is
+        // started with.
+        env: Some("env"),
         login_strip: &[],
         system_root_only: false,
         auth_oauth: "claudeai",

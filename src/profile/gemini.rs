@@ -105,6 +105,7 @@ pub static GEMINI: Profile = Profile {
         model: &["model", "name"],
         oauth_hides_env: None,
         providers: None,
+        env: None,
         login_strip: &["/security/auth/selectedType"],
         system_root_only: true,
         auth_oauth: "oauth-personal",

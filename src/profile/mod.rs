@@ -250,6 +250,9 @@ pub struct SettingsSpec {
     pub oauth_hides_env: Option<Since>,
     /// The key of the model providers table (entries with `id`, `baseUrl`, `envKey`), if any.
     pub providers: Option<&'static str>,
+    /// The key of an object of variables the CLI applies over the environment it is given
+    /// (claude's `env`), if any: a base URL or key set there beats the relay's.
+    pub env: Option<&'static str>,
     /// JSON pointers removed from the user's settings for a fresh login's home (what could
     /// make the login pick an API key).
     pub login_strip: &'static [&'static str],

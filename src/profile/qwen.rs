@@ -97,6 +97,7 @@ pub static QWEN: Profile = Profile {
             older: "0.12",
         }),
         providers: Some("modelProviders"),
+        env: None,
         login_strip: &["/env", "/security/auth/apiKey", "/security/auth/baseUrl"],
         system_root_only: false,
         auth_oauth: "qwen-oauth",

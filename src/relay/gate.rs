@@ -33,6 +33,22 @@ pub fn relay_possible_for(
 ) -> Result<(), String> {
     let from_args = model_from_args(paths, args)?;
     selection_possible(paths)?;
+    if let Some(set) = settings_env(paths) {
+        return Err(format!(
+            "{} sets {} in `{}`, which {} prefers to the environment it is given, so {}",
+            set.file.display(),
+            set.var,
+            set.key,
+            paths.profile.name,
+            if set.var == paths.profile.api.base_url_var {
+                "its requests would go past the relay"
+            } else if set.var == paths.profile.api.key_var {
+                "it would use that key, not the pool's accounts"
+            } else {
+                "it would not send the relay's token"
+            }
+        ));
+    }
     match fixed_base_url(paths, from_args, model) {
         Some(fixed) => Err(format!(
             "{} fixes the base URL of model `{}` ({}.{}), so {} would send its requests past \
@@ -86,6 +102,27 @@ pub fn key_withheld(paths: &Paths, launch: &Launch, args: &[OsString]) -> Option
         .find(|(k, _)| model_var.is_some_and(|v| k == v))
         .map(|(_, v)| v.expose().to_string());
     let from_args = model_from_args(paths, args).unwrap_or(None);
+    if let Some(set) = settings_env(paths).filter(|s| s.var == paths.profile.api.base_url_var) {
+        let same = api
+            .is_some_and(|a| a.base_url.trim_end_matches('/') == set.value.trim_end_matches('/'));
+        let name = paths.profile.name;
+        return (!same && (api.is_some() || set.workspace)).then(|| {
+            format!(
+                "{} sends {name}'s requests to {} ({}.{}), not to the base URL of account {}: \
+                 {name} runs without that key and without rotation; remove it{}",
+                set.file.display(),
+                shown_url(&set.value),
+                set.key,
+                set.var,
+                launch.slot,
+                if set.workspace {
+                    format!(", or run {name} outside that directory")
+                } else {
+                    String::new()
+                }
+            )
+        });
+    }
     let fixed = fixed_base_url(paths, from_args, slot_model.as_deref())?;
     let same = |base: &str| base.trim_end_matches('/') == fixed.base_url.trim_end_matches('/');
     let foreign = match api {
@@ -136,6 +173,50 @@ fn model_from_args(paths: &Paths, args: &[OsString]) -> Result<Option<String>, S
         }
     }
     Ok(from_args)
+}
+
+/// A variable the CLI's settings set over its environment (claude's `env`): the relay's base
+/// URL, its token's variable or the key's.
+struct SettingsEnv {
+    file: PathBuf,
+    /// The settings key of the variables (`env`).
+    key: &'static str,
+    var: &'static str,
+    value: String,
+    /// The file is the workspace's.
+    workspace: bool,
+}
+
+/// The first settings file (system, workspace, user) whose variables object sets the base URL,
+/// the relay's token variable or the key variable: the CLI would use that value, not ours.
+fn settings_env(paths: &Paths) -> Option<SettingsEnv> {
+    let (spec, api) = (&paths.profile.settings, &paths.profile.api);
+    let key = spec.env?;
+    let cwd = std::env::current_dir().ok();
+    let workspace = cwd.as_deref().map(|c| c.join(spec.workspace));
+    let vars = [
+        Some(api.base_url_var),
+        api.relay_token_var,
+        Some(api.key_var),
+    ];
+    crate::settings::layers(paths, cwd.as_deref())
+        .into_iter()
+        .find_map(|(file, doc)| {
+            let env = doc.get(key)?.as_object()?;
+            let (var, value) = vars.iter().flatten().find_map(|var| {
+                env.get(*var)?
+                    .as_str()
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (*var, v.trim().to_string()))
+            })?;
+            Some(SettingsEnv {
+                workspace: workspace.as_ref() == Some(&file),
+                file,
+                key,
+                var,
+                value,
+            })
+        })
 }
 
 /// A `modelProviders` entry that fixes the base URL of the model qwen will use.
@@ -260,6 +341,55 @@ mod tests {
         }
         assert!(relay_possible_for(&paths, None, &args(&["-p", "--", "--openai-api-key"])).is_ok());
         assert!(relay_possible_for(&paths, None, &args(&["-p", "hello"])).is_ok());
+    }
+
+    #[test]
+    fn claudes_settings_env_that_beats_the_relays_variables_rules_the_relay_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::of(&crate::profile::CLAUDE, dir.path().join(".claude"));
+        std::fs::create_dir_all(&paths.home).unwrap();
+        assert_eq!(relay_possible(&paths), Ok(()));
+        let settings = |env: &str| std::fs::write(&paths.settings, format!(r#"{{"env":{env}}}"#));
+        settings(r#"{"ANTHROPIC_BASE_URL":"https://u:hunter2@gw.test/anthropic"}"#).unwrap();
+        let err = relay_possible(&paths).unwrap_err();
+        assert!(
+            err.contains("ANTHROPIC_BASE_URL") && err.contains("past the relay"),
+            "{err}"
+        );
+        settings(r#"{"ANTHROPIC_AUTH_TOKEN":"t"}"#).unwrap();
+        let err = relay_possible(&paths).unwrap_err();
+        assert!(err.contains("would not send the relay's token"), "{err}");
+        settings(r#"{"ANTHROPIC_API_KEY":"k"}"#).unwrap();
+        let err = relay_possible(&paths).unwrap_err();
+        assert!(err.contains("not the pool's accounts"), "{err}");
+        // Other variables, and empty ones, change nothing.
+        settings(r#"{"ANTHROPIC_BASE_URL":" ","DISABLE_TELEMETRY":"1"}"#).unwrap();
+        assert_eq!(relay_possible(&paths), Ok(()));
+
+        // Without the relay, a key goes to claude only where its slot's base URL is.
+        let launch = |base: &str| Launch {
+            slot: 2,
+            label: None,
+            kind: Kind::ApiKey,
+            env: Vec::new(),
+            api: Some(ApiTarget {
+                base_url: base.into(),
+                key: Secret::new("sk-ant-x".to_string()),
+                model: None,
+                env_key: "ANTHROPIC_API_KEY".into(),
+            }),
+        };
+        settings(r#"{"ANTHROPIC_BASE_URL":"https://u:hunter2@gw.test/anthropic/"}"#).unwrap();
+        let why = key_withheld(&paths, &launch("https://api.anthropic.com"), &[]).unwrap();
+        assert!(
+            why.contains("https://gw.test/anthropic")
+                && why.contains("account 2")
+                && !why.contains("hunter2"),
+            "{why}"
+        );
+        assert!(
+            key_withheld(&paths, &launch("https://u:hunter2@gw.test/anthropic"), &[]).is_none()
+        );
     }
 
     #[test]
