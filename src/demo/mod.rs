@@ -22,14 +22,17 @@
 //! by SIGINT, SIGTERM, SIGHUP.
 //!
 //! Files, lowest first: `http` (the provider's requests and answers) → `provider` (the built-in
-//! provider) and `home` (the temporary home, the children, the deadlines and signals) → `script`
-//! (the steps).
+//! provider) and `home` (the temporary home, the children, the deadlines and signals) → `child`
+//! (running one child to its end, why a step failed) → `real` (the real CLI: what the demo does
+//! differently per CLI, whether it starts here, the Node.js it needs) → `script` (the steps).
 //! May import every layer below the management commands (admin dispatches here); nothing
 //! imports demo but admin.
 
+mod child;
 mod home;
 mod http;
 mod provider;
+mod real;
 mod script;
 
 pub use script::run;

@@ -15,100 +15,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::error::exit;
-use crate::profile::{Profile, Wire};
+use crate::profile::Profile;
 use crate::text::printable;
 
+use super::child::{
+    FAILED, Fail, STEP_DEADLINE, Step, ended, ended_with, interrupted, last_line, run_command,
+    run_shim,
+};
 use super::home::{Finished, Home, Running, Stop, Waited};
 use super::provider::{self, Provider, Seen};
-
-/// The demo's exit codes besides 0 (rotation shown), 126 and 127 (the real CLI is not
-/// executable, not found): 1 the rotation did not happen (the reason is on stderr), and
-/// 128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
-pub const FAILED: i32 = exit::FAILURE;
+use super::real::{Cli, PROMPT, real_version};
 
 /// The headless run's deadline: a run through the relay takes seconds; qwen's own retries of a
 /// quota error would take minutes.
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
-/// Any other child (`--version`, `--rotation-add`, `--rotation-status`, `node --version`).
-const STEP_DEADLINE: Duration = Duration::from_secs(30);
-
 const KEY_SPENT: &str = "demo-key-account-1-spent";
 const KEY_FRESH: &str = "demo-key-account-2-fresh";
-const PROMPT: &str = "Say hello in one line.";
-
-/// What the demo does differently per CLI, beyond what its profile says.
-struct Cli {
-    /// The model the accounts are added with.
-    model: &'static str,
-    /// The option that runs one prompt headless; None: the prompt alone does (qwen).
-    one_shot: Option<&'static str>,
-    /// An older release for a Node.js older than the latest release needs: (the release, the
-    /// Node.js it runs on, the Node.js the latest needs).
-    older: Option<(&'static str, u64, u64)>,
-}
-
-impl Cli {
-    fn of(profile: &Profile) -> Cli {
-        match profile.api.wire {
-            Wire::OpenAi => Cli {
-                model: "demo-model",
-                one_shot: None,
-                older: Some(("0.12.0", 20, 22)),
-            },
-            // A prompt alone starts gemini's interactive session; `-p` runs it headless.
-            Wire::Gemini => Cli {
-                model: "gemini-2.5-flash",
-                one_shot: profile.argv.one_shot.first().copied(),
-                older: None,
-            },
-            // `-p` runs one prompt headless; a prompt alone starts the terminal UI.
-            Wire::Anthropic => Cli {
-                model: profile.api.example_model,
-                one_shot: profile.argv.one_shot.first().copied(),
-                older: None,
-            },
-        }
-    }
-
-    /// The headless run's arguments: `[-p] PROMPT --output-format text`.
-    /// The older release as a fix for a Node.js too old (`, or P@0.12.0 (it runs on Node.js
-    /// 20)`), or nothing.
-    fn older_fix(&self, profile: &Profile) -> String {
-        self.older
-            .map(|(v, node, _)| {
-                format!(
-                    ", or {}@{v} (it runs on Node.js {node})",
-                    profile.npm_package
-                )
-            })
-            .unwrap_or_default()
-    }
-
-    /// The same for a CLI that does not start (`, or on Node.js older than 22 install P@0.12.0`).
-    fn older_install(&self, profile: &Profile) -> String {
-        self.older
-            .map(|(v, _, latest)| {
-                format!(
-                    ", or on Node.js older than {latest} install {}@{v}",
-                    profile.npm_package
-                )
-            })
-            .unwrap_or_default()
-    }
-
-    fn run_args(&self) -> Vec<&'static str> {
-        self.one_shot
-            .into_iter()
-            .chain([PROMPT, "--output-format", "text"])
-            .collect()
-    }
-}
-
-/// Why the demo stopped early: the exit code and one line.
-struct Fail(i32, String);
-
-type Step<T> = Result<T, Fail>;
 
 /// Runs the demo for `profile`; returns the exit code.
 pub fn run(profile: &'static Profile) -> i32 {
@@ -233,91 +155,6 @@ fn demo(profile: &'static Profile, stop: &Stop, out: &mut Out) -> Step<()> {
     drop(provider);
     drop(home);
     Ok(())
-}
-
-/// `--version` of the real CLI, run directly in the home: does it start here at all (a release
-/// too new for this Node.js does not)? Its output, trimmed.
-fn real_version(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Step<String> {
-    let name = profile.name;
-    if let Some(why) = node_too_old(home, real, profile, stop) {
-        return Err(Fail(FAILED, why));
-    }
-    let done = run_child(home, real, &["--version"], None, STEP_DEADLINE, stop)?;
-    match done.waited {
-        Waited::Exited(s) if s.success() => {
-            Ok(String::from_utf8_lossy(&done.stdout).trim().to_string())
-        }
-        _ => Err(Fail(
-            FAILED,
-            format!(
-                "the real {name} ({}) does not start here: `{name} --version` {}{}; reinstall it (npm install -g {}){}",
-                printable(&real.to_string_lossy()),
-                ended(&done.waited),
-                last_line(&done.stderr),
-                profile.npm_package,
-                Cli::of(profile).older_install(profile)
-            ),
-        )),
-    }
-}
-
-/// The real CLI is a Node.js script whose package declares the Node.js it needs
-/// (`engines.node: ">=22.0.0"`), and the `node` on PATH is older: the reason, in one line. None
-/// when either is unknown, or when the CLI is no Node.js script (claude's npm package installs a
-/// native binary and declares an `engines.node` it does not need to run).
-fn node_too_old(home: &Home, real: &Path, profile: &Profile, stop: &Stop) -> Option<String> {
-    let real_file = std::fs::canonicalize(real).ok()?;
-    if !runs_on_node(&real_file) {
-        return None;
-    }
-    let package = real_file.ancestors().skip(1).take(6).find_map(|dir| {
-        let text = crate::files::read_text(&dir.join("package.json"), 1 << 20).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        (v.get("name")?.as_str()? == profile.npm_package).then_some(v)
-    })?;
-    let needs = package.pointer("/engines/node")?.as_str()?.to_string();
-    let needed: u64 = needs
-        .trim_start_matches(|c: char| !c.is_ascii_digit())
-        .split('.')
-        .next()?
-        .parse()
-        .ok()?;
-    let node = run_child(
-        home,
-        Path::new("node"),
-        &["--version"],
-        None,
-        STEP_DEADLINE,
-        stop,
-    )
-    .ok()?;
-    let have = String::from_utf8_lossy(&node.stdout).trim().to_string();
-    let major: u64 = have
-        .trim_start_matches('v')
-        .split('.')
-        .next()?
-        .parse()
-        .ok()?;
-    let version = package.get("version")?.as_str()?;
-    (major < needed).then(|| {
-        format!(
-            "the real {} {version} needs Node.js {needs} and node on PATH is {}; install Node.js {needed} or later{}",
-            profile.name,
-            printable(&have),
-            Cli::of(profile).older_fix(profile)
-        )
-    })
-}
-
-/// `path` starts with a `#!` line naming node (an npm CLI's JavaScript entry point).
-fn runs_on_node(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 128];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    let first = head[..n].split(|b| *b == b'\n').next().unwrap_or_default();
-    first.starts_with(b"#!") && first.windows(4).any(|w| w == b"node")
 }
 
 /// `printf %s KEY | <me> --rotation-add --api-key LABEL --base-url URL --model M` in the home.
@@ -517,91 +354,6 @@ fn logged_switch(home: &Home, me: &Path, stop: &Stop) -> Step<String> {
                 "account 2 answered, but rotation.log has no switch from account 1 to 2".into(),
             )
         })
-}
-
-/// Runs `program args` in the home until it ends, the deadline passes or a signal arrives.
-fn run_child(
-    home: &Home,
-    program: &Path,
-    args: &[&str],
-    input: Option<&[u8]>,
-    deadline: Duration,
-    stop: &Stop,
-) -> Step<Finished> {
-    let mut cmd = home.command(program);
-    cmd.args(args);
-    run_command(cmd, program, input, deadline, stop)
-}
-
-/// Runs this binary, as the profile's CLI, with `args` in the home until it ends, the deadline
-/// passes or a signal arrives.
-fn run_shim(
-    home: &Home,
-    me: &Path,
-    args: &[&str],
-    input: Option<&[u8]>,
-    stop: &Stop,
-) -> Step<Finished> {
-    let mut cmd = home.shim(me);
-    cmd.args(args);
-    run_command(cmd, me, input, STEP_DEADLINE, stop)
-}
-
-/// Runs `cmd` (from [`Home::command`]) until it ends, the deadline passes or a signal arrives.
-fn run_command(
-    cmd: std::process::Command,
-    program: &Path,
-    input: Option<&[u8]>,
-    deadline: Duration,
-    stop: &Stop,
-) -> Step<Finished> {
-    let shown = printable(&program.to_string_lossy());
-    let running = Running::spawn(cmd, input).map_err(|e| {
-        Fail(
-            FAILED,
-            format!("cannot start {shown}: {}", crate::text::io_reason(&e)),
-        )
-    })?;
-    let done = running.finish_with(Instant::now() + deadline, stop, || {});
-    match done.waited {
-        Waited::Interrupted(sig) => Err(interrupted(sig)),
-        _ => Ok(done),
-    }
-}
-
-fn interrupted(sig: i32) -> Fail {
-    Fail(
-        128 + sig,
-        "interrupted; the demo's child was stopped and its temporary home removed".into(),
-    )
-}
-
-/// "exited 1", "was killed by signal 9", "did not finish within the deadline".
-fn ended(w: &Waited) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match w {
-        Waited::Exited(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!("exited {c}"),
-            (None, Some(sig)) => format!("was killed by signal {sig}"),
-            _ => "ended".into(),
-        },
-        Waited::TimedOut => "did not finish within the deadline".into(),
-        Waited::Interrupted(_) => "was interrupted".into(),
-    }
-}
-
-fn ended_with(done: &Finished) -> String {
-    format!(" {}{}", ended(&done.waited), last_line(&done.stderr))
-}
-
-/// `: <the last non-empty line>` of a child's stderr, printable, or nothing.
-fn last_line(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(|l| format!(": {}", printable(l)))
-        .unwrap_or_default()
 }
 
 /// The numbered step lines, each with the time since the step before it.
