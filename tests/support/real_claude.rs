@@ -23,6 +23,8 @@
 pub mod pinned_cli;
 #[path = "real_qwen.rs"]
 pub mod real_qwen;
+#[path = "recorder.rs"]
+mod recorder;
 
 use std::ffi::OsString;
 use std::fs;
@@ -32,9 +34,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pinned_cli::PinnedCli;
 pub use real_qwen::secrets;
@@ -85,14 +87,7 @@ pub struct Seen {
     pub stream: bool,
 }
 
-#[derive(Default)]
-struct Shared {
-    seen: Mutex<Vec<Seen>>,
-    spent: Mutex<Vec<String>>,
-    arrived: Condvar,
-    released: Mutex<bool>,
-    release: Condvar,
-}
+type Shared = recorder::Recorder<Seen>;
 
 pub struct ClaudeMock {
     addr: SocketAddr,
@@ -120,7 +115,7 @@ impl ClaudeMock {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().unwrap().clone()
+        self.shared.seen()
     }
 
     /// Requests that carried `key` (unmarked).
@@ -130,29 +125,17 @@ impl ClaudeMock {
 
     /// Waits (at most `limit`) until a request matching `pred` has arrived.
     pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut seen = self.shared.seen.lock().unwrap();
-        loop {
-            if seen.iter().any(&pred) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            seen = self.shared.arrived.wait_timeout(seen, left).unwrap().0;
-        }
+        self.shared.wait_for(limit, pred)
     }
 
     /// From now on, requests carrying `key` (unmarked) get the 5-hour usage limit.
     pub fn spend(&self, key: &str) {
-        self.shared.spent.lock().unwrap().push(key.to_string());
+        self.shared.spend(key);
     }
 
     /// Lets every held answer go.
     pub fn release(&self) {
-        *self.shared.released.lock().unwrap() = true;
-        self.shared.release.notify_all();
+        self.shared.release();
     }
 }
 
@@ -225,7 +208,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let doc = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
         let stream = doc["stream"].as_bool().unwrap_or(false);
         let model = doc["model"].as_str().unwrap_or("").to_string();
-        shared.seen.lock().unwrap().push(Seen {
+        shared.record(Seen {
             method: method.clone(),
             path: path.to_string(),
             query: query.to_string(),
@@ -236,19 +219,10 @@ fn serve(conn: TcpStream, shared: &Shared) {
             header_names: headers.iter().map(|(k, _)| k.clone()).collect(),
             stream,
         });
-        shared.arrived.notify_all();
         if key.contains("hold") {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut released = shared.released.lock().unwrap();
-            while !*released && Instant::now() < deadline {
-                released = shared
-                    .release
-                    .wait_timeout(released, Duration::from_secs(1))
-                    .unwrap()
-                    .0;
-            }
+            shared.hold();
         }
-        let spent = shared.spent.lock().unwrap().contains(&key);
+        let spent = shared.is_spent(&key);
         let named = if spent { "limit" } else { key.as_str() };
         let (status, extra, content_type, body) = answer(named, &key, &model, stream);
         let mut head = format!(

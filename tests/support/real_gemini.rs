@@ -27,6 +27,8 @@
 pub mod pinned_cli;
 #[path = "real_qwen.rs"]
 pub mod real_qwen;
+#[path = "recorder.rs"]
+mod recorder;
 
 use std::ffi::OsString;
 use std::fs;
@@ -36,9 +38,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pinned_cli::PinnedCli;
 pub use real_qwen::secrets;
@@ -81,15 +83,7 @@ pub struct Seen {
     pub query: String,
 }
 
-#[derive(Default)]
-struct Shared {
-    seen: Mutex<Vec<Seen>>,
-    /// Keys whose daily quota is spent from now on ([`GeminiMock::spend`]).
-    spent: Mutex<Vec<String>>,
-    arrived: Condvar,
-    released: Mutex<bool>,
-    release: Condvar,
-}
+type Shared = recorder::Recorder<Seen>;
 
 pub struct GeminiMock {
     addr: SocketAddr,
@@ -117,7 +111,7 @@ impl GeminiMock {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().unwrap().clone()
+        self.shared.seen()
     }
 
     /// Requests that carried `key` (unmarked).
@@ -127,34 +121,17 @@ impl GeminiMock {
 
     /// Waits (at most `limit`) for a request matching `pred`; false on timeout.
     pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut seen = self.shared.seen.lock().unwrap();
-        loop {
-            if seen.iter().any(&pred) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            seen = self
-                .shared
-                .arrived
-                .wait_timeout(seen, deadline - now)
-                .unwrap()
-                .0;
-        }
+        self.shared.wait_for(limit, pred)
     }
 
     /// From now on, `key` (unmarked) gets a daily-quota 429, whatever its name says.
     pub fn spend(&self, key: &str) {
-        self.shared.spent.lock().unwrap().push(key.to_string());
+        self.shared.spend(key);
     }
 
     /// Lets every held answer go.
     pub fn release(&self) {
-        *self.shared.released.lock().unwrap() = true;
-        self.shared.release.notify_all();
+        self.shared.release();
     }
 }
 
@@ -249,20 +226,11 @@ fn serve(conn: TcpStream, shared: &Shared) {
             method: method.to_string(),
             query: query.to_string(),
         };
-        shared.seen.lock().unwrap().push(seen);
-        shared.arrived.notify_all();
+        shared.record(seen);
         if key.contains("hold") {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut released = shared.released.lock().unwrap();
-            while !*released && Instant::now() < deadline {
-                released = shared
-                    .release
-                    .wait_timeout(released, Duration::from_secs(1))
-                    .unwrap()
-                    .0;
-            }
+            shared.hold();
         }
-        let spent = shared.spent.lock().unwrap().contains(&key);
+        let spent = shared.is_spent(&key);
         let (status, content_type, body) = if spent {
             (
                 429,
