@@ -470,20 +470,26 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    fn post(addr: &str, key: &str, stream: bool) -> String {
-        let mut s =
-            TcpStream::connect(addr.trim_start_matches("http://").trim_end_matches("/v1")).unwrap();
-        let body = format!(r#"{{"model":"m","stream":{stream},"messages":[]}}"#);
+    /// One request on a fresh connection (`connection: close`): the whole response as text.
+    fn call(addr: &str, method: &str, target: &str, header: &str, body: &str) -> String {
+        let host = addr.trim_start_matches("http://").trim_end_matches("/v1");
+        let mut s = TcpStream::connect(host).unwrap();
         write!(
             s,
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "{method} {target} HTTP/1.1\r\nhost: x\r\n{header}content-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    fn post(addr: &str, key: &str, stream: bool) -> String {
+        let body = format!(r#"{{"model":"m","stream":{stream},"messages":[]}}"#);
+        let auth = format!("authorization: Bearer {key}\r\n");
+        call(addr, "POST", "/v1/chat/completions", &auth, &body)
     }
 
     #[test]
@@ -520,21 +526,11 @@ mod tests {
 
     /// A Gemini API request: `target` (path and query) with `key` in a header (or none).
     fn gemini_post(addr: &str, target: &str, key: Option<&str>) -> String {
-        let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
         let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
         let key = key
             .map(|k| format!("x-goog-api-key: {k}\r\n"))
             .unwrap_or_default();
-        write!(
-            s,
-            "POST {target} HTTP/1.1\r\nhost: x\r\n{key}content-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        call(addr, "POST", target, &key, body)
     }
 
     /// The JSON body of a response (after the head).
@@ -609,7 +605,6 @@ mod tests {
         key: Option<&str>,
         stream: bool,
     ) -> String {
-        let mut s = TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
         let body = if method == "POST" {
             format!(
                 r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
@@ -620,16 +615,7 @@ mod tests {
         let key = key
             .map(|k| format!("x-api-key: {k}\r\n"))
             .unwrap_or_default();
-        write!(
-            s,
-            "{method} {target} HTTP/1.1\r\nhost: x\r\n{key}content-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        call(addr, method, target, &key, &body)
     }
 
     #[test]
