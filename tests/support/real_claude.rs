@@ -11,10 +11,10 @@
 //!
 //! The mock answers by the key a request carries (`x-api-key`, else a login's
 //! `Authorization: Bearer` access token), with the fixture secret mark dropped (a name made spent
-//! with [`ClaudeMock::spend`] answers as `limit` from then on): `credit` → 400 "Your credit balance is too low" · `throttle` → 429
-//! `rate_limit_error` with `retry-after: 30` · `limit` → 429 with the unified usage-limit headers
+//! with `spend` answers as `limit` from then on): `credit` → 400 "Your credit balance is too
+//! low" · `throttle` → 429 `rate_limit_error` with `retry-after: 30` · `limit` → 429 with the unified usage-limit headers
 //! (claim `five_hour`, reset in an hour) · `invalid` → 401 `authentication_error` · `hold` →
-//! the answer waits until [`ClaudeMock::release`] · anything else → an answer whose text is
+//! the answer waits until `release` · anything else → an answer whose text is
 //! `REPLY-FROM-<key>` (SSE when the request asks for a stream, with `usage` in `message_start`
 //! and `message_delta`). Every request is recorded in arrival order.
 #![allow(dead_code)]
@@ -29,7 +29,7 @@ mod recorder;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -96,16 +96,7 @@ pub struct ClaudeMock {
 
 impl ClaudeMock {
     pub fn start() -> ClaudeMock {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
-        let s = Arc::clone(&shared);
-        thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let s = Arc::clone(&s);
-                thread::spawn(move || serve(conn, &s));
-            }
-        });
+        let (shared, addr) = Shared::listen(serve);
         ClaudeMock { addr, shared }
     }
 
@@ -114,28 +105,17 @@ impl ClaudeMock {
         format!("http://{}", self.addr)
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen()
-    }
-
     /// Requests that carried `key` (unmarked).
     pub fn count(&self, key: &str) -> usize {
         self.seen().iter().filter(|s| s.key == key).count()
     }
+}
 
-    /// Waits (at most `limit`) until a request matching `pred` has arrived.
-    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
-        self.shared.wait_for(limit, pred)
-    }
-
-    /// From now on, requests carrying `key` (unmarked) get the 5-hour usage limit.
-    pub fn spend(&self, key: &str) {
-        self.shared.spend(key);
-    }
-
-    /// Lets every held answer go.
-    pub fn release(&self) {
-        self.shared.release();
+/// What the mock saw, the names made spent (`spend`) and the held answers (`release`).
+impl std::ops::Deref for ClaudeMock {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
     }
 }
 

@@ -13,9 +13,9 @@
 //! The mock answers by the key a request carries (`x-goog-api-key` or `key=`), with the fixture
 //! secret mark dropped: `prodaily` → a daily-quota 429 for models with `pro` in their name ·
 //! `daily` → a daily-quota 429 · `minute` → a per-minute 429 (RetryInfo 7 s) · `invalid` → 400
-//! API_KEY_INVALID · a key named in [`GeminiMock::spend`] → a daily-quota 429 from then on · a
+//! API_KEY_INVALID · a key named in `spend` → a daily-quota 429 from then on · a
 //! model named `…badarg…` → 400 INVALID_ARGUMENT · `hold` → the answer waits until
-//! [`GeminiMock::release`] · anything else → an answer: `generateContent` (the routing
+//! `release` · anything else → an answer: `generateContent` (the routing
 //! classifier, which wants JSON text) gets `{"reasoning":…,"model_choice":"flash"}`,
 //! `streamGenerateContent?alt=sse` one SSE event with the text `REPLY-FROM-<key>-ON-<model>`.
 //! Code Assist requests (OAuth, under `/v1internal`, `CODE_ASSIST_ENDPOINT`) are told apart by
@@ -33,7 +33,7 @@ mod recorder;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -92,16 +92,7 @@ pub struct GeminiMock {
 
 impl GeminiMock {
     pub fn start() -> GeminiMock {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
-        let s = Arc::clone(&shared);
-        thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let s = Arc::clone(&s);
-                thread::spawn(move || serve(conn, &s));
-            }
-        });
+        let (shared, addr) = Shared::listen(serve);
         GeminiMock { addr, shared }
     }
 
@@ -110,28 +101,17 @@ impl GeminiMock {
         format!("http://{}", self.addr)
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen()
-    }
-
     /// Requests that carried `key` (unmarked).
     pub fn count(&self, key: &str) -> usize {
         self.seen().iter().filter(|s| s.key == key).count()
     }
+}
 
-    /// Waits (at most `limit`) for a request matching `pred`; false on timeout.
-    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
-        self.shared.wait_for(limit, pred)
-    }
-
-    /// From now on, `key` (unmarked) gets a daily-quota 429, whatever its name says.
-    pub fn spend(&self, key: &str) {
-        self.shared.spend(key);
-    }
-
-    /// Lets every held answer go.
-    pub fn release(&self) {
-        self.shared.release();
+/// What the mock saw, the names made spent (`spend`) and the held answers (`release`).
+impl std::ops::Deref for GeminiMock {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
     }
 }
 

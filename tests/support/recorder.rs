@@ -6,7 +6,9 @@
 //! `#[path = "recorder.rs"] mod recorder;`.
 #![allow(dead_code)]
 
-use std::sync::{Condvar, Mutex};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 pub struct Recorder<S> {
@@ -26,6 +28,24 @@ impl<S> Default for Recorder<S> {
             released: Mutex::new(false),
             release: Condvar::new(),
         }
+    }
+}
+
+impl<S: Send + 'static> Recorder<S> {
+    /// A recorder, and a server on 127.0.0.1 that hands each connection to `serve` in a thread
+    /// of its own: its address.
+    pub fn listen(serve: fn(TcpStream, &Recorder<S>)) -> (Arc<Recorder<S>>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Recorder::default());
+        let s = Arc::clone(&shared);
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let s = Arc::clone(&s);
+                thread::spawn(move || serve(conn, &s));
+            }
+        });
+        (shared, addr)
     }
 }
 
